@@ -1,0 +1,43 @@
+"""Shared command behaviour: one red line and exit 1 for user errors, exit 130 on Ctrl-C."""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from fgcli.console import err_console, settings, setup_logging
+from fgcli.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Wrap a command: UserError -> red line + exit 1; Ctrl-C -> exit 130; tracebacks only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if settings.debug:
+                err_console.print(traceback.format_exc(), markup=False)
+            err_console.print(f"[bold red]Error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]Interrupted (Ctrl-C).[/]")
+            raise typer.Exit(code=130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # an fgcli bug or an unexpected library error: still one line by default
+            if settings.debug:
+                raise
+            err_console.print(f"[bold red]Error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                              soft_wrap=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]

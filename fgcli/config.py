@@ -1,0 +1,399 @@
+"""The run configuration: nested dataclasses, YAML recipes and `--set a.b=value` overrides.
+
+Precedence (lowest first): built-in defaults < recipe (`--recipe`) < `--config args.yaml` < CLI flags
+< `--set key=value`. Unknown keys are an error that lists the valid ones; values are parsed with YAML's
+safe loader (never `eval`) and checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fgcli.errors import UserError, closest
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how images become tensors."""
+
+    path: str = "demo"  # prepared folder, raw dataset root, ImageFolder, or "demo"
+    format: str = "auto"  # prepare-data format used when `path` is a raw root ("auto" = detect)
+    val_fraction: float = 0.1  # carved from train (stratified) when the data set has no official val split
+    val_split: str = "val"  # split used for validation / best.pt during training
+    img_size: int | None = None  # crop size fed to the network; None = backbone default (or 224)
+    resize: int | None = None  # resize before the crop; None = img_size / crop_pct
+    resize_mode: str = "shorter"  # "shorter" (keep aspect, shorter side = resize) or "square"
+    interpolation: str = "bilinear"
+    mean: list[float] | None = None  # None = the backbone's pretrained mean
+    std: list[float] | None = None
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    blur_prob: float = 0.0  # HERBS recipe: GaussianBlur(k=5, sigma in [0.1, 5]) with p=0.1
+    sharpness_prob: float = 0.0  # HERBS recipe: RandomAdjustSharpness(1.5) with p=0.1
+    workers: int = 2
+    demo_size: int = 96  # image size of the generated demo data set
+    demo_per_class: int = 60  # train images per class of the demo (test gets a third)
+    demo_classes: int = 10
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and its weights."""
+
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    pretrained_file: str | None = None  # local state dict, or an installed weights package name
+    pretrained_strict: bool = True
+    drop_path: float | None = None  # None = timm default
+    channels_last: bool = True  # used on CUDA only
+    compile: bool = False
+
+
+@dataclass
+class BaselineConfig:
+    """Backbone + global pooling + one linear classifier."""
+
+    dropout: float = 0.0
+
+
+@dataclass
+class HerbsConfig:
+    """HERBS hyper-parameters (spec/herbs.md); defaults follow the official config and code."""
+
+    fpn_size: int = 1536
+    num_selects: list[float] = field(default_factory=lambda: [256, 128, 64, 32])  # ints, or fractions of S_i
+    mixing: str = "auto"  # "auto" (token conv for transformers, interp for CNNs), "conv", "interp"
+    swin_taps: str = "official"  # "official" post-merge taps, or "stages"
+    lambda_r: float = 1.375  # high-temperature refinement KL (paper: 1.0)
+    lambda_l: float = 0.3  # layer CE on bottom-up heads
+    lambda_d: float = 5.0  # dropped tokens -> tanh -1 (MSE)
+    lambda_s: float = 0.0  # selected tokens CE (official: off)
+    lambda_m: float = 1.0  # combiner CE
+    temperature: float = 64.0
+    temp_step: int = 10  # halve T every temp_step epochs
+    kl_reduction: str = "official"  # "official" (elementwise mean = per-token KL / C) or "token"
+    layer_agg: str = "sum"  # "sum" (code) or "mean" over stages
+    drop_reduction: str = "mean"  # "mean" over tokens and classes (code) or "sum" over classes
+    fusion: str = "prob_mean"  # "prob_mean" (authors' eval) or "logit_sum"
+    rank_key: str = "margin"  # "margin" or "prob" (official sigma)
+    select_class: str = "pred"  # "pred" (code) or "label" in training
+    combiner_dropout: float = 0.1
+
+
+@dataclass
+class MgeConfig:
+    """MGE-CNN hyper-parameters (spec/mge.md); defaults follow the spec's recommendations."""
+
+    experts: int = 3
+    share_backbone: bool = False  # paper: a separate backbone copy per expert and for the gate
+    box_threshold: float = 0.2
+    cam_source: str = "own"  # "own" expert's GAP head, or "first" (official quirk)
+    box_end: str = "inclusive"  # or "exclusive" (official slicing)
+    part_padding: int = 0  # official: 1
+    part_mult: int = 10  # part conv width = part_mult * num_classes
+    gate_hidden: int = 512
+    gate_act: bool = False  # official: no nonlinearity between the gate's Linears
+    diversity: str = "official"  # "official", "paper", or "off"
+    lambda_global: float = 1.0
+    lambda_part: float = 1.0
+    lambda_concat: float = 1.0
+    lambda_gate: float = 1.0
+    lambda_div: float = 1.0
+    backbone_lr_scale: float = 0.1  # backbones train at lr * this (paper: 1e-3 vs 1e-2)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (timm.optim.create_optimizer_v2)."""
+
+    name: str = "sgd"  # any timm optimizer name: sgd, momentum, adamw, ...
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    clip_grad: float | None = None
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule (timm.scheduler)."""
+
+    name: str = "cosine"  # "cosine", "step", "none"
+    warmup: float = 0.0  # warm-up length, in `warmup_unit`s
+    warmup_unit: str = "epochs"  # "epochs" or "steps" (optimizer steps)
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
+    cosine_period: str = "after_warmup"  # or "whole_run" (HERBS official: period = whole run)
+    step_size: int = 30  # epochs, for "step"
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """The training loop and the run folder."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    accum_steps: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool | None = None  # None = on for CUDA, off on CPU
+    amp_dtype: str = "auto"  # auto (bf16 if supported else fp16) | fp16 | bf16
+    ema: bool = False
+    ema_decay: float = 0.9998
+    seed: int = 0
+    deterministic: bool = False
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
+    sync_bn: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as args.yaml."""
+
+    method: str = "baseline"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    herbs: HerbsConfig = field(default_factory=HerbsConfig)
+    mge: MgeConfig = field(default_factory=MgeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (YAML / checkpoint friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
+    """Merge a nested dict onto `base` (default: built-in defaults), checking keys and types."""
+    cfg = _copy(base) if base is not None else Config()
+    _merge(cfg, data or {}, prefix="", source=source)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist. Check the path (recipes live in models/).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}. Fix the file.") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a YAML mapping (key: value), not a {type(data).__name__}.")
+    return data
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config atomically as YAML."""
+    from fgcli.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ['a.b=1', 'c=x'] into a nested dict; values parsed with yaml.safe_load."""
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set '{item}' must look like key=value, e.g. --set optim.lr=0.01")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UserError(f"--set '{item}' has an empty key; use e.g. --set optim.lr=0.01")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set '{item}' conflicts with an earlier --set of '{part}'.")
+        node[parts[-1]] = value
+    return nested
+
+
+def resolve_config(
+    recipe: str | Path | None = None,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Build the config with precedence defaults < recipe < config file < flags < --set."""
+    cfg = Config()
+    if recipe is not None:
+        cfg = from_dict(load_yaml(resolve_recipe(recipe)), cfg, source=f"recipe {recipe}")
+    if config_file is not None:
+        cfg = from_dict(load_yaml(config_file), cfg, source=f"config {config_file}")
+    if flags:
+        cfg = from_dict(_nest({k: v for k, v in flags.items() if v is not None}), cfg, source="flags")
+    if overrides:
+        cfg = from_dict(parse_overrides(overrides), cfg, source="--set")
+    validate(cfg)
+    return cfg
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe path, or a bare recipe name looked up in ./models and the installed models folder."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in (Path.cwd() / "models", Path(__file__).resolve().parent.parent / "models"):
+        if (folder / name).is_file():
+            return folder / name
+    known = sorted(p.stem for folder in (Path.cwd() / "models", Path(__file__).resolve().parent.parent / "models")
+                   if folder.is_dir() for p in folder.glob("*.yaml"))
+    raise UserError(f"recipe '{recipe}' not found.{closest(path.stem, known)} "
+                    f"Give a YAML path or one of: {', '.join(sorted(set(known))) or '(none found)'}")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.accum_steps >= 1, "train.accum_steps must be >= 1"),
+        (cfg.data.workers >= 0, "data.workers must be >= 0"),
+        (cfg.data.img_size is None or cfg.data.img_size >= 8, "data.img_size must be >= 8"),
+        (cfg.data.resize is None or cfg.data.resize >= 8, "data.resize must be >= 8"),
+        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (cfg.data.resize_mode in ("shorter", "square"), "data.resize_mode must be 'shorter' or 'square'"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (cfg.sched.name in ("cosine", "step", "none"), "sched.name must be one of cosine, step, none"),
+        (cfg.sched.warmup_unit in ("epochs", "steps"), "sched.warmup_unit must be 'epochs' or 'steps'"),
+        (cfg.sched.cosine_period in ("after_warmup", "whole_run"),
+         "sched.cosine_period must be 'after_warmup' or 'whole_run'"),
+        (cfg.sched.warmup >= 0, "sched.warmup must be >= 0"),
+        (cfg.train.amp_dtype in ("auto", "fp16", "bf16"), "train.amp_dtype must be auto, fp16 or bf16"),
+        (0.0 < cfg.mge.box_threshold <= 1.0, "mge.box_threshold must be in (0, 1]"),
+        (cfg.mge.experts >= 1, "mge.experts must be >= 1"),
+        (cfg.mge.cam_source in ("own", "first"), "mge.cam_source must be 'own' or 'first'"),
+        (cfg.mge.box_end in ("inclusive", "exclusive"), "mge.box_end must be 'inclusive' or 'exclusive'"),
+        (cfg.mge.diversity in ("official", "paper", "off"), "mge.diversity must be official, paper or off"),
+        (cfg.herbs.fusion in ("prob_mean", "logit_sum"), "herbs.fusion must be 'prob_mean' or 'logit_sum'"),
+        (cfg.herbs.kl_reduction in ("official", "token"), "herbs.kl_reduction must be 'official' or 'token'"),
+        (cfg.herbs.layer_agg in ("sum", "mean"), "herbs.layer_agg must be 'sum' or 'mean'"),
+        (cfg.herbs.drop_reduction in ("mean", "sum"), "herbs.drop_reduction must be 'mean' or 'sum'"),
+        (cfg.herbs.mixing in ("auto", "conv", "interp"), "herbs.mixing must be auto, conv or interp"),
+        (cfg.herbs.swin_taps in ("official", "stages"), "herbs.swin_taps must be 'official' or 'stages'"),
+        (cfg.herbs.rank_key in ("margin", "prob"), "herbs.rank_key must be 'margin' or 'prob'"),
+        (cfg.herbs.select_class in ("pred", "label"), "herbs.select_class must be 'pred' or 'label'"),
+        (len(cfg.herbs.num_selects) == 4 and all(k > 0 for k in cfg.herbs.num_selects),
+         "herbs.num_selects must be 4 positive numbers (counts, or fractions of each stage's tokens)"),
+        (cfg.herbs.temp_step >= 1, "herbs.temp_step must be >= 1"),
+        (cfg.herbs.fpn_size >= 1, "herbs.fpn_size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{message}. Fix it in the recipe, --config file or --set.")
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _copy(obj: Any) -> Any:
+    return type(obj)(**{f.name: _copy_value(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+
+
+def _copy_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _copy(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str, source: str) -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: '{prefix.rstrip('.')}' must be a mapping of keys, got {data!r}.")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            valid = ", ".join(f"{prefix}{n}" for n in names)
+            raise UserError(f"{source}: unknown key '{full}'.{closest(str(key), names)} Valid keys here: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, prefix=f"{full}.", source=source)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full, source))
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against the type hint, converting the safe cases (int -> float, str path)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, source)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{source}: {key} has a wrong type.")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"{source}: {key} must be a list like [1, 2], got {value!r}.")
+        (inner,) = args or (Any,)
+        return [_coerce(v, inner, key, source) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise UserError(f"{source}: {key} must be true or false, got {value!r}.")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{source}: {key} must be an integer, got {value!r}.")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{source}: {key} must be a number, got {value!r}.")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{source}: {key} must be a string, got {value!r}.")
+    return value

@@ -1,0 +1,44 @@
+"""Console output and logging: rich on the terminal, plain text in a run's log.txt."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class Settings:
+    """Global CLI switches set by the top-level callback."""
+
+    debug: bool = os.environ.get("FGCLI_DEBUG", "") not in ("", "0")
+    quiet: bool = False
+
+
+settings = Settings()
+log = logging.getLogger("fgcli")
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Rich console logging for the `fgcli` logger (idempotent)."""
+    settings.quiet = settings.quiet or quiet
+    if not any(isinstance(h, RichHandler) for h in log.handlers):
+        handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if settings.quiet else logging.INFO)
+    log.propagate = False
+
+
+def add_file_log(path: str | Path) -> logging.Handler:
+    """Also write the `fgcli` log to a plain text file (a run's log.txt); returns the handler."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return handler

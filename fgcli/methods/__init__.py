@@ -1,0 +1,55 @@
+"""Method registry: `@register_method("name")` on a Method subclass, `build_method(cfg, C)` to build."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from fgcli.errors import unknown_choice
+
+if TYPE_CHECKING:
+    from fgcli.config import Config
+    from fgcli.methods.base import Method
+
+_REGISTRY: dict[str, type[Method]] = {}
+# Built-in methods, imported on first use so that `fgcli --help` does not import torch.
+BUILTIN_MODULES = ("baseline", "herbs", "mge")
+
+
+def register_method(name: str):
+    """Class decorator adding a Method subclass to the registry under `name`."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    for module in BUILTIN_MODULES:
+        try:
+            importlib.import_module(f"fgcli.methods.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"fgcli.methods.{module}":
+                raise
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The Method class registered under `name` (clear error listing the valid names)."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise unknown_choice("method", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def build_method(cfg: Config, num_classes: int) -> Method:
+    """Build the configured method for `num_classes` classes."""
+    return get_method(cfg.method)(cfg, num_classes)
