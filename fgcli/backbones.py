@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from fgcli.console import log
 from fgcli.errors import UserError, unknown_choice
 
 
@@ -80,8 +79,11 @@ class Backbone(nn.Module):
         if needs_fixed_size(name) and img_size is not None:
             kwargs["img_size"] = img_size
             self.fixed_size = img_size
+        from fgcli.pretrained import capture_timm_load
+
         try:
-            self.body = timm.create_model(name, pretrained=pretrained and not pretrained_file, **kwargs)
+            with capture_timm_load() as timm_load:  # what timm's pretrained loading reports, for our log
+                self.body = timm.create_model(name, pretrained=pretrained and not pretrained_file, **kwargs)
         except TypeError as e:  # e.g. img_size not accepted
             raise UserError(f"backbone '{name}' cannot be built with {kwargs}: {e}") from e
         except RuntimeError as e:
@@ -119,7 +121,9 @@ class Backbone(nn.Module):
 
             self.load_report = load_pretrained_file(self, pretrained_file, strict=pretrained_strict)
         elif pretrained:
-            log.info(f"loaded timm pretrained weights for {name} ({self.pretrained_cfg.get('tag') or 'default'})")
+            from fgcli.pretrained import timm_load_report
+
+            self.load_report = timm_load_report(self, timm_load)
 
     def require_pyramid(self, method: str) -> None:
         """Raise a clear error when the backbone has no 4-stage multi-scale pyramid."""

@@ -22,6 +22,8 @@ app = typer.Typer(
 # (command name, module in fgcli.commands, function, aliases). Each module imports torch lazily.
 COMMANDS: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("prepare-data", "prepare_data", "prepare_data_command", ()),
+    ("train", "train", "train_command", ()),
+    ("eval", "eval", "eval_command", ()),
 ]
 
 

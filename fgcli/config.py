@@ -41,6 +41,8 @@ class DataConfig:
     demo_size: int = 96  # image size of the generated demo data set
     demo_per_class: int = 60  # train images per class of the demo (test gets a third)
     demo_classes: int = 10
+    seed: int = 0  # val/test carving and demo generation (independent of train.seed, so splits stay fixed)
+    level: str | None = None  # FGVC-Aircraft label level: variant (default), family or manufacturer
 
 
 @dataclass
@@ -107,6 +109,8 @@ class MgeConfig:
     lambda_gate: float = 1.0
     lambda_div: float = 1.0
     backbone_lr_scale: float = 0.1  # backbones train at lr * this (paper: 1e-3 vs 1e-2)
+    schedule: str = "joint"  # "joint" (official: everything from epoch 0) or "staged" (experts added in turn)
+    stage_epochs: int = 10  # staged: expert e (1-based) and its losses start at epoch (e-1) * stage_epochs
 
 
 @dataclass
@@ -154,6 +158,7 @@ class TrainConfig:
     exist_ok: bool = False
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
     sync_bn: bool = False
+    find_unused_parameters: bool = False  # DDP: for methods whose heads skip parameters in some steps
     quiet: bool = False
 
 
@@ -290,6 +295,11 @@ def validate(cfg: Config) -> None:
         (cfg.mge.cam_source in ("own", "first"), "mge.cam_source must be 'own' or 'first'"),
         (cfg.mge.box_end in ("inclusive", "exclusive"), "mge.box_end must be 'inclusive' or 'exclusive'"),
         (cfg.mge.diversity in ("official", "paper", "off"), "mge.diversity must be official, paper or off"),
+        (cfg.mge.schedule in ("joint", "staged"), "mge.schedule must be 'joint' or 'staged'"),
+        (cfg.mge.stage_epochs >= 1, "mge.stage_epochs must be >= 1"),
+        (cfg.mge.part_padding >= 0 and cfg.mge.part_mult >= 1 and cfg.mge.gate_hidden >= 1,
+         "mge.part_padding must be >= 0, mge.part_mult and mge.gate_hidden >= 1"),
+        (cfg.mge.backbone_lr_scale >= 0, "mge.backbone_lr_scale must be >= 0"),
         (cfg.herbs.fusion in ("prob_mean", "logit_sum"), "herbs.fusion must be 'prob_mean' or 'logit_sum'"),
         (cfg.herbs.kl_reduction in ("official", "token"), "herbs.kl_reduction must be 'official' or 'token'"),
         (cfg.herbs.layer_agg in ("sum", "mean"), "herbs.layer_agg must be 'sum' or 'mean'"),

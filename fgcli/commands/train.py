@@ -1,0 +1,71 @@
+"""`fgcli train`: parse the flags, delegate to fgcli.engine.trainer.run_train."""
+
+from __future__ import annotations
+
+import typer
+
+from fgcli.commands._common import handle_errors
+
+_DATA = "Data"
+_RUN = "Run folder"
+_OPT = "Optimisation"
+_HW = "Hardware"
+
+
+@handle_errors
+def train_command(
+    method: str | None = typer.Option(None, "--method", "-m", help="Method: baseline, herbs, mge."),
+    data: str | None = typer.Option(None, "--data", "-d", rich_help_panel=_DATA,
+                                       help="Prepared folder, raw dataset root, ImageFolder, or 'demo'."),
+    backbone: str | None = typer.Option(None, "--backbone", "-b", help="Any timm model name."),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Recipe YAML (path or name in models/)."),
+    config: str | None = typer.Option(None, "--config", "-c", help="A full config, e.g. a run's args.yaml."),
+    epochs: int | None = typer.Option(None, "--epochs", "-e", min=1, rich_help_panel=_OPT),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, rich_help_panel=_OPT,
+                                             help="Per-process batch size (under torchrun: x processes)."),
+    accum_steps: int | None = typer.Option(None, "--accum-steps", min=1, rich_help_panel=_OPT,
+                                              help="Gradient accumulation: micro-batches per optimizer update."),
+    lr: float | None = typer.Option(None, "--lr", rich_help_panel=_OPT, help="Base learning rate."),
+    img_size: int | None = typer.Option(None, "--img-size", rich_help_panel=_DATA,
+                                           help="Input size (default: the backbone's)."),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=0, rich_help_panel=_DATA),
+    device: str | None = typer.Option(None, "--device", rich_help_panel=_HW, help="auto | cpu | cuda | cuda:N"),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", rich_help_panel=_HW,
+                                       help="Mixed precision (default: on with CUDA, off on CPU)."),
+    ema: bool | None = typer.Option(None, "--ema/--no-ema", rich_help_panel=_OPT, help="Model EMA (timm)."),
+    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="timm pretrained weights for the backbone."),
+    pretrained_file: str | None = typer.Option(None, "--pretrained-file",
+                                                  help="Local state dict (or weights package) for the backbone."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", rich_help_panel=_HW,
+                                           help="torch.compile the model."),
+    seed: int | None = typer.Option(None, "--seed", rich_help_panel=_OPT),
+    deterministic: bool | None = typer.Option(None, "--deterministic/--no-deterministic", rich_help_panel=_HW,
+                                                 help="Deterministic algorithms (exact resume on CPU)."),
+    project: str | None = typer.Option(None, "--project", rich_help_panel=_RUN, help="Default runs/train."),
+    name: str | None = typer.Option(None, "--name", rich_help_panel=_RUN, help="Run name (default exp, exp2...)."),
+    exist_ok: bool | None = typer.Option(None, "--exist-ok", rich_help_panel=_RUN,
+                                            help="Reuse an existing run folder of that name."),
+    resume: str | None = typer.Option(None, "--resume", rich_help_panel=_RUN, metavar="[RUN|PT]",
+                                         help="Continue a run: a run folder, a last.pt, or 'auto' (the latest run)."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help="Override any config key: --set optim.lr=0.01"),
+) -> None:
+    """Train a method on a backbone and data set; writes runs/train/exp*/ (weights, results, plots).
+
+    Examples:
+      fgcli train --method baseline --data demo
+      fgcli train --method herbs --data ./CUB_200_2011 --recipe herbs_swin-b_cub_384 --epochs 50
+      fgcli train --resume runs/train/exp
+      torchrun --nproc-per-node 4 -m fgcli train --method herbs --data ./CUB_200_2011
+    """
+    from fgcli.engine.trainer import run_train
+
+    flags = {
+        "method": method, "data.path": data, "model.backbone": backbone, "train.epochs": epochs,
+        "train.batch_size": batch_size, "train.accum_steps": accum_steps, "optim.lr": lr, "data.img_size": img_size,
+        "data.workers": workers, "train.device": device, "train.amp": amp, "train.ema": ema,
+        "model.pretrained": pretrained, "model.pretrained_file": pretrained_file, "model.compile": compile,
+        "train.seed": seed, "train.deterministic": deterministic, "train.project": project, "train.name": name,
+        "train.exist_ok": exist_ok,
+    }
+    run_train(recipe=recipe, config_file=config, flags=flags, overrides=set_, resume=resume)

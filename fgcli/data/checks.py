@@ -1,0 +1,69 @@
+"""Check many images in parallel (a process pool) with a rich progress bar."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fgcli.console import err_console, settings
+from fgcli.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageCheck, check_image
+
+# Below this many files a pool costs more to start than it saves.
+_POOL_THRESHOLD = 64
+
+
+def default_workers() -> int:
+    """Worker processes for image checks: the usable CPUs, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def check_images(paths: list[Path], *, workers: int | None = None, min_size: int = DEFAULT_MIN_SIZE,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, description: str = "checking images") -> list[ImageCheck]:
+    """Fully decode every file (in `workers` processes); results in the order of `paths`."""
+    workers = default_workers() if workers is None else max(1, workers)
+    check = partial(check_image, min_size=min_size, max_pixels=max_pixels)
+    results: list[ImageCheck] = []
+    with _progress() as progress:
+        task = progress.add_task(description, total=len(paths))
+        for result in _run(check, [str(p) for p in paths], workers):
+            results.append(result)
+            progress.advance(task)
+    return results
+
+
+def _run(check, paths: list[str], workers: int) -> Iterator[ImageCheck]:
+    if workers <= 1 or len(paths) < _POOL_THRESHOLD:
+        yield from map(check, paths)
+        return
+    chunksize = max(1, min(64, len(paths) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(check, paths, chunksize=chunksize)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=settings.quiet,
+    )

@@ -1,0 +1,72 @@
+"""The torch Dataset over a prepared manifest; an unreadable file never stops an epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from fgcli.console import log
+from fgcli.data.images import load_rgb
+from fgcli.data.manifest import Sample
+from fgcli.errors import UserError
+
+
+class ManifestDataset(Dataset):
+    """`(image tensor, label)` (or `(image, label, index)`) for each Sample, images read with `load_rgb`.
+
+    A file that fails to load is reported once (a warning) and replaced by the next loadable sample in
+    manifest order, so runs stay deterministic; `failed_count` / `failed_paths` say how many were replaced.
+    The failure flags live in shared memory, so they are seen across DataLoader worker processes.
+    With `return_index`, the index is that of the sample actually returned.
+    """
+
+    def __init__(self, samples: Sequence[Sample], source_root: str | Path, transform: Callable | None = None,
+                 crop_bottom: int = 0, return_index: bool = False) -> None:
+        self.samples = list(samples)
+        self.source_root = Path(source_root)
+        self.transform = transform
+        self.crop_bottom = int(crop_bottom)
+        self.return_index = return_index
+        self._failed = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def failed_count(self) -> int:
+        return int(self._failed.sum())
+
+    @property
+    def failed_paths(self) -> list[str]:
+        return [self.samples[i].path for i in torch.nonzero(self._failed).flatten().tolist()]
+
+    def load(self, index: int) -> Image.Image:
+        """The RGB image of sample `index`, with the bottom `crop_bottom` rows removed."""
+        image = load_rgb(self.source_root / self.samples[index].path)
+        if self.crop_bottom > 0 and image.height > self.crop_bottom + 1:
+            image = image.crop((0, 0, image.width, image.height - self.crop_bottom))
+        return image
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        n = len(self.samples)
+        for step in range(n):
+            j = (index + step) % n
+            if self._failed[j]:
+                continue
+            try:
+                image = self.load(j)
+            except Exception as e:  # corrupt/missing file at training time: substitute, don't crash
+                self._failed[j] = 1
+                log.warning(f"could not load {self.source_root / self.samples[j].path} ({type(e).__name__}: "
+                            f"{e}); using another image in its place. Re-run prepare-data to list bad files.")
+                continue
+            tensor = self.transform(image) if self.transform is not None else image
+            label = self.samples[j].label
+            return (tensor, label, j) if self.return_index else (tensor, label)
+        raise UserError(f"none of the {n} images under {self.source_root} could be loaded. Check the data folder "
+                        "and run `fgcli prepare-data` again.")

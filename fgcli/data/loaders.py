@@ -1,0 +1,42 @@
+"""DataLoaders over manifests: seeded shuffling, DistributedSampler under DDP, pinned memory on CUDA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from fgcli.console import log
+from fgcli.data.dataset import ManifestDataset
+from fgcli.data.manifest import Sample
+
+
+def build_loader(samples: Sequence[Sample], source_root: str | Path, transform: Callable | None, batch_size: int,
+                 train: bool, workers: int, distributed: bool = False, seed: int = 0, drop_last: bool | None = None,
+                 crop_bottom: int = 0, return_index: bool = False) -> DataLoader:
+    """A DataLoader over `samples`; shuffled (seeded) and dropping the last partial batch when `train`.
+
+    Under `distributed`, a DistributedSampler shards the data (call `loader.sampler.set_epoch(epoch)` every
+    epoch). The dataset is `loader.dataset` (a ManifestDataset: see its `failed_count`).
+    """
+    dataset = ManifestDataset(samples, source_root, transform, crop_bottom=crop_bottom, return_index=return_index)
+    drop_last = train if drop_last is None else drop_last
+    if drop_last and len(dataset) < batch_size:
+        log.warning(f"only {len(dataset)} images for batch size {batch_size}: keeping the partial batch")
+        drop_last = False
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last) if distributed else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        generator=generator,
+    )

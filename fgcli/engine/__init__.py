@@ -1,0 +1,1 @@
+"""The method-agnostic training engine: train loop, evaluation, checkpoints, distributed helpers, plots."""

@@ -1,0 +1,218 @@
+"""Checkpoints: plain dicts of tensors and primitives that load with `torch.load(weights_only=True)`.
+
+Keys (format_version 1): format_version, fgcli_version, date, method, backbone, config (nested dict), classes,
+preprocess, model (unwrapped state dict), ema (state dict or None), optimizer, scheduler, scaler, epoch
+(completed epochs), global_step, best_metric, best_epoch, rng, dataset, plus `history` (results.csv rows).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fgcli import __version__
+from fgcli.errors import UserError
+from fgcli.io import atomic_save
+
+if TYPE_CHECKING:
+    from fgcli.backbones import Preprocess
+    from fgcli.config import Config
+    from fgcli.methods.base import Method
+
+FORMAT_VERSION = 1
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module) and type(model).__name__ in (
+                "DistributedDataParallel", "DataParallel"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop `module.` / `_orig_mod.` prefixes and detach to CPU."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
+    return out
+
+
+def capture_rng() -> dict[str, Any]:
+    """CPU / CUDA / numpy / python RNG states as tensors and primitives only."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def restore_rng(state: dict[str, Any] | None) -> None:
+    """Restore what `capture_rng` saved (CUDA states only when the device count matches)."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+def make_checkpoint(
+    *,
+    model: nn.Module,
+    cfg: Config,
+    classes: list[str],
+    preprocess: Preprocess,
+    dataset: dict[str, Any],
+    epoch: int,
+    global_step: int = 0,
+    best_metric: float | None = None,
+    best_epoch: int | None = None,
+    ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict (see the module docstring for the keys)."""
+    from fgcli.config import to_dict
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "fgcli_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": cfg.method,
+        "backbone": cfg.model.backbone,
+        "config": to_dict(cfg),
+        "classes": list(classes),
+        "preprocess": preprocess.to_dict(),
+        "model": clean_state_dict(unwrap_model(model).state_dict()),
+        "ema": clean_state_dict(ema.state_dict()) if ema is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": _plain(scheduler.state_dict()) if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "best_epoch": None if best_epoch is None else int(best_epoch),
+        "rng": capture_rng(),
+        "dataset": dict(dataset),
+        "history": list(history or []),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Scheduler states may hold tuples / numpy scalars: keep only weights_only-safe primitives."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temp file + fsync + rename)."""
+    atomic_save(path, lambda buf: torch.save(ckpt, buf))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; one-line errors for missing, corrupt or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (a run folder? give RUN/weights/best.pt)" if path.is_dir() else ""
+        raise UserError(f"checkpoint {path} does not exist{hint}. Give the path to a .pt file written by "
+                        "`fgcli train`.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise UserError(f"checkpoint {path} contains pickled code and was refused for safety (not executed): "
+                            f"{first}. Only load files you trust; fgcli checkpoints hold tensors and plain values "
+                            "only.") from e
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({first}). Use another copy, e.g. "
+                        "weights/last.pt of the same run.") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {first}). Use another "
+                        "copy, e.g. weights/last.pt of the same run.") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "format_version" not in ckpt:
+        raise UserError(f"{path} is not an fgcli checkpoint (no 'format_version'/'model' keys). Give a .pt "
+                        "written by `fgcli train`.")
+    if int(ckpt["format_version"]) > FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format_version {ckpt['format_version']}, newer than this fgcli "
+                        f"({__version__}) reads. Upgrade fgcli.")
+    return ckpt
+
+
+def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
+    """The run's Config as saved in the checkpoint."""
+    from fgcli.config import from_dict
+
+    return from_dict(ckpt["config"], source="checkpoint config")
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True,
+                                device: str | torch.device = "cpu"
+                                ) -> tuple[Method, list[str], Preprocess, Config]:
+    """Rebuild the trained Method (eval mode) without pretrained weights or the dataset.
+
+    Returns (model, classes, preprocess, cfg). Uses the EMA weights when present and `use_ema`.
+    """
+    from fgcli.backbones import Preprocess
+    from fgcli.methods import build_method
+
+    cfg = config_from_checkpoint(ckpt)
+    cfg.model.pretrained = False
+    cfg.model.pretrained_file = None
+    preprocess = Preprocess.from_dict(ckpt["preprocess"])
+    cfg.data.img_size = preprocess.img_size  # fixed-size backbones must be rebuilt at the trained size
+    classes = list(ckpt["classes"])
+    model = build_method(cfg, len(classes))
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    try:
+        model.load_state_dict(clean_state_dict(state), strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit method '{cfg.method}' on '{cfg.model.backbone}' "
+                        f"({str(e).splitlines()[0][:200]}). Was it written by another fgcli version?") from e
+    model.to(device).eval()
+    return model, classes, preprocess, cfg
+
+
+def strip_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> dict[str, Any]:
+    """A weights-only copy for deployment: no optimizer / scheduler / scaler / RNG; EMA folded into `model`."""
+    out = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "ema", "history")}
+    if use_ema and ckpt.get("ema"):
+        out["model"] = ckpt["ema"]
+    out.update(optimizer=None, scheduler=None, scaler=None, ema=None, rng=None)
+    return out

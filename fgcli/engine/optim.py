@@ -1,0 +1,108 @@
+"""Optimizer and learning-rate schedule from the config, via timm's factories.
+
+The method's `param_groups(cfg)` decide per-part learning rates (`lr_scale` multiplies the base lr, applied
+by timm's schedulers on every update); each group is split into decay / no-decay parts (biases, norms and
+other 1-d parameters get no weight decay). The schedule advances once per optimizer update, so warm-up can be
+given in epochs or in steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from fgcli.config import Config
+from fgcli.errors import UserError
+
+
+def split_weight_decay(model: nn.Module, groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
+    """Split each param group into a decayed part and a no-decay part (1-d params, biases, no_weight_decay())."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        extra = {k: v for k, v in group.items() if k != "params"}
+        decay, no_decay = [], []
+        for p in group["params"]:
+            if not p.requires_grad:
+                continue
+            name = names.get(id(p), "")
+            if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        wd = extra.pop("weight_decay", weight_decay)
+        if decay:
+            out.append({"params": decay, "weight_decay": wd, **extra})
+        if no_decay:
+            out.append({"params": no_decay, "weight_decay": 0.0, **extra})
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """timm.optim.create_optimizer_v2 over the method's parameter groups."""
+    from timm.optim import create_optimizer_v2
+
+    groups = model.param_groups(cfg) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+    groups = split_weight_decay(model, groups, cfg.optim.weight_decay)
+    if not groups:
+        raise UserError("the model has no trainable parameters; check the method / backbone settings.")
+    seen: set[int] = set()
+    for g in groups:
+        for p in g["params"]:
+            if id(p) in seen:
+                raise UserError(f"method '{cfg.method}' lists a parameter in two param_groups; fix its "
+                                "param_groups().")
+            seen.add(id(p))
+    kwargs: dict[str, Any] = {}
+    name = cfg.optim.name.lower()
+    if name.split("_")[-1] in ("sgd", "momentum", "nesterov"):
+        kwargs["nesterov"] = cfg.optim.nesterov
+    try:
+        return create_optimizer_v2(groups, opt=name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                   momentum=cfg.optim.momentum, **kwargs)
+    except (ValueError, AssertionError) as e:
+        from timm.optim import list_optimizers
+
+        if "optimizer" in str(e).lower() or "unknown" in str(e).lower() or "invalid" in str(e).lower():
+            from fgcli.errors import unknown_choice
+
+            raise unknown_choice("optimizer (optim.name)", cfg.optim.name, list_optimizers()) from e
+        raise
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_epoch: int) -> Any:
+    """A timm scheduler stepped per optimizer update (`step_update(num_updates)`)."""
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+    total = max(1, cfg.train.epochs * updates_per_epoch)
+    s = cfg.sched
+    warmup = s.warmup * updates_per_epoch if s.warmup_unit == "epochs" else s.warmup
+    warmup = int(math.ceil(warmup))
+    if warmup >= total and s.name != "none":
+        raise UserError(f"sched.warmup ({s.warmup} {s.warmup_unit}) covers the whole run of {total} updates; "
+                        "lower the warm-up or train longer.")
+    common = {"warmup_t": warmup, "warmup_lr_init": s.warmup_lr, "t_in_epochs": False}
+    if s.name == "cosine":
+        if s.cosine_period == "whole_run":
+            # HERBS' official schedule: the cosine spans the whole run; the warm-up replaces its first steps.
+            return CosineLRScheduler(optimizer, t_initial=total, lr_min=s.min_lr, warmup_prefix=False, **common)
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=s.min_lr,
+                                 warmup_prefix=True, **common)
+    if s.name == "step":
+        return StepLRScheduler(optimizer, decay_t=max(1, s.step_size * updates_per_epoch), decay_rate=s.gamma,
+                               warmup_prefix=True, **common)
+    # "none": constant lr after an optional warm-up
+    return StepLRScheduler(optimizer, decay_t=total + warmup + 1, decay_rate=1.0, warmup_prefix=True, **common)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The base lr (the first group without lr_scale, else the first group's lr / lr_scale)."""
+    for g in optimizer.param_groups:
+        if "lr_scale" not in g or g["lr_scale"] == 1.0:
+            return float(g["lr"])
+    g = optimizer.param_groups[0]
+    return float(g["lr"]) / float(g.get("lr_scale", 1.0) or 1.0)

@@ -1,0 +1,99 @@
+"""Plots of a run: results.png (curves from results.csv) and confusion_matrix.png (readable up to 200+ classes)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from fgcli.io import atomic_write_bytes
+
+_CELL_TEXT_MAX = 30  # more classes than this: no numbers in the cells
+_TICKS_MAX = 40  # more classes than this: label every n-th class only
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (true rows, predicted columns).
+
+    Up to 30 classes each cell shows its percentage; beyond, colour only. Beyond 40 classes the tick labels
+    are subsampled so they stay legible (200 classes: every 5th).
+    """
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.float64)
+    n = cm.shape[0]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = float(np.clip(0.28 * n + 3, 6, 22))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=100 if n <= 60 else 130)
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    step = max(1, int(np.ceil(n / _TICKS_MAX)))
+    ticks = np.arange(0, n, step)
+    labels = [_short(classes[i]) if i < len(classes) else str(i) for i in ticks]
+    font = 9 if n <= 20 else 7 if n <= _TICKS_MAX else 6
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=font)
+    ax.set_yticks(ticks, labels, fontsize=font)
+    if n <= _CELL_TEXT_MAX:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted" + (f" (every {step}th class labelled)" if step > 1 else ""))
+    ax.set_ylabel("true")
+    acc = 100.0 * np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"{title + ' - ' if title else ''}confusion matrix, top-1 {acc:.2f}% on {int(cm.sum())} images")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _short(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def plot_results(rows: list[dict[str, float | str]], path: str | Path) -> None:
+    """Curves from results.csv rows: every train/* loss term, lr, and every val/* accuracy, against epoch."""
+    plt = _pyplot()
+    if not rows:
+        return
+    epochs = [float(r["epoch"]) for r in rows]
+    keys = list(rows[0].keys())
+    losses = [k for k in keys if k.startswith("train/") and k != "train/skipped"]
+    accs = [k for k in keys if k.startswith("val/")]
+    panels = [("loss", losses), ("val accuracy (%)", accs), ("lr", ["lr"])]
+    panels = [(t, ks) for t, ks in panels if ks]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), dpi=100, squeeze=False)
+    for ax, (title, ks) in zip(axes[0], panels, strict=True):
+        for k in ks:
+            ys = [_num(r.get(k)) for r in rows]
+            ax.plot(epochs, ys, marker="o", markersize=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(ks) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _num(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")

@@ -1,0 +1,67 @@
+"""Resolving the config of `fgcli train`: a fresh run (with the built-in demo recipe) or a resumed one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fgcli.config import Config, _nest, from_dict, parse_overrides, resolve_config, resolve_recipe, validate
+from fgcli.console import log
+from fgcli.errors import UserError
+
+# What may change when resuming: everything else must match the checkpoint or the run would not be exact.
+RESUME_MUTABLE = {"train.epochs", "train.device", "train.quiet", "train.max_nonfinite", "data.workers", "data.path"}
+
+
+def demo_recipe(method: str) -> Path | None:
+    """`models/<method>_demo_cpu.yaml` if it exists (the small CPU recipe used for `--data demo`)."""
+    try:
+        return resolve_recipe(f"{method}_demo_cpu")
+    except UserError:
+        return None
+
+
+def train_config(recipe: str | None, config_file: str | None, flags: dict[str, Any],
+                 overrides: list[str] | None) -> Config:
+    """defaults < recipe < --config < flags < --set; with `--data demo` and no recipe, --config or --backbone,
+    the method's small CPU demo recipe is used so that the demo trains in minutes."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if recipe is None and config_file is None and "model.backbone" not in flags:
+        probe = resolve_config(None, None, flags, overrides)
+        if probe.data.path == "demo" and "model.backbone" not in _flat(parse_overrides(overrides)):
+            found = demo_recipe(probe.method)
+            if found is not None:
+                log.info(f"--data demo: using the CPU demo recipe {found} (pass --recipe or --backbone to change)")
+                recipe = str(found)
+    return resolve_config(recipe, config_file, flags, overrides)
+
+
+def resume_config(saved: dict[str, Any], flags: dict[str, Any], overrides: list[str] | None) -> Config:
+    """The checkpoint's config with only the safe keys (RESUME_MUTABLE) changed by flags / --set."""
+    changes = _flat(_nest({k: v for k, v in flags.items() if v is not None}))
+    changes.update(_flat(parse_overrides(overrides)))
+    cfg = from_dict(saved, source="checkpoint config")
+    current = _flat(_to_flat_dict(cfg))
+    bad = [k for k, v in changes.items() if k not in RESUME_MUTABLE and current.get(k, object()) != v]
+    if bad:
+        raise UserError(f"--resume continues a run exactly; {', '.join(sorted(bad))} cannot change. Allowed: "
+                        f"{', '.join(sorted(RESUME_MUTABLE))}. Start a new run (without --resume) to change more.")
+    cfg = from_dict(_nest({k: v for k, v in changes.items() if k in RESUME_MUTABLE}), cfg, source="flags")
+    validate(cfg)
+    return cfg
+
+
+def _to_flat_dict(cfg: Config) -> dict[str, Any]:
+    from fgcli.config import to_dict
+
+    return to_dict(cfg)
+
+
+def _flat(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

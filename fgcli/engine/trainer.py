@@ -1,0 +1,535 @@
+"""The training loop: any registered Method, single process or DDP under torchrun.
+
+One epoch = train (AMP, gradient accumulation, clipping, non-finite skipping, EMA, per-update lr schedule),
+validate on the held-out validation split, then write results.csv / results.png / best.pt / last.pt (rank 0,
+atomically). The data order of epoch e depends only on (seed, e), and `last.pt` always holds the state after
+a completed epoch, so a run killed at any point resumes to bit-identical final weights on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fgcli.config import Config, save_yaml
+from fgcli.console import add_file_log, console, err_console, log, settings
+from fgcli.engine import distributed as D
+from fgcli.engine.checkpoint import (
+    build_model_from_checkpoint,
+    make_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
+from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr
+from fgcli.engine.rundir import increment_path, write_results_csv
+from fgcli.engine.setup import (
+    DataBundle,
+    amp_settings,
+    backbone_defaults,
+    build_data,
+    configure_determinism,
+    epoch_seed,
+    load_dataset,
+    seed_everything,
+    set_loader_epoch,
+)
+from fgcli.engine.signals import defer_sigint
+from fgcli.errors import UserError
+
+
+class NonFiniteStop(UserError):
+    """Too many consecutive non-finite steps: the run stops, last.pt keeps the last good epoch."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    epochs_done: int
+    best_metric: float | None
+    best_epoch: int | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "weights" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "weights" / "best.pt"
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+class Trainer:
+    """Owns the model, optimizer, schedule, EMA, loaders and the run folder for one `fgcli train`."""
+
+    def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.resume_ckpt = resume
+        self.requested_run_dir = run_dir
+        self.info, self.device = D.init_distributed(cfg.train.device)
+        self.main = self.info.is_main
+        self.quiet = cfg.train.quiet or settings.quiet or not self.main
+        self.history: list[dict[str, Any]] = []
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.start_epoch = 0
+        self.global_step = 0
+        self.nonfinite_run = 0
+        self.head_names: list[str] | None = None
+        self._file_log: Any = None
+
+    # ---- setup ----
+    def setup(self) -> None:
+        cfg = self.cfg
+        configure_determinism(cfg, self.device)
+        seed_everything(cfg.train.seed)  # identical initial weights on every rank and every resume
+        from fgcli.data.transforms import resolve_preprocess
+        from fgcli.methods import build_method
+
+        dataset = load_dataset(cfg, self.info)
+        if self.resume_ckpt is not None:
+            saved = list(self.resume_ckpt["classes"])
+            if saved != list(dataset.classes):
+                raise UserError(f"--resume: the data at {cfg.data.path} has different classes than the checkpoint "
+                                f"({_class_diff(saved, list(dataset.classes))}). Resume with the same data.")
+        self.method = build_method(cfg, len(dataset.classes))
+        preprocess = resolve_preprocess(cfg.data, backbone_defaults(self.method))
+        fixed = self.method.input_size
+        if fixed is not None and preprocess.img_size != fixed:
+            raise UserError(f"method '{cfg.method}' on backbone '{cfg.model.backbone}' needs {fixed}x{fixed} inputs, "
+                            f"but the preprocessing gives {preprocess.img_size}. Use --img-size {fixed}.")
+        self.data = build_data(cfg, dataset, preprocess, self.info)
+        self.amp_dtype, use_scaler = amp_settings(cfg, self.device)
+        self.channels_last = self.device.type == "cuda" and cfg.model.channels_last
+        self.method.to(self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.ema = None
+        if cfg.train.ema:
+            from timm.utils import ModelEmaV3
+
+            # warm-up: the decay ramps towards ema_decay, so short runs get a useful average too
+            self.ema = ModelEmaV3(self.method, decay=cfg.train.ema_decay, use_warmup=True)
+        self.optimizer = build_optimizer(self.method, cfg)
+        self.micro_per_epoch = len(self.data.train_loader)
+        if self.micro_per_epoch == 0:
+            raise UserError("the training loader is empty (fewer images than --batch-size with drop_last); "
+                            "lower --batch-size.")
+        self.updates_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accum_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+        else:
+            self.scheduler.step_update(0)
+        model: nn.Module = self.method
+        if self.info.enabled:
+            if cfg.train.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None, find_unused_parameters=cfg.train.find_unused_parameters)
+        if cfg.model.compile:
+            model = torch.compile(model)
+        self.model = model
+        self._setup_run_dir()
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.method.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            if ckpt.get("ema"):
+                self.ema.module.load_state_dict(ckpt["ema"])
+            else:
+                self.ema.module.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler"):
+            if int(ckpt["config"]["train"]["epochs"]) == self.cfg.train.epochs:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            elif self.main:  # timm schedules are a function of the update count: re-plan for the new length
+                log.warning(f"resuming with --epochs {self.cfg.train.epochs} (was {ckpt['config']['train']['epochs']}): "
+                            "the lr schedule is re-planned over the new length")
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt.get("global_step", 0))
+        self.best_metric = ckpt.get("best_metric")
+        self.best_epoch = ckpt.get("best_epoch")
+        self.history = [dict(r) for r in ckpt.get("history") or [] if int(r.get("epoch", 0)) <= self.start_epoch]
+        restore_rng(ckpt.get("rng"))
+        self.scheduler.step_update(self.global_step)
+
+    def _setup_run_dir(self) -> None:
+        cfg = self.cfg
+        if self.requested_run_dir is not None:
+            run_dir = self.requested_run_dir
+        else:
+            run_dir = increment_path(cfg.train.project, cfg.train.name, cfg.train.exist_ok) if self.main else None
+            run_dir = D.broadcast_object(run_dir, self.info)
+        self.run_dir = Path(run_dir)
+        self.weights = self.run_dir / "weights"
+        if self.main:
+            self.weights.mkdir(parents=True, exist_ok=True)
+            for stale in self.weights.glob(".*.tmp"):  # temp files of writes cut short by a kill
+                stale.unlink(missing_ok=True)
+            save_yaml(cfg, self.run_dir / "args.yaml")
+            self._file_log = add_file_log(self.run_dir / "log.txt")
+            if self.history:
+                write_results_csv(self.history, self.run_dir / "results.csv")
+        D.barrier(self.info)
+
+    # ---- checkpoints ----
+    def checkpoint(self, epoch: int) -> dict[str, Any]:
+        return make_checkpoint(
+            model=self.method, cfg=self.cfg, classes=self.data.classes, preprocess=self.data.preprocess,
+            dataset=self.data.info, epoch=epoch, global_step=self.global_step, best_metric=self.best_metric,
+            best_epoch=self.best_epoch, ema=self.ema.module if self.ema is not None else None,
+            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, history=self.history)
+
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        """results.csv/png first, then best.pt, then last.pt: a kill between them is repaired by resume."""
+        if not self.main:
+            return
+        from fgcli.engine.plots import plot_results
+
+        with defer_sigint():
+            write_results_csv(self.history, self.run_dir / "results.csv")
+            try:
+                plot_results(self.history, self.run_dir / "results.png")
+            except Exception as e:  # a plotting problem must never lose a checkpoint
+                log.warning(f"could not draw results.png: {e}")
+            ckpt = self.checkpoint(epoch)
+            if improved:
+                save_checkpoint(self.weights / "best.pt", ckpt)
+            save_checkpoint(self.weights / "last.pt", ckpt)
+
+    # ---- one epoch ----
+    def train_one_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
+        cfg = self.cfg
+        model, method = self.model, self.method
+        model.train()
+        set_loader_epoch(self.data.train_loader, cfg.train.seed, epoch)
+        seed_everything(epoch_seed(cfg.train.seed, epoch, self.info.rank))
+        accum = cfg.train.accum_steps
+        n_micro = self.micro_per_epoch
+        sums: dict[str, torch.Tensor] = {}
+        n_terms = 0
+        skipped = 0
+        seen = 0
+        t0 = time.perf_counter()
+        task = progress.add_task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=n_micro, info="") \
+            if progress is not None else None
+        last_refresh = 0.0
+        group_bad = False
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.data.train_loader):
+            images = batch[0].to(self.device, non_blocking=True)
+            targets = batch[1].to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            group_start = (i // accum) * accum
+            group_size = min(accum, n_micro - group_start)
+            last_in_group = i - group_start == group_size - 1
+            sync = contextlib.nullcontext()
+            if self.info.enabled and not last_in_group and hasattr(model, "no_sync"):
+                sync = model.no_sync()
+            with sync:
+                with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    outputs = model(images, targets)
+                    total, terms = method.loss(outputs, targets, epoch)
+                if self.head_names is None:
+                    heads = list(method.heads(outputs))
+                    self.head_names = heads if len(heads) > 1 else []
+                finite = D.all_finite(bool(torch.isfinite(total.detach()).all()), self.info, self.device)
+                if finite:
+                    self.scaler.scale(total / group_size).backward()
+                    sums["loss"] = sums.get("loss", 0) + total.detach().float()
+                    for name, value in terms.items():
+                        sums[name] = sums.get(name, 0) + value.detach().float()
+                    n_terms += 1
+                else:
+                    group_bad = True
+            seen += int(images.shape[0])
+            if last_in_group:
+                stepped = self._optimizer_step(group_bad, epoch, i)
+                if not stepped:
+                    skipped += 1
+                group_bad = False
+                self.global_step += 1
+                self.scheduler.step_update(self.global_step)
+            if task is not None:
+                now = time.perf_counter()
+                if now - last_refresh > 0.5 or i == n_micro - 1:
+                    last_refresh = now
+                    loss = (sums["loss"] / max(n_terms, 1)).item() if n_terms else float("nan")
+                    rate = seen * self.info.world_size / max(now - t0, 1e-9)
+                    progress.update(task, completed=i + 1,
+                                    info=f"loss {loss:.4f}  lr {current_lr(self.optimizer):.2e}  {rate:.1f} img/s")
+                else:
+                    progress.update(task, completed=i + 1)
+        if task is not None:
+            progress.remove_task(task)
+        stats = {f"train/{k}": v for k, v in self._reduce_means(sums, n_terms).items()}
+        stats["train/skipped"] = float(D.all_reduce_sum(torch.tensor([skipped]), self.info, self.device).max())
+        stats["train_images_per_s"] = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
+        return stats
+
+    def _optimizer_step(self, group_bad: bool, epoch: int, index: int) -> bool:
+        """Step unless the loss or the gradients are non-finite; returns whether the optimizer stepped."""
+        cfg = self.cfg
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        reason = "loss" if group_bad else None
+        if reason is None:
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)
+            max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if not torch.isfinite(norm):
+                if self.scaler.is_enabled():  # fp16 overflow: the scaler skips the step and lowers its scale
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return False
+                reason = "gradient"
+        if reason is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_run += 1
+            if self.main:
+                log.warning(f"non-finite {reason} at epoch {epoch + 1}, batch {index + 1}: step skipped "
+                            f"({self.nonfinite_run} in a row)")
+            if self.nonfinite_run >= cfg.train.max_nonfinite:
+                raise NonFiniteStop(
+                    f"training stopped: {self.nonfinite_run} consecutive non-finite steps (train.max_nonfinite="
+                    f"{cfg.train.max_nonfinite}) at epoch {epoch + 1}. {self.weights / 'last.pt'} keeps the last "
+                    "good epoch. Lower --lr, set --set optim.clip_grad=1.0, or try --no-amp.")
+            return False
+        self.nonfinite_run = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.method, step=self.global_step)
+        return True
+
+    def _reduce_means(self, sums: dict[str, Any], count: int) -> dict[str, float]:
+        names = sorted(sums)
+        if self.info.enabled:
+            # every rank has the same term names once it ran a finite step; exchange them to be safe
+            names = sorted(set().union(*[set(n) for n in _all_gather_names(names, self.info)]))
+        vec = torch.tensor([float(sums[n]) if n in sums else 0.0 for n in names] + [float(count)],
+                           dtype=torch.float64)
+        vec = D.all_reduce_sum(vec, self.info, self.device)
+        total = max(float(vec[-1]), 1.0)
+        out = {n: float(vec[i]) / total for i, n in enumerate(names)}
+        order = ["loss"] + [n for n in names if n != "loss"]
+        return {n: out[n] for n in order if n in out}
+
+    def validate(self, model: nn.Module) -> MetricAccumulator | None:
+        if self.data.val_loader is None:
+            return None
+        acc = evaluate_model(model, self.data.val_loader, self.device, len(self.data.classes),
+                             amp_dtype=self.amp_dtype, channels_last=self.channels_last, heads=self.head_names)
+        if self.info.enabled:
+            acc.load_state_tensor(D.all_reduce_sum(acc.state_tensor(), self.info, self.device))
+        if acc.n != self.data.val_count and self.main:
+            log.warning(f"validation counted {acc.n} images but the split has {self.data.val_count}")
+        return acc
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.method
+
+    # ---- the loop ----
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self.start_epoch == 0 and self.main:
+            with defer_sigint():  # epoch-0 state, so that a kill during epoch 1 can resume too
+                save_checkpoint(self.weights / "last.pt", self.checkpoint(0))
+        if self.main:
+            self._log_start()
+        run_start = time.perf_counter() - (float(self.history[-1]["time"]) if self.history else 0.0)
+        progress = _progress() if not self.quiet else None
+        try:
+            with progress if progress is not None else contextlib.nullcontext():
+                for epoch in range(self.start_epoch, cfg.train.epochs):
+                    t0 = time.perf_counter()
+                    lr = current_lr(self.optimizer)
+                    stats = self.train_one_epoch(epoch, progress)
+                    acc = self.validate(self.eval_model())
+                    row: dict[str, Any] = {"epoch": epoch + 1, "time": 0.0, "lr": lr}
+                    row.update({k: v for k, v in stats.items() if k.startswith("train/")})
+                    improved = False
+                    if acc is not None:
+                        res = acc.result()
+                        row["val/top1"], row["val/top5"] = res.top1, res.top5
+                        for name, m in res.heads.items():
+                            row[f"val/{name}/top1"] = m["top1"]
+                            row[f"val/{name}/top5"] = m[f"top{res.k}"]
+                        if self.best_metric is None or res.top1 > self.best_metric:
+                            self.best_metric, self.best_epoch, improved = res.top1, epoch + 1, True
+                    row["epoch_time"] = time.perf_counter() - t0
+                    row["time"] = time.perf_counter() - run_start
+                    self.history.append(row)
+                    self._save_epoch(epoch + 1, improved)
+                    if self.main:
+                        self._log_epoch(row, stats)
+        except KeyboardInterrupt:
+            if self.main:
+                done = self.history[-1]["epoch"] if self.history else 0
+                err_console.print(f"[yellow]Interrupted.[/] {self.weights / 'last.pt'} holds the last completed "
+                                  f"epoch ({done}); the partial epoch was dropped so that resuming stays exact. "
+                                  f"Continue with: fgcli train --resume {self.run_dir}")
+            raise
+        return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history)
+
+    def finish(self, result: TrainResult) -> None:
+        """Confusion matrix of best.pt on the val split, then the summary (rank 0 prints)."""
+        if self.data.val_loader is not None and result.best.is_file():
+            from fgcli.engine.checkpoint import load_checkpoint
+            from fgcli.engine.plots import plot_confusion_matrix
+
+            best, *_ = build_model_from_checkpoint(load_checkpoint(result.best), device=self.device)
+            acc = self.validate(best)
+            if self.main and acc is not None:
+                plot_confusion_matrix(acc.confusion.numpy(), self.data.classes,
+                                      self.run_dir / "confusion_matrix.png",
+                                      title=f"{self.cfg.method} best.pt (epoch {result.best_epoch}), "
+                                            f"{self.cfg.data.val_split} split")
+        if self.main:
+            _print_summary(self.cfg, result, self.data)
+
+    def close(self) -> None:
+        if self._file_log is not None:
+            log.removeHandler(self._file_log)
+            self._file_log.close()
+            self._file_log = None
+        D.cleanup_distributed(self.info)
+
+    # ---- logging ----
+    def _log_start(self) -> None:
+        cfg, data = self.cfg, self.data
+        what = "resuming" if self.start_epoch else "training"
+        log.info(f"{what} {cfg.method} on {cfg.model.backbone} | data {data.info['name']} "
+                 f"({len(data.classes)} classes, {data.info['num_train']} train / {data.val_count} val) | "
+                 f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size} x {self.info.world_size} process(es)"
+                 f"{f' x {cfg.train.accum_steps} accum' if cfg.train.accum_steps > 1 else ''} | "
+                 f"img {data.preprocess.img_size} | device {self.device}"
+                 f"{f' | amp {self.amp_dtype}' if self.amp_dtype else ''} | run {self.run_dir}")
+        if self.data.val_loader is None:
+            log.warning("no validation split: best.pt will not be written. Set data.val_fraction > 0.")
+
+    def _log_epoch(self, row: dict[str, Any], stats: dict[str, float]) -> None:
+        parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}"]
+        parts += [f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train/") and k != "train/skipped"]
+        if row.get("train/skipped"):
+            parts.append(f"skipped {int(row['train/skipped'])}")
+        if "val/top1" in row:
+            parts.append(f"val top-1 {row['val/top1']:.2f}% top-5 {row['val/top5']:.2f}%")
+        parts.append(f"lr {row['lr']:.2e}")
+        parts.append(f"{stats['train_images_per_s']:.1f} img/s")
+        parts.append(f"{row['epoch_time']:.1f}s")
+        log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
+
+
+def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, names)
+    return out
+
+
+def _class_diff(expected: list[str], got: list[str]) -> str:
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    if not missing and not extra:
+        return "same names in a different order"
+    parts = []
+    if missing:
+        parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        parts.append(f"extra {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    return f"{len(expected)} vs {len(got)} classes; " + ", ".join(parts)
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=err_console, transient=True)
+
+
+def _print_summary(cfg: Config, result: TrainResult, data: DataBundle) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"fgcli train: {cfg.method} on {cfg.model.backbone}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("run folder", str(result.run_dir))
+    table.add_row("epochs", str(result.epochs_done))
+    if result.best_metric is not None:
+        table.add_row(f"best val top-1 ({data.info['val_split']})", f"{result.best_metric:.2f}% (epoch {result.best_epoch})")
+    last = result.history[-1] if result.history else {}
+    if "val/top1" in last:
+        table.add_row("last val top-1 / top-5", f"{last['val/top1']:.2f}% / {last['val/top5']:.2f}%")
+    table.add_row("chance level", f"{100.0 / max(len(data.classes), 1):.2f}%")
+    table.add_row("weights", f"{result.best if result.best.is_file() else '-'}\n{result.last}")
+    console.print(table)
+    ckpt = result.best if result.best.is_file() else result.last
+    data_arg = cfg.data.path
+    console.print(f"next: fgcli eval {ckpt} --data {data_arg}")
+    console.print(f"      fgcli export {ckpt} --onnx --verify")
+
+
+def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None) -> TrainResult:
+    """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are."""
+    trainer = Trainer(cfg, resume=resume, run_dir=run_dir)
+    try:
+        trainer.setup()
+        result = trainer.fit()
+        trainer.finish(result)
+        return result
+    finally:
+        trainer.close()
+
+
+def run_train(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
+              overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
+    """`fgcli train`: resolve the config (fresh or resumed) and train."""
+    from fgcli.engine.checkpoint import load_checkpoint
+    from fgcli.engine.runconfig import resume_config, train_config
+    from fgcli.engine.rundir import resolve_resume_path
+
+    flags = dict(flags or {})
+    if resume is None:
+        return train(train_config(recipe, config_file, flags, overrides))
+    if recipe is not None or config_file is not None:
+        raise UserError("--resume takes its config from the checkpoint; drop --recipe / --config.")
+    project = flags.get("train.project") or Config().train.project
+    path = resolve_resume_path(resume, project)
+    ckpt = load_checkpoint(path)
+    cfg = resume_config(ckpt["config"], {k: v for k, v in flags.items() if k != "train.project"}, overrides)
+    if int(ckpt["epoch"]) >= cfg.train.epochs:
+        raise UserError(f"--resume: {path} already finished {ckpt['epoch']} of {cfg.train.epochs} epochs. Pass "
+                        "--epochs N (larger) to train on.")
+    run_dir = path.parent.parent if path.parent.name == "weights" else None
+    return train(cfg, resume=ckpt, run_dir=run_dir)

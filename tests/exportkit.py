@@ -1,0 +1,62 @@
+"""Helpers for the export / predict / bench tests: tiny checkpoints of every method and small image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fgcli.backbones import Preprocess
+from fgcli.config import resolve_config
+from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
+from fgcli.methods import build_method
+
+SIZE = 64
+CLASSES = ["alpha", "beta", "gamma"]
+#: tiny settings per method (test_* timm backbones, small necks)
+METHOD_SETTINGS = {
+    "baseline": [],
+    "herbs": ["herbs.fpn_size=16", "herbs.num_selects=[16,8,4,2]"],
+    "mge": ["mge.gate_hidden=16", "mge.part_mult=2"],
+}
+
+
+def make_checkpoint_file(folder: Path, method: str = "baseline", backbone: str = "test_resnet", size: int = SIZE,
+                         data: str = "/nonexistent/fgcli-data", seed: int = 0, ema: bool = False,
+                         name: str = "model.pt", classes: list[str] | None = None) -> Path:
+    """Build a randomly initialised Method and save it as an fgcli checkpoint (sharpened head: confident,
+    well-separated predictions so that fp16 / int8 top-1 comparisons are meaningful)."""
+    torch.manual_seed(seed)
+    classes = list(classes or CLASSES)
+    cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={size}",
+                                    f"data.path={data}", *METHOD_SETTINGS[method]])
+    model = build_method(cfg, len(classes)).eval()
+    pre = Preprocess(img_size=size, resize=int(size / 0.875), resize_mode="shorter", mean=(0.485, 0.456, 0.406),
+                     std=(0.229, 0.224, 0.225))
+    ema_model = None
+    if ema:
+        ema_model = build_method(cfg, len(classes)).eval()
+        ema_model.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            for p in ema_model.parameters():
+                p.mul_(0.5)
+    ckpt = make_checkpoint(model=model, cfg=cfg, classes=classes, preprocess=pre, dataset={"name": "test"}, epoch=1,
+                           ema=ema_model)
+    path = folder / name
+    save_checkpoint(path, ckpt)
+    return path
+
+
+def write_images(folder: Path, count: int, size: int = 80, seed: int = 0, ext: str = ".png") -> list[Path]:
+    """`count` random RGB images of `size`² under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        arr = rng.integers(0, 256, (size, size + 7 * i % 20, 3), dtype=np.uint8)
+        path = folder / f"img_{i:03d}{ext}"
+        Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,216 @@
+"""End-to-end `fgcli train` on a tiny demo with a timm test_* backbone: artifacts, resume, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from fgcli.cli import app
+from fgcli.engine.rundir import read_results_csv
+
+runner = CliRunner()
+
+TINY_DATA = ["--set", "data.demo_size=32", "--set", "data.demo_classes=4", "--set", "data.demo_per_class=8",
+             "--set", "data.val_fraction=0.25"]
+TINY = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "8", "--workers", "0",
+        "--lr", "0.05", "--device", "cpu", *TINY_DATA]
+
+
+def _train(tmp_path, *extra: str, name: str = "exp"):
+    return runner.invoke(app, ["train", "--method", "baseline", *TINY, "--project", str(tmp_path / "runs"),
+                               "--name", name, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 2-epoch run shared by the artifact / resume / eval tests."""
+    tmp = tmp_path_factory.mktemp("train")
+    result = _train(tmp, "--epochs", "2", "--ema")
+    assert result.exit_code == 0, result.output
+    return tmp, tmp / "runs" / "exp", result.output
+
+
+def test_run_folder_has_every_artifact(trained) -> None:
+    _, run, output = trained
+    for name in ("args.yaml", "results.csv", "results.png", "confusion_matrix.png", "log.txt", "weights/last.pt",
+                 "weights/best.pt"):
+        assert (run / name).is_file(), name
+    rows = read_results_csv(run / "results.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0])[:3] == ["epoch", "time", "lr"] and list(rows[0])[-1] == "epoch_time"
+    for col in ("train/loss", "train/ce", "train/skipped", "val/top1", "val/top5"):
+        assert col in rows[0]
+        assert all(math.isfinite(float(r[col])) for r in rows)
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["model"]["backbone"] == "test_resnet" and args["train"]["epochs"] == 2 and args["train"]["ema"]
+    log = (run / "log.txt").read_text()
+    assert "epoch 1/2" in log and "epoch 2/2" in log
+    assert "next: fgcli eval" in output and "fgcli export" in output
+
+
+def test_checkpoints_follow_the_contract(trained) -> None:
+    _, run, _ = trained
+    last = torch.load(run / "weights" / "last.pt", weights_only=True)
+    best = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert last["format_version"] == 1 and last["epoch"] == 2 and last["method"] == "baseline"
+    assert last["backbone"] == "test_resnet" and len(last["classes"]) == 4
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in last["model"])
+    assert last["ema"] is not None and last["optimizer"] is not None and last["scheduler"] is not None
+    assert last["dataset"]["num_train"] == 24 and last["dataset"]["num_val"] == 8
+    assert last["preprocess"]["img_size"] == 32
+    rows = read_results_csv(run / "results.csv")
+    top1 = [float(r["val/top1"]) for r in rows]
+    assert best["best_epoch"] == best["epoch"] == 1 + top1.index(max(top1))
+    assert best["best_metric"] == pytest.approx(max(top1), abs=1e-3)
+
+
+def test_resume_continues_to_more_epochs(trained, tmp_path) -> None:
+    import shutil
+
+    _, run, _ = trained
+    copy = tmp_path / "exp"
+    shutil.copytree(run, copy)
+    result = runner.invoke(app, ["train", "--resume", str(copy), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    rows = read_results_csv(copy / "results.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert torch.load(copy / "weights" / "last.pt", weights_only=True)["epoch"] == 3
+    # a finished run cannot resume without more epochs; changing the recipe is refused
+    again = runner.invoke(app, ["train", "--resume", str(copy / "weights" / "last.pt")])
+    assert again.exit_code == 1 and "already finished 3 of 3" in again.output
+    bad = runner.invoke(app, ["train", "--resume", str(copy), "--epochs", "4", "--lr", "0.5"])
+    assert bad.exit_code == 1 and "optim.lr cannot change" in bad.output
+
+
+def test_eval_writes_the_report(trained, tmp_path) -> None:
+    _, run, _ = trained
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", str(run / "weights" / "best.pt"), "--data", "demo", "--split", "val",
+                                 "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["num_samples"] == 8 and metrics["num_classes"] == 4
+    best = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert metrics["top1"] == pytest.approx(best["best_metric"], abs=1e-3)  # same split, same weights (EMA)
+    lines = (out / "per_class_accuracy.csv").read_text().splitlines()
+    assert lines[0] == "index,class,num_samples,correct,accuracy" and len(lines) == 5
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert "top-1" in result.output
+    test = runner.invoke(app, ["eval", str(run / "weights" / "best.pt"), "--data", "demo", "--out",
+                               str(tmp_path / "t"), "--workers", "0"])
+    assert test.exit_code == 0, test.output
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["split"] == "test"
+
+
+def test_eval_refuses_data_with_other_classes(trained, tmp_path) -> None:
+    from PIL import Image
+
+    _, run, _ = trained
+    folder = tmp_path / "flowers"
+    for cls in ("daisy", "rose"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (i * 40, 100, 50)).save(folder / cls / f"{i}.png")
+    result = runner.invoke(app, ["eval", str(run / "weights" / "best.pt"), "--data", str(folder), "--split", "train",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "classes do not match" in result.output and "only in the data: ['daisy', 'rose']" in result.output
+
+
+def test_config_file_reproduces_a_run(trained, tmp_path) -> None:
+    _, run, _ = trained
+    result = runner.invoke(app, ["train", "--config", str(run / "args.yaml"), "--epochs", "1", "--project",
+                                 str(tmp_path), "--name", "again"])
+    assert result.exit_code == 0, result.output
+    args = yaml.safe_load((tmp_path / "again" / "args.yaml").read_text())
+    original = yaml.safe_load((run / "args.yaml").read_text())
+    args["train"].update(epochs=2, project=original["train"]["project"], name="exp")
+    assert args == original
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--method", "nope", *TINY, "--project", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown method 'nope'" in result.output
+    result = runner.invoke(app, ["eval", str(tmp_path / "missing.pt"), "--data", "demo"])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "--resume" in result.output
+
+
+# -- non-finite losses -----------------------------------------------------------------------------------
+def _register_nan_method():
+    from fgcli.methods import _REGISTRY, register_method
+    from fgcli.methods.baseline import Baseline
+
+    if "nan_test" in _REGISTRY:
+        return
+
+    @register_method("nan_test")
+    class NanBaseline(Baseline):
+        """Baseline whose loss is NaN on the steps listed in NAN_STEPS (counted over the whole run)."""
+
+        steps = 0
+        nan_steps: set[int] = set()
+
+        def loss(self, outputs, targets, epoch):
+            total, terms = super().loss(outputs, targets, epoch)
+            step = type(self).steps
+            type(self).steps += 1
+            if step in type(self).nan_steps:
+                total = total * float("nan")
+            return total, terms
+
+
+def test_isolated_nan_steps_are_skipped_and_counted(tmp_path) -> None:
+    _register_nan_method()
+    from fgcli.methods import get_method
+
+    cls = get_method("nan_test")
+    cls.steps, cls.nan_steps = 0, {1, 4}  # 3 steps per epoch: epoch 1 step 2, epoch 2 step 2
+    result = runner.invoke(app, ["train", "--method", "nan_test", *TINY, "--epochs", "2", "--project",
+                                 str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "non-finite loss" in result.output
+    rows = read_results_csv(tmp_path / "exp" / "results.csv")
+    assert [float(r["train/skipped"]) for r in rows] == [1.0, 1.0]
+    state = torch.load(tmp_path / "exp" / "weights" / "last.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_consecutive_nan_steps_stop_the_run_and_keep_the_last_good_epoch(tmp_path) -> None:
+    _register_nan_method()
+    from fgcli.methods import get_method
+
+    cls = get_method("nan_test")
+    cls.steps, cls.nan_steps = 0, set(range(3, 100))  # epoch 1 (steps 0-2) is fine, then NaN forever
+    result = runner.invoke(app, ["train", "--method", "nan_test", *TINY, "--epochs", "3", "--project",
+                                 str(tmp_path), "--set", "train.max_nonfinite=2"])
+    assert result.exit_code == 1
+    assert "2 consecutive non-finite steps" in result.output and "last.pt keeps the last good epoch" in result.output
+    last = torch.load(tmp_path / "exp" / "weights" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path) -> None:
+    """24 training images: 1 x 24, 3 full micro-batches of 8, and a partial group (accum 5 over 3 batches)
+    divided by its own size must all give the same single update (LayerNorm model, no augmentation)."""
+    common = ["--method", "baseline", "--data", "demo", "--backbone", "test_convnext", "--img-size", "32",
+              "--workers", "0", "--lr", "0.1", "--device", "cpu", "--epochs", "1", *TINY_DATA,
+              "--set", "data.hflip=0.0", "--set", "sched.name=none", "--project", str(tmp_path)]
+    states = []
+    for name, batch, accum in (("big", 24, 1), ("accum3", 8, 3), ("partial", 8, 5)):
+        result = runner.invoke(app, ["train", *common, "--batch-size", str(batch), "--accum-steps", str(accum),
+                                     "--name", name])
+        assert result.exit_code == 0, result.output
+        ckpt = torch.load(tmp_path / name / "weights" / "last.pt", weights_only=True)
+        assert ckpt["global_step"] == 1
+        states.append(ckpt["model"])
+    for other in states[1:]:
+        for k, v in states[0].items():
+            torch.testing.assert_close(other[k], v, rtol=1e-4, atol=1e-6, msg=k)
