@@ -148,9 +148,9 @@ def _check_size(requested: int | None, exported: int, path: Path) -> int:
 
 
 def speedups(rows: Sequence[BenchRow], base: str = "torch", other: str = "onnx") -> dict[int, float]:
-    """Per batch size: mean latency of `base` / mean latency of `other` (>1 = `other` is faster)."""
+    """Per batch size: median latency of `base` / median latency of `other` (>1 = `other` is faster)."""
     by = {(r.backend, r.batch): r for r in rows}
-    return {b: by[(base, b)].mean_ms / by[(other, b)].mean_ms
+    return {b: by[(base, b)].p50_ms / by[(other, b)].p50_ms
             for (name, b) in by if name == other and (base, b) in by}
 
 
@@ -177,7 +177,7 @@ def rows_table(rows: Sequence[BenchRow], title: str = "Inference benchmark") -> 
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         speed = f"{ratio[r.batch]:.2f}x" if r.backend == "onnx" and r.batch in ratio else ""
-        table.add_row(r.backend, r.device, str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.throughput:.1f}",
+        table.add_row(r.backend, r.device.replace("ExecutionProvider", ""), str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.throughput:.1f}",
                       speed)
     if rows:
         table.caption = f"{rows[0].img_size}x{rows[0].img_size} inputs, {rows[0].threads} threads, {rows[0].iters} iters"

@@ -244,3 +244,73 @@ def load_predictor(path: str | Path, *, device: str = "auto", providers: Sequenc
     if providers:
         raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
     return TorchPredictor(path, device=device, threads=threads, use_ema=use_ema)
+
+
+def evaluate_predictor(predictor: Predictor, loader: Any, num_classes: int,
+                       progress: Any = None) -> Any:
+    """Feed a loader of (images, targets, ...) through a Predictor into the engine's MetricAccumulator."""
+    from fgcli.engine.evaluate import MetricAccumulator
+
+    acc = MetricAccumulator(num_classes, heads=[])
+    for batch in loader:
+        images, targets = batch[0], batch[1]
+        logits, _ = predictor(images.numpy())
+        acc.update(logits, targets)
+        if progress is not None:
+            progress(len(images))
+    return acc
+
+
+def eval_onnx(path: str | Path, data: str, split: str = "test", batch_size: int = 64, device: str = "auto",
+              out: str | Path | None = None, workers: int | None = None) -> Any:
+    """`fgcli eval MODEL.onnx`: the same report as for a checkpoint (fused output only), from onnxruntime.
+
+    Splits are carved with the run's data settings stored in the file's metadata, so `--split val` is the
+    split the run validated on.
+    """
+    import json
+    import time
+
+    from fgcli.config import from_dict
+    from fgcli.console import console, err_console
+    from fgcli.data.loaders import build_loader
+    from fgcli.data.prepare import resolve_data
+    from fgcli.data.transforms import eval_transform
+    from fgcli.engine.eval_run import EvalRun, check_classes, default_out_dir, resolve_split
+    from fgcli.engine.evaluate import results_table, write_report
+
+    path = Path(path)
+    predictor = OnnxPredictor(path, device=device)
+    info = predictor.info
+    data_cfg = from_dict({"data": json.loads(info.extra.get("data_config", "{}"))}, source=f"{path} metadata").data
+    if data != data_cfg.path:
+        data_cfg.path, data_cfg.format = data, "auto"
+    dataset = resolve_data(data_cfg)
+    check_classes(info.classes, list(dataset.classes), data)
+    samples = resolve_split(dataset, split, data)
+    loader = build_loader(samples, dataset.source_root, eval_transform(info.preprocess), batch_size, train=False,
+                          workers=data_cfg.workers if workers is None else workers,
+                          crop_bottom=int(getattr(dataset, "crop_bottom", 0) or 0))
+    log.info(f"evaluating {path.name} on {predictor.device}")
+    t0 = time.perf_counter()
+    if settings.quiet:
+        acc = evaluate_predictor(predictor, loader, len(info.classes))
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task(f"eval {split}", total=len(samples))
+            acc = evaluate_predictor(predictor, loader, len(info.classes), lambda n: bar.advance(task, n))
+    result = acc.result()
+    if result.num_samples != len(samples):
+        log.warning(f"evaluated {result.num_samples} images but the split has {len(samples)}")
+    out_dir = Path(out) if out is not None else default_out_dir(path)
+    extra = {"model": str(path), "data": str(data), "split": split, "method": info.method, "backbone": info.backbone,
+             "precision": info.precision, "source_checkpoint_sha256": info.source_sha256,
+             "device": predictor.device, "seconds": round(time.perf_counter() - t0, 3)}
+    files = write_report(result, info.classes, out_dir, extra=extra, title=f"{info.method} (onnx) on {split}")
+    console.print(results_table(result, title=f"{info.method} / {info.backbone} (onnx, {info.precision}) on {data} "
+                                              f"[{split}]"))
+    console.print(f"report: {files['metrics']}, {files['per_class']}, {files['confusion']}")
+    return EvalRun(result, out_dir, files)

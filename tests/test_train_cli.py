@@ -15,6 +15,15 @@ from fgcli.engine.rundir import read_results_csv
 
 runner = CliRunner()
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 TINY_DATA = ["--set", "data.demo_size=32", "--set", "data.demo_classes=4", "--set", "data.demo_per_class=8",
              "--set", "data.val_fraction=0.25"]
 TINY = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "8", "--workers", "0",
@@ -214,3 +223,28 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path) -> None:
     for other in states[1:]:
         for k, v in states[0].items():
             torch.testing.assert_close(other[k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_flowers12(flowers12, tmp_path) -> None:
+    """A real ImageFolder (train/ + test/, 12 species): val carved from train, test kept for eval."""
+    import shutil
+
+    data = tmp_path / "flowers12"
+    shutil.copytree(flowers12, data, ignore=shutil.ignore_patterns("train_augmented"))  # manifest lands in tmp
+    result = runner.invoke(app, ["train", "--method", "baseline", "--data", str(data), "--backbone", "test_resnet",
+                                 "--img-size", "64", "--batch-size", "32", "--workers", "0", "--epochs", "1",
+                                 "--device", "cpu", "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "exp"
+    ckpt = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert len(ckpt["classes"]) == 12 and "bluebell" in ckpt["classes"]
+    assert ckpt["dataset"]["num_train"] + ckpt["dataset"]["num_val"] == 720
+    assert ckpt["preprocess"]["img_size"] == 64
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["eval", str(run / "weights" / "best.pt"), "--data", str(data), "--out", str(out),
+                                 "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["num_samples"] == 240 and metrics["num_classes"] == 12
+    assert len((out / "per_class_accuracy.csv").read_text().splitlines()) == 13

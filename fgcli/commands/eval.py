@@ -9,7 +9,7 @@ from fgcli.commands._common import handle_errors
 
 @handle_errors
 def eval_command(
-    checkpoint: str = typer.Argument(..., help="A .pt checkpoint from `fgcli train` (e.g. runs/train/exp/weights/best.pt)."),
+    checkpoint: str = typer.Argument(..., help="A .pt checkpoint from `fgcli train` (e.g. runs/train/exp/weights/best.pt) or an .onnx file from `fgcli export`."),
     data: str = typer.Option(..., "--data", "-d", help="Prepared folder, raw dataset root, ImageFolder, or 'demo'."),
     split: str = typer.Option("test", "--split", help="Split to evaluate: test or val."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),

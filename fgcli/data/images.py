@@ -94,7 +94,9 @@ def check_image(path: str | os.PathLike, min_size: int = DEFAULT_MIN_SIZE,
     if size == 0:
         return ImageCheck("empty file (0 bytes)")
     previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Opening reads only the header; the size is checked below, before anything is decoded. Pillow's own
+    # check is off meanwhile so that the reason can name the size (and honour a raised --max-pixels).
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -15,7 +15,7 @@ from fgcli.data.manifest import Sample
 
 def build_loader(samples: Sequence[Sample], source_root: str | Path, transform: Callable | None, batch_size: int,
                  train: bool, workers: int, distributed: bool = False, seed: int = 0, drop_last: bool | None = None,
-                 crop_bottom: int = 0, return_index: bool = False) -> DataLoader:
+                 crop_bottom: int = 0, return_index: bool = False, persistent: bool = True) -> DataLoader:
     """A DataLoader over `samples`; shuffled (seeded) and dropping the last partial batch when `train`.
 
     Under `distributed`, a DistributedSampler shards the data (call `loader.sampler.set_epoch(epoch)` every
@@ -37,6 +37,6 @@ def build_loader(samples: Sequence[Sample], source_root: str | Path, transform: 
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0 and persistent,  # False: workers re-seeded from `generator` each epoch
         generator=generator,
     )

@@ -85,7 +85,7 @@ def resolve_dataset(path: str | Path, *, fmt: str = "auto", val_fraction: float 
                             "files (CUB, NABirds, Cars, Aircraft, Dogs, Flowers-102), no <class>/ image folders "
                             "and not a .csv. Run `fgcli prepare-data FORMAT SRC` with the right format.")
         fmt, _root = found
-        log.info(f"data: detected a {fmt} data set at {src}")
+        log.info(f"data: {src} looks like a {fmt} data set (auto-detected)")
     elif fmt not in FORMATS:
         raise unknown_choice("data format", fmt, (*FORMATS, "auto"))
     raw = read_source(fmt, src, options)

@@ -68,8 +68,10 @@ def eval_checkpoint(checkpoint: str | Path, data: str, split: str = "test", batc
     from fgcli.engine.distributed import resolve_device
 
     path = Path(checkpoint)
-    if path.suffix == ".onnx":
-        raise UserError(f"{path}: evaluating .onnx models comes with `fgcli export`; give a .pt checkpoint.")
+    if path.suffix.lower() == ".onnx":  # an exported model: onnxruntime feeds the same metrics and report
+        from fgcli.inference import eval_onnx
+
+        return eval_onnx(path, data, split=split, batch_size=batch_size, device=device, out=out, workers=workers)
     ckpt = load_checkpoint(path)
     dev = resolve_device(device)
     model, classes, preprocess, cfg = build_model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)

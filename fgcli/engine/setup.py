@@ -123,7 +123,10 @@ def build_data(cfg: Config, dataset: Any, preprocess: Any, info: D.DistInfo) -> 
                         f"{len(train_samples)} training images; lower --batch-size.")
     train_loader = build_loader(train_samples, dataset.source_root, build_transform(preprocess, cfg.data, True),
                                 cfg.train.batch_size, train=True, workers=cfg.data.workers,
-                                distributed=info.enabled, seed=cfg.train.seed, crop_bottom=crop_bottom)
+                                distributed=info.enabled, seed=cfg.train.seed, crop_bottom=crop_bottom,
+                                # fresh workers each epoch, seeded from the per-epoch generator: epoch e's
+                                # augmentation does not depend on the epochs before it (exact resume)
+                                persistent=False)
     val_loader = None
     if val_samples:
         val_loader = build_loader(D.shard(val_samples, info), dataset.source_root, eval_transform(preprocess),

@@ -119,3 +119,42 @@ def drop_duplicate_nodes(model: Any) -> int:
         del model.graph.node[:]
         model.graph.node.extend(copies)
     return dropped
+
+
+def unshare_initializers(model: Any) -> int:
+    """Give every extra consumer of a shared initializer its own copy; returns how many copies were made.
+
+    onnxruntime's quantizers edit weights in place (per-channel scales, Gemm -> MatMul transposes), which
+    corrupts the other users of a shared weight, e.g. MGE-CNN's classifier rows gathered for the CAM, or a
+    HERBS head applied to both tokens (MatMul) and pooled features (Gemm).
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            copies += 1
+            clone = type(inits[name])()
+            clone.CopyFrom(inits[name])
+            clone.name = f"{name}__fgcli_copy{copies}"
+            model.graph.initializer.append(clone)
+            node.input[i] = clone.name
+    return copies
+
+
+def drop_initializer_value_info(model: Any) -> None:
+    """Remove value_info entries describing initializers (the dynamo exporter writes them); onnxruntime's
+    quantizer transposes some weights and would then contradict them."""
+    inits = {t.name for t in model.graph.initializer}
+    kept = [v for v in model.graph.value_info if v.name not in inits]
+    if len(kept) != len(model.graph.value_info):
+        copies = [type(v)() for v in kept]
+        for dst, src in zip(copies, kept, strict=True):
+            dst.CopyFrom(src)
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(copies)

@@ -4,6 +4,7 @@ plus optional fp16 and int8 variants (each verified, int8 also judged on the val
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import numpy as np
 
 from fgcli import __version__
 from fgcli.backbones import Preprocess
+from fgcli.config import to_dict
 from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.export.metadata import ModelInfo, set_metadata, sha256_file
@@ -58,7 +60,7 @@ class Int8Report:
     top1_fp32: float | None  # percent, when labels are available
     top1_int8: float | None
     agreement: float  # top-1 agreement int8 vs fp32, fraction
-    latency_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (fp32, int8) mean ms
+    latency_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (fp32, int8) median ms
 
     @property
     def top1_change(self) -> float | None:
@@ -133,7 +135,9 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
     weights = "ema" if opts.use_ema and ckpt.get("ema") else "model"
     info = ModelInfo.from_checkpoint(ckpt, classes=classes, preprocess=pre, source_sha256=sha256_file(path),
                                      extra={"source_checkpoint": path.name, "weights": weights,
-                                            "source_checkpoint_fgcli_version": str(ckpt.get("fgcli_version", ""))})
+                                            "source_checkpoint_fgcli_version": str(ckpt.get("fgcli_version", "")),
+                                            # the run's data section: `fgcli eval MODEL.onnx` carves the same splits
+                                            "data_config": json.dumps(to_dict(cfg.data))})
     info.fgcli_version = __version__
     fp32_path = Path(opts.out) if opts.out is not None else path.with_suffix(".onnx")
     if fp32_path.suffix.lower() != ".onnx":
@@ -265,7 +269,7 @@ def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, d
     batches_to_time: Sequence[int] = opts.bench_batches if fp32_pred.fixed_batch is None else (fp32_pred.fixed_batch,)
     fp32_rows = bench_predictor(fp32_pred, batches_to_time, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
     int8_rows = bench_predictor(int8_pred, batches_to_time, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
-    report.latency_ms = {a.batch: (a.mean_ms, b.mean_ms) for a, b in zip(fp32_rows, int8_rows, strict=True)}
+    report.latency_ms = {a.batch: (a.p50_ms, b.p50_ms) for a, b in zip(fp32_rows, int8_rows, strict=True)}
     change = report.top1_change
     log.info("int8: " + (f"top-1 {report.top1_fp32:.2f}% -> {report.top1_int8:.2f}% ({change:+.2f} points), "
                          if change is not None else "")

@@ -20,7 +20,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from fgcli.console import log
 from fgcli.errors import UserError
-from fgcli.export.graph import fp32_island_nodes
+from fgcli.export.graph import drop_initializer_value_info, fp32_island_nodes, unshare_initializers
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -64,19 +64,15 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
         quantize_dynamic,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     with tempfile.TemporaryDirectory(prefix="fgcli-int8-") as tmp:
         raw, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         onnx.save(fp32_model, str(raw))
-        try:  # symbolic shape inference + constant folding / BN folding, as onnxruntime recommends
-            quant_pre_process(str(raw), str(pre), skip_symbolic_shape=False)
-        except Exception as e:
-            log.debug(f"quant_pre_process failed ({e}); quantizing the graph as exported")
-            pre = raw
+        _pre_process(raw, pre)
         prepared = onnx.load(str(pre))
+        unshare_initializers(prepared)
+        drop_initializer_value_info(prepared)
         excluded = fp32_island_nodes(prepared)
         onnx.save(prepared, str(pre))
         mode = "static" if calibration else "dynamic"
@@ -101,6 +97,20 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
     return QuantResult(model=model, mode=mode, calibration=calibration_source if calibration else "",
                        quantized_layers=_count_quantized(model), excluded_nodes=excluded,
                        weight_layers=sum(1 for n in prepared.graph.node if n.op_type in QUANT_OPS))
+
+
+def _pre_process(raw: Path, out: Path) -> None:
+    """onnxruntime's recommended pre-processing (shape inference, constant / BN folding); symbolic shape
+    inference fails on some graphs (HERBS), then ONNX shape inference alone is used."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for symbolic in (True, False):
+        try:
+            quant_pre_process(str(raw), str(out), skip_symbolic_shape=not symbolic)
+            return
+        except Exception as e:
+            log.debug(f"quant_pre_process (symbolic shapes: {symbolic}) failed: {type(e).__name__}: {e}")
+    out.write_bytes(raw.read_bytes())
 
 
 def _count_quantized(model: Any) -> int:

@@ -1,0 +1,100 @@
+"""`fgcli export`: parse the flags, delegate to fgcli.export.pipeline, print what was written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from fgcli.commands._common import handle_errors
+
+_VARIANTS = "fp16 / int8"
+_RUNTIME = "Runtime"
+
+
+@handle_errors
+def export_command(
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT",
+                                     help="A .pt checkpoint from `fgcli train` (any name, e.g. weights/best.pt)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the supported format)."),
+    out: str | None = typer.Option(None, "--out", "-o",
+                                   help="The fp32 .onnx file (default: CHECKPOINT with .onnx). fp16 / int8 files go "
+                                        "beside it as <stem>.fp16.onnx / <stem>.int8.onnx."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: 18 with dynamo, 17 with torchscript)."),
+    img_size: int | None = typer.Option(None, "--img-size", min=8,
+                                        help="Input size (default: the checkpoint's; fixed-size models only accept it)."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
+                                       help="Symbolic batch dimension (default), or a fixed batch of 1."),
+    fp16: bool = typer.Option(False, "--fp16", rich_help_panel=_VARIANTS,
+                              help="Also write an fp16 file (sensitive ops stay fp32); meant for GPUs."),
+    int8: bool = typer.Option(False, "--int8", rich_help_panel=_VARIANTS,
+                              help="Also write an int8 file (static QDQ, calibrated on the run's training images); "
+                                   "reports the top-1 change on the validation split and the speed-up on CPU."),
+    calib_images: int = typer.Option(128, "--calib-images", min=1, rich_help_panel=_VARIANTS,
+                                     help="Training images used to calibrate int8 activations."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Compare onnxruntime with torch on the run's validation images (else random): "
+                                     "max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for fp16."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights when the checkpoint has them."),
+    exporter: str | None = typer.Option(None, "--exporter",
+                                        help="torch exporter: dynamo (default, opset 18) or torchscript (opset 17)."),
+    providers: str | None = typer.Option(None, "--providers", rich_help_panel=_RUNTIME,
+                                         help="onnxruntime providers for the checks, comma-separated (e.g. cpu or "
+                                              "CUDAExecutionProvider,CPUExecutionProvider). Default: CPU."),
+    threads: int | None = typer.Option(None, "--threads", min=1, rich_help_panel=_RUNTIME,
+                                       help="onnxruntime intra-op threads (default: physical cores)."),
+) -> None:
+    """Export a checkpoint's fused model to ONNX, with metadata, checker, parity check and optional fp16 / int8.
+
+    One input `images` (N x 3 x H x W, normalised), outputs `logits` and `probs`; the metadata (classes, preprocessing, method, backbone, versions, checkpoint hash) is all `fgcli predict` needs.
+
+    Examples:
+      fgcli export runs/train/exp/weights/best.pt --onnx
+      fgcli export model.pt --onnx --out deploy/model.onnx --int8
+      fgcli export best.pt --onnx --fp16 --static-batch --no-verify
+    """
+    from fgcli.console import console
+    from fgcli.errors import UserError
+    from fgcli.export.pipeline import ExportOptions, export_checkpoint
+
+    if not onnx:
+        raise UserError("choose an export format: add --onnx (the supported format), e.g. "
+                        f"`fgcli export {checkpoint} --onnx`.")
+    options = ExportOptions(out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16,
+                            int8=int8, verify=verify, use_ema=ema, calib_images=calib_images,
+                            providers=_split(providers), threads=threads)
+    if exporter is not None:
+        options.exporter = exporter
+    result = export_checkpoint(checkpoint, options)
+    console.print(_summary(result))
+    main = result.files["fp32"]
+    console.print(f"next: fgcli predict {main} IMAGES...  |  fgcli eval {main} --data DATA  |  fgcli bench {main}")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+def _summary(result: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"ONNX export: {result.info.method} / {result.info.backbone}")
+    table.add_column("file", overflow="fold")
+    table.add_column("precision")
+    table.add_column("MB", justify="right")
+    table.add_column("check", overflow="fold")
+    for precision, path in result.files.items():
+        parity = result.parity.get(precision)
+        note = parity.line() if parity is not None else ("not verified" if precision != "int8" else "")
+        if precision == "int8" and result.int8 is not None:
+            r = result.int8
+            top1 = (f"top-1 {r.top1_fp32:.2f}% -> {r.top1_int8:.2f}% ({r.top1_change:+.2f}), "
+                    if r.top1_change is not None else "")
+            speed = ", ".join(f"{r.speedup(b):.2f}x at batch {b}" for b in r.latency_ms)
+            note = (f"{r.mode}; {top1}agreement {100 * r.agreement:.1f}% on {r.num_images} images "
+                    f"({r.eval_source}); vs fp32: {speed}")
+        table.add_row(str(path), precision, f"{result.sizes[precision] / 1e6:.1f}", note)
+    table.caption = (f"{len(result.info.classes)} classes, {result.info.preprocess.img_size}px input, "
+                     f"{result.info.extra.get('exporter')} exporter opset {result.info.extra.get('opset')}, "
+                     f"onnxruntime {result.provider}, {result.seconds:.1f} s")
+    return table

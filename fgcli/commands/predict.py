@@ -1,0 +1,61 @@
+"""`fgcli predict`: parse the flags, delegate to fgcli.predict, print the table."""
+
+from __future__ import annotations
+
+import typer
+
+from fgcli.commands._common import handle_errors
+
+
+@handle_errors
+def predict_command(
+    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported .onnx file."),
+    sources: list[str] = typer.Argument(..., metavar="SOURCE...",
+                                        help="Image files, folders (searched recursively) or quoted globs."),
+    topk: int = typer.Option(5, "--topk", "-k", min=1, help="Classes to report per image."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    out: str | None = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    providers: str | None = typer.Option(None, "--providers",
+                                         help=".onnx only: onnxruntime providers, comma-separated (overrides --device)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads (default: physical cores)."),
+    workers: int = typer.Option(4, "--workers", "-w", min=1, help="Threads decoding images."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
+) -> None:
+    """Classify images with a checkpoint or an .onnx file: a table of top-k classes, optional CSV / JSON.
+
+    An .onnx file needs nothing beside it: classes and preprocessing come from its metadata. Unreadable images are reported and skipped.
+
+    Examples:
+      fgcli predict runs/train/exp/weights/best.onnx bird.jpg ./more_photos/
+      fgcli predict best.pt 'photos/**/*.jpg' --topk 3 --out predictions.csv
+    """
+    from fgcli.console import console, err_console, settings
+    from fgcli.inference import load_predictor
+    from fgcli.predict import collect_images, predict_paths, results_table, write_output
+
+    paths = collect_images(sources)
+    provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
+    predictor = load_predictor(model, device=device, providers=provider_list, threads=threads, use_ema=ema)
+    err_console.print(f"{model}: {predictor.info.method} / {predictor.info.backbone}, "
+                      f"{len(predictor.info.classes)} classes, on {predictor.device}")
+    if settings.quiet:
+        result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err_console, transient=True) as progress:
+            task = progress.add_task("predict", total=len(paths))
+            result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model,
+                                   progress=lambda n: progress.advance(task, n))
+    if result.predictions:
+        console.print(results_table(result))
+    for path, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}", soft_wrap=True)
+    if result.skipped:
+        err_console.print(f"[yellow]{len(result.skipped)} of {len(paths)} images could not be read and were "
+                          "skipped.[/]")
+    if out:
+        written = write_output(result, out)
+        console.print(f"wrote {written}")
