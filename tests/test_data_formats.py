@@ -85,6 +85,7 @@ def test_cub_nested_extraction_windows_line_endings_and_trailing_spaces(tmp_path
     ("empty_class", "have no images"),
     ("bad_flag", "split flag must be 1 (train) or 0"),
     ("traversal", "contains '..'"),
+    ("not_utf8", "classes.txt:2 is not valid UTF-8"),
 ])
 def test_cub_index_errors_are_clear(tmp_path: Path, defect: str, message: str) -> None:
     root = make_cub(tmp_path)
@@ -103,6 +104,8 @@ def test_cub_index_errors_are_clear(tmp_path: Path, defect: str, message: str) -
         _write(root / "train_test_split.txt", ["1 2"] + flags[1:])
     elif defect == "traversal":
         _write(root / "images.txt", ["1 ../../etc/passwd"] + lines[1:])
+    elif defect == "not_utf8":
+        (root / "classes.txt").write_bytes(b"1 001.Black_footed_Albatross\n2 002.Laysan_Albatro\xdf\n")
     with pytest.raises(UserError) as err:
         _prepare("cub", root, tmp_path)
     assert message in str(err.value)

@@ -44,7 +44,7 @@ def make_bad_files(folder: Path) -> dict[str, str | None]:
     (folder / "tiny.png").write_bytes(_save(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"))
     (folder / "bomb.png").write_bytes(bomb_png())
     (folder / "cmyk.jpg").write_bytes(_jpeg(mode="CMYK", color=(0, 200, 200, 0)))
-    gray16 = Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60))
+    gray16 = Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)
     (folder / "gray16.png").write_bytes(_save(gray16, "PNG"))
     pal = Image.new("P", (32, 32), 0)
     pal.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)

@@ -167,3 +167,17 @@ def test_resolve_demo_is_cached_by_parameters(tmp_path: Path) -> None:
     assert resolve_data(DataCfg()).root == first.root
     meta = yaml.safe_load((first.root / "dataset.yaml").read_text())
     assert meta["source_root"] == "." and meta["demo"]["size"] == 32
+
+
+def test_never_overwrites_files_it_did_not_write(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.csv").write_text("my own list\n")
+    with pytest.raises(UserError, match="already holds train.csv that prepare-data did not write"):
+        prepare_dataset("imagefolder", root, mine, PrepareOptions(workers=1), summary=False)
+    (mine / "images").mkdir()
+    with pytest.raises(UserError, match="already holds images, train.csv"):
+        prepare_dataset("demo", None, mine, PrepareOptions(workers=1), DemoParams(size=32, classes=2, per_class=2),
+                        summary=False)
+    assert (mine / "train.csv").read_text() == "my own list\n" and (mine / "images").is_dir()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fgcli.config import Config, from_dict, parse_overrides, resolve_config, save_yaml, load_yaml
+from fgcli.config import Config, from_dict, load_yaml, parse_overrides, resolve_config, save_yaml
 from fgcli.errors import UserError
 from fgcli.io import atomic_open, atomic_write_text
 

@@ -20,7 +20,7 @@ def export_command(
     out: str | None = typer.Option(None, "--out", "-o",
                                    help="The fp32 .onnx file (default: CHECKPOINT with .onnx). fp16 / int8 files go "
                                         "beside it as <stem>.fp16.onnx / <stem>.int8.onnx."),
-    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: 18 with dynamo, 17 with torchscript)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: 18 for dynamo, 17 for torchscript)."),
     img_size: int | None = typer.Option(None, "--img-size", min=8,
                                         help="Input size (default: the checkpoint's; fixed-size models only accept it)."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
@@ -37,7 +37,8 @@ def export_command(
                                      "max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for fp16."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights when the checkpoint has them."),
     exporter: str | None = typer.Option(None, "--exporter",
-                                        help="torch exporter: dynamo (default, opset 18) or torchscript (opset 17)."),
+                                        help="auto (default: dynamo, falling back to torchscript when dynamo cannot take "
+                                             "the graph), dynamo (opset 18) or torchscript (opset 17)."),
     providers: str | None = typer.Option(None, "--providers", rich_help_panel=_RUNTIME,
                                          help="onnxruntime providers for the checks, comma-separated (e.g. cpu or "
                                               "CUDAExecutionProvider,CPUExecutionProvider). Default: CPU."),

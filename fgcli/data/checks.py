@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -52,7 +53,8 @@ def _run(check, paths: list[str], workers: int) -> Iterator[ImageCheck]:
         yield from map(check, paths)
         return
     chunksize = max(1, min(64, len(paths) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: the caller may run threads (rich's refresh thread, torch), and forking those is unsafe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(check, paths, chunksize=chunksize)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.table import Table
 
 from fgcli import __version__
@@ -72,6 +73,7 @@ def read_source(fmt: str, src: Path, options: PrepareOptions) -> RawDataset:
 def build_demo(target: Path, params: DemoParams) -> RawDataset:
     """Generate the demo images into `target`, replacing older ones only once the new set is complete."""
     params.validate()
+    _check_replaceable(target, demo=True)
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target))
     try:
@@ -150,7 +152,28 @@ def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str
     return prepared
 
 
+def _check_replaceable(out: Path, demo: bool = False) -> None:
+    """Refuse to overwrite files in `out` that a previous prepare-data run did not write."""
+    if not out.is_dir():
+        return
+    meta_path = out / "dataset.yaml"
+    if meta_path.is_file():
+        try:
+            meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            meta = None
+        if isinstance(meta, dict) and "classes" in meta and (not demo or meta.get("format") == "demo"):
+            return
+    ours = {"dataset.yaml", "train.csv", "val.csv", "test.csv", "bad_images.csv"} | (
+        {"images", "masks"} if demo else set())
+    clash = sorted(p.name for p in out.iterdir() if p.name in ours)
+    if clash:
+        raise UserError(f"{out} already holds {', '.join(clash)} that prepare-data did not write; refusing to "
+                        "replace them. Choose a new or empty folder with --out.")
+
+
 def _check_out(raw: RawDataset, out: Path) -> None:
+    _check_replaceable(out)
     root = raw.root.resolve()
     if raw.format != "demo" and out == root:
         raise UserError(f"--out {out} is the data set folder itself; choose another folder (default: "

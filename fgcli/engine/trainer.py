@@ -232,6 +232,7 @@ class Trainer:
             if progress is not None else None
         last_refresh = 0.0
         group_bad = False
+        applied_lr = current_lr(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(self.data.train_loader):
             images = batch[0].to(self.device, non_blocking=True)
@@ -263,6 +264,7 @@ class Trainer:
                     group_bad = True
             seen += int(images.shape[0])
             if last_in_group:
+                applied_lr = current_lr(self.optimizer)
                 stepped = self._optimizer_step(group_bad, epoch, i)
                 if not stepped:
                     skipped += 1
@@ -282,7 +284,8 @@ class Trainer:
         if task is not None:
             progress.remove_task(task)
         stats = {f"train/{k}": v for k, v in self._reduce_means(sums, n_terms).items()}
-        stats["train/skipped"] = float(D.all_reduce_sum(torch.tensor([skipped]), self.info, self.device).max())
+        stats["train/skipped"] = float(skipped)  # skip decisions are agreed by all ranks: the same count
+        stats["lr"] = applied_lr  # the lr of the epoch's last update (after any warm-up steps in it)
         stats["train_images_per_s"] = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
         return stats
 
@@ -364,10 +367,9 @@ class Trainer:
             with progress if progress is not None else contextlib.nullcontext():
                 for epoch in range(self.start_epoch, cfg.train.epochs):
                     t0 = time.perf_counter()
-                    lr = current_lr(self.optimizer)
                     stats = self.train_one_epoch(epoch, progress)
                     acc = self.validate(self.eval_model())
-                    row: dict[str, Any] = {"epoch": epoch + 1, "time": 0.0, "lr": lr}
+                    row: dict[str, Any] = {"epoch": epoch + 1, "time": 0.0, "lr": stats["lr"]}
                     row.update({k: v for k, v in stats.items() if k.startswith("train/")})
                     improved = False
                     if acc is not None:

@@ -1,25 +1,29 @@
 """torch -> ONNX for the fused prediction of any Method: one graph, input `images`, outputs `logits`, `probs`.
 
-Exporter choice (see README, "ONNX export"): the torch.export-based exporter (`dynamo`, opset 18) is the
-default; the TorchScript-based one (`torchscript`, opset 17) stays selectable with `--exporter`.
+Exporter choice (README, "ONNX export"): `auto` (default) uses the torch.export-based exporter (`dynamo`,
+opset 18) and falls back to the TorchScript-based one (`torchscript`, opset 17) for graphs dynamo cannot
+take (e.g. timm's MaxViT); either can be forced with `--exporter`. Both are checked against torch
+(`fgcli.export.verify`) on every export.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from fgcli.console import log
+from fgcli.console import log, settings
 from fgcli.errors import UserError, unknown_choice
 
 #: exporter name -> its default (and lowest supported) opset
 EXPORTERS: dict[str, int] = {"dynamo": 18, "torchscript": 17}
-DEFAULT_EXPORTER = "dynamo"
+#: "auto": dynamo, falling back to torchscript for the graphs dynamo cannot take (see the module docstring)
+DEFAULT_EXPORTER = "auto"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probs")
 _PROTOBUF_LIMIT = 2 * 1024**3
@@ -37,10 +41,19 @@ class FusedModel(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
+@dataclass
+class Exported:
+    """An exported graph and how it was made."""
+
+    proto: Any  # onnx.ModelProto
+    exporter: str
+    opset: int
+
+
 def resolve_opset(exporter: str, opset: int | None) -> int:
     """The opset to use with `exporter` (its default when None), checked against what it supports."""
     if exporter not in EXPORTERS:
-        raise unknown_choice("exporter", exporter, EXPORTERS)
+        raise unknown_choice("exporter", exporter, [*EXPORTERS, "auto"])
     lowest = EXPORTERS[exporter]
     if opset is None:
         return lowest
@@ -53,19 +66,45 @@ def resolve_opset(exporter: str, opset: int | None) -> int:
 
 
 def export_graph(model: nn.Module, img_size: int, *, dynamic_batch: bool = True, exporter: str = DEFAULT_EXPORTER,
-                 opset: int | None = None, batch: int = 2) -> Any:
-    """Export `model.predict` (eval mode, CPU, fp32) to an `onnx.ModelProto` with outputs logits/probs.
+                 opset: int | None = None, batch: int = 2) -> Exported:
+    """Export `model.predict` (eval mode, CPU, fp32) to ONNX with outputs logits / probs.
 
-    The trace runs on a batch of `batch` random images of `img_size`² (`dynamic_batch` keeps the batch
-    dimension symbolic, named "batch").
+    The trace runs on `batch` random images of `img_size`² (`dynamic_batch` keeps the batch dimension
+    symbolic, named "batch"). `exporter="auto"` tries dynamo and falls back to torchscript when dynamo
+    fails (or when `opset` is below dynamo's 18).
     """
-    import onnx
-
-    opset = resolve_opset(exporter, opset)
+    if exporter not in (*EXPORTERS, "auto"):
+        raise unknown_choice("exporter", exporter, [*EXPORTERS, "auto"])
     wrapper = FusedModel(model).eval()
     example = torch.randn(batch if dynamic_batch else 1, 3, img_size, img_size)
     with torch.inference_mode():
         wrapper(example)  # dry run: shape errors surface here with a torch traceback, not from the exporter
+    if exporter != "auto":
+        return _export_with(wrapper, example, exporter, resolve_opset(exporter, opset), dynamic_batch)
+    if opset is not None and opset < EXPORTERS["dynamo"]:
+        return _export_with(wrapper, example, "torchscript", resolve_opset("torchscript", opset), dynamic_batch)
+    try:
+        return _export_with(wrapper, example, "dynamo", resolve_opset("dynamo", opset), dynamic_batch)
+    except _ExportFailed as first:
+        log.warning(f"the dynamo exporter failed ({first.reason}); falling back to the torchscript exporter")
+        try:
+            return _export_with(wrapper, example, "torchscript", resolve_opset("torchscript", opset), dynamic_batch)
+        except _ExportFailed as second:
+            raise UserError(f"ONNX export failed with both exporters: dynamo ({first.reason}); torchscript "
+                            f"({second.reason}). Rerun with --debug for the traces.") from second
+
+
+class _ExportFailed(UserError):
+    def __init__(self, exporter: str, reason: str) -> None:
+        super().__init__(f"ONNX export with the {exporter} exporter failed ({reason}). Try another --exporter "
+                         "(dynamo, torchscript), or rerun with --debug for the full trace.")
+        self.reason = reason
+
+
+def _export_with(wrapper: nn.Module, example: torch.Tensor, exporter: str, opset: int,
+                 dynamic_batch: bool) -> Exported:
+    import onnx
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
@@ -83,15 +122,13 @@ def export_graph(model: nn.Module, img_size: int, *, dynamic_batch: bool = True,
                                   input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
                                   do_constant_folding=True)
                 proto = onnx.load_from_string(buffer.getvalue())
-    except UserError:
-        raise
     except Exception as e:
-        other = "torchscript" if exporter == "dynamo" else "dynamo"
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise UserError(f"ONNX export with the {exporter} exporter failed ({type(e).__name__}: {first}). "
-                        f"Try --exporter {other}, or rerun with --debug for the full trace.") from e
+        if settings.debug:
+            log.exception(f"{exporter} exporter")
+        text = " ".join(str(e).split())
+        raise _ExportFailed(exporter, f"{type(e).__name__}: {text[:240]}") from e
     log.debug(f"exported with {exporter} (opset {opset}): {len(proto.graph.node)} nodes")
-    return proto
+    return Exported(proto=proto, exporter=exporter, opset=opset)
 
 
 def check_graph(proto: Any, source: str = "the exported graph") -> None:

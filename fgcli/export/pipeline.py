@@ -19,7 +19,7 @@ from fgcli.config import to_dict
 from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.export.metadata import ModelInfo, set_metadata, sha256_file
-from fgcli.export.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, resolve_opset, save_model
+from fgcli.export.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
 from fgcli.export.verify import Parity, check, compare
 
 
@@ -92,9 +92,9 @@ def variant_path(fp32_path: Path, precision: str) -> Path:
 def export_loaded(model: Any, info: ModelInfo, out: str | Path, *, img_size: int, dynamic_batch: bool = True,
                   exporter: str = DEFAULT_EXPORTER, opset: int | None = None) -> Any:
     """Export a built Method to `out` with `info` as metadata; returns the checked fp32 ModelProto."""
-    opset = resolve_opset(exporter, opset)
-    proto = export_graph(model, img_size, dynamic_batch=dynamic_batch, exporter=exporter, opset=opset)
-    info.extra.update(exporter=exporter, opset=str(opset), dynamic_batch=str(dynamic_batch).lower())
+    exported = export_graph(model, img_size, dynamic_batch=dynamic_batch, exporter=exporter, opset=opset)
+    proto = exported.proto
+    info.extra.update(exporter=exported.exporter, opset=str(exported.opset), dynamic_batch=str(dynamic_batch).lower())
     _stamp(proto, info)
     check_graph(proto)
     save_model(proto, out)
@@ -143,7 +143,7 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
     if fp32_path.suffix.lower() != ".onnx":
         raise UserError(f"--out {fp32_path} must end in .onnx.")
     log.info(f"exporting {info.method} / {info.backbone} ({weights} weights, {len(classes)} classes) at "
-             f"{size}x{size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, {opts.exporter} exporter")
+             f"{size}x{size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, exporter: {opts.exporter}")
     proto = export_loaded(model, info, fp32_path, img_size=size, dynamic_batch=opts.dynamic_batch,
                           exporter=opts.exporter, opset=opts.opset)
     result = ExportResult(info=info, files={"fp32": fp32_path}, sizes={"fp32": fp32_path.stat().st_size})
