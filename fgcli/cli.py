@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("export", "export", "export_command", ()),
     ("predict", "predict", "predict_command", ()),
     ("bench", "bench", "bench_command", ()),
+    ("attention-viz", "viz", "viz_command", ("viz",)),
 ]
 
 

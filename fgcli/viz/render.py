@@ -1,0 +1,222 @@
+"""Figures (matplotlib, Agg, no pyplot state): per-method panels over the original image, a grid or singles.
+
+Every heat map uses one colormap (`CMAP`) on a fixed 0..1 scale with a colour bar; every image keeps its
+aspect ratio (axes in original-image pixels); what the model never saw (outside the centre crop) is dimmed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgcli.io import atomic_write_bytes
+from fgcli.viz.geometry import CropGeometry, display_size
+from fgcli.viz.maps import ImageMaps
+
+CMAP = "turbo"
+PANEL_INCH = 2.7
+DPI = 110
+MAX_SIDE = 512  # display resolution of the original image (longer side), never upscaled
+BOX_COLOURS = ("#00e5ff", "#ff3df5", "#ffe600")
+
+
+@dataclass
+class ImageInfo:
+    """One input image and what is known about it."""
+
+    name: str  # a short, unique label (also the PNG's stem)
+    image: np.ndarray  # H x W x 3 uint8, the original (after any crop_bottom)
+    geometry: CropGeometry
+    true_label: int | None = None
+
+
+@dataclass
+class Panel:
+    """One sub-figure: `draw(ax)` returns True when it shows a heat map (so it gets the colour bar)."""
+
+    key: str
+    title: str
+    draw: Callable[[Any], bool]
+
+
+def _short(text: str, limit: int = 26) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def headline(info: ImageInfo, maps: ImageMaps, classes: list[str]) -> tuple[str, str]:
+    """The figure title (true class when known, predicted class and probability) and its colour."""
+    pred = f"pred: {classes[maps.pred]} ({100 * float(maps.probs[maps.pred]):.1f}%)"
+    if info.true_label is None:
+        return f"{info.name}   |   true: ?   |   {pred}", "black"
+    ok = info.true_label == maps.pred
+    return (f"{info.name}   |   true: {classes[info.true_label]}   |   {pred}",
+            "#1a7f37" if ok else "#cf222e")
+
+
+class Canvas:
+    """Draws on the original image (axes in original pixels) or on a square crop grid."""
+
+    def __init__(self, info: ImageInfo, alpha: float) -> None:
+        self.info = info
+        self.alpha = alpha
+        h, w = info.image.shape[:2]
+        self.w, self.h = w, h
+        self.dw, self.dh = display_size(w, h, MAX_SIDE)
+        self.shown = np.asarray(_resize(info.image, self.dw, self.dh))
+        self.extent = (0.0, float(w), float(h), 0.0)  # continuous original-pixel coordinates
+        seen = info.geometry.warp_map(np.ones((2, 2)), self.dw, self.dh)
+        self.outside = ~np.isfinite(seen)
+
+    def image(self, ax: Any) -> None:
+        ax.imshow(self.shown, extent=self.extent, interpolation="antialiased")
+        self._dim_outside(ax)
+        self._finish(ax)
+
+    def heat(self, ax: Any, crop_map: np.ndarray) -> bool:
+        warped = self.info.geometry.warp_map(crop_map, self.dw, self.dh)
+        ax.imshow(self.shown, extent=self.extent, interpolation="antialiased")
+        ax.imshow(np.ma.masked_invalid(warped), extent=self.extent, cmap=CMAP, vmin=0.0, vmax=1.0,
+                  alpha=self.alpha, interpolation="bilinear")
+        self._dim_outside(ax)
+        self._finish(ax)
+        return True
+
+    def keep(self, ax: Any, crop_mask: np.ndarray) -> bool:
+        """Kept tokens at full brightness, suppressed background darkened, the boundary outlined."""
+        warped = self.info.geometry.warp_map(crop_mask, self.dw, self.dh)
+        ax.imshow(self.shown, extent=self.extent, interpolation="antialiased")
+        shade = np.zeros((self.dh, self.dw, 4))
+        shade[..., 3] = np.where(np.nan_to_num(warped, nan=0.0) >= 0.5, 0.0, 0.72)
+        ax.imshow(shade, extent=self.extent, interpolation="nearest")
+        if np.isfinite(warped).any() and np.nanmax(warped) > np.nanmin(warped):
+            xs = (np.arange(self.dw) + 0.5) * self.w / self.dw
+            ys = (np.arange(self.dh) + 0.5) * self.h / self.dh
+            ax.contour(xs, ys, np.nan_to_num(warped, nan=0.0), levels=[0.5], colors=["#00e5ff"], linewidths=0.9)
+        self._dim_outside(ax)
+        self._finish(ax)
+        return False
+
+    def box(self, ax: Any, box: tuple[float, float, float, float], colour: str, label: str = "") -> None:
+        """Draw (x1, y1, x2, y2) in original-image coordinates."""
+        from matplotlib.patches import Rectangle
+
+        x1, y1, x2, y2 = box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2.0))
+        if label:
+            ax.text(x1 + 2, y1 + 2, label, color="black", fontsize=7, va="top", ha="left",
+                    bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.0, "alpha": 0.9})
+
+    def _dim_outside(self, ax: Any) -> None:
+        if not self.outside.any():
+            return
+        shade = np.zeros((self.dh, self.dw, 4))
+        shade[..., 3] = np.where(self.outside, 0.55, 0.0)
+        ax.imshow(shade, extent=self.extent, interpolation="nearest")
+        x1, y1, x2, y2 = self.info.geometry.crop_rect()
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=0.8,
+                               linestyle="--"))
+
+    def _finish(self, ax: Any) -> None:
+        ax.set_xlim(0, self.w)
+        ax.set_ylim(self.h, 0)
+        ax.set_aspect("equal")
+        ax.axis("off")
+
+
+def crop_heat(ax: Any, rgb: np.ndarray, crop_map: np.ndarray | None, alpha: float) -> bool:
+    """A square crop (the zoom an expert saw) with its own-grid map."""
+    size = rgb.shape[0]
+    extent = (0.0, float(rgb.shape[1]), float(size), 0.0)
+    ax.imshow(rgb, extent=extent, interpolation="antialiased")
+    if crop_map is not None:
+        ax.imshow(np.ma.masked_invalid(crop_map), extent=extent, cmap=CMAP, vmin=0.0, vmax=1.0, alpha=alpha,
+                  interpolation="bilinear")
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return crop_map is not None
+
+
+def bars(ax: Any, labels: list[str], values: list[float], title: str, highlight: int | None = None,
+         fmt: str = "{:.0%}") -> bool:
+    """Horizontal bars, largest first at the top, values printed at the bar ends."""
+    y = np.arange(len(values))
+    colours = ["#d9480f" if i == highlight else "#4c6ef5" for i in range(len(values))]
+    ax.barh(y, values, color=colours)
+    ax.set_yticks(y, [_short(v, 22) for v in labels], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(1.0, max(values) * 1.05) if values else 1.0)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(min(v, 0.98) + 0.01, yi, fmt.format(v), va="center", fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.set_box_aspect(1.0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return False
+
+
+def topk_panel(maps: ImageMaps, classes: list[str], true_label: int | None, k: int = 5) -> Panel:
+    order = np.argsort(-maps.probs, kind="stable")[:k]
+    labels = [classes[i] for i in order]
+    values = [float(maps.probs[i]) for i in order]
+    hit = next((j for j, i in enumerate(order) if i == true_label), None)
+    return Panel("topk", f"top-{len(order)} (orange = true class)" if true_label is not None else f"top-{len(order)}",
+                 lambda ax: bars(ax, labels, values, "", highlight=hit))
+
+
+def figure(panels: list[list[Panel | None]], title: str, colour: str, aspect: float, with_bar: bool = True) -> Any:
+    """A Figure with rows of panels of equal size (height = width * aspect) and one shared colour bar."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    rows, cols = len(panels), max(len(r) for r in panels)
+    aspect = min(max(aspect, 0.5), 2.0)
+    fig = Figure(figsize=(cols * PANEL_INCH + (0.6 if with_bar else 0.0), rows * PANEL_INCH * aspect + 0.7),
+                 dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    heat_axes = []
+    for r, row in enumerate(panels):
+        for c in range(cols):
+            ax = axes[r][c]
+            panel = row[c] if c < len(row) else None
+            if panel is None:
+                ax.axis("off")
+                continue
+            if panel.draw(ax):
+                heat_axes.append(ax)
+            if panel.title:
+                ax.set_title(panel.title, fontsize=8)
+    if with_bar and heat_axes:
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CMAP), ax=axes.ravel().tolist(), shrink=0.7,
+                           aspect=30, pad=0.01)
+        bar.set_label("attention (scaled to 0–1 per map)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10, color=colour)
+    return fig
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Render a Figure to PNG and write it atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
