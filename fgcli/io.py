@@ -28,8 +28,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         _fsync_dir(path.parent)
     except OSError as e:
         _remove_quietly(tmp)
-        raise UserError(f"could not write {path}: {e.strerror or e}. Free disk space or choose another --out; "
-                        "the previous file (if any) is unchanged.") from e
+        raise UserError(f"could not write {path}: {e.strerror or e}. Free disk space (or write to another "
+                        f"folder) and rerun; the previous {path.name} (if any) is unchanged.") from e
     except BaseException:
         _remove_quietly(tmp)
         raise

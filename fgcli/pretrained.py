@@ -120,6 +120,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if "weights only" in str(e).lower():  # torch's weights_only unpickler met a global it does not allow
+            raise UserError(f"--pretrained-file {path} contains pickled code and was refused for safety (not "
+                            "executed). Give a plain state dict of tensors (torch.save(model.state_dict())) or a "
+                            ".safetensors file.") from e
         raise UserError(f"--pretrained-file {path} could not be read as weights ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}). Give a plain state dict saved with torch.save.") from e
     for key in ("state_dict", "model", "model_state"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,20 +153,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         hint = " (a run folder? give RUN/weights/best.pt)" if path.is_dir() else ""
         raise UserError(f"checkpoint {path} does not exist{hint}. Give the path to a .pt file written by "
                         "`fgcli train`.")
+    _check_container(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise UserError(f"checkpoint {path} contains pickled code and was refused for safety (not executed): "
-                            f"{first}. Only load files you trust; fgcli checkpoints hold tensors and plain values "
-                            "only.") from e
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({first}). Use another copy, e.g. "
+        text = str(e)
+        if "weights only" in text.lower() or "weights_only" in text.lower():
+            found = re.search(r"GLOBAL ([\w.]+)|global [`'\"]?([\w.]+)", text)
+            what = f" (it calls {found.group(1) or found.group(2)})" if found else ""
+            raise UserError(f"checkpoint {path} contains pickled code{what} and was refused for safety (not "
+                            "executed). fgcli checkpoints hold tensors and plain values only; do not load this "
+                            "file unless you trust whoever made it.") from e
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}). Use another copy, e.g. "
                         "weights/last.pt of the same run.") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {first}). Use another "
-                        "copy, e.g. weights/last.pt of the same run.") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnicodeDecodeError, ... for damaged files
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {_first_line(e)}). Use "
+                        "another copy, e.g. weights/last.pt of the same run.") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "format_version" not in ckpt:
         raise UserError(f"{path} is not an fgcli checkpoint (no 'format_version'/'model' keys). Give a .pt "
                         "written by `fgcli train`.")
@@ -173,6 +176,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} has format_version {ckpt['format_version']}, newer than this fgcli "
                         f"({__version__}) reads. Upgrade fgcli.")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def _check_container(path: Path) -> None:
+    """fgcli checkpoints are torch.save zip archives. Anything else (a legacy pickle, another format, random
+    bytes) is refused before torch.load sees it. torch.load does not check the CRC-32 of the records it reads,
+    so a flipped bit in a tensor would load as a silently wrong weight: verify every record's CRC here."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        what = "an empty file" if not head else "not a PyTorch zip checkpoint"
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({what}). Give a .pt written by "
+                        "`fgcli train`, or another copy, e.g. weights/last.pt of the same run.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0:  # written with torch.serialization.set_crc32_options(False)
+                    continue
+                with archive.open(info) as record:
+                    while record.read(1 << 24):
+                        pass
+    except zipfile.BadZipFile as e:
+        if "CRC" not in str(e):
+            return
+        raise UserError(f"checkpoint {path} is corrupt (a CRC-32 check fails: {e}). Use another copy, e.g. "
+                        "weights/last.pt of the same run.") from e
+    except (OSError, EOFError, ValueError, NotImplementedError):
+        return
 
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
@@ -200,13 +235,35 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True,
     classes = list(ckpt["classes"])
     model = build_method(cfg, len(classes))
     state = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
-    try:
-        model.load_state_dict(clean_state_dict(state), strict=True)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit method '{cfg.method}' on '{cfg.model.backbone}' "
-                        f"({str(e).splitlines()[0][:200]}). Was it written by another fgcli version?") from e
+    state = clean_state_dict(state)
+    differences = state_dict_differences(model.state_dict(), state)
+    if differences:
+        raise UserError(f"checkpoint weights do not fit method '{cfg.method}' on '{cfg.model.backbone}' with "
+                        f"{len(classes)} classes ({differences}). The file's weights come from another method, "
+                        "backbone or class set than its config says; use the checkpoint written with them.")
+    model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, classes, preprocess, cfg
+
+
+def state_dict_differences(expected: dict[str, torch.Tensor], got: dict[str, Any], limit: int = 3) -> str:
+    """'' when `got` fits `expected` exactly, else what differs: missing / unexpected keys and wrong shapes."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    shapes = [f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in got and isinstance(got[k], torch.Tensor) and tuple(got[k].shape) != tuple(v.shape)]
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {some(missing)}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected: {some(extra)}")
+    if shapes:
+        parts.append(f"{len(shapes)} with another shape (file vs model): {some(shapes)}")
+    return "; ".join(parts)
 
 
 def strip_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> dict[str, Any]:

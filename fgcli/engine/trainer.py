@@ -181,8 +181,9 @@ class Trainer:
         self.weights = self.run_dir / "weights"
         if self.main:
             self.weights.mkdir(parents=True, exist_ok=True)
-            for stale in self.weights.glob(".*.tmp"):  # temp files of writes cut short by a kill
-                stale.unlink(missing_ok=True)
+            for folder in (self.run_dir, self.weights):  # temp files of writes cut short by a kill
+                for stale in folder.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
             save_yaml(cfg, self.run_dir / "args.yaml")
             self._file_log = add_file_log(self.run_dir / "log.txt")
             if self.history:
