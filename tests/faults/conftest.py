@@ -10,6 +10,7 @@ Markdown table (the one in the README's "Reliability" section).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,25 @@ class Faults:
         self._log.faults.append(fault)
         yield fault
         fault.survived = True
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.levelname} {record.getMessage()}")
+
+
+@pytest.fixture()
+def fgcli_log() -> Iterator[list[str]]:
+    """The messages of the `fgcli` logger during the test ("LEVEL text"), unwrapped by the console."""
+    handler = _Collect()
+    logger = logging.getLogger("fgcli")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
 
 
 @pytest.fixture()
