@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from fgcli.console import err_console, settings, setup_logging
 from fgcli.errors import UserError
@@ -26,7 +27,7 @@ def handle_errors(fn: F) -> F:
         except UserError as e:
             if settings.debug:
                 err_console.print(traceback.format_exc(), markup=False)
-            err_console.print(f"[bold red]Error:[/] {e}", soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]Interrupted (Ctrl-C).[/]")
@@ -36,7 +37,8 @@ def handle_errors(fn: F) -> F:
         except Exception as e:  # an fgcli bug or an unexpected library error: still one line by default
             if settings.debug:
                 raise
-            err_console.print(f"[bold red]Error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            err_console.print(f"[bold red]Error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug for the "
+                              "traceback)",
                               soft_wrap=True)
             raise typer.Exit(code=1) from None
 

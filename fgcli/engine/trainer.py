@@ -398,6 +398,7 @@ class Trainer:
 
     def finish(self, result: TrainResult) -> None:
         """Confusion matrix of best.pt on the val split, then the summary (rank 0 prints)."""
+        D.barrier(self.info)  # rank 0 may still be writing best.pt: every rank must see it before deciding
         if self.data.val_loader is not None and result.best.is_file():
             from fgcli.engine.checkpoint import load_checkpoint
             from fgcli.engine.plots import plot_confusion_matrix
