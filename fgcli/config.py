@@ -315,7 +315,18 @@ def validate(cfg: Config) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise UserError(f"{message}. Fix it in the recipe, --config file or --set.")
+            raise UserError(f"{message}{_got(cfg, message.split()[0])}. Fix it in the recipe, --config file, flag "
+                            "or --set.")
+
+
+def _got(cfg: Config, key: str) -> str:
+    """' (got VALUE)' for the dotted `key` of `cfg`, or '' when the message does not start with a key."""
+    value: Any = cfg
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(value) or not hasattr(value, part):
+            return ""
+        value = getattr(value, part)
+    return f" (got {value!r})"
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
