@@ -26,11 +26,12 @@ def _input(canvas: Canvas, title: str = "input (dashed: the model's crop)") -> P
 
 
 def _heat(canvas: Canvas, key: str, title: str, crop_map: np.ndarray,
-          boxes: list[tuple[tuple[float, float, float, float], str, str]] | None = None) -> Panel:
+          boxes: list[tuple[tuple[float, float, float, float], str, str, str]] | None = None) -> Panel:
+    """A heat map over the image, with boxes given as (box, colour, label, linestyle)."""
     def draw(ax: Any) -> bool:
         canvas.heat(ax, crop_map)
-        for box, colour, label in boxes or []:
-            canvas.box(ax, box, colour, label)
+        for box, colour, label, style in boxes or []:
+            canvas.box(ax, box, colour, label, linestyle=style)
         return True
 
     return Panel(key, title, draw)
@@ -66,21 +67,27 @@ def _mge(canvas: Canvas, info: ImageInfo, maps: ImageMaps, classes: list[str]) -
     ex = maps.extra
     geo = info.geometry
     experts = ex["experts"]
-    boxes = {e: (geo.box_to_original(ex[f"box{e}_image"]), BOX_COLOURS[(e - 1) % len(BOX_COLOURS)],
-                 f"zoom {e + 1}") for e in experts if f"box{e}_image" in ex}
+    boxes = {e: geo.box_to_original(ex[f"box{e}_image"]) for e in experts if f"box{e}_image" in ex}
+
+    def colour(e: int) -> str:
+        return BOX_COLOURS[(e - 1) % len(BOX_COLOURS)]
 
     def inputs(ax: Any) -> bool:
         canvas.image(ax)
-        for box, colour, label in boxes.values():
-            canvas.box(ax, box, colour, label)
+        for e, box in boxes.items():
+            canvas.box(ax, box, colour(e), f"zoom {e + 1}", corner="top" if e % 2 else "bottom")
         return False
 
     top: list[Panel | None] = [Panel("input", "input + crop boxes", inputs)]
     bottom: list[Panel | None] = [_gate_panel(maps, classes)]
     for e in experts:
-        own = [boxes[e]] if e in boxes else None
+        drawn = []
+        if e - 1 in boxes:  # the region this expert saw (dashed) and the box it passes on (solid)
+            drawn.append((boxes[e - 1], colour(e - 1), "", "--"))
+        if e in boxes:
+            drawn.append((boxes[e], colour(e), "", "-"))
         top.append(_heat(canvas, f"cam{e}", f"expert {e} CAM on the image\nclass: "
-                         f"{_short(classes[ex[f'class{e}']], 20)}", maps.maps[f"cam{e}"], own))
+                         f"{_short(classes[ex[f'class{e}']], 20)}", maps.maps[f"cam{e}"], drawn))
         bottom.append(_crop_panel(maps, e, canvas.alpha))
     return [top, bottom]
 

@@ -59,7 +59,7 @@ def headline(info: ImageInfo, maps: ImageMaps, classes: list[str]) -> tuple[str,
 
 
 class Canvas:
-    """Draws on the original image (axes in original pixels) or on a square crop grid."""
+    """Draws on the original image (axes in original pixels). Overlays are blended in numpy: one image per axes."""
 
     def __init__(self, info: ImageInfo, alpha: float) -> None:
         self.info = info
@@ -67,80 +67,88 @@ class Canvas:
         h, w = info.image.shape[:2]
         self.w, self.h = w, h
         self.dw, self.dh = display_size(w, h, MAX_SIDE)
-        self.shown = np.asarray(_resize(info.image, self.dw, self.dh))
+        self.shown = np.asarray(_resize(info.image, self.dw, self.dh), dtype=np.float64) / 255.0
         self.extent = (0.0, float(w), float(h), 0.0)  # continuous original-pixel coordinates
         seen = info.geometry.warp_map(np.ones((2, 2)), self.dw, self.dh)
         self.outside = ~np.isfinite(seen)
 
     def image(self, ax: Any) -> None:
-        ax.imshow(self.shown, extent=self.extent, interpolation="antialiased")
-        self._dim_outside(ax)
-        self._finish(ax)
+        self._show(ax, self.shown)
 
     def heat(self, ax: Any, crop_map: np.ndarray) -> bool:
         warped = self.info.geometry.warp_map(crop_map, self.dw, self.dh)
-        ax.imshow(self.shown, extent=self.extent, interpolation="antialiased")
-        ax.imshow(np.ma.masked_invalid(warped), extent=self.extent, cmap=CMAP, vmin=0.0, vmax=1.0,
-                  alpha=self.alpha, interpolation="bilinear")
-        self._dim_outside(ax)
-        self._finish(ax)
+        self._show(ax, blend(self.shown, warped, self.alpha))
         return True
 
     def keep(self, ax: Any, crop_mask: np.ndarray) -> bool:
         """Kept tokens at full brightness, suppressed background darkened, the boundary outlined."""
-        warped = self.info.geometry.warp_map(crop_mask, self.dw, self.dh)
-        ax.imshow(self.shown, extent=self.extent, interpolation="antialiased")
-        shade = np.zeros((self.dh, self.dw, 4))
-        shade[..., 3] = np.where(np.nan_to_num(warped, nan=0.0) >= 0.5, 0.0, 0.72)
-        ax.imshow(shade, extent=self.extent, interpolation="nearest")
-        if np.isfinite(warped).any() and np.nanmax(warped) > np.nanmin(warped):
+        warped = np.nan_to_num(self.info.geometry.warp_map(crop_mask, self.dw, self.dh), nan=0.0)
+        self._show(ax, np.where((warped >= 0.5)[..., None], self.shown, self.shown * 0.28))
+        if warped.max() > warped.min():
             xs = (np.arange(self.dw) + 0.5) * self.w / self.dw
             ys = (np.arange(self.dh) + 0.5) * self.h / self.dh
-            ax.contour(xs, ys, np.nan_to_num(warped, nan=0.0), levels=[0.5], colors=["#00e5ff"], linewidths=0.9)
-        self._dim_outside(ax)
-        self._finish(ax)
+            ax.contour(xs, ys, warped, levels=[0.5], colors=["#00e5ff"], linewidths=0.9)
         return False
 
-    def box(self, ax: Any, box: tuple[float, float, float, float], colour: str, label: str = "") -> None:
-        """Draw (x1, y1, x2, y2) in original-image coordinates."""
+    def box(self, ax: Any, box: tuple[float, float, float, float], colour: str, label: str = "",
+            linestyle: str = "-", corner: str = "top") -> None:
+        """Draw (x1, y1, x2, y2) in original-image coordinates, with an optional label in a corner."""
         from matplotlib.patches import Rectangle
 
         x1, y1, x2, y2 = box
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2.0))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2.0,
+                               linestyle=linestyle))
         if label:
-            ax.text(x1 + 2, y1 + 2, label, color="black", fontsize=7, va="top", ha="left",
+            top = corner == "top"
+            ax.text(x1 + 2, y1 + 2 if top else y2 - 2, label, color="black", fontsize=7,
+                    va="top" if top else "bottom", ha="left",
                     bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.0, "alpha": 0.9})
 
-    def _dim_outside(self, ax: Any) -> None:
-        if not self.outside.any():
-            return
-        shade = np.zeros((self.dh, self.dw, 4))
-        shade[..., 3] = np.where(self.outside, 0.55, 0.0)
-        ax.imshow(shade, extent=self.extent, interpolation="nearest")
-        x1, y1, x2, y2 = self.info.geometry.crop_rect()
-        from matplotlib.patches import Rectangle
+    def _show(self, ax: Any, rgb: np.ndarray) -> None:
+        if self.outside.any():  # what the model never saw: dimmed, the crop outlined
+            rgb = np.where(self.outside[..., None], rgb * 0.45, rgb)
+        ax.imshow(np.clip(rgb, 0, 1), extent=self.extent, interpolation="antialiased")
+        if self.outside.any():
+            from matplotlib.patches import Rectangle
 
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=0.8,
-                               linestyle="--"))
-
-    def _finish(self, ax: Any) -> None:
+            x1, y1, x2, y2 = self.info.geometry.crop_rect()
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=0.8,
+                                   linestyle="--"))
         ax.set_xlim(0, self.w)
         ax.set_ylim(self.h, 0)
         ax.set_aspect("equal")
         ax.axis("off")
 
 
+def blend(rgb: np.ndarray, values: np.ndarray, alpha: float) -> np.ndarray:
+    """`rgb` (H x W x 3, 0..1) with `values` (H x W, 0..1, NaN = no overlay) coloured by CMAP at `alpha`."""
+    from matplotlib import colormaps
+
+    finite = np.isfinite(values)
+    colours = colormaps[CMAP](np.clip(np.nan_to_num(values, nan=0.0), 0, 1))[..., :3]
+    mixed = rgb * (1 - alpha) + colours * alpha
+    return np.where(finite[..., None], mixed, rgb)
+
+
 def crop_heat(ax: Any, rgb: np.ndarray, crop_map: np.ndarray | None, alpha: float) -> bool:
-    """A square crop (the zoom an expert saw) with its own-grid map."""
-    size = rgb.shape[0]
-    extent = (0.0, float(rgb.shape[1]), float(size), 0.0)
-    ax.imshow(rgb, extent=extent, interpolation="antialiased")
+    """A square crop (the zoom an expert saw) with its own-grid map; axes in crop pixels."""
+    shown = np.asarray(rgb, dtype=np.float64)
     if crop_map is not None:
-        ax.imshow(np.ma.masked_invalid(crop_map), extent=extent, cmap=CMAP, vmin=0.0, vmax=1.0, alpha=alpha,
-                  interpolation="bilinear")
+        shown = blend(shown, upsample_to(crop_map, shown.shape[0], shown.shape[1]), alpha)
+    ax.imshow(np.clip(shown, 0, 1), extent=(0.0, float(rgb.shape[1]), float(rgb.shape[0]), 0.0),
+              interpolation="antialiased")
     ax.set_aspect("equal")
     ax.axis("off")
     return crop_map is not None
+
+
+def upsample_to(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A map already on the crop grid passes through; a coarser one is upsampled (same crop extent)."""
+    if values.shape == (height, width):
+        return values
+    from fgcli.viz.geometry import upsample
+
+    return upsample(values, height)
 
 
 def bars(ax: Any, labels: list[str], values: list[float], title: str, highlight: int | None = None,
@@ -156,7 +164,6 @@ def bars(ax: Any, labels: list[str], values: list[float], title: str, highlight:
         ax.text(min(v, 0.98) + 0.01, yi, fmt.format(v), va="center", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
     ax.set_title(title, fontsize=8)
-    ax.set_box_aspect(1.0)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return False
@@ -172,34 +179,42 @@ def topk_panel(maps: ImageMaps, classes: list[str], true_label: int | None, k: i
 
 
 def figure(panels: list[list[Panel | None]], title: str, colour: str, aspect: float, with_bar: bool = True) -> Any:
-    """A Figure with rows of panels of equal size (height = width * aspect) and one shared colour bar."""
+    """A Figure with rows of equal cells (height = width * aspect), titles above, one shared colour bar.
+
+    The layout is computed by hand (no constrained / tight layout: they cost seconds per figure).
+    """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     rows, cols = len(panels), max(len(r) for r in panels)
     aspect = min(max(aspect, 0.5), 2.0)
-    fig = Figure(figsize=(cols * PANEL_INCH + (0.6 if with_bar else 0.0), rows * PANEL_INCH * aspect + 0.7),
-                 dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    heat_axes = []
+    pw, ph = PANEL_INCH, PANEL_INCH * aspect
+    left, gap, head, top, bottom, bar_w = 0.12, 0.14, 0.42, 0.45, 0.12, (0.85 if with_bar else 0.0)
+    width = left + cols * pw + (cols - 1) * gap + bar_w + 0.1
+    height = top + rows * (head + ph) + bottom
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    heat = False
     for r, row in enumerate(panels):
-        for c in range(cols):
-            ax = axes[r][c]
-            panel = row[c] if c < len(row) else None
+        for c, panel in enumerate(row):
             if panel is None:
-                ax.axis("off")
                 continue
-            if panel.draw(ax):
-                heat_axes.append(ax)
+            x0 = (left + c * (pw + gap)) / width
+            y0 = (height - top - (r + 1) * (head + ph) + 0.0) / height
+            if panel.key in ("topk", "gate"):  # room for the class names and the x ticks
+                rect = [x0 + 0.42 * pw / width, y0 + 0.3 / height, 0.55 * pw / width, (ph - 0.35) / height]
+            else:
+                rect = [x0, y0, pw / width, ph / height]
+            ax = fig.add_axes(rect)
+            heat = panel.draw(ax) or heat
             if panel.title:
                 ax.set_title(panel.title, fontsize=8)
-    if with_bar and heat_axes:
-        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CMAP), ax=axes.ravel().tolist(), shrink=0.7,
-                           aspect=30, pad=0.01)
+    if with_bar and heat:
+        cax = fig.add_axes([(width - bar_w + 0.1) / width, 0.2, 0.12 / width, 0.6])
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CMAP), cax=cax)
         bar.set_label("attention (scaled to 0–1 per map)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10, color=colour)
+    fig.suptitle(title, fontsize=10, color=colour, y=1 - 0.12 / height, va="top")
     return fig
 
 
