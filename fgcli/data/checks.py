@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -54,8 +55,18 @@ def _run(check, paths: list[str], workers: int) -> Iterator[ImageCheck]:
         return
     chunksize = max(1, min(64, len(paths) // (workers * 8)))
     # spawn, not fork: the caller may run threads (rich's refresh thread, torch), and forking those is unsafe
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(check, paths, chunksize=chunksize)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_ignore_sigint) as pool:
+        try:
+            yield from pool.map(check, paths, chunksize=chunksize)
+        except BaseException:  # Ctrl-C (or the caller stopped early): drop the queued checks, don't wait for them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them (no traceback from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _progress() -> Progress:

@@ -70,27 +70,40 @@ def read_source(fmt: str, src: Path, options: PrepareOptions) -> RawDataset:
     return reader(fmt).read(src, level=options.level)
 
 
-def build_demo(target: Path, params: DemoParams) -> RawDataset:
-    """Generate the demo images into `target`, replacing older ones only once the new set is complete."""
+def prepare_demo(target: Path, params: DemoParams, options: PrepareOptions, fingerprint: str,
+                 summary: bool = True) -> PreparedDataset:
+    """Generate, check and write the demo data set in a hidden staging folder beside `target`, then move it in.
+
+    An error or Ctrl-C before the move leaves `target` as it was (no images without a manifest); an older
+    prepared demo in `target` is replaced only once the new one is complete, manifest last.
+    """
     params.validate()
     _check_replaceable(target, demo=True)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         raw = generate_demo(staging, params)
-        for sub in ("images", "masks"):
-            old = target / sub
-            trash = None
-            if old.exists():
-                trash = target / f".{sub}-old-{os.getpid()}"
-                os.replace(old, trash)
-            os.replace(staging / sub, old)
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+        finish(raw, staging, options, fingerprint=fingerprint, summary=False)
+        if not target.exists():
+            os.replace(staging, target)
+        else:
+            target.mkdir(exist_ok=True)
+            names = sorted(p.name for p in staging.iterdir() if p.name != "dataset.yaml") + ["dataset.yaml"]
+            for name in names:  # dataset.yaml last: the folder reads as prepared only when all is in place
+                old = target / name
+                trash = None
+                if old.is_dir():
+                    trash = target / f".{name}-old-{os.getpid()}"
+                    os.replace(old, trash)
+                os.replace(staging / name, old)
+                if trash is not None:
+                    shutil.rmtree(trash, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    raw.root = target
-    return raw
+    prepared = load_prepared(target)
+    if summary and not settings.quiet:
+        console.print(summary_table(prepared, []))
+    return prepared
 
 
 def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str | None = None,

@@ -25,11 +25,11 @@ from fgcli.data.manifest import PreparedDataset, load_prepared
 from fgcli.data.pipeline import (
     OUT_SUFFIX,
     PrepareOptions,
-    build_demo,
     cache_dir,
     default_out,
     demo_fingerprint,
     finish,
+    prepare_demo,
     read_source,
     source_fingerprint,
 )
@@ -49,8 +49,7 @@ def prepare_dataset(fmt: str, src: str | Path | None, out: str | Path | None = N
     if fmt == "demo":
         params = demo or DemoParams(seed=options.seed)
         target = Path(out or src or f"demo{OUT_SUFFIX}").expanduser().resolve()
-        raw = build_demo(target, params)
-        return finish(raw, target, options, fingerprint=demo_fingerprint(params, options), summary=summary)
+        return prepare_demo(target, params, options, demo_fingerprint(params, options), summary=summary)
     if src is None:
         raise UserError(f"the {fmt} format needs SRC, the data set folder (or CSV file).")
     src_path = Path(src).expanduser()

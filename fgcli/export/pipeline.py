@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -118,12 +119,33 @@ def scaled_preprocess(pre: Preprocess, img_size: int) -> Preprocess:
 
 
 def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = None) -> ExportResult:
-    """Export a checkpoint's fused model to ONNX (see ExportOptions), verify it, and write the variants."""
+    """Export a checkpoint's fused model to ONNX (see ExportOptions), verify it, and write the variants.
+
+    All or nothing: every file is written and checked under a hidden temp name beside its final one and renamed
+    into place only when the whole export succeeded; an error or Ctrl-C leaves no new file and keeps older ones.
+    """
+    staged: dict[Path, Path] = {}
+
+    def stage(final: Path) -> Path:
+        if final not in staged:
+            staged[final] = final.with_name(f".{final.stem}.partial-{os.getpid()}.onnx")
+        return staged[final]
+
+    try:
+        result = _export_checkpoint(checkpoint, options or ExportOptions(), stage)
+        for final, temp in staged.items():
+            os.replace(temp, final)
+        return result
+    finally:
+        for temp in staged.values():
+            temp.unlink(missing_ok=True)
+
+
+def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) -> ExportResult:
     import torch
 
     from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 
-    opts = options or ExportOptions()
     t0 = time.perf_counter()
     path = Path(checkpoint)
     if path.suffix.lower() == ".onnx":
@@ -144,9 +166,9 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
         raise UserError(f"--out {fp32_path} must end in .onnx.")
     log.info(f"exporting {info.method} / {info.backbone} ({weights} weights, {len(classes)} classes) at "
              f"{size}x{size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, exporter: {opts.exporter}")
-    proto = export_loaded(model, info, fp32_path, img_size=size, dynamic_batch=opts.dynamic_batch,
+    proto = export_loaded(model, info, stage(fp32_path), img_size=size, dynamic_batch=opts.dynamic_batch,
                           exporter=opts.exporter, opset=opts.opset)
-    result = ExportResult(info=info, files={"fp32": fp32_path}, sizes={"fp32": fp32_path.stat().st_size})
+    result = ExportResult(info=info, files={"fp32": fp32_path}, sizes={"fp32": stage(fp32_path).stat().st_size})
     log.info(f"wrote {fp32_path} ({result.sizes['fp32'] / 1e6:.1f} MB, opset {info.extra['opset']}); "
              "onnx.checker passed")
 
@@ -165,7 +187,7 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
         with torch.inference_mode():
             return torch.softmax(model.predict(torch.from_numpy(x)).float(), dim=1).numpy()
 
-    fp32_pred = _session(fp32_path, opts)
+    fp32_pred = _session(stage(fp32_path), opts)
     result.provider = fp32_pred.provider
     log.info(f"onnxruntime loads {fp32_path.name} on {fp32_pred.provider}")
     if samples is not None:
@@ -178,17 +200,18 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
         proto16 = convert_fp16(proto)
         _stamp(proto16, dataclasses.replace(info, precision="fp16", extra=dict(info.extra)))
         check_graph(proto16, "the fp16 graph")
-        result.sizes["fp16"] = save_model(proto16, fp16_path)
+        result.sizes["fp16"] = save_model(proto16, stage(fp16_path))
         result.files["fp16"] = fp16_path
         log.info(f"wrote {fp16_path} ({result.sizes['fp16'] / 1e6:.1f} MB)")
         if samples is not None:
-            result.parity["fp16"] = _verify(torch_probs, _session(fp16_path, opts), samples, "fp16", fp16_path)
+            result.parity["fp16"] = _verify(torch_probs, _session(stage(fp16_path), opts), samples, "fp16", fp16_path)
 
     if opts.int8:
         int8_path = variant_path(fp32_path, "int8")
-        result.int8 = _export_int8(proto, info, fp32_pred, int8_path, dataset, pre, opts, cfg.data.path)
+        result.int8 = _export_int8(proto, info, fp32_pred, stage(int8_path), dataset, pre, opts, cfg.data.path,
+                                   shown=int8_path)
         result.files["int8"] = int8_path
-        result.sizes["int8"] = int8_path.stat().st_size
+        result.sizes["int8"] = stage(int8_path).stat().st_size
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -218,7 +241,7 @@ def _verify(torch_probs: Any, pred: Any, samples: Any, precision: str, path: Pat
 
 
 def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, dataset: Any, pre: Preprocess,
-                 opts: ExportOptions, where: str) -> Int8Report:
+                 opts: ExportOptions, where: str, shown: Path | None = None) -> Int8Report:
     from fgcli.bench import bench_predictor
     from fgcli.export.quantize import quantize_int8
     from fgcli.export.rundata import first_split, iter_split, load_batches
@@ -237,7 +260,7 @@ def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, d
     _stamp(quant.model, dataclasses.replace(info, precision="int8", extra=extra))
     check_graph(quant.model, "the int8 graph")
     save_model(quant.model, int8_path)
-    log.info(f"wrote {int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB, {quant.mode}, "
+    log.info(f"wrote {shown or int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB, {quant.mode}, "
              f"{quant.quantized_layers}/{quant.weight_layers} weight layers in int8)")
     int8_pred = _session(int8_path, opts)
 

@@ -128,7 +128,7 @@ def test_failing_onnx_write_keeps_the_previous_export(tmp_path, monkeypatch, fau
         first = runner.invoke(app, ["export", str(ckpt), "--onnx", "--no-verify", "--out", str(out)])
         assert first.exit_code == 0, first.output
         before = out.read_bytes()
-        monkeypatch.setattr(io, "os", _BrokenDisk("model.onnx", 1, "write", errno.ENOSPC))
+        monkeypatch.setattr(io, "os", _BrokenDisk(f".model.partial-{os.getpid()}.onnx", 1, "write", errno.ENOSPC))
         result = runner.invoke(app, ["export", str(ckpt), "--onnx", "--no-verify", "--out", str(out)])
         assert result.exit_code == 1 and "No space left on device" in result.output, result.output
         assert out.read_bytes() == before

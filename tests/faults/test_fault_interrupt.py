@@ -1,0 +1,143 @@
+"""7. Ctrl-C during training, export and prepare-data: exit 130 and no partial output files (training keeps
+last.pt of the last completed epoch; export and prepare-data leave nothing new and keep older outputs)."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from exportkit import make_checkpoint_file
+from faultkit import TRAIN, assert_run_whole, fgcli_cmd, start, wait_rows
+from imagekit import _jpeg
+from typer.testing import CliRunner
+
+from fgcli.cli import app
+from fgcli.engine.rundir import read_results_csv
+
+runner = CliRunner()
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+# -- training --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ctrl_c_during_training_exits_130_and_keeps_the_last_completed_epoch(tmp_path, faults) -> None:
+    with faults.inject("interrupt", "SIGINT during training (real signal)"):
+        proc = start(fgcli_cmd("train", *TRAIN, "--epochs", "4", "--project", str(tmp_path), "--name", "exp"))
+        wait_rows(tmp_path / "exp", 1, proc)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out
+        ckpts = assert_run_whole(tmp_path / "exp")
+        assert ckpts["last.pt"]["epoch"] == len(read_results_csv(tmp_path / "exp" / "results.csv")) >= 1
+        assert "Interrupted" in out and "--resume" in out
+        assert not list((tmp_path / "exp").rglob(".*.tmp"))
+
+
+# -- export ----------------------------------------------------------------------------------------------
+EXPORT_STAGES = {
+    "tracing the graph": "fgcli.export.pipeline.export_loaded",
+    "writing the fp32 file": "fgcli.export.pipeline.save_model",
+    "verifying against torch": "fgcli.export.pipeline._verify",
+    "converting to fp16": "fgcli.export.fp16.convert_fp16",
+}
+
+
+@pytest.mark.parametrize("stage", list(EXPORT_STAGES))
+@pytest.mark.parametrize("previous", [False, True], ids=["new", "over-older-export"])
+def test_ctrl_c_during_export_leaves_no_new_file(tmp_path, monkeypatch, faults, stage, previous) -> None:
+    ckpt = make_checkpoint_file(tmp_path)
+    out = tmp_path / "model.onnx"
+    if previous:  # an older export of the same name must survive untouched
+        first = runner.invoke(app, ["export", str(ckpt), "--onnx", "--no-verify", "--out", str(out)])
+        assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    module, _, name = EXPORT_STAGES[stage].rpartition(".")
+    real = getattr(importlib.import_module(module), name)
+
+    def interrupted(*args, **kwargs):
+        if name == "save_model":  # the bytes reach the file, then Ctrl-C
+            real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EXPORT_STAGES[stage], interrupted)
+    with faults.inject("interrupt", f"Ctrl-C during export: {stage}{' (over an older export)' if previous else ''}"):
+        result = runner.invoke(app, ["export", str(ckpt), "--onnx", "--fp16", "--verify", "--out", str(out)])
+        assert result.exit_code == 130, result.output
+        # nothing new, nothing half-written, no temp files, older files byte-identical
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_real_sigint_during_export(tmp_path, faults) -> None:
+    ckpt = make_checkpoint_file(tmp_path)
+    with faults.inject("interrupt", "SIGINT during export (real signal)"):
+        proc = start(fgcli_cmd("export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx")))
+        time.sleep(7.0)  # past the imports: inside tracing / writing / verifying
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            pytest.skip("the export finished before the signal")
+        assert proc.returncode == 130, out
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"], out
+
+
+# -- prepare-data ----------------------------------------------------------------------------------------
+def test_ctrl_c_during_prepare_data_demo_leaves_nothing(tmp_path, monkeypatch, faults) -> None:
+    import fgcli.data.pipeline as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "demo"
+    args = ["prepare-data", "demo", "--out", str(out), "--demo-size", "32", "--demo-classes", "2", "--demo-per-class",
+            "4"]
+    with faults.inject("interrupt", "Ctrl-C during prepare-data demo (image checks), new folder"):
+        monkeypatch.setattr(pipeline, "check_images", interrupted)
+        result = runner.invoke(app, args)
+        assert result.exit_code == 130, result.output
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+    with faults.inject("interrupt", "Ctrl-C during prepare-data demo over an older prepared demo"):
+        monkeypatch.undo()
+        assert runner.invoke(app, args).exit_code == 0
+        before = {f: (out / f).read_bytes() for f in _files(out) if (out / f).is_file()}
+        monkeypatch.setattr(pipeline, "check_images", interrupted)
+        result = runner.invoke(app, [*args[:-1], "6"])
+        assert result.exit_code == 130, result.output
+        assert {f: (out / f).read_bytes() for f in _files(out) if (out / f).is_file()} == before
+        assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+        monkeypatch.undo()
+        assert runner.invoke(app, [*args[:-1], "6"]).exit_code == 0  # and it can be run again
+
+
+@pytest.mark.slow
+def test_real_sigint_during_prepare_data_image_checks(tmp_path, faults) -> None:
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for k in range(400):  # enough for the worker pool
+            (src / c / f"{k}.jpg").write_bytes(_jpeg(size=(300, 200), color=(k % 255, 20, 20)))
+    out = tmp_path / "out"
+    with faults.inject("interrupt", "SIGINT during prepare-data image checks in a worker pool (real signal)"):
+        cmd = [c for c in fgcli_cmd("prepare-data", "imagefolder", str(src), "--out", str(out), "--workers", "2")
+               if c != "--quiet"]
+        proc = start(cmd, start_new_session=True)
+        seen = ""
+        while "images in 2 classes" not in seen and proc.poll() is None:  # the checks start after this line
+            seen += proc.stdout.readline()
+        time.sleep(1.0)  # the spawned workers are up and checking
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        out_text = seen + proc.communicate(timeout=60)[0]
+        if proc.returncode == 0:
+            pytest.skip("prepare-data finished before the signal")
+        assert proc.returncode == 130, out_text
+        assert time.time() - t0 < 20, "Ctrl-C waited for the queued image checks"
+        assert not out.exists(), _files(out)
+        assert "Traceback" not in out_text, out_text
