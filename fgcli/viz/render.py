@@ -48,14 +48,15 @@ def _short(text: str, limit: int = 26) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def headline(info: ImageInfo, maps: ImageMaps, classes: list[str]) -> tuple[str, str]:
-    """The figure title (true class when known, predicted class and probability) and its colour."""
+def headline(info: ImageInfo, maps: ImageMaps, classes: list[str], compact: bool = False) -> tuple[str, str]:
+    """The figure title (true class when known, predicted class and probability) and its colour
+    (green: correct, red: wrong, black: true class unknown). `compact`: two short lines for narrow figures."""
+    true = "?" if info.true_label is None else classes[info.true_label]
     pred = f"pred: {classes[maps.pred]} ({100 * float(maps.probs[maps.pred]):.1f}%)"
+    text = f"true: {_short(true)}\n{pred}" if compact else f"{info.name}   |   true: {true}   |   {pred}"
     if info.true_label is None:
-        return f"{info.name}   |   true: ?   |   {pred}", "black"
-    ok = info.true_label == maps.pred
-    return (f"{info.name}   |   true: {classes[info.true_label]}   |   {pred}",
-            "#1a7f37" if ok else "#cf222e")
+        return text, "black"
+    return text, "#1a7f37" if info.true_label == maps.pred else "#cf222e"
 
 
 class Canvas:
@@ -190,7 +191,9 @@ def figure(panels: list[list[Panel | None]], title: str, colour: str, aspect: fl
     rows, cols = len(panels), max(len(r) for r in panels)
     aspect = min(max(aspect, 0.5), 2.0)
     pw, ph = PANEL_INCH, PANEL_INCH * aspect
-    left, gap, head, top, bottom, bar_w = 0.12, 0.14, 0.42, 0.45, 0.12, (0.85 if with_bar else 0.0)
+    lines = title.count("\n") + 1
+    left, gap, head, bottom, bar_w = 0.12, 0.14, 0.42, 0.12, (0.85 if with_bar else 0.0)
+    top = 0.27 + 0.18 * lines
     width = left + cols * pw + (cols - 1) * gap + bar_w + 0.1
     height = top + rows * (head + ph) + bottom
     fig = Figure(figsize=(width, height), dpi=DPI)

@@ -208,8 +208,8 @@ def _render_all(model: Any, method: str, pre: Any, classes: list[str], items: li
                 if layout == "grid":
                     files = [save_png(figure(rows, title, colour, aspect), out_dir / f"{item.name}.png")]
                 else:
-                    files = [save_png(figure([[p]], title if p.key == "input" else p.title.replace("\n", " "),
-                                             colour, aspect), out_dir / item.name / f"{p.key}.png")
+                    short, _ = headline(info, maps, classes, compact=True)
+                    files = [save_png(figure([[p]], short, colour, aspect), out_dir / item.name / f"{p.key}.png")
                              for row in rows for p in row if p is not None]
                 result.figures += files
                 notes = _notes(maps)
