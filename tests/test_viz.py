@@ -346,3 +346,20 @@ def test_flowers_photo_titles_the_folder_class(tmp_path, flowers12) -> None:
     result = runner.invoke(app, ["viz", str(ckpt), str(photo), "--device", "cpu", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert f"true: {classes[0]}" in (tmp_path / "o" / "index.html").read_text()
+
+
+def test_score_target_is_the_mask_else_the_box(tmp_path) -> None:
+    from fgcli.data.manifest import Sample
+    from fgcli.viz.run import target_mask
+
+    mask = np.zeros((60, 90), np.uint8)
+    mask[10:30, 40:70] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    geo = CropGeometry(90, 60, _pre(32, 40))
+    from_mask = target_mask(Sample("x.jpg", 0, box=(0, 0, 5, 5), mask="m.png"), tmp_path, geo)
+    np.testing.assert_array_equal(from_mask, geo.mask_to_crop(mask > 127))
+    from_box = target_mask(Sample("x.jpg", 0, box=(40, 10, 30, 20)), tmp_path, geo)
+    np.testing.assert_array_equal(from_box, from_mask)
+    assert target_mask(Sample("x.jpg", 0), tmp_path, geo) is None
+    cut = target_mask(Sample("x.jpg", 0, mask="m.png"), tmp_path, CropGeometry(90, 40, _pre(32, 40)), crop_bottom=20)
+    assert cut.shape == (32, 32) and cut.any()
