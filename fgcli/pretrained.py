@@ -120,7 +120,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        if "weights only" in str(e).lower():  # torch's weights_only unpickler met a global it does not allow
+        from fgcli.engine.checkpoint import refused_global
+
+        if refused_global(e) is not None:  # torch's weights_only unpickler met a global it does not allow
             raise UserError(f"--pretrained-file {path} contains pickled code and was refused for safety (not "
                             "executed). Give a plain state dict of tensors (torch.save(model.state_dict())) or a "
                             ".safetensors file.") from e

@@ -54,7 +54,7 @@ def train_command(
 
     Examples:
       fgcli train --method baseline --data demo
-      fgcli train --method herbs --data ./CUB_200_2011 --recipe herbs_swin-b_cub_384 --epochs 50
+      fgcli train --method herbs --data ./CUB_200_2011 --recipe herbs_swin_large_384_cub
       fgcli train --resume runs/train/exp
       torchrun --nproc-per-node 4 -m fgcli train --method herbs --data ./CUB_200_2011
     """

@@ -146,6 +146,17 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     atomic_save(path, lambda buf: torch.save(ckpt, buf))
 
 
+def refused_global(error: BaseException) -> str | None:
+    """The global (e.g. 'posix.system') that torch's weights_only unpickler refused to load, '' when it refused
+    one it does not name, or None when the file was merely damaged (not pickled code)."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)|global [`'\"]?([\w.]+)", text)
+    if found:
+        return found.group(1) or found.group(2)
+    return "" if "weights_only" in text.lower() and "unsupported" in text.lower() and "global" in text.lower() \
+        else None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; one-line errors for missing, corrupt or unsafe files."""
     path = Path(path)
@@ -157,10 +168,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        if "weights only" in text.lower() or "weights_only" in text.lower():
-            found = re.search(r"GLOBAL ([\w.]+)|global [`'\"]?([\w.]+)", text)
-            what = f" (it calls {found.group(1) or found.group(2)})" if found else ""
+        called = refused_global(e)
+        if called is not None:
+            what = f" (it calls {called})" if called else ""
             raise UserError(f"checkpoint {path} contains pickled code{what} and was refused for safety (not "
                             "executed). fgcli checkpoints hold tensors and plain values only; do not load this "
                             "file unless you trust whoever made it.") from e
