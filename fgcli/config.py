@@ -122,6 +122,7 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
+    decay_all: bool = False  # decay biases and norm weights too (the official HERBS / MGE-CNN code does)
     clip_grad: float | None = None
 
 

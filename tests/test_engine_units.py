@@ -186,6 +186,9 @@ def test_weight_decay_split_keeps_group_keys() -> None:
     groups = split_weight_decay(m, m.param_groups(None), 1e-4)
     assert [(len(g["params"]), g["weight_decay"], g.get("lr_scale")) for g in groups] == [
         (1, 1e-4, 0.1), (3, 0.0, 0.1), (1, 1e-4, None), (1, 0.0, None)]
+    official = split_weight_decay(m, m.param_groups(None), 1e-4, decay_all=True)  # HERBS / MGE-CNN code
+    assert [(len(g["params"]), g["weight_decay"], g.get("lr_scale")) for g in official] == [
+        (4, 1e-4, 0.1), (2, 1e-4, None)]
 
 
 def test_lr_scale_and_cosine_warmup_in_steps() -> None:

@@ -18,8 +18,10 @@ from fgcli.config import Config
 from fgcli.errors import UserError
 
 
-def split_weight_decay(model: nn.Module, groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
-    """Split each param group into a decayed part and a no-decay part (1-d params, biases, no_weight_decay())."""
+def split_weight_decay(model: nn.Module, groups: list[dict[str, Any]], weight_decay: float,
+                       decay_all: bool = False) -> list[dict[str, Any]]:
+    """Split each param group into a decayed part and a no-decay part (1-d params, biases, no_weight_decay());
+    with `decay_all` every parameter is decayed (the official HERBS / MGE-CNN optimizers)."""
     names = {id(p): n for n, p in model.named_parameters()}
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     out: list[dict[str, Any]] = []
@@ -30,7 +32,7 @@ def split_weight_decay(model: nn.Module, groups: list[dict[str, Any]], weight_de
             if not p.requires_grad:
                 continue
             name = names.get(id(p), "")
-            if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+            if not decay_all and (p.ndim <= 1 or name.endswith(".bias") or name in skip):
                 no_decay.append(p)
             else:
                 decay.append(p)
@@ -47,7 +49,7 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
     groups = model.param_groups(cfg) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
-    groups = split_weight_decay(model, groups, cfg.optim.weight_decay)
+    groups = split_weight_decay(model, groups, cfg.optim.weight_decay, cfg.optim.decay_all)
     if not groups:
         raise UserError("the model has no trainable parameters; check the method / backbone settings.")
     seen: set[int] = set()
