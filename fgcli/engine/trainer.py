@@ -381,6 +381,7 @@ class Trainer:
                             row[f"val/{name}/top5"] = m[f"top{res.k}"]
                         if self.best_metric is None or res.top1 > self.best_metric:
                             self.best_metric, self.best_epoch, improved = res.top1, epoch + 1, True
+                    row["train_img_s"] = stats["train_images_per_s"]  # training only, validation excluded
                     row["epoch_time"] = time.perf_counter() - t0
                     row["time"] = time.perf_counter() - run_start
                     self.history.append(row)

@@ -89,7 +89,7 @@ def assert_run_whole(run_dir: Path) -> dict[str, dict]:
 
 
 def strip_times(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("time", "epoch_time")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("time", "train_img_s", "epoch_time")} for r in rows]
 
 
 def assert_identical(a: dict, b: dict) -> None:
