@@ -9,9 +9,9 @@ from fgcli.commands._common import handle_errors
 
 @handle_errors
 def viz_command(
-    checkpoint: str = typer.Argument(..., help="A .pt checkpoint from `fgcli train` (e.g. runs/train/exp/weights/"
+    checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="A .pt checkpoint from `fgcli train` (e.g. runs/train/exp/weights/"
                                      "best.pt). .onnx files carry no maps."),
-    images: list[str] | None = typer.Argument(None, metavar="[IMAGES]...",
+    images: list[str] | None = typer.Argument(None, metavar="IMAGES",
                                               help="Image files, folders or quoted globs. Default: --num images of "
                                               "--split of --data (or of the run's own data)."),
     data: str | None = typer.Option(None, "--data", "-d", help="Prepared folder, raw dataset root, ImageFolder or "
