@@ -11,6 +11,18 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FLOWERS12 = SHARED / "data" / "flowers12"
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread in every test: on a shared 2-core machine, OpenMP spin-waits of competing
+    processes make 2 threads many times slower (tests that time things set their thread count themselves)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_fgcli_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """FGCLI_CACHE points at a per-session temp folder: tests never write to ~/.cache/fgcli."""

@@ -26,15 +26,6 @@ from fgcli.engine.rundir import increment_path, read_results_csv, results_column
 from fgcli.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- metrics ---------------------------------------------------------------------------------------------
 def test_accumulator_counts_match_hand_computed_values() -> None:
     acc = MetricAccumulator(num_classes=6, topk=5)

@@ -30,14 +30,6 @@ COMMON = ["--backbone", "test_resnet", "--img-size", "64", "--batch-size", "6", 
           "--device", "cpu", "--set", "optim.name=adamw"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _args(method: str, *extra: str) -> list[str]:
     return ["train", "--method", method, "--data", "demo", *COMMON, *TINY_DATA, *METHOD_SETS[method], *extra]

@@ -18,14 +18,6 @@ from fgcli.engine.rundir import read_results_csv
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 TINY_DATA = ["--set", "data.demo_size=32", "--set", "data.demo_classes=4", "--set", "data.demo_per_class=8",
              "--set", "data.val_fraction=0.25"]
 TINY = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "8", "--workers", "0",

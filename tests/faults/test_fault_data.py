@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from faultkit import TRAIN_FAST
 from imagekit import _jpeg, bomb_png, make_bad_files
 from PIL import Image
@@ -20,13 +19,6 @@ from fgcli.engine.rundir import read_results_csv
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _one_error_line(output: str) -> str:

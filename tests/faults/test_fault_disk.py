@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from exportkit import make_checkpoint_file
 from faultkit import TRAIN, TRAIN_FAST, env, fgcli_cmd, state
 from typer.testing import CliRunner
@@ -21,13 +20,6 @@ from fgcli.cli import app
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class _FailingFile:

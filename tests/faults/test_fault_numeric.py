@@ -5,7 +5,6 @@ good epoch intact."""
 from __future__ import annotations
 
 import pytest
-import torch
 from faultkit import TRAIN_FAST, assert_run_whole, poison_method
 from typer.testing import CliRunner
 
@@ -15,13 +14,6 @@ from fgcli.engine.rundir import read_results_csv
 runner = CliRunner()
 MODES = ["loss-nan", "loss-inf", "grad-nan", "grad-inf"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train(tmp_path, epochs: int, *extra: str):
