@@ -70,9 +70,10 @@ def test_warp_leaves_what_the_crop_cut_off_empty() -> None:
     assert (x1, y1, x2, y2) == pytest.approx((28.0, 8.0, 92.0, 72.0))
 
 
-def test_mask_follows_the_eval_transform() -> None:
+@pytest.mark.parametrize("mode", ["shorter", "square"])
+def test_mask_follows_the_eval_transform(mode: str) -> None:
     """A mask brought to the crop grid matches the image region the real eval transform puts there."""
-    pre = _pre(48, 60)
+    pre = _pre(48, 60, mode)
     w, h = 150, 100
     mask = np.zeros((h, w), bool)
     mask[30:70, 60:110] = True
