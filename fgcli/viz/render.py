@@ -161,8 +161,10 @@ def bars(ax: Any, labels: list[str], values: list[float], title: str, highlight:
     ax.set_yticks(y, [_short(v, 22) for v in labels], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, max(1.0, max(values) * 1.05) if values else 1.0)
-    for yi, v in zip(y, values, strict=True):
-        ax.text(min(v, 0.98) + 0.01, yi, fmt.format(v), va="center", fontsize=7)
+    for yi, v in zip(y, values, strict=True):  # the value beside the bar, or inside a long one
+        inside = v > 0.8
+        ax.text(v - 0.02 if inside else v + 0.01, yi, fmt.format(v), va="center", ha="right" if inside else "left",
+                fontsize=7, color="white" if inside else "black")
     ax.tick_params(axis="x", labelsize=7)
     ax.set_title(title, fontsize=8)
     for side in ("top", "right"):
