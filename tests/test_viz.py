@@ -364,3 +364,15 @@ def test_score_target_is_the_mask_else_the_box(tmp_path) -> None:
     assert target_mask(Sample("x.jpg", 0), tmp_path, geo) is None
     cut = target_mask(Sample("x.jpg", 0, mask="m.png"), tmp_path, CropGeometry(90, 40, _pre(32, 40)), crop_bottom=20)
     assert cut.shape == (32, 32) and cut.any()
+
+
+def test_unreadable_images_are_skipped_or_a_clear_error(tmp_path) -> None:
+    ckpt = make_checkpoint_file(tmp_path, "baseline")
+    write_images(tmp_path / "imgs", 1)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")
+    result = runner.invoke(app, ["viz", str(ckpt), str(tmp_path / "imgs"), "--device", "cpu", "--out",
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 0 and "skipped" in result.output and "broken" in result.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    result = runner.invoke(app, ["viz", str(ckpt), str(tmp_path / "imgs" / "broken.jpg"), "--device", "cpu"])
+    assert result.exit_code == 1 and "could be read" in result.output

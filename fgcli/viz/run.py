@@ -70,10 +70,12 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     items = _path_items(images, classes) if images else _sample_items(dataset, _spread(samples, num))
     out_dir = Path(out) if out is not None else default_out_dir(path, project="runs/viz")
     result = VizResult(out_dir)
+    target = result.score_target = _score_target(dataset, samples, data or cfg.data.path) if score else ""
     entries = _render_all(model, method, pre, classes, items, out_dir, alpha, layout, batch_size, dev, result)
-    target = ""
+    if not result.figures:
+        first = f" (first: {result.skipped[0][0]}: {result.skipped[0][1]})" if result.skipped else ""
+        raise UserError(f"none of the {len(items)} images could be read{first}. Check the files.")
     if score:
-        target = result.score_target = _score_target(dataset, samples, data or cfg.data.path)
         scored = samples if score_num is None else _spread(samples, score_num)
         result.scores = _score_all(model, method, pre, dataset, scored, batch_size, dev, target)
         _write_scores(result.scores, out_dir)
