@@ -116,3 +116,26 @@ def test_two_gloo_processes_under_torchrun(method, tmp_path) -> None:
     assert all(f"val/{h}/top1" in rows[-1] for h in HEADS[method])
     last = torch.load(tmp_path / "ddp" / "weights" / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["dataset"]["num_val"] == 6
+
+
+def test_exported_onnx_evaluates_like_the_checkpoint(trained, tmp_path) -> None:
+    """`fgcli export` then `fgcli eval model.onnx`: the same fused accuracy and per-class counts as the
+    checkpoint on the whole split; `--int8` writes a quantized file and reports its accuracy and speed."""
+    method, run = trained
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(run / "weights" / "last.pt", ckpt)
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--calib-images", "8"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.int8.onnx").is_file()
+    assert "top-1 agreement" in result.output and "int8" in result.output
+    reports = {}
+    for name in ("model.pt", "model.onnx"):
+        out = tmp_path / f"eval-{name}"
+        result = runner.invoke(app, ["eval", str(tmp_path / name), "--data", "demo", "--split", "val", "--out",
+                                     str(out), "--workers", "0"])
+        assert result.exit_code == 0, result.output
+        reports[name] = (json.loads((out / "metrics.json").read_text()),
+                         (out / "per_class_accuracy.csv").read_text())
+    (pt, pt_classes), (onnx, onnx_classes) = reports["model.pt"], reports["model.onnx"]
+    assert onnx["num_samples"] == pt["num_samples"] == 6
+    assert onnx["top1"] == pt["top1"] and onnx["top3"] == pt["top3"] and onnx_classes == pt_classes  # 3 classes
