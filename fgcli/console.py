@@ -27,11 +27,14 @@ log = logging.getLogger("fgcli")
 def setup_logging(quiet: bool = False) -> None:
     """Rich console logging for the `fgcli` logger (idempotent)."""
     settings.quiet = settings.quiet or quiet
-    if not any(isinstance(h, RichHandler) for h in log.handlers):
+    handler = next((h for h in log.handlers if isinstance(h, RichHandler)), None)
+    if handler is None:
         handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
-    log.setLevel(logging.WARNING if settings.quiet else logging.INFO)
+    # --quiet silences the terminal only: a run's log.txt still gets every INFO line
+    handler.setLevel(logging.WARNING if settings.quiet else logging.NOTSET)
+    log.setLevel(logging.DEBUG if settings.debug else logging.INFO)
     log.propagate = False
 
 

@@ -187,3 +187,12 @@ def test_train_and_eval_on_flowers12(flowers12, tmp_path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_samples"] == 240 and metrics["num_classes"] == 12
     assert len((out / "per_class_accuracy.csv").read_text().splitlines()) == 13
+
+
+def test_quiet_silences_the_terminal_but_not_log_txt(tmp_path) -> None:
+    result = runner.invoke(app, ["--quiet", "train", "--method", "baseline", *TINY, "--epochs", "1", "--project",
+                                 str(tmp_path), "--name", "quiet"])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" not in result.output
+    log = (tmp_path / "quiet" / "log.txt").read_text()
+    assert "epoch 1/1" in log and "training baseline on test_resnet" in log
