@@ -38,8 +38,8 @@ class DataConfig:
     blur_prob: float = 0.0  # HERBS recipe: GaussianBlur(k=5, sigma in [0.1, 5]) with p=0.1
     sharpness_prob: float = 0.0  # HERBS recipe: RandomAdjustSharpness(1.5) with p=0.1
     workers: int = 2
-    demo_size: int = 96  # image size of the generated demo data set
-    demo_per_class: int = 60  # train images per class of the demo (test gets a third)
+    demo_size: int = 64  # image size of the generated demo data set
+    demo_per_class: int = 150  # train images per class of the demo (test gets a third)
     demo_classes: int = 10
     seed: int = 0  # val/test carving and demo generation (independent of train.seed, so splits stay fixed)
     level: str | None = None  # FGVC-Aircraft label level: variant (default), family or manufacturer

@@ -37,9 +37,9 @@ def prepare_data_command(
                                  help="Smallest allowed image side in pixels."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", rich_help_panel=_CHECKS,
                                              help="Decompression-bomb limit (default: Pillow's, ~89.5 MP)."),
-    demo_size: int = typer.Option(96, "--demo-size", rich_help_panel=_DEMO, help="Demo image side in pixels."),
+    demo_size: int = typer.Option(64, "--demo-size", rich_help_panel=_DEMO, help="Demo image side in pixels."),
     demo_classes: int = typer.Option(10, "--demo-classes", rich_help_panel=_DEMO, help="Demo classes (2-20)."),
-    demo_per_class: int = typer.Option(60, "--demo-per-class", rich_help_panel=_DEMO,
+    demo_per_class: int = typer.Option(150, "--demo-per-class", rich_help_panel=_DEMO,
                                        help="Demo training images per class (test gets a third)."),
 ) -> None:
     """Check a data set and write its manifest: dataset.yaml, train/val/test.csv, bad_images.csv.

@@ -46,9 +46,9 @@ class DemoParams:
     """What determines the demo data set; equal params give byte-identical files."""
 
     seed: int = 0
-    size: int = 96
+    size: int = 64
     classes: int = 10
-    per_class: int = 60  # training images per class
+    per_class: int = 150  # training images per class
     test_per_class: int | None = None  # None = per_class // 3
 
     def validate(self) -> None:
