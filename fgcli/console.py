@@ -8,6 +8,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -45,3 +53,12 @@ def add_file_log(path: str | Path) -> logging.Handler:
     handler.setLevel(logging.INFO)
     log.addHandler(handler)
     return handler
+
+
+def progress_bar(*, info: bool = False) -> Progress:
+    """The transient progress bar of long steps (on stderr, hidden with --quiet); `info=True` adds a column
+    showing each task's `info` field (e.g. the running loss)."""
+    extra = [TextColumn("{task.fields[info]}")] if info else []
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+                    transient=True, disable=settings.quiet)

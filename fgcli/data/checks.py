@@ -10,16 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
-from fgcli.console import err_console, settings
+from fgcli.console import progress_bar
 from fgcli.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ImageCheck, check_image
 
 # Below this many files a pool costs more to start than it saves.
@@ -41,7 +32,7 @@ def check_images(paths: list[Path], *, workers: int | None = None, min_size: int
     workers = default_workers() if workers is None else max(1, workers)
     check = partial(check_image, min_size=min_size, max_pixels=max_pixels)
     results: list[ImageCheck] = []
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(description, total=len(paths))
         for result in _run(check, [str(p) for p in paths], workers):
             results.append(result)
@@ -68,15 +59,3 @@ def _ignore_sigint() -> None:
     """Workers leave Ctrl-C to the main process, which stops them (no traceback from every worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=settings.quiet,
-    )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fgcli.config import Config, save_yaml
-from fgcli.console import add_file_log, console, err_console, log, settings
+from fgcli.console import add_file_log, console, err_console, log, progress_bar, settings
 from fgcli.engine import distributed as D
 from fgcli.engine.checkpoint import (
     build_model_from_checkpoint,
@@ -363,7 +363,7 @@ class Trainer:
         if self.main:
             self._log_start()
         run_start = time.perf_counter() - (float(self.history[-1]["time"]) if self.history else 0.0)
-        progress = _progress() if not self.quiet else None
+        progress = progress_bar(info=True) if not self.quiet else None
         try:
             with progress if progress is not None else contextlib.nullcontext():
                 for epoch in range(self.start_epoch, cfg.train.epochs):
@@ -467,20 +467,6 @@ def _class_diff(expected: list[str], got: list[str]) -> str:
         parts.append(f"extra {extra[:5]}{' ...' if len(extra) > 5 else ''}")
     return f"{len(expected)} vs {len(got)} classes; " + ", ".join(parts)
 
-
-def _progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err_console, transient=True)
 
 
 def _print_summary(cfg: Config, result: TrainResult, data: DataBundle) -> None:
