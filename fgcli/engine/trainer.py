@@ -413,6 +413,9 @@ class Trainer:
                                             f"{self.cfg.data.val_split} split")
         if self.main:
             _print_summary(self.cfg, result, self.data)
+        # Leave together: a rank that tears its gloo group down while rank 0 still prints can make the peer's
+        # transport thread abort the process ("terminate called without an active exception").
+        D.barrier(self.info)
 
     def close(self) -> None:
         if self._file_log is not None:
