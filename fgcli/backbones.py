@@ -66,6 +66,7 @@ class Backbone(nn.Module):
         img_size: int | None = None,
         drop_path: float | None = None,
         num_stages: int = 4,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         import timm
@@ -75,6 +76,8 @@ class Backbone(nn.Module):
         kwargs: dict[str, Any] = {"features_only": True}
         if drop_path is not None:
             kwargs["drop_path_rate"] = drop_path
+        if output_stride is not None:
+            kwargs["output_stride"] = output_stride
         self.fixed_size = None
         if needs_fixed_size(name) and img_size is not None:
             kwargs["img_size"] = img_size
@@ -104,10 +107,10 @@ class Backbone(nn.Module):
         info = self.body.feature_info
         all_channels = list(info.channels())
         all_reductions = list(info.reduction())
-        if len(all_channels) < num_stages or len(set(all_reductions[-num_stages:])) < num_stages:
-            self.single_scale = True
-        else:
-            self.single_scale = False
+        # a dilated backbone (output_stride) repeats its last stride on purpose: still a pyramid of stages
+        distinct_needed = num_stages if output_stride is None else 2
+        self.single_scale = (len(all_channels) < num_stages
+                             or len(set(all_reductions[-num_stages:])) < distinct_needed)
         take = min(num_stages, len(all_channels))
         self.indices = list(range(len(all_channels) - take, len(all_channels)))
         self.channels = all_channels[-take:]
@@ -168,6 +171,7 @@ def build_backbone(model_cfg: Any, img_size: int | None = None, num_stages: int 
         img_size=img_size,
         drop_path=model_cfg.drop_path,
         num_stages=num_stages,
+        output_stride=model_cfg.output_stride,
     )
 
 

@@ -54,6 +54,7 @@ class ModelConfig:
     pretrained_file: str | None = None  # local state dict, or an installed weights package name
     pretrained_strict: bool = True
     drop_path: float | None = None  # None = timm default
+    output_stride: int | None = None  # timm's dilated last stages (8 or 16): finer maps; None = the model's 32
     channels_last: bool = True  # used on CUDA only
     compile: bool = False
 
@@ -313,6 +314,7 @@ def validate(cfg: Config) -> None:
          "herbs.num_selects must be 4 positive numbers (counts, or fractions of each stage's tokens)"),
         (cfg.herbs.temp_step >= 1, "herbs.temp_step must be >= 1"),
         (cfg.herbs.fpn_size >= 1, "herbs.fpn_size must be >= 1"),
+        (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),
     ]
     for ok, message in checks:
         if not ok:
