@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -38,6 +40,12 @@ def test_args_yaml_reproduces_the_config(tmp_path) -> None:
     again = resolve_config(None, tmp_path / "args.yaml", {}, None)
     assert to_dict(again) == to_dict(cfg)
     assert load_yaml(tmp_path / "args.yaml")["optim"]["lr"] == 0.003
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (Path(__file__).parent.parent / "models").glob("*.yaml")))
+def test_every_shipped_recipe_resolves(recipe: str) -> None:
+    cfg = train_config(recipe, None, {}, None)  # validates ranges too
+    assert cfg.method in ("baseline", "herbs", "mge")
 
 
 def test_demo_data_without_a_recipe_uses_the_demo_recipe() -> None:

