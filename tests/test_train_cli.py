@@ -104,10 +104,14 @@ def test_eval_writes_the_report(trained, tmp_path) -> None:
     assert lines[0] == "index,class,num_samples,correct,accuracy" and len(lines) == 5
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert "top-1" in result.output
-    test = runner.invoke(app, ["eval", str(run / "weights" / "best.pt"), "--data", "demo", "--out",
-                               str(tmp_path / "t"), "--workers", "0"])
+    # without --data: the data set the run was trained on (here the tiny demo its args.yaml describes)
+    test = runner.invoke(app, ["eval", str(run / "weights" / "best.pt"), "--out", str(tmp_path / "t"),
+                               "--workers", "0"])
     assert test.exit_code == 0, test.output
-    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["split"] == "test"
+    report = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert report["split"] == "test" and report["data"] == "demo" and report["num_classes"] == 4
+    onnx = runner.invoke(app, ["eval", str(tmp_path / "model.onnx")])
+    assert onnx.exit_code == 1 and "pass --data PATH" in onnx.output
 
 
 def test_eval_refuses_data_with_other_classes(trained, tmp_path) -> None:

@@ -10,7 +10,7 @@ from fgcli.commands._common import handle_errors
 @handle_errors
 def eval_command(
     checkpoint: str = typer.Argument(..., help="A .pt checkpoint from `fgcli train` (e.g. runs/train/exp/weights/best.pt) or an .onnx file from `fgcli export`."),
-    data: str = typer.Option(..., "--data", "-d", help="Prepared folder, raw dataset root, ImageFolder, or 'demo'."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Prepared folder, raw dataset root, ImageFolder, or 'demo' (default for a .pt: the data it was trained on)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate: test or val."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
@@ -21,6 +21,7 @@ def eval_command(
     """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix.
 
     Examples:
+      fgcli eval runs/train/exp/weights/best.pt                      # the data it was trained on
       fgcli eval runs/train/exp/weights/best.pt --data demo
       fgcli eval runs/train/exp/weights/best.pt --data ./CUB_200_2011 --split test --out reports/cub
     """

@@ -57,10 +57,13 @@ def resolve_split(dataset: Any, split: str, data: str) -> list:
     return samples
 
 
-def eval_checkpoint(checkpoint: str | Path, data: str, split: str = "test", batch_size: int = 64,
+def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", batch_size: int = 64,
                     device: str = "auto", out: str | Path | None = None, workers: int | None = None,
                     use_ema: bool = True) -> EvalRun:
-    """Evaluate a `.pt` on a data split and write metrics.json, per_class_accuracy.csv, confusion_matrix.png."""
+    """Evaluate a `.pt` on a data split and write metrics.json, per_class_accuracy.csv, confusion_matrix.png.
+
+    `data` None: the data set the run was trained on (a `.pt` records it; an `.onnx` does not).
+    """
     from fgcli.data.loaders import build_loader
     from fgcli.data.prepare import resolve_data
     from fgcli.data.transforms import eval_transform
@@ -71,10 +74,17 @@ def eval_checkpoint(checkpoint: str | Path, data: str, split: str = "test", batc
     if path.suffix.lower() == ".onnx":  # an exported model: onnxruntime feeds the same metrics and report
         from fgcli.inference import eval_onnx
 
+        if data is None:
+            raise UserError(f"{path} is an ONNX model, which does not record its training data: pass --data PATH "
+                            "(e.g. --data demo or the data set root).")
         return eval_onnx(path, data, split=split, batch_size=batch_size, device=device, out=out, workers=workers)
     ckpt = load_checkpoint(path)
     dev = resolve_device(device)
     model, classes, preprocess, cfg = build_model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
+    if data is None:
+        data = str(cfg.data.path)
+        if data != "demo" and not Path(data).exists():
+            raise UserError(f"the run's data {data} does not exist here: pass --data PATH.")
     # the run's own data settings (val_fraction, demo parameters), so "--split val" is the split it validated on
     if data != cfg.data.path:
         cfg.data.path, cfg.data.format = data, "auto"
