@@ -3,6 +3,8 @@
 Every test that injects a fault does it inside `faults.inject(kind, name)`: the fault is counted as injected
 when the block starts and as survived only when the block ends without an exception, i.e. after the test has
 verified that nothing was lost (checkpoints load, outputs are complete or absent, the message is clear).
+A test that skips inside the block (the fault could not be injected, e.g. the run ended before the signal)
+is not counted.
 `pytest_terminal_summary` prints the counts per kind; with FGCLI_FAULTS_REPORT=FILE it also writes them as a
 Markdown table (the one in the README's "Reliability" section).
 """
@@ -65,7 +67,11 @@ class Faults:
         assert kind in KINDS, f"unknown fault kind {kind!r}"
         fault = Fault(kind, name, self._test)
         self._log.faults.append(fault)
-        yield fault
+        try:
+            yield fault
+        except pytest.skip.Exception:
+            self._log.faults.remove(fault)  # the fault never hit (e.g. the run ended before the signal)
+            raise
         fault.survived = True
 
 
