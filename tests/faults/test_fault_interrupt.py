@@ -78,10 +78,15 @@ def test_ctrl_c_during_export_leaves_no_new_file(tmp_path, monkeypatch, faults, 
 def test_real_sigint_during_export(tmp_path, faults) -> None:
     ckpt = make_checkpoint_file(tmp_path)
     with faults.inject("interrupt", "SIGINT during export (real signal)"):
-        proc = start(fgcli_cmd("export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx")))
-        time.sleep(7.0)  # past the imports: inside tracing / writing / verifying
+        cmd = [c for c in fgcli_cmd("export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx"))
+               if c != "--quiet"]
+        proc = start(cmd)
+        seen = ""
+        while "exporting" not in seen and proc.poll() is None:  # tracing starts after this line
+            seen += proc.stdout.readline()
+        time.sleep(1.0)  # inside tracing (about 3 s here); a fixed delay from the start raced the exit
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        out = seen + proc.communicate(timeout=120)[0]
         if proc.returncode == 0:
             pytest.skip("the export finished before the signal")
         assert proc.returncode == 130, out
