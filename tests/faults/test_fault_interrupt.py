@@ -124,10 +124,11 @@ def test_ctrl_c_during_prepare_data_demo_leaves_nothing(tmp_path, monkeypatch, f
 @pytest.mark.slow
 def test_real_sigint_during_prepare_data_image_checks(tmp_path, faults) -> None:
     src = tmp_path / "src"
+    jpegs = [_jpeg(size=(1200, 800), color=(k * 30, 20, 20)) for k in range(8)]
     for c in ("a", "b"):
         (src / c).mkdir(parents=True)
-        for k in range(400):  # enough for the worker pool
-            (src / c / f"{k}.jpg").write_bytes(_jpeg(size=(300, 200), color=(k % 255, 20, 20)))
+        for k in range(400):  # large enough that the 2 workers check for seconds (300 x 200 took 0.6 s)
+            (src / c / f"{k}.jpg").write_bytes(jpegs[k % len(jpegs)])
     out = tmp_path / "out"
     with faults.inject("interrupt", "SIGINT during prepare-data image checks in a worker pool (real signal)"):
         cmd = [c for c in fgcli_cmd("prepare-data", "imagefolder", str(src), "--out", str(out), "--workers", "2")
