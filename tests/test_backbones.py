@@ -24,7 +24,7 @@ def test_herbs_and_mge_run_on_a_dilated_backbone() -> None:
     common = ["model.backbone=test_resnet", "model.output_stride=8", "data.img_size=64"]
     torch.manual_seed(0)
     herbs = build_method(resolve_config(overrides=["method=herbs", "herbs.fpn_size=16", *common]), 3).eval()
-    assert [hw for hw in herbs._run(x).sizes] == [(16, 16), (8, 8), (8, 8), (8, 8)]
+    assert list(herbs._run(x).sizes) == [(16, 16), (8, 8), (8, 8), (8, 8)]
     assert herbs.attention(x)["score4"].shape == (2, 64, 64)
     mge = build_method(resolve_config(overrides=["method=mge", "mge.experts=2", *common]), 3).eval()
     trunks = [m for m in mge.modules() if isinstance(m, Backbone)]

@@ -57,6 +57,14 @@ def resolve_split(dataset: Any, split: str, data: str) -> list:
     return samples
 
 
+def run_data(cfg: Any, alternative: str) -> str:
+    """The data path a run was trained on; a clear error naming `alternative` when it is not here."""
+    data = str(cfg.data.path)
+    if data != "demo" and not Path(data).exists():
+        raise UserError(f"the run's data {data} does not exist here: pass {alternative}.")
+    return data
+
+
 def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", batch_size: int = 64,
                     device: str = "auto", out: str | Path | None = None, workers: int | None = None,
                     use_ema: bool = True) -> EvalRun:
@@ -82,9 +90,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     dev = resolve_device(device)
     model, classes, preprocess, cfg = build_model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
     if data is None:
-        data = str(cfg.data.path)
-        if data != "demo" and not Path(data).exists():
-            raise UserError(f"the run's data {data} does not exist here: pass --data PATH.")
+        data = run_data(cfg, "--data PATH")
     # the run's own data settings (val_fraction, demo parameters), so "--split val" is the split it validated on
     if data != cfg.data.path:
         cfg.data.path, cfg.data.format = data, "auto"

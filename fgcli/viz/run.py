@@ -56,7 +56,7 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     """
     from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
     from fgcli.engine.distributed import resolve_device
-    from fgcli.engine.eval_run import default_out_dir
+    from fgcli.engine.eval_run import default_out_dir, run_data
 
     path = Path(checkpoint)
     _check_args(path, images, data, layout, alpha, num, score, batch_size)
@@ -64,9 +64,9 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     dev = resolve_device(device)
     model, classes, pre, cfg = build_model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
     method = str(ckpt["method"])
-    if not images and data is None and cfg.data.path != "demo" and not Path(str(cfg.data.path)).exists():
-        raise UserError(f"the run's data {cfg.data.path} does not exist here: pass IMAGES or --data PATH.")
-    dataset, samples = (None, []) if images else _resolve(cfg, data or cfg.data.path, split, classes)
+    if not images and data is None:
+        data = run_data(cfg, "IMAGES or --data PATH")
+    dataset, samples = (None, []) if images else _resolve(cfg, data, split, classes)
     items = _path_items(images, classes) if images else _sample_items(dataset, _spread(samples, num))
     out_dir = Path(out) if out is not None else default_out_dir(path, project="runs/viz")
     result = VizResult(out_dir)

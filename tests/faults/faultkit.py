@@ -51,6 +51,16 @@ def start(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def start_until(args: list[str], line: str, **kwargs: Any) -> tuple[subprocess.Popen, str]:
+    """Start `fgcli ARGS` with its log lines on (no --quiet) and read its output until `line` appears or it
+    exits; returns the process and what it printed so far (to prepend to the rest)."""
+    proc = start([c for c in fgcli_cmd(*args) if c != "--quiet"], **kwargs)
+    seen = ""
+    while line not in seen and proc.poll() is None:
+        seen += proc.stdout.readline()
+    return proc, seen
+
+
 def wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 240) -> None:
     """Block until results.csv has `rows` rows (an epoch finished and is being saved)."""
     end = time.time() + timeout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from exportkit import make_checkpoint_file
-from faultkit import TRAIN, assert_run_whole, fgcli_cmd, start, wait_rows
+from faultkit import TRAIN, assert_run_whole, fgcli_cmd, start, start_until, wait_rows
 from imagekit import _jpeg
 from typer.testing import CliRunner
 
@@ -78,12 +78,9 @@ def test_ctrl_c_during_export_leaves_no_new_file(tmp_path, monkeypatch, faults, 
 def test_real_sigint_during_export(tmp_path, faults) -> None:
     ckpt = make_checkpoint_file(tmp_path)
     with faults.inject("interrupt", "SIGINT during export (real signal)"):
-        cmd = [c for c in fgcli_cmd("export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx"))
-               if c != "--quiet"]
-        proc = start(cmd)
-        seen = ""
-        while "exporting" not in seen and proc.poll() is None:  # tracing starts after this line
-            seen += proc.stdout.readline()
+        # tracing starts after the "exporting" line
+        proc, seen = start_until(["export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx")],
+                                 "exporting")
         time.sleep(1.0)  # inside tracing (about 3 s here); a fixed delay from the start raced the exit
         proc.send_signal(signal.SIGINT)
         out = seen + proc.communicate(timeout=120)[0]
@@ -131,12 +128,9 @@ def test_real_sigint_during_prepare_data_image_checks(tmp_path, faults) -> None:
             (src / c / f"{k}.jpg").write_bytes(jpegs[k % len(jpegs)])
     out = tmp_path / "out"
     with faults.inject("interrupt", "SIGINT during prepare-data image checks in a worker pool (real signal)"):
-        cmd = [c for c in fgcli_cmd("prepare-data", "imagefolder", str(src), "--out", str(out), "--workers", "2")
-               if c != "--quiet"]
-        proc = start(cmd, start_new_session=True)
-        seen = ""
-        while "images in 2 classes" not in seen and proc.poll() is None:  # the checks start after this line
-            seen += proc.stdout.readline()
+        # the checks start after the "images in 2 classes" line
+        proc, seen = start_until(["prepare-data", "imagefolder", str(src), "--out", str(out), "--workers", "2"],
+                                 "images in 2 classes", start_new_session=True)
         time.sleep(1.0)  # the spawned workers are up and checking
         t0 = time.time()
         proc.send_signal(signal.SIGINT)
