@@ -168,6 +168,15 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment trackers (`--logger`): TensorBoard event files in the run folder, an MLflow run."""
+
+    loggers: list[str] = field(default_factory=list)  # "tensorboard", "mlflow"; none by default
+    mlflow_uri: str | None = None  # None = $MLFLOW_TRACKING_URI, else a local ./mlruns store
+    mlflow_experiment: str = "fgcli"
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as args.yaml."""
 
@@ -180,6 +189,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
