@@ -230,7 +230,10 @@ def test_headline_names_true_and_predicted_class() -> None:
     text, colour = headline(ImageInfo("im", np.zeros((8, 8, 3), np.uint8), geo, 0), rec, ["cat", "dog", "owl"])
     assert "true: cat" in text and "pred: dog (80.0%)" in text and colour != "black"
     text, colour = headline(ImageInfo("im", np.zeros((8, 8, 3), np.uint8), geo, None), rec, ["cat", "dog", "owl"])
-    assert "true: ?" in text and colour == "black"
+    assert "true class unknown" in text and "true:" not in text and colour == "black"
+    text, _ = headline(ImageInfo("im", np.zeros((8, 8, 3), np.uint8), geo, None), rec, ["cat", "dog", "owl"],
+                       compact=True)
+    assert text.splitlines()[0] == "true class unknown"
 
 
 # ---- files --------------------------------------------------------------------------------------------------

@@ -547,4 +547,7 @@ def run_train(*, recipe: str | None = None, config_file: str | None = None, flag
         raise UserError(f"--resume: {path} already finished {ckpt['epoch']} of {cfg.train.epochs} epochs. Pass "
                         "--epochs N (larger) to train on.")
     run_dir = path.parent.parent if path.parent.name == "weights" else None
+    if D.launched_rank() == 0:
+        log.info(f"resuming run {run_dir or path.parent} from {path}: epoch {ckpt['epoch']} of {cfg.train.epochs} "
+                 f"done, continuing with epoch {int(ckpt['epoch']) + 1}")
     return train(cfg, resume=ckpt, run_dir=run_dir)
