@@ -36,6 +36,7 @@ FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 # ImageNet features; fine-tuned rows train the backbone too, at a tenth of the heads' learning rate.
 ROWS: dict[str, tuple[str, list[str]]] = {
     "linear_probe": ("linear_probe_lite0_128", []),
+    "linear_probe_lr1e-2": ("linear_probe_lite0_128", ["optim.lr=0.01"]),
     "baseline": ("baseline_lite0_128", []),
     "herbs": ("herbs_lite0_128", []),
     "mge": ("mge_lite0_128", []),
