@@ -77,6 +77,7 @@ def test_prepare_flowers12_imagefolder(flowers12: Path, tmp_path: Path) -> None:
     (["cubb", "x"], "unknown data set format 'cubb'. Did you mean 'cub'?"),
     (["cub", "{tmp}/nowhere"], "does not exist"),
     (["cub", "{tmp}/photos"], "does not look like a cub data set"),
+    (["aircraft", "{tmp}/photos"], "does not look like an aircraft data set"),
     (["imagefolder", "{tmp}/photos", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
     (["imagefolder", "{tmp}/photos", "--level", "family"], "--level applies to the aircraft format only"),
     (["csv", "{tmp}/list.csv"], "list.csv:2: path '../secret.jpg' contains '..'"),
