@@ -391,3 +391,59 @@ def test_cli_refuses_a_symlink_archive(server: Server, monkeypatch: pytest.Monke
     line = _one_error_line(runner.invoke(app, ["prepare-data", "cub", str(tmp_path / "c"), "--download"]))
     assert "refusing to extract CUB_200_2011.tgz: member 'CUB_200_2011/x' is a symbolic link" in line
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == []
+
+
+def test_file_already_in_the_folder_is_checked_not_downloaded(server: Server, flowers: dict[str, bytes],
+                                                              tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.mkdir()
+    (target / "setid.mat").write_bytes(flowers["setid.mat"])  # fetched by hand: right bytes
+    (target / "imagelabels.mat").write_bytes(b"something else")  # wrong bytes
+    with pytest.raises(UserError, match=r"checksum mismatch for .*imagelabels.mat \(already in the folder\): "
+                                        r"expected md5 [0-9a-f]{32}, got [0-9a-f]{32}\. The file was deleted"):
+        download_dataset("flowers102", target)
+    assert not (target / "imagelabels.mat").exists()
+    download_dataset("flowers102", target)
+    assert server.ranges("setid.mat") == [] and len(server.ranges("imagelabels.mat")) == 1
+
+
+def test_ctrl_c_keeps_the_partial_file_for_the_next_run(server: Server, flowers: dict[str, bytes],
+                                                        tmp_path: Path) -> None:
+    import fgcli.data.download as download
+
+    real_open = open
+    writes = []
+
+    class Interrupting:
+        """A .part file whose third write is interrupted by Ctrl-C."""
+
+        def __init__(self, handle: io.BufferedWriter) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> Interrupting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, chunk: bytes) -> int:
+            writes.append(len(chunk))
+            if len(writes) == 3:
+                raise KeyboardInterrupt
+            return self.handle.write(chunk)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return Interrupting(handle) if str(path).endswith(".tgz.part") and mode in ("ab", "wb") else handle
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(download, "CHUNK", 256)
+        patch.setattr(download, "open", fake_open, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            download_dataset("flowers102", tmp_path / "f")
+    part = tmp_path / "f" / "102flowers.tgz.part"
+    assert part.stat().st_size == 2 * 256 < len(flowers["102flowers.tgz"])
+    assert not list((tmp_path / "f").glob(".fgcli-extract-*"))
+    download_dataset("flowers102", tmp_path / "f")
+    assert server.ranges("102flowers.tgz")[-1] == f"bytes={2 * 256}-" and not part.exists()
+    assert len(list((tmp_path / "f" / "jpg").iterdir())) == 204

@@ -40,7 +40,6 @@ from rich.progress import Progress
 
 from fgcli import __version__
 from fgcli.console import log, progress_bar
-from fgcli.data.formats import reader
 from fgcli.data.locking import folder_lock
 from fgcli.data.sources import SOURCES, RemoteFile, Source
 from fgcli.errors import UserError
@@ -87,9 +86,6 @@ def download_dataset(fmt: str, target: str | Path, *, urls: Sequence[str] = (), 
         raise UserError(f"cannot create {folder}: {e.strerror or e}. Choose another folder.") from None
     with folder_lock(folder):
         state = _load_state(folder)
-        if not state.get("files") and reader(fmt).detect(folder) is not None:
-            log.info(f"download: {folder} already holds the {fmt} data set; not downloading it again")
-            return folder
         for stale in folder.glob(f"{STAGING_PREFIX}*"):  # left by an interrupted extraction
             shutil.rmtree(stale, ignore_errors=True)
         done: dict[str, Any] = state.setdefault("files", {})
@@ -102,7 +98,9 @@ def download_dataset(fmt: str, target: str | Path, *, urls: Sequence[str] = (), 
                     log.info(f"download: {item.name} was already downloaded and checked; skipping it")
                     continue
                 dest = folder / item.name
-                if not dest.is_file():  # a complete file is only ever renamed into place after its check
+                if dest.is_file():  # downloaded but not extracted yet, or put there by the user: check it
+                    verify(dest, item, progress=progress, origin=f"{dest} (already in the folder)")
+                else:
                     fetch(item, dest, attempts=attempts, timeout=timeout, note=source.note, progress=progress)
                 if item.archive:
                     extract_archive(dest, folder, limits or ExtractLimits(), progress=progress)
@@ -258,8 +256,9 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float, note: str,
         raise _Dropped(f"connection closed after {_human(have)} of {_human(total)}")
 
 
-def verify(path: Path, item: RemoteFile, progress: Progress | None = None) -> None:
-    """Check every checksum of `item` on `path`; on a mismatch delete `path` and raise naming URL and sums."""
+def verify(path: Path, item: RemoteFile, progress: Progress | None = None, origin: str | None = None) -> None:
+    """Check every checksum of `item` on `path`; on a mismatch delete `path` and raise naming the origin (by
+    default the URL) and both sums."""
     wanted = {algo: value.lower() for algo, value in (("md5", item.md5), ("sha256", item.sha256)) if value}
     if not wanted:
         return
@@ -277,8 +276,10 @@ def verify(path: Path, item: RemoteFile, progress: Progress | None = None) -> No
         got = hashers[algo].hexdigest()
         if got != want:
             path.unlink(missing_ok=True)
-            raise UserError(f"checksum mismatch for {item.url}: expected {algo} {want}, got {got}. The download "
-                            "was deleted; run the command again to retry, or pass --url with another mirror.")
+            what = "download" if origin is None else "file"
+            raise UserError(f"checksum mismatch for {origin or item.url}: expected {algo} {want}, got {got}. The "
+                            f"{what} was deleted; run the command again to retry, or pass --url with another "
+                            "mirror.")
 
 
 # ---------------------------------------------------------------------------------------------- extraction
