@@ -48,6 +48,8 @@ def train_command(
                                             help="Reuse an existing run folder of that name."),
     resume: str | None = typer.Option(None, "--resume", rich_help_panel=_RUN, metavar="[RUN|PT]",
                                          help="Continue a run: a run folder, a last.pt, or 'auto' (the latest run)."),
+    logger: list[str] | None = typer.Option(None, "--logger", rich_help_panel=_RUN,
+                                            help="Experiment tracker, repeatable: tensorboard (<run>/tb), mlflow."),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help="Override any config key: --set optim.lr=0.01"),
 ) -> None:
     """Train a method on a backbone and data set; writes runs/train/exp*/ (weights, results, plots).
@@ -56,6 +58,7 @@ def train_command(
       fgcli train --method baseline --data demo
       fgcli train --method herbs --data ./CUB_200_2011 --recipe herbs_swin_large_384_cub
       fgcli train --resume runs/train/exp
+      fgcli train --method herbs --data ./flowers102 --logger tensorboard --logger mlflow
       torchrun --nproc-per-node 4 -m fgcli train --method herbs --data ./CUB_200_2011
     """
     from fgcli.engine.trainer import run_train
@@ -66,6 +69,6 @@ def train_command(
         "data.workers": workers, "train.device": device, "train.amp": amp, "train.ema": ema,
         "model.pretrained": pretrained, "model.pretrained_file": pretrained_file, "model.compile": compile,
         "train.seed": seed, "train.deterministic": deterministic, "train.project": project, "train.name": name,
-        "train.exist_ok": exist_ok,
+        "train.exist_ok": exist_ok, "log.loggers": logger or None,
     }
     run_train(recipe=recipe, config_file=config, flags=flags, overrides=set_, resume=resume)

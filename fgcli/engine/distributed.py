@@ -32,6 +32,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_rank() -> int:
+    """This process's global rank from torchrun's environment (0 outside torchrun), before init."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` | `cpu` | `cuda` | `cuda:N` -> a torch.device (under torchrun, `cuda` means cuda:LOCAL_RANK)."""
     name = (name or "auto").lower()
