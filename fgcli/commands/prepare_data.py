@@ -10,6 +10,7 @@ from fgcli.console import console, settings
 _SPLITS = "Splits"
 _CHECKS = "Image checks"
 _DEMO = "Demo data set"
+_DOWNLOAD = "Download"
 
 
 @handle_errors
@@ -41,6 +42,18 @@ def prepare_data_command(
     demo_classes: int = typer.Option(10, "--demo-classes", rich_help_panel=_DEMO, help="Demo classes (2-20)."),
     demo_per_class: int = typer.Option(150, "--demo-per-class", rich_help_panel=_DEMO,
                                        help="Demo training images per class (test gets a third)."),
+    download: bool = typer.Option(False, "--download", rich_help_panel=_DOWNLOAD,
+                                  help="First download the official files into SRC (flowers102, cub, aircraft, "
+                                       "cars, dogs; nabirds with --url), check their checksums and extract them. "
+                                       "Resumes a partial download."),
+    url: list[str] | None = typer.Option(None, "--url", metavar="URL", rich_help_panel=_DOWNLOAD,
+                                            help="A mirror: one URL per file (matched by file name) or a folder "
+                                                 "URL ending in '/'. Repeatable. The published checksums still "
+                                                 "apply."),
+    md5: str | None = typer.Option(None, "--md5", rich_help_panel=_DOWNLOAD,
+                                      help="Expected MD5 of the file given with --url (replaces the published one)."),
+    sha256: str | None = typer.Option(None, "--sha256", rich_help_panel=_DOWNLOAD,
+                                         help="Expected SHA-256 of the file given with --url."),
 ) -> None:
     """Check a data set and write its manifest: dataset.yaml, train/val/test.csv, bad_images.csv.
 
@@ -48,6 +61,7 @@ def prepare_data_command(
 
     Examples:
       fgcli prepare-data cub ./CUB_200_2011
+      fgcli prepare-data flowers102 ./flowers102 --download
       fgcli prepare-data aircraft ./fgvc-aircraft-2013b --level family
       fgcli prepare-data imagefolder ./my_photos --out ./my_photos_prepared
       fgcli prepare-data csv ./labels.csv --val-fraction 0.2
@@ -56,11 +70,21 @@ def prepare_data_command(
     from fgcli.data.demo import DemoParams
     from fgcli.data.images import DEFAULT_MAX_PIXELS
     from fgcli.data.prepare import PrepareOptions, prepare_dataset
+    from fgcli.errors import UserError
+
+    if (url or md5 or sha256) and not download:
+        raise UserError("--url, --md5 and --sha256 only apply with --download.")
 
     options = PrepareOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict,
                              workers=workers, level=level, min_size=min_size,
                              max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     demo = DemoParams(seed=seed, size=demo_size, classes=demo_classes, per_class=demo_per_class)
+    if download:
+        from fgcli.data.download import download_dataset
+
+        if src is None:
+            raise UserError(f"--download needs SRC, the folder to download the {fmt} data set into.")
+        download_dataset(fmt.lower(), src, urls=url or (), md5=md5, sha256=sha256)
     prepared = prepare_dataset(fmt.lower(), src, out, options=options, demo=demo)
     if not settings.quiet:
         console.print(f"Prepared data set: [bold]{prepared.root}[/]  next: fgcli train --data {prepared.root}",
