@@ -37,6 +37,12 @@ def train_config(recipe: str | None, config_file: str | None, flags: dict[str, A
     return resolve_config(recipe, config_file, flags, overrides)
 
 
+def explicit_keys(flags: dict[str, Any], overrides: list[str] | None) -> frozenset[str]:
+    """The dotted config keys the user set directly, by a flag or `--set`."""
+    keys = set(_flat(_nest({k: v for k, v in flags.items() if v is not None})))
+    return frozenset(keys | set(_flat(parse_overrides(overrides))))
+
+
 def resume_config(saved: dict[str, Any], flags: dict[str, Any], overrides: list[str] | None) -> Config:
     """The checkpoint's config with only the safe keys (RESUME_MUTABLE) changed by flags / --set."""
     changes = _flat(_nest({k: v for k, v in flags.items() if v is not None}))

@@ -28,7 +28,7 @@ from fgcli.engine.checkpoint import (
     save_checkpoint,
 )
 from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
-from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr
+from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr, fit_warmup
 from fgcli.engine.rundir import increment_path, write_results_csv
 from fgcli.engine.setup import (
     DataBundle,
@@ -72,8 +72,10 @@ class TrainResult:
 class Trainer:
     """Owns the model, optimizer, schedule, EMA, loaders and the run folder for one `fgcli train`."""
 
-    def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None) -> None:
+    def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
+                 explicit: frozenset[str] = frozenset()) -> None:
         self.cfg = cfg
+        self.explicit = explicit  # keys the user set by flag / --set (they are never adjusted to fit the run)
         self.resume_ckpt = resume
         self.requested_run_dir = run_dir
         self.info, self.device = D.init_distributed(cfg.train.device)
@@ -126,6 +128,10 @@ class Trainer:
             raise UserError("the training loader is empty (fewer images than --batch-size with drop_last); "
                             "lower --batch-size.")
         self.updates_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accum_steps)
+        fitted = fit_warmup(cfg, self.updates_per_epoch, explicit=bool({"sched.warmup", "sched.warmup_unit"}
+                                                                         & self.explicit))
+        if fitted and self.main:
+            log.info(fitted)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if self.resume_ckpt is not None:
@@ -494,9 +500,11 @@ def _print_summary(cfg: Config, result: TrainResult, data: DataBundle) -> None:
     console.print(f"      fgcli export {ckpt} --onnx --verify")
 
 
-def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None) -> TrainResult:
-    """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are."""
-    trainer = Trainer(cfg, resume=resume, run_dir=run_dir)
+def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
+          explicit: frozenset[str] = frozenset()) -> TrainResult:
+    """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are. `explicit`:
+    the config keys the user set directly (flags, --set), which are never adjusted to fit a short run."""
+    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit)
     try:
         trainer.setup()
         result = trainer.fit()
@@ -510,12 +518,12 @@ def run_train(*, recipe: str | None = None, config_file: str | None = None, flag
               overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
     """`fgcli train`: resolve the config (fresh or resumed) and train."""
     from fgcli.engine.checkpoint import load_checkpoint
-    from fgcli.engine.runconfig import resume_config, train_config
+    from fgcli.engine.runconfig import explicit_keys, resume_config, train_config
     from fgcli.engine.rundir import resolve_resume_path
 
     flags = dict(flags or {})
     if resume is None:
-        return train(train_config(recipe, config_file, flags, overrides))
+        return train(train_config(recipe, config_file, flags, overrides), explicit=explicit_keys(flags, overrides))
     if recipe is not None or config_file is not None:
         raise UserError("--resume takes its config from the checkpoint; drop --recipe / --config.")
     project = flags.get("train.project") or Config().train.project
