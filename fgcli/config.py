@@ -136,7 +136,7 @@ class SchedConfig:
     warmup_unit: str = "epochs"  # "epochs" or "steps" (optimizer steps)
     warmup_lr: float = 1e-6
     min_lr: float = 0.0
-    cosine_period: str = "after_warmup"  # or "whole_run" (HERBS official: period = whole run)
+    cosine_period: str = "after_warmup"  # or "whole_run" (HERBS official: cosine over t - warmup, period = run)
     step_size: int = 30  # epochs, for "step"
     gamma: float = 0.1
 

@@ -115,8 +115,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_e
     common = {"warmup_t": warmup, "warmup_lr_init": s.warmup_lr, "t_in_epochs": False}
     if s.name == "cosine":
         if s.cosine_period == "whole_run":
-            # HERBS' official schedule: the cosine spans the whole run; the warm-up replaces its first steps.
-            return CosineLRScheduler(optimizer, t_initial=total, lr_min=s.min_lr, warmup_prefix=False, **common)
+            # HERBS' official schedule (utils/lr_schedule.py `cosine_decay`): after the warm-up, a cosine over
+            # t - warmup whose period is the whole run, so it starts at the top and ends at ~0.0015 x max.
+            return CosineLRScheduler(optimizer, t_initial=total, lr_min=s.min_lr, warmup_prefix=True, **common)
         return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=s.min_lr,
                                  warmup_prefix=True, **common)
     if s.name == "step":
