@@ -7,35 +7,12 @@ methods that need one get a clear error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fgcli.errors import UserError, unknown_choice
-
-
-@dataclass
-class Preprocess:
-    """How images must be prepared for a model (stored in checkpoints and ONNX metadata)."""
-
-    img_size: int
-    resize: int
-    resize_mode: str  # "shorter" | "square"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"img_size": self.img_size, "resize": self.resize, "resize_mode": self.resize_mode,
-                "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        return cls(img_size=int(d["img_size"]), resize=int(d["resize"]), resize_mode=str(d["resize_mode"]),
-                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
-                   interpolation=str(d.get("interpolation", "bilinear")))
 
 
 def _check_name(name: str) -> None:

@@ -90,7 +90,7 @@ def _baseline(cfg: Config, classes: int = 4):
 
 
 def test_checkpoint_round_trip_weights_only_and_rebuild(tmp_path) -> None:
-    from fgcli.backbones import Preprocess
+    from fgcli.modelinfo import Preprocess
 
     cfg = _tiny_cfg()
     model = _baseline(cfg)

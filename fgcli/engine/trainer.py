@@ -22,7 +22,6 @@ from fgcli.config import Config, save_yaml
 from fgcli.console import add_file_log, console, err_console, log, progress_bar, settings
 from fgcli.engine import distributed as D
 from fgcli.engine.checkpoint import (
-    build_model_from_checkpoint,
     make_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -100,10 +99,10 @@ class Trainer:
 
         dataset = load_dataset(cfg, self.info)
         if self.resume_ckpt is not None:
-            saved = list(self.resume_ckpt["classes"])
-            if saved != list(dataset.classes):
-                raise UserError(f"--resume: the data at {cfg.data.path} has different classes than the checkpoint "
-                                f"({_class_diff(saved, list(dataset.classes))}). Resume with the same data.")
+            from fgcli.data.select import check_classes
+
+            check_classes(list(self.resume_ckpt["classes"]), list(dataset.classes), f"{cfg.data.path} (--resume)",
+                          fix="Resume with the same data.")
         self.method = build_method(cfg, len(dataset.classes))
         preprocess = resolve_preprocess(cfg.data, backbone_defaults(self.method))
         fixed = self.method.input_size
@@ -407,11 +406,10 @@ class Trainer:
         """Confusion matrix of best.pt on the val split, then the summary (rank 0 prints)."""
         D.barrier(self.info)  # rank 0 may still be writing best.pt: every rank must see it before deciding
         if self.data.val_loader is not None and result.best.is_file():
-            from fgcli.engine.checkpoint import load_checkpoint
+            from fgcli.engine.checkpoint import load_model
             from fgcli.engine.plots import plot_confusion_matrix
 
-            best, *_ = build_model_from_checkpoint(load_checkpoint(result.best), device=self.device)
-            acc = self.validate(best)
+            acc = self.validate(load_model(result.best, device=self.device).model)
             if self.main and acc is not None:
                 plot_confusion_matrix(acc.confusion.numpy(), self.data.classes,
                                       self.run_dir / "confusion_matrix.png",
@@ -462,20 +460,6 @@ def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, names)
     return out
-
-
-def _class_diff(expected: list[str], got: list[str]) -> str:
-    missing = [c for c in expected if c not in got]
-    extra = [c for c in got if c not in expected]
-    if not missing and not extra:
-        return "same names in a different order"
-    parts = []
-    if missing:
-        parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if extra:
-        parts.append(f"extra {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    return f"{len(expected)} vs {len(got)} classes; " + ", ".join(parts)
-
 
 
 def _print_summary(cfg: Config, result: TrainResult, data: DataBundle) -> None:

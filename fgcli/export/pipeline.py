@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 
 from fgcli import __version__
-from fgcli.backbones import Preprocess
 from fgcli.config import to_dict
 from fgcli.console import log
 from fgcli.errors import UserError
-from fgcli.export.metadata import ModelInfo, set_metadata, sha256_file
 from fgcli.export.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
 from fgcli.export.verify import Parity, check, compare
+from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
 
 
 @dataclass
@@ -242,9 +241,9 @@ def _verify(torch_probs: Any, pred: Any, samples: Any, precision: str, path: Pat
 
 def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, dataset: Any, pre: Preprocess,
                  opts: ExportOptions, where: str, shown: Path | None = None) -> Int8Report:
-    from fgcli.bench import bench_predictor
     from fgcli.export.quantize import quantize_int8
     from fgcli.export.rundata import first_split, iter_split, load_batches
+    from fgcli.timing import bench_predictor
 
     calib = None
     if dataset is not None and first_split(dataset, ("train",)):
