@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fgcli.config import Config, save_yaml
-from fgcli.console import add_file_log, console, err_console, log, progress_bar, settings
+from fgcli.console import add_file_log, log, progress_bar, settings
 from fgcli.engine import distributed as D
 from fgcli.engine.checkpoint import (
     make_checkpoint,
@@ -30,7 +30,6 @@ from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
 from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr, fit_warmup
 from fgcli.engine.rundir import increment_path, write_results_csv
 from fgcli.engine.setup import (
-    DataBundle,
     amp_settings,
     backbone_defaults,
     build_data,
@@ -57,6 +56,10 @@ class TrainResult:
     best_metric: float | None
     best_epoch: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    config: Config | None = None  # the resolved config (as saved in args.yaml)
+    classes: list[str] = field(default_factory=list)
+    val_split: str = ""
+    is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
 
     @property
     def last(self) -> Path:
@@ -396,11 +399,13 @@ class Trainer:
         except KeyboardInterrupt:
             if self.main:
                 done = self.history[-1]["epoch"] if self.history else 0
-                err_console.print(f"[yellow]Interrupted.[/] {self.weights / 'last.pt'} holds the last completed "
-                                  f"epoch ({done}); the partial epoch was dropped so that resuming stays exact. "
-                                  f"Continue with: fgcli train --resume {self.run_dir}")
+                log.warning(f"Interrupted. {self.weights / 'last.pt'} holds the last completed epoch ({done}); the "
+                            "partial epoch was dropped so that resuming stays exact. Continue with: fgcli train "
+                            f"--resume {self.run_dir}")
             raise
-        return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history)
+        return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history,
+                           config=self.cfg, classes=list(self.data.classes), val_split=str(self.data.info["val_split"]),
+                           is_main=self.main)
 
     def finish(self, result: TrainResult) -> None:
         """Confusion matrix of best.pt on the val split, then the summary (rank 0 prints)."""
@@ -415,8 +420,6 @@ class Trainer:
                                       self.run_dir / "confusion_matrix.png",
                                       title=f"{self.cfg.method} best.pt (epoch {result.best_epoch}), "
                                             f"{self.cfg.data.val_split} split")
-        if self.main:
-            _print_summary(self.cfg, result, self.data)
         # Leave together: a rank that tears its gloo group down while rank 0 still prints can make the peer's
         # transport thread abort the process ("terminate called without an active exception").
         D.barrier(self.info)
@@ -460,28 +463,6 @@ def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, names)
     return out
-
-
-def _print_summary(cfg: Config, result: TrainResult, data: DataBundle) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"fgcli train: {cfg.method} on {cfg.model.backbone}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("run folder", str(result.run_dir))
-    table.add_row("epochs", str(result.epochs_done))
-    if result.best_metric is not None:
-        table.add_row(f"best val top-1 ({data.info['val_split']})", f"{result.best_metric:.2f}% (epoch {result.best_epoch})")
-    last = result.history[-1] if result.history else {}
-    if "val/top1" in last:
-        table.add_row("last val top-1 / top-5", f"{last['val/top1']:.2f}% / {last['val/top5']:.2f}%")
-    table.add_row("chance level", f"{100.0 / max(len(data.classes), 1):.2f}%")
-    table.add_row("weights", f"{result.best if result.best.is_file() else '-'}\n{result.last}")
-    console.print(table)
-    ckpt = result.best if result.best.is_file() else result.last
-    data_arg = cfg.data.path
-    console.print(f"next: fgcli eval {ckpt} --data {data_arg}")
-    console.print(f"      fgcli export {ckpt} --onnx --verify")
 
 
 def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,

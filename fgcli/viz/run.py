@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fgcli.console import console, err_console, log, settings
+from fgcli.console import log, progress_bar
 from fgcli.errors import UserError
 
 LAYOUTS = ("grid", "single")
@@ -299,21 +299,9 @@ def scores_table(rows: list[dict], target: str) -> Any:
 
 @contextlib.contextmanager
 def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    if settings.quiet or total <= 1:
+    if total <= 1:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
-                  transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
-
-
-def report(result: VizResult) -> None:
-    """Print the score table (if any), the skipped files and where everything went."""
-    if result.scores:
-        console.print(scores_table(result.scores, result.score_target or "the target"))
-    for name, reason in result.skipped:
-        err_console.print(f"[yellow]skipped[/] {name}: {reason}", soft_wrap=True)
-    console.print(f"{len(result.figures)} figure(s) in {result.out_dir}; open {result.index} for the contact sheet")
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
