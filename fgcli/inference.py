@@ -173,7 +173,9 @@ class TorchPredictor(Predictor):
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
-                 use_ema: bool = True) -> None:
+                 use_ema: bool = True, *, loaded: Any = None, info: ModelInfo | None = None) -> None:
+        """`loaded`: an already loaded model (fgcli.engine.checkpoint.load_model) instead of reading `path`;
+        `info`: another description of it (e.g. export's, at the export input size)."""
         import torch
 
         from fgcli.engine.checkpoint import load_model
@@ -181,11 +183,11 @@ class TorchPredictor(Predictor):
         if threads:
             torch.set_num_threads(int(threads))
         self.path = Path(path)
-        self.loaded = load_model(self.path, device=device, use_ema=use_ema)
+        self.loaded = loaded if loaded is not None else load_model(self.path, device=device, use_ema=use_ema)
         self.ckpt = self.loaded.checkpoint
         self.model = self.loaded.model
         self.torch_device = self.loaded.device
-        self.info = self.loaded.info
+        self.info = info if info is not None else self.loaded.info
 
     @property
     def device(self) -> str:
