@@ -226,8 +226,7 @@ class Trainer:
     # ---- one epoch ----
     def train_one_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
         cfg = self.cfg
-        model, method = self.model, self.method
-        model.train()
+        self.model.train()
         set_loader_epoch(self.data.train_loader, cfg.train.seed, epoch)
         seed_everything(epoch_seed(cfg.train.seed, epoch, self.info.rank))
         accum = cfg.train.accum_steps
@@ -251,26 +250,13 @@ class Trainer:
             group_start = (i // accum) * accum
             group_size = min(accum, n_micro - group_start)
             last_in_group = i - group_start == group_size - 1
-            sync = contextlib.nullcontext()
-            if self.info.enabled and not last_in_group and hasattr(model, "no_sync"):
-                sync = model.no_sync()
-            with sync:
-                with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
-                    outputs = model(images, targets)
-                    total, terms = method.loss(outputs, targets, epoch)
-                if self.head_names is None:
-                    heads = list(method.heads(outputs))
-                    self.head_names = heads if len(heads) > 1 else []
-                finite = D.all_finite(bool(torch.isfinite(total.detach()).all()), self.info, self.device)
-                if finite:
-                    self.scaler.scale(total / group_size).backward()
-                    sums["loss"] = sums.get("loss", 0) + total.detach().float()
-                    for name, value in terms.items():
-                        sums[name] = sums.get(name, 0) + value.detach().float()
-                    n_terms += 1
-                else:
-                    group_bad = True
+            loss_terms = self._forward_backward(images, targets, epoch, group_size, last_in_group)
+            if loss_terms is None:
+                group_bad = True
+            else:
+                for name, value in loss_terms.items():
+                    sums[name] = sums.get(name, 0) + value
+                n_terms += 1
             seen += int(images.shape[0])
             if last_in_group:
                 applied_lr = current_lr(self.optimizer)
@@ -280,16 +266,8 @@ class Trainer:
                 group_bad = False
                 self.global_step += 1
                 self.scheduler.step_update(self.global_step)
-            if task is not None:
-                now = time.perf_counter()
-                if now - last_refresh > 0.5 or i == n_micro - 1:
-                    last_refresh = now
-                    loss = (sums["loss"] / max(n_terms, 1)).item() if n_terms else float("nan")
-                    rate = seen * self.info.world_size / max(now - t0, 1e-9)
-                    progress.update(task, completed=i + 1,
-                                    info=f"loss {loss:.4f}  lr {current_lr(self.optimizer):.2e}  {rate:.1f} img/s")
-                else:
-                    progress.update(task, completed=i + 1)
+            if task is not None and self._show_progress(progress, task, i, sums, n_terms, seen, t0, last_refresh):
+                last_refresh = time.perf_counter()
         if task is not None:
             progress.remove_task(task)
         stats = {f"train/{k}": v for k, v in self._reduce_means(sums, n_terms).items()}
@@ -297,6 +275,40 @@ class Trainer:
         stats["lr"] = applied_lr  # the lr of the epoch's last update (after any warm-up steps in it)
         stats["train_images_per_s"] = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
         return stats
+
+    def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, group_size: int,
+                          last_in_group: bool) -> dict[str, torch.Tensor] | None:
+        """Loss and backward of one micro-batch (DDP gradient sync only on the last of an accumulation group);
+        the detached loss terms, or None when the loss is not finite on some rank (nothing is backpropagated)."""
+        model, method = self.model, self.method
+        sync = contextlib.nullcontext()
+        if self.info.enabled and not last_in_group and hasattr(model, "no_sync"):
+            sync = model.no_sync()
+        with sync:
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                outputs = model(images, targets)
+                total, terms = method.loss(outputs, targets, epoch)
+            if self.head_names is None:
+                heads = list(method.heads(outputs))
+                self.head_names = heads if len(heads) > 1 else []
+            if not D.all_finite(bool(torch.isfinite(total.detach()).all()), self.info, self.device):
+                return None
+            self.scaler.scale(total / group_size).backward()
+        return {"loss": total.detach().float(), **{k: v.detach().float() for k, v in terms.items()}}
+
+    def _show_progress(self, progress: Any, task: Any, i: int, sums: dict[str, Any], n_terms: int, seen: int,
+                       t0: float, last_refresh: float) -> bool:
+        """Advance the epoch's bar; the loss / lr / speed text at most twice a second. True when refreshed."""
+        now = time.perf_counter()
+        if now - last_refresh <= 0.5 and i != self.micro_per_epoch - 1:
+            progress.update(task, completed=i + 1)
+            return False
+        loss = (sums["loss"] / max(n_terms, 1)).item() if n_terms else float("nan")
+        rate = seen * self.info.world_size / max(now - t0, 1e-9)
+        progress.update(task, completed=i + 1,
+                        info=f"loss {loss:.4f}  lr {current_lr(self.optimizer):.2e}  {rate:.1f} img/s")
+        return True
 
     def _optimizer_step(self, group_bad: bool, epoch: int, index: int) -> bool:
         """Step unless the loss or the gradients are non-finite; returns whether the optimizer stepped."""
