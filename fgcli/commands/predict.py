@@ -30,7 +30,7 @@ def predict_command(
       fgcli predict runs/train/exp/weights/best.onnx bird.jpg ./more_photos/
       fgcli predict best.pt 'photos/**/*.jpg' --topk 3 --out predictions.csv
     """
-    from fgcli.console import console, err_console, settings
+    from fgcli.console import console, err_console, progress_bar
     from fgcli.inference import load_predictor
     from fgcli.predict import collect_images, predict_paths, results_table, write_output
 
@@ -39,16 +39,10 @@ def predict_command(
     predictor = load_predictor(model, device=device, providers=provider_list, threads=threads, use_ema=ema)
     err_console.print(f"{model}: {predictor.info.method} / {predictor.info.backbone}, "
                       f"{len(predictor.info.classes)} classes, on {predictor.device}")
-    if settings.quiet:
-        result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, transient=True) as progress:
-            task = progress.add_task("predict", total=len(paths))
-            result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model,
-                                   progress=lambda n: progress.advance(task, n))
+    with progress_bar() as bar:
+        task = bar.add_task("predict", total=len(paths))
+        result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model,
+                               progress=lambda n: bar.advance(task, n))
     if result.predictions:
         console.print(results_table(result))
     for path, reason in result.skipped:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from fgcli.commands._common import handle_errors
+from fgcli.console import console
+
+if TYPE_CHECKING:
+    from fgcli.engine.trainer import TrainResult
 
 _DATA = "Data"
 _RUN = "Run folder"
@@ -71,4 +77,31 @@ def train_command(
         "train.seed": seed, "train.deterministic": deterministic, "train.project": project, "train.name": name,
         "train.exist_ok": exist_ok, "log.loggers": logger or None,
     }
-    run_train(recipe=recipe, config_file=config, flags=flags, overrides=set_, resume=resume)
+    result = run_train(recipe=recipe, config_file=config, flags=flags, overrides=set_, resume=resume)
+    if result.is_main:
+        print_summary(result)
+
+
+def print_summary(result: TrainResult) -> None:
+    """The run's summary table and the next commands."""
+    from rich.table import Table
+
+    cfg = result.config
+    table = Table(title=f"fgcli train: {cfg.method} on {cfg.model.backbone}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("run folder", str(result.run_dir))
+    table.add_row("epochs", str(result.epochs_done))
+    if result.best_metric is not None:
+        table.add_row(f"best val top-1 ({result.val_split})", f"{result.best_metric:.2f}% (epoch {result.best_epoch})")
+    last = result.history[-1] if result.history else {}
+    if "val/top1" in last:
+        table.add_row("last val top-1 / top-5", f"{last['val/top1']:.2f}% / {last['val/top5']:.2f}%")
+    table.add_row("chance level", f"{100.0 / max(len(result.classes), 1):.2f}%")
+    table.add_row("weights", f"{result.best if result.best.is_file() else '-'}\n{result.last}")
+    console.print(table)
+    ckpt = result.best if result.best.is_file() else result.last
+    data_arg = cfg.data.path
+    console.print(f"next: fgcli eval {ckpt} --data {data_arg}")
+    console.print(f"      fgcli export {ckpt} --onnx --verify")
+

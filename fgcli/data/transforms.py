@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from fgcli.backbones import Preprocess
 from fgcli.errors import UserError
+from fgcli.modelinfo import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

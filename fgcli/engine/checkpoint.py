@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import pickle
 import random
-import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +21,12 @@ from torch import nn
 
 from fgcli import __version__
 from fgcli.errors import UserError
-from fgcli.io import atomic_save
+from fgcli.io import atomic_save, refused_global
 
 if TYPE_CHECKING:
-    from fgcli.backbones import Preprocess
     from fgcli.config import Config
     from fgcli.methods.base import Method
+    from fgcli.modelinfo import ModelInfo, Preprocess
 
 FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -146,17 +146,6 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     atomic_save(path, lambda buf: torch.save(ckpt, buf))
 
 
-def refused_global(error: BaseException) -> str | None:
-    """The global (e.g. 'posix.system') that torch's weights_only unpickler refused to load, '' when it refused
-    one it does not name, or None when the file was merely damaged (not pickled code)."""
-    text = str(error)
-    found = re.search(r"GLOBAL ([\w.]+)|global [`'\"]?([\w.]+)", text)
-    if found:
-        return found.group(1) or found.group(2)
-    return "" if "weights_only" in text.lower() and "unsupported" in text.lower() and "global" in text.lower() \
-        else None
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; one-line errors for missing, corrupt or unsafe files."""
     path = Path(path)
@@ -234,8 +223,8 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True,
 
     Returns (model, classes, preprocess, cfg). Uses the EMA weights when present and `use_ema`.
     """
-    from fgcli.backbones import Preprocess
     from fgcli.methods import build_method
+    from fgcli.modelinfo import Preprocess
 
     cfg = config_from_checkpoint(ckpt)
     cfg.model.pretrained = False
@@ -254,6 +243,40 @@ def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True,
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, classes, preprocess, cfg
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to run: the Method (eval mode, on `device`), its description and its config."""
+
+    model: Method
+    info: ModelInfo
+    config: Config
+    checkpoint: dict[str, Any]
+    device: torch.device
+    weights: str  # "ema" or "model"
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.info.preprocess
+
+
+def load_model(checkpoint: str | Path | dict[str, Any], device: str | torch.device = "auto",
+               use_ema: bool = True) -> LoadedModel:
+    """The one loader: a checkpoint file (or an already loaded dict) -> model + model info + config, on the
+    device `--device` names. Used by predict, eval, export, attention-viz, bench and the end of training."""
+    from fgcli.device import resolve_device
+    from fgcli.modelinfo import ModelInfo
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model, classes, preprocess, cfg = build_model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
+    info = ModelInfo.from_checkpoint(ckpt, classes=classes, preprocess=preprocess)
+    return LoadedModel(model, info, cfg, ckpt, dev, "ema" if use_ema and ckpt.get("ema") else "model")
 
 
 def state_dict_differences(expected: dict[str, torch.Tensor], got: dict[str, Any], limit: int = 3) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fgcli.device import resolve_device
 from fgcli.errors import UserError
 
 
@@ -35,29 +36,6 @@ def launched_by_torchrun() -> bool:
 def launched_rank() -> int:
     """This process's global rank from torchrun's environment (0 outside torchrun), before init."""
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` | `cpu` | `cuda` | `cuda:N` -> a torch.device (under torchrun, `cuda` means cuda:LOCAL_RANK)."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch. Use --device cpu (or auto).")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-        try:
-            index = int(name.split(":", 1)[1])
-        except (IndexError, ValueError):
-            raise UserError(f"--device {name} is not valid; use auto, cpu, cuda or cuda:N.") from None
-        if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible. Use cuda:0..."
-                            f"{torch.cuda.device_count() - 1}.")
-        return torch.device("cuda", index)
-    raise UserError(f"--device {name} is not valid; use auto, cpu, cuda or cuda:N.")
 
 
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:

@@ -167,6 +167,28 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable, device: torch.devic
     return acc if acc is not None else MetricAccumulator(num_classes, heads=heads or [])
 
 
+def evaluate(model: Any, loader: Iterable, num_classes: int, *, device: torch.device | None = None,
+             progress: Any = None, **torch_options: Any) -> MetricAccumulator:
+    """The one evaluation: a loader of (images, targets[, ...]) through any model into a MetricAccumulator.
+
+    `model` is a torch Method (fused and per-head scores; `device`, and `torch_options` such as `amp_dtype`,
+    `channels_last`, `heads` go to `evaluate_model`) or any predictor: a callable mapping a float32 numpy
+    batch N x 3 x H x W to (logits, probs), e.g. an onnxruntime fp32 / fp16 / int8 model (fused score only).
+    `progress(n)` is called after each batch of n images.
+    """
+    if isinstance(model, torch.nn.Module):
+        return evaluate_model(model, loader, device or torch.device("cpu"), num_classes, progress=progress,
+                              **torch_options)
+    acc = MetricAccumulator(num_classes, heads=[])
+    for batch in loader:
+        images, targets = batch[0], batch[1]
+        logits, _ = model(images.numpy() if isinstance(images, torch.Tensor) else images)
+        acc.update(logits, targets)
+        if progress is not None:
+            progress(len(images))
+    return acc
+
+
 # -- the report ------------------------------------------------------------------------------------------
 def per_class_csv(result: EvalResult, classes: list[str]) -> str:
     """CSV text: index,class,num_samples,correct,accuracy (percent)."""

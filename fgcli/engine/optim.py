@@ -76,22 +76,48 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         raise
 
 
+#: a warm-up from a recipe or the defaults that would cover a short run is cut to this share of the run
+WARMUP_SHARE = 0.2
+
+
+def warmup_updates(cfg: Config, updates_per_epoch: int) -> int:
+    """The warm-up length in optimizer updates."""
+    s = cfg.sched
+    warmup = s.warmup * updates_per_epoch if s.warmup_unit == "epochs" else s.warmup
+    return int(math.ceil(round(warmup, 6)))
+
+
+def fit_warmup(cfg: Config, updates_per_epoch: int, explicit: bool = False) -> str | None:
+    """Fit a warm-up that would cover the whole run (a recipe's 1 epoch under `--epochs 1`) to WARMUP_SHARE of
+    it, in `cfg` itself, and say so; None when it already fits. A warm-up the user gave explicitly
+    (`explicit`: a flag or `--set`) is left alone: `build_scheduler` then refuses it."""
+    total = max(1, cfg.train.epochs * updates_per_epoch)
+    s = cfg.sched
+    if explicit or s.name == "none" or warmup_updates(cfg, updates_per_epoch) < total:
+        return None
+    old = f"{s.warmup:g} {s.warmup_unit}"
+    steps = int(total * WARMUP_SHARE)
+    s.warmup = round(steps / updates_per_epoch, 4) if s.warmup_unit == "epochs" else float(steps)
+    return (f"sched.warmup ({old}) would cover the whole run of {total} updates; shortened to {s.warmup:g} "
+            f"{s.warmup_unit} ({steps} updates, {WARMUP_SHARE:.0%} of the run). Choose it with --set sched.warmup=N.")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_epoch: int) -> Any:
     """A timm scheduler stepped per optimizer update (`step_update(num_updates)`)."""
     from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
     total = max(1, cfg.train.epochs * updates_per_epoch)
     s = cfg.sched
-    warmup = s.warmup * updates_per_epoch if s.warmup_unit == "epochs" else s.warmup
-    warmup = int(math.ceil(warmup))
+    warmup = warmup_updates(cfg, updates_per_epoch)
     if warmup >= total and s.name != "none":
-        raise UserError(f"sched.warmup ({s.warmup} {s.warmup_unit}) covers the whole run of {total} updates; "
+        raise UserError(f"sched.warmup ({s.warmup:g} {s.warmup_unit}) covers the whole run of {total} updates; "
                         "lower the warm-up or train longer.")
     common = {"warmup_t": warmup, "warmup_lr_init": s.warmup_lr, "t_in_epochs": False}
     if s.name == "cosine":
         if s.cosine_period == "whole_run":
-            # HERBS' official schedule: the cosine spans the whole run; the warm-up replaces its first steps.
-            return CosineLRScheduler(optimizer, t_initial=total, lr_min=s.min_lr, warmup_prefix=False, **common)
+            # HERBS' official schedule (utils/lr_schedule.py `cosine_decay`): after the warm-up, a cosine over
+            # t - warmup whose period is the whole run, so it starts at the top and ends at ~0.0015 x max.
+            return CosineLRScheduler(optimizer, t_initial=total, lr_min=s.min_lr, warmup_prefix=True, **common)
         return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=s.min_lr,
                                  warmup_prefix=True, **common)
     if s.name == "step":

@@ -14,12 +14,14 @@ RESUME_MUTABLE = {"train.epochs", "train.device", "train.quiet", "train.max_nonf
                   "log.loggers", "log.mlflow_uri", "log.mlflow_experiment"}
 
 
-def demo_recipe(method: str) -> Path | None:
-    """`models/<method>_demo_cpu.yaml` if it exists (the small CPU recipe used for `--data demo`)."""
+def demo_recipe(method: str) -> Path:
+    """`models/<method>_demo_cpu.yaml`, the small CPU recipe used for `--data demo`. Not finding it is an error
+    (a broken install), never a silent fall-back to the full-size defaults."""
     try:
         return resolve_recipe(f"{method}_demo_cpu")
-    except UserError:
-        return None
+    except UserError as e:
+        raise UserError(f"--data demo needs the demo recipe '{method}_demo_cpu', which is not installed ({e}). "
+                        "Reinstall fgcli, or pass --recipe / --backbone to train without it.") from e
 
 
 def train_config(recipe: str | None, config_file: str | None, flags: dict[str, Any],
@@ -31,10 +33,15 @@ def train_config(recipe: str | None, config_file: str | None, flags: dict[str, A
         probe = resolve_config(None, None, flags, overrides)
         if probe.data.path == "demo" and "model.backbone" not in _flat(parse_overrides(overrides)):
             found = demo_recipe(probe.method)
-            if found is not None:
-                log.info(f"--data demo: using the CPU demo recipe {found} (pass --recipe or --backbone to change)")
-                recipe = str(found)
+            log.info(f"--data demo: using the CPU demo recipe {found} (pass --recipe or --backbone to change)")
+            recipe = str(found)
     return resolve_config(recipe, config_file, flags, overrides)
+
+
+def explicit_keys(flags: dict[str, Any], overrides: list[str] | None) -> frozenset[str]:
+    """The dotted config keys the user set directly, by a flag or `--set`."""
+    keys = set(_flat(_nest({k: v for k, v in flags.items() if v is not None})))
+    return frozenset(keys | set(_flat(parse_overrides(overrides))))
 
 
 def resume_config(saved: dict[str, Any], flags: dict[str, Any], overrides: list[str] | None) -> Config:

@@ -88,3 +88,9 @@ def read_results_csv(path: str | Path) -> list[dict[str, str]]:
     """The rows of a results.csv as dicts of strings."""
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def default_out_dir(checkpoint: Path, project: str | Path = "runs/eval") -> Path:
+    """runs/eval/<run name> (or the checkpoint's stem), incremented so that earlier reports stay."""
+    name = checkpoint.parent.parent.name if checkpoint.parent.name == "weights" else checkpoint.stem
+    return increment_path(project, name or "exp")

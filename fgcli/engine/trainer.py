@@ -19,19 +19,17 @@ import torch
 from torch import nn
 
 from fgcli.config import Config, save_yaml
-from fgcli.console import add_file_log, console, err_console, log, progress_bar, settings
+from fgcli.console import add_file_log, log, progress_bar, settings
 from fgcli.engine import distributed as D
 from fgcli.engine.checkpoint import (
-    build_model_from_checkpoint,
     make_checkpoint,
     restore_rng,
     save_checkpoint,
 )
 from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
-from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr
+from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr, fit_warmup
 from fgcli.engine.rundir import increment_path, write_results_csv
 from fgcli.engine.setup import (
-    DataBundle,
     amp_settings,
     backbone_defaults,
     build_data,
@@ -58,6 +56,10 @@ class TrainResult:
     best_metric: float | None
     best_epoch: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    config: Config | None = None  # the resolved config (as saved in args.yaml)
+    classes: list[str] = field(default_factory=list)
+    val_split: str = ""
+    is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
 
     @property
     def last(self) -> Path:
@@ -72,8 +74,10 @@ class TrainResult:
 class Trainer:
     """Owns the model, optimizer, schedule, EMA, loaders and the run folder for one `fgcli train`."""
 
-    def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None) -> None:
+    def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
+                 explicit: frozenset[str] = frozenset()) -> None:
         self.cfg = cfg
+        self.explicit = explicit  # keys the user set by flag / --set (they are never adjusted to fit the run)
         self.resume_ckpt = resume
         self.requested_run_dir = run_dir
         self.info, self.device = D.init_distributed(cfg.train.device)
@@ -99,10 +103,10 @@ class Trainer:
 
         dataset = load_dataset(cfg, self.info)
         if self.resume_ckpt is not None:
-            saved = list(self.resume_ckpt["classes"])
-            if saved != list(dataset.classes):
-                raise UserError(f"--resume: the data at {cfg.data.path} has different classes than the checkpoint "
-                                f"({_class_diff(saved, list(dataset.classes))}). Resume with the same data.")
+            from fgcli.data.select import check_classes
+
+            check_classes(list(self.resume_ckpt["classes"]), list(dataset.classes), f"{cfg.data.path} (--resume)",
+                          fix="Resume with the same data.")
         self.method = build_method(cfg, len(dataset.classes))
         preprocess = resolve_preprocess(cfg.data, backbone_defaults(self.method))
         fixed = self.method.input_size
@@ -127,6 +131,10 @@ class Trainer:
             raise UserError("the training loader is empty (fewer images than --batch-size with drop_last); "
                             "lower --batch-size.")
         self.updates_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.accum_steps)
+        fitted = fit_warmup(cfg, self.updates_per_epoch, explicit=bool({"sched.warmup", "sched.warmup_unit"}
+                                                                         & self.explicit))
+        if fitted and self.main:
+            log.info(fitted)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if self.resume_ckpt is not None:
@@ -219,8 +227,7 @@ class Trainer:
     # ---- one epoch ----
     def train_one_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
         cfg = self.cfg
-        model, method = self.model, self.method
-        model.train()
+        self.model.train()
         set_loader_epoch(self.data.train_loader, cfg.train.seed, epoch)
         seed_everything(epoch_seed(cfg.train.seed, epoch, self.info.rank))
         accum = cfg.train.accum_steps
@@ -244,26 +251,13 @@ class Trainer:
             group_start = (i // accum) * accum
             group_size = min(accum, n_micro - group_start)
             last_in_group = i - group_start == group_size - 1
-            sync = contextlib.nullcontext()
-            if self.info.enabled and not last_in_group and hasattr(model, "no_sync"):
-                sync = model.no_sync()
-            with sync:
-                with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
-                    outputs = model(images, targets)
-                    total, terms = method.loss(outputs, targets, epoch)
-                if self.head_names is None:
-                    heads = list(method.heads(outputs))
-                    self.head_names = heads if len(heads) > 1 else []
-                finite = D.all_finite(bool(torch.isfinite(total.detach()).all()), self.info, self.device)
-                if finite:
-                    self.scaler.scale(total / group_size).backward()
-                    sums["loss"] = sums.get("loss", 0) + total.detach().float()
-                    for name, value in terms.items():
-                        sums[name] = sums.get(name, 0) + value.detach().float()
-                    n_terms += 1
-                else:
-                    group_bad = True
+            loss_terms = self._forward_backward(images, targets, epoch, group_size, last_in_group)
+            if loss_terms is None:
+                group_bad = True
+            else:
+                for name, value in loss_terms.items():
+                    sums[name] = sums.get(name, 0) + value
+                n_terms += 1
             seen += int(images.shape[0])
             if last_in_group:
                 applied_lr = current_lr(self.optimizer)
@@ -273,16 +267,8 @@ class Trainer:
                 group_bad = False
                 self.global_step += 1
                 self.scheduler.step_update(self.global_step)
-            if task is not None:
-                now = time.perf_counter()
-                if now - last_refresh > 0.5 or i == n_micro - 1:
-                    last_refresh = now
-                    loss = (sums["loss"] / max(n_terms, 1)).item() if n_terms else float("nan")
-                    rate = seen * self.info.world_size / max(now - t0, 1e-9)
-                    progress.update(task, completed=i + 1,
-                                    info=f"loss {loss:.4f}  lr {current_lr(self.optimizer):.2e}  {rate:.1f} img/s")
-                else:
-                    progress.update(task, completed=i + 1)
+            if task is not None and self._show_progress(progress, task, i, sums, n_terms, seen, t0, last_refresh):
+                last_refresh = time.perf_counter()
         if task is not None:
             progress.remove_task(task)
         stats = {f"train/{k}": v for k, v in self._reduce_means(sums, n_terms).items()}
@@ -290,6 +276,40 @@ class Trainer:
         stats["lr"] = applied_lr  # the lr of the epoch's last update (after any warm-up steps in it)
         stats["train_images_per_s"] = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
         return stats
+
+    def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, group_size: int,
+                          last_in_group: bool) -> dict[str, torch.Tensor] | None:
+        """Loss and backward of one micro-batch (DDP gradient sync only on the last of an accumulation group);
+        the detached loss terms, or None when the loss is not finite on some rank (nothing is backpropagated)."""
+        model, method = self.model, self.method
+        sync = contextlib.nullcontext()
+        if self.info.enabled and not last_in_group and hasattr(model, "no_sync"):
+            sync = model.no_sync()
+        with sync:
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                outputs = model(images, targets)
+                total, terms = method.loss(outputs, targets, epoch)
+            if self.head_names is None:
+                heads = list(method.heads(outputs))
+                self.head_names = heads if len(heads) > 1 else []
+            if not D.all_finite(bool(torch.isfinite(total.detach()).all()), self.info, self.device):
+                return None
+            self.scaler.scale(total / group_size).backward()
+        return {"loss": total.detach().float(), **{k: v.detach().float() for k, v in terms.items()}}
+
+    def _show_progress(self, progress: Any, task: Any, i: int, sums: dict[str, Any], n_terms: int, seen: int,
+                       t0: float, last_refresh: float) -> bool:
+        """Advance the epoch's bar; the loss / lr / speed text at most twice a second. True when refreshed."""
+        now = time.perf_counter()
+        if now - last_refresh <= 0.5 and i != self.micro_per_epoch - 1:
+            progress.update(task, completed=i + 1)
+            return False
+        loss = (sums["loss"] / max(n_terms, 1)).item() if n_terms else float("nan")
+        rate = seen * self.info.world_size / max(now - t0, 1e-9)
+        progress.update(task, completed=i + 1,
+                        info=f"loss {loss:.4f}  lr {current_lr(self.optimizer):.2e}  {rate:.1f} img/s")
+        return True
 
     def _optimizer_step(self, group_bad: bool, epoch: int, index: int) -> bool:
         """Step unless the loss or the gradients are non-finite; returns whether the optimizer stepped."""
@@ -397,30 +417,29 @@ class Trainer:
         except KeyboardInterrupt:
             if self.main:
                 done = self.history[-1]["epoch"] if self.history else 0
-                err_console.print(f"[yellow]Interrupted.[/] {self.weights / 'last.pt'} holds the last completed "
-                                  f"epoch ({done}); the partial epoch was dropped so that resuming stays exact. "
-                                  f"Continue with: fgcli train --resume {self.run_dir}")
+                log.warning(f"Interrupted. {self.weights / 'last.pt'} holds the last completed epoch ({done}); the "
+                            "partial epoch was dropped so that resuming stays exact. Continue with: fgcli train "
+                            f"--resume {self.run_dir}")
             raise
-        return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history)
+        return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history,
+                           config=self.cfg, classes=list(self.data.classes), val_split=str(self.data.info["val_split"]),
+                           is_main=self.main)
 
     def finish(self, result: TrainResult) -> None:
         """Confusion matrix of best.pt on the val split, then the summary (rank 0 prints)."""
         D.barrier(self.info)  # rank 0 may still be writing best.pt: every rank must see it before deciding
         if self.data.val_loader is not None and result.best.is_file():
-            from fgcli.engine.checkpoint import load_checkpoint
+            from fgcli.engine.checkpoint import load_model
             from fgcli.engine.plots import plot_confusion_matrix
 
-            best, *_ = build_model_from_checkpoint(load_checkpoint(result.best), device=self.device)
-            acc = self.validate(best)
+            acc = self.validate(load_model(result.best, device=self.device).model)
             if self.main and acc is not None:
                 plot_confusion_matrix(acc.confusion.numpy(), self.data.classes,
                                       self.run_dir / "confusion_matrix.png",
                                       title=f"{self.cfg.method} best.pt (epoch {result.best_epoch}), "
                                             f"{self.cfg.data.val_split} split")
-        if self.main:
-            if self.trackers is not None:
-                self.trackers.finish(self.run_dir)
-            _print_summary(self.cfg, result, self.data)
+        if self.main and self.trackers is not None:
+            self.trackers.finish(self.run_dir)
         # Leave together: a rank that tears its gloo group down while rank 0 still prints can make the peer's
         # transport thread abort the process ("terminate called without an active exception").
         D.barrier(self.info)
@@ -479,45 +498,11 @@ def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
     return out
 
 
-def _class_diff(expected: list[str], got: list[str]) -> str:
-    missing = [c for c in expected if c not in got]
-    extra = [c for c in got if c not in expected]
-    if not missing and not extra:
-        return "same names in a different order"
-    parts = []
-    if missing:
-        parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if extra:
-        parts.append(f"extra {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    return f"{len(expected)} vs {len(got)} classes; " + ", ".join(parts)
-
-
-
-def _print_summary(cfg: Config, result: TrainResult, data: DataBundle) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"fgcli train: {cfg.method} on {cfg.model.backbone}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("run folder", str(result.run_dir))
-    table.add_row("epochs", str(result.epochs_done))
-    if result.best_metric is not None:
-        table.add_row(f"best val top-1 ({data.info['val_split']})", f"{result.best_metric:.2f}% (epoch {result.best_epoch})")
-    last = result.history[-1] if result.history else {}
-    if "val/top1" in last:
-        table.add_row("last val top-1 / top-5", f"{last['val/top1']:.2f}% / {last['val/top5']:.2f}%")
-    table.add_row("chance level", f"{100.0 / max(len(data.classes), 1):.2f}%")
-    table.add_row("weights", f"{result.best if result.best.is_file() else '-'}\n{result.last}")
-    console.print(table)
-    ckpt = result.best if result.best.is_file() else result.last
-    data_arg = cfg.data.path
-    console.print(f"next: fgcli eval {ckpt} --data {data_arg}")
-    console.print(f"      fgcli export {ckpt} --onnx --verify")
-
-
-def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None) -> TrainResult:
-    """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are."""
-    trainer = Trainer(cfg, resume=resume, run_dir=run_dir)
+def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
+          explicit: frozenset[str] = frozenset()) -> TrainResult:
+    """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are. `explicit`:
+    the config keys the user set directly (flags, --set), which are never adjusted to fit a short run."""
+    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit)
     try:
         trainer.setup()
         result = trainer.fit()
@@ -531,12 +516,12 @@ def run_train(*, recipe: str | None = None, config_file: str | None = None, flag
               overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
     """`fgcli train`: resolve the config (fresh or resumed) and train."""
     from fgcli.engine.checkpoint import load_checkpoint
-    from fgcli.engine.runconfig import resume_config, train_config
+    from fgcli.engine.runconfig import explicit_keys, resume_config, train_config
     from fgcli.engine.rundir import resolve_resume_path
 
     flags = dict(flags or {})
     if resume is None:
-        return train(train_config(recipe, config_file, flags, overrides))
+        return train(train_config(recipe, config_file, flags, overrides), explicit=explicit_keys(flags, overrides))
     if recipe is not None or config_file is not None:
         raise UserError("--resume takes its config from the checkpoint; drop --recipe / --config.")
     project = flags.get("train.project") or Config().train.project

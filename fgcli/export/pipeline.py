@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 
 from fgcli import __version__
-from fgcli.backbones import Preprocess
 from fgcli.config import to_dict
 from fgcli.console import log
 from fgcli.errors import UserError
-from fgcli.export.metadata import ModelInfo, set_metadata, sha256_file
 from fgcli.export.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
 from fgcli.export.verify import Parity, check, compare
+from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
 
 
 @dataclass
@@ -142,32 +141,20 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
 
 
 def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) -> ExportResult:
-    import torch
-
-    from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
-
     t0 = time.perf_counter()
     path = Path(checkpoint)
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path} is already an ONNX file; `fgcli export` takes the training checkpoint (.pt).")
-    ckpt = load_checkpoint(path)
-    model, classes, pre, cfg = build_model_from_checkpoint(ckpt, use_ema=opts.use_ema, device="cpu")
-    size = _input_size(model, pre, opts.img_size)
-    pre = scaled_preprocess(pre, size)
-    weights = "ema" if opts.use_ema and ckpt.get("ema") else "model"
-    info = ModelInfo.from_checkpoint(ckpt, classes=classes, preprocess=pre, source_sha256=sha256_file(path),
-                                     extra={"source_checkpoint": path.name, "weights": weights,
-                                            "source_checkpoint_fgcli_version": str(ckpt.get("fgcli_version", "")),
-                                            # the run's data section: `fgcli eval MODEL.onnx` carves the same splits
-                                            "data_config": json.dumps(to_dict(cfg.data))})
-    info.fgcli_version = __version__
+    torch_pred, cfg = _load_for_export(path, opts)
+    info, pre = torch_pred.info, torch_pred.info.preprocess
     fp32_path = Path(opts.out) if opts.out is not None else path.with_suffix(".onnx")
     if fp32_path.suffix.lower() != ".onnx":
         raise UserError(f"--out {fp32_path} must end in .onnx.")
-    log.info(f"exporting {info.method} / {info.backbone} ({weights} weights, {len(classes)} classes) at "
-             f"{size}x{size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, exporter: {opts.exporter}")
-    proto = export_loaded(model, info, stage(fp32_path), img_size=size, dynamic_batch=opts.dynamic_batch,
-                          exporter=opts.exporter, opset=opts.opset)
+    log.info(f"exporting {info.method} / {info.backbone} ({info.extra['weights']} weights, {len(info.classes)} "
+             f"classes) at {pre.img_size}x{pre.img_size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, "
+             f"exporter: {opts.exporter}")
+    proto = export_loaded(torch_pred.model, info, stage(fp32_path), img_size=pre.img_size,
+                          dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, opset=opts.opset)
     result = ExportResult(info=info, files={"fp32": fp32_path}, sizes={"fp32": stage(fp32_path).stat().st_size})
     log.info(f"wrote {fp32_path} ({result.sizes['fp32'] / 1e6:.1f} MB, opset {info.extra['opset']}); "
              "onnx.checker passed")
@@ -183,29 +170,13 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
 
         samples = load_batches(dataset, ("val", "test"), pre, opts.verify_images, where=cfg.data.path)
 
-    def torch_probs(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.softmax(model.predict(torch.from_numpy(x)).float(), dim=1).numpy()
-
     fp32_pred = _session(stage(fp32_path), opts)
     result.provider = fp32_pred.provider
     log.info(f"onnxruntime loads {fp32_path.name} on {fp32_pred.provider}")
     if samples is not None:
-        result.parity["fp32"] = _verify(torch_probs, fp32_pred, samples, "fp32", fp32_path)
-
+        result.parity["fp32"] = _verify(torch_pred, fp32_pred, samples, "fp32", fp32_path)
     if opts.fp16:
-        from fgcli.export.fp16 import convert_fp16
-
-        fp16_path = variant_path(fp32_path, "fp16")
-        proto16 = convert_fp16(proto)
-        _stamp(proto16, dataclasses.replace(info, precision="fp16", extra=dict(info.extra)))
-        check_graph(proto16, "the fp16 graph")
-        result.sizes["fp16"] = save_model(proto16, stage(fp16_path))
-        result.files["fp16"] = fp16_path
-        log.info(f"wrote {fp16_path} ({result.sizes['fp16'] / 1e6:.1f} MB)")
-        if samples is not None:
-            result.parity["fp16"] = _verify(torch_probs, _session(stage(fp16_path), opts), samples, "fp16", fp16_path)
-
+        _write_fp16(proto, info, fp32_path, stage, opts, result, torch_pred, samples)
     if opts.int8:
         int8_path = variant_path(fp32_path, "int8")
         result.int8 = _export_int8(proto, info, fp32_pred, stage(int8_path), dataset, pre, opts, cfg.data.path,
@@ -214,6 +185,39 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
         result.sizes["int8"] = stage(int8_path).stat().st_size
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
+    """The checkpoint's model (on CPU) as a torch Predictor whose info is the exported file's metadata."""
+    from fgcli.engine.checkpoint import load_model
+    from fgcli.inference import TorchPredictor
+
+    loaded = load_model(path, device="cpu", use_ema=opts.use_ema)
+    size = _input_size(loaded.model, loaded.preprocess, opts.img_size)
+    ckpt, cfg = loaded.checkpoint, loaded.config
+    info = ModelInfo.from_checkpoint(ckpt, classes=loaded.classes, preprocess=scaled_preprocess(loaded.preprocess, size),
+                                     source_sha256=sha256_file(path),
+                                     extra={"source_checkpoint": path.name, "weights": loaded.weights,
+                                            "source_checkpoint_fgcli_version": str(ckpt.get("fgcli_version", "")),
+                                            # the run's data section: `fgcli eval MODEL.onnx` carves the same splits
+                                            "data_config": json.dumps(to_dict(cfg.data))})
+    info.fgcli_version = __version__
+    return TorchPredictor(path, loaded=loaded, info=info), cfg
+
+
+def _write_fp16(proto: Any, info: ModelInfo, fp32_path: Path, stage: Any, opts: ExportOptions,
+                result: ExportResult, torch_pred: Any, samples: Any) -> None:
+    from fgcli.export.fp16 import convert_fp16
+
+    fp16_path = variant_path(fp32_path, "fp16")
+    proto16 = convert_fp16(proto)
+    _stamp(proto16, dataclasses.replace(info, precision="fp16", extra=dict(info.extra)))
+    check_graph(proto16, "the fp16 graph")
+    result.sizes["fp16"] = save_model(proto16, stage(fp16_path))
+    result.files["fp16"] = fp16_path
+    log.info(f"wrote {fp16_path} ({result.sizes['fp16'] / 1e6:.1f} MB)")
+    if samples is not None:
+        result.parity["fp16"] = _verify(torch_pred, _session(stage(fp16_path), opts), samples, "fp16", fp16_path)
 
 
 def _input_size(model: Any, pre: Preprocess, requested: int | None) -> int:
@@ -233,8 +237,9 @@ def _session(path: Path, opts: ExportOptions) -> Any:
     return OnnxPredictor(path, providers=opts.providers, device=opts.device, threads=opts.threads)
 
 
-def _verify(torch_probs: Any, pred: Any, samples: Any, precision: str, path: Path) -> Parity:
-    parity = compare(torch_probs, lambda x: pred(x)[1], samples.stacked(), samples.source)
+def _verify(torch_pred: Any, pred: Any, samples: Any, precision: str, path: Path) -> Parity:
+    """The exported file's probabilities against the torch model's, on the same inputs."""
+    parity = compare(lambda x: torch_pred(x)[1], lambda x: pred(x)[1], samples.stacked(), samples.source)
     log.info(f"verify {precision}: {parity.line()}")
     check(parity, precision, str(path))
     return parity
@@ -242,9 +247,26 @@ def _verify(torch_probs: Any, pred: Any, samples: Any, precision: str, path: Pat
 
 def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, dataset: Any, pre: Preprocess,
                  opts: ExportOptions, where: str, shown: Path | None = None) -> Int8Report:
-    from fgcli.bench import bench_predictor
+    quant = _quantize(proto, info, int8_path, dataset, pre, opts, where, shown)
+    int8_pred = _session(int8_path, opts)
+    report = _judge_int8(fp32_pred, int8_pred, dataset, pre, opts, where, quant)
+    report.latency_ms = _time_pair(fp32_pred, int8_pred, pre, opts)
+    change = report.top1_change
+    log.info("int8: " + (f"top-1 {report.top1_fp32:.2f}% -> {report.top1_int8:.2f}% ({change:+.2f} points), "
+                         if change is not None else "")
+             + f"agreement with fp32 {100 * report.agreement:.2f}% on {report.num_images} images; speed-up "
+             + ", ".join(f"{report.speedup(b):.2f}x at batch {b}" for b in report.latency_ms))
+    if change is not None and change < -1.0:
+        log.warning(f"int8 loses {-change:.2f} top-1 points on the {report.eval_source}; prefer the fp32 file "
+                    f"{info.method}")
+    return report
+
+
+def _quantize(proto: Any, info: ModelInfo, int8_path: Path, dataset: Any, pre: Preprocess, opts: ExportOptions,
+              where: str, shown: Path | None) -> Any:
+    """Quantize (static, calibrated on training images, else dynamic) and write the int8 file."""
     from fgcli.export.quantize import quantize_int8
-    from fgcli.export.rundata import first_split, iter_split, load_batches
+    from fgcli.export.rundata import first_split, load_batches
 
     calib = None
     if dataset is not None and first_split(dataset, ("train",)):
@@ -262,45 +284,62 @@ def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, d
     save_model(quant.model, int8_path)
     log.info(f"wrote {shown or int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB, {quant.mode}, "
              f"{quant.quantized_layers}/{quant.weight_layers} weight layers in int8)")
-    int8_pred = _session(int8_path, opts)
+    return quant
+
+
+class _Recorded:
+    """A predictor that also keeps its top-1 predictions (for the int8 / fp32 agreement)."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor, self.top1 = predictor, []
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = self.predictor(images)
+        self.top1.append(logits.argmax(1))
+        return logits, probs
+
+
+def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, opts: ExportOptions, where: str,
+                quant: Any) -> Int8Report:
+    """Top-1 of both files on the run's val (else test) split with `evaluate()`, and their agreement; random
+    inputs (agreement only) when the data is not reachable."""
+    from fgcli.engine.evaluate import evaluate
+    from fgcli.export.rundata import first_split, iter_split, load_batches
 
     split = first_split(dataset, ("val", "test")) if dataset is not None else None
-    hits32 = hits8 = agree = n = 0
-    labelled = split is not None
-    if labelled:
-        batches: Any = iter_split(dataset, split, pre, batch_size=16, limit=opts.int8_eval_images)
+    if split is not None:
+        def batches() -> Any:
+            return iter_split(dataset, split, pre, batch_size=16, limit=opts.int8_eval_images)
         source = f"{split} split of {where}"
     else:
         random = load_batches(None, (), pre, opts.verify_images)
-        batches = ((x, None) for x in random.images)
+
+        def batches() -> Any:
+            return ((x, np.zeros(len(x), dtype=np.int64)) for x in random.images)
         source = random.source
     log.info(f"int8: comparing with fp32 on the {source}")
-    for x, y in batches:
-        p32 = fp32_pred(x)[0].argmax(1)
-        p8 = int8_pred(x)[0].argmax(1)
-        agree += int((p32 == p8).sum())
-        n += len(x)
-        if y is not None:
-            hits32 += int((p32 == y).sum())
-            hits8 += int((p8 == y).sum())
-    report = Int8Report(mode=quant.mode, calibration=quant.calibration, quantized_layers=quant.quantized_layers,
-                        weight_layers=quant.weight_layers, eval_source=source, num_images=n,
-                        top1_fp32=100.0 * hits32 / n if labelled and n else None,
-                        top1_int8=100.0 * hits8 / n if labelled and n else None,
-                        agreement=agree / max(n, 1))
+    rec32, rec8 = _Recorded(fp32_pred), _Recorded(int8_pred)
+    num_classes = len(fp32_pred.info.classes)
+    res32 = evaluate(rec32, batches(), num_classes).result()
+    res8 = evaluate(rec8, batches(), num_classes).result()
+    n = res32.num_samples
+    agree = int((np.concatenate(rec32.top1) == np.concatenate(rec8.top1)).sum()) if n else 0
+    labelled = split is not None and n > 0
+    return Int8Report(mode=quant.mode, calibration=quant.calibration, quantized_layers=quant.quantized_layers,
+                      weight_layers=quant.weight_layers, eval_source=source, num_images=n,
+                      top1_fp32=res32.top1 if labelled else None, top1_int8=res8.top1 if labelled else None,
+                      agreement=agree / max(n, 1))
+
+
+def _time_pair(fp32_pred: Any, int8_pred: Any, pre: Preprocess, opts: ExportOptions) -> dict[int, tuple[float, float]]:
+    """Median latency (ms) of the fp32 and the int8 file per batch size, on the same inputs and threads."""
+    from fgcli.timing import bench_predictor
+
     threads = int(opts.threads or _default_threads())
-    batches_to_time: Sequence[int] = opts.bench_batches if fp32_pred.fixed_batch is None else (fp32_pred.fixed_batch,)
-    fp32_rows = bench_predictor(fp32_pred, batches_to_time, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
-    int8_rows = bench_predictor(int8_pred, batches_to_time, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
-    report.latency_ms = {a.batch: (a.p50_ms, b.p50_ms) for a, b in zip(fp32_rows, int8_rows, strict=True)}
-    change = report.top1_change
-    log.info("int8: " + (f"top-1 {report.top1_fp32:.2f}% -> {report.top1_int8:.2f}% ({change:+.2f} points), "
-                         if change is not None else "")
-             + f"agreement with fp32 {100 * report.agreement:.2f}% on {n} images; speed-up "
-             + ", ".join(f"{report.speedup(b):.2f}x at batch {b}" for b in report.latency_ms))
-    if change is not None and change < -1.0:
-        log.warning(f"int8 loses {-change:.2f} top-1 points on the {source}; prefer the fp32 file {info.method}")
-    return report
+    batches: Sequence[int] = opts.bench_batches if fp32_pred.fixed_batch is None else (fp32_pred.fixed_batch,)
+    fp32_rows = bench_predictor(fp32_pred, batches, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
+    int8_rows = bench_predictor(int8_pred, batches, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
+    return {a.batch: (a.p50_ms, b.p50_ms) for a, b in zip(fp32_rows, int8_rows, strict=True)}
 
 
 def _default_threads() -> int:

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from fgcli.backbones import Preprocess
 from fgcli.console import log
 from fgcli.errors import UserError
+from fgcli.modelinfo import Preprocess
 
 
 @dataclass

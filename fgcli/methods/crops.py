@@ -118,16 +118,6 @@ def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: tuple[int, int] | Non
     return crops.detach()
 
 
-def reference_crop(image: Tensor, box: Tensor, out_size: tuple[int, int]) -> Tensor:
-    """The slow reference for one image (C x H x W): slice the inclusive box, `interpolate(align_corners)`.
-
-    Only for tests and benchmarks: this is the per-sample path that `crop_and_zoom` replaces.
-    """
-    x1, y1, x2, y2 = (int(v) for v in box.tolist())
-    region = image[:, y1:y2 + 1, x1:x2 + 1]
-    return F.interpolate(region[None], size=out_size, mode="bilinear", align_corners=True)[0]
-
-
 def compose_box(outer: Tensor, inner: Tensor, size: tuple[int, int]) -> Tensor:
     """Map `inner` (a box in the zoomed crop of `outer`, resized to `size`) into `outer`'s coordinates.
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fgcli.backbones import Preprocess
 from fgcli.data.transforms import map_point_to_original
+from fgcli.modelinfo import Preprocess
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fgcli.backbones import Preprocess
+from fgcli.modelinfo import Preprocess
 from fgcli.viz.geometry import upsample
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fgcli.console import console, err_console, log, settings
+from fgcli.console import log, progress_bar
 from fgcli.errors import UserError
 
 LAYOUTS = ("grid", "single")
@@ -54,19 +54,20 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     Writes `<name>.png` per image (`--layout single`: `<name>/<panel>.png`), `index.html`, and with `score`
     `scores.csv` / `scores.json` into `out` (default `runs/viz/<run name>`).
     """
-    from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
-    from fgcli.engine.distributed import resolve_device
-    from fgcli.engine.eval_run import default_out_dir, run_data
+    from fgcli.data.select import resolve_split_data, run_data
+    from fgcli.engine.checkpoint import load_model
+    from fgcli.engine.rundir import default_out_dir
 
     path = Path(checkpoint)
     _check_args(path, images, data, layout, alpha, num, score, batch_size)
-    ckpt = load_checkpoint(path)
-    dev = resolve_device(device)
-    model, classes, pre, cfg = build_model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
+    loaded = load_model(path, device=device, use_ema=use_ema)
+    model, classes, pre, cfg, ckpt, dev = (loaded.model, loaded.classes, loaded.preprocess, loaded.config,
+                                           loaded.checkpoint, loaded.device)
     method = str(ckpt["method"])
     if not images and data is None:
         data = run_data(cfg, "IMAGES or --data PATH")
-    dataset, samples = (None, []) if images else _resolve(cfg, data, split, classes)
+    chosen = None if images else resolve_split_data(cfg.data, data, split, classes)
+    dataset, samples = (None, []) if chosen is None else (chosen.dataset, chosen.samples)
     items = _path_items(images, classes) if images else _sample_items(dataset, _spread(samples, num))
     out_dir = Path(out) if out is not None else default_out_dir(path, project="runs/viz")
     result = VizResult(out_dir)
@@ -106,17 +107,6 @@ def _check_args(path: Path, images: Sequence[str], data: str | None, layout: str
     if score and images:
         raise UserError("--score needs --data with part masks or boxes (e.g. --data demo, a CUB / Cars / "
                         "Aircraft root); loose IMAGES have none.")
-
-
-def _resolve(cfg: Any, data: str, split: str, classes: list[str]) -> tuple[Any, list]:
-    from fgcli.data.prepare import resolve_data
-    from fgcli.engine.eval_run import check_classes, resolve_split
-
-    if data != cfg.data.path:
-        cfg.data.path, cfg.data.format = data, "auto"
-    dataset = resolve_data(cfg.data)
-    check_classes(classes, list(dataset.classes), data)
-    return dataset, resolve_split(dataset, split, data)
 
 
 def _spread(samples: list, num: int) -> list:
@@ -309,21 +299,9 @@ def scores_table(rows: list[dict], target: str) -> Any:
 
 @contextlib.contextmanager
 def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    if settings.quiet or total <= 1:
+    if total <= 1:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
-                  transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
-
-
-def report(result: VizResult) -> None:
-    """Print the score table (if any), the skipped files and where everything went."""
-    if result.scores:
-        console.print(scores_table(result.scores, result.score_target or "the target"))
-    for name, reason in result.skipped:
-        err_console.print(f"[yellow]skipped[/] {name}: {reason}", soft_wrap=True)
-    console.print(f"{len(result.figures)} figure(s) in {result.out_dir}; open {result.index} for the contact sheet")
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

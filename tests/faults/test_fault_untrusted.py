@@ -185,7 +185,7 @@ def test_resume_on_data_with_other_classes_or_another_method_is_refused(tmp_path
         result = runner.invoke(app, ["train", "--resume", str(last), "--epochs", "2", "--data", str(three.root)])
         line = _one_error_line(result.output)
         assert result.exit_code == 1 and "different classes" in line and "missing" not in line, line
-        assert "2 vs 3 classes" in line and "extra" in line, line
+        assert "2 vs 3 classes" in line and "only in the data" in line, line
     with faults.inject("untrusted", "--resume with another method"):
         result = runner.invoke(app, ["train", "--resume", str(last), "--epochs", "2", "--method", "herbs"])
         line = _one_error_line(result.output)

@@ -100,28 +100,3 @@ def select_tokens(
         threshold=threshold,
         pred=pred,
     )
-
-
-def select_tokens_loop(
-    features: torch.Tensor, logits: torch.Tensor, num_select: int, stable: bool = False
-) -> dict[str, torch.Tensor]:
-    """Reference: a straight re-implementation of the official per-sample loop (WeaklySelector.forward).
-
-    Kept for the tests and `benchmarks/herbs_selector.py` only. It ranks on σ with `torch.sort` per sample
-    (`stable=False` as in the official code, whose tie order is left to the runtime) and returns the stacked
-    tensors with the same names as `Selection`. Thresholds are returned, not stored.
-    """
-    probs = torch.softmax(logits, dim=-1)
-    mean_probs = torch.softmax(logits.mean(1), dim=-1)
-    feats, sel, drop, orders, thresholds, preds = [], [], [], [], [], []
-    for b in range(logits.shape[0]):
-        _, max_id = torch.max(mean_probs[b], dim=-1)
-        confs, ranks = torch.sort(probs[b, :, max_id], descending=True, stable=stable)
-        feats.append(features[b][ranks[:num_select]])
-        sel.append(logits[b][ranks[:num_select]])
-        drop.append(logits[b][ranks[num_select:]])
-        orders.append(ranks)
-        thresholds.append(confs[num_select] if num_select < logits.shape[1] else confs.new_zeros(()))
-        preds.append(max_id)
-    return {"features": torch.stack(feats), "selected": torch.stack(sel), "dropped": torch.stack(drop),
-            "order": torch.stack(orders), "threshold": torch.stack(thresholds), "pred": torch.stack(preds)}

@@ -1,7 +1,9 @@
-"""What an exported ONNX file says about itself (`metadata_props`): enough to use it with no checkpoint.
+"""The shared value types that describe a trained model: its preprocessing and its `ModelInfo`.
 
-Every value is a string; lists and numbers are JSON. `read_metadata` accepts files written by this
-version and names the missing keys of anything else.
+They sit at the bottom of the layers (see tests/test_layers.py) so that backbones, checkpoints, inference
+and export all read the same description. `ModelInfo` is also what an exported ONNX file says about itself
+(`metadata_props`): enough to use it with no checkpoint. Every value is a string; lists and numbers are JSON;
+`ModelInfo.from_props` accepts files written by this version and names the missing keys of anything else.
 """
 
 from __future__ import annotations
@@ -12,8 +14,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgcli.backbones import Preprocess
 from fgcli.errors import UserError
+
+
+@dataclass
+class Preprocess:
+    """How images must be prepared for a model (stored in checkpoints and ONNX metadata)."""
+
+    img_size: int
+    resize: int
+    resize_mode: str  # "shorter" | "square"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"img_size": self.img_size, "resize": self.resize, "resize_mode": self.resize_mode,
+                "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(img_size=int(d["img_size"]), resize=int(d["resize"]), resize_mode=str(d["resize_mode"]),
+                   mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                   interpolation=str(d.get("interpolation", "bilinear")))
+
 
 FORMAT_VERSION = 1
 #: keys every fgcli ONNX file carries (besides the optional ones in `ModelInfo.extra`)
