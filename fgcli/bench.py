@@ -76,7 +76,8 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
             onnx_path = Path(tmp, "model.onnx")
             if progress is not None:
                 progress("exporting to a temporary .onnx")
-            export_loaded(torch_pred.model.cpu(), torch_pred.info, onnx_path, img_size=size)
+            export_loaded(torch_pred.model.cpu(), torch_pred.info, onnx_path, img_size=size,
+                          temperature=torch_pred.fused.temperature)
             onnx_pred = OnnxPredictor(onnx_path, providers=providers, device=device, threads=threads)
             rows += bench_predictor(onnx_pred, batch_sizes, size, threads, warmup, iters, progress=progress)
     return rows

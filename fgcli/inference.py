@@ -103,6 +103,11 @@ class Predictor:
     info: ModelInfo
     #: a fixed batch size the model only accepts (static-batch ONNX), else None
     fixed_batch: int | None = None
+    #: the model's fitted temperature (None: it has none); `calibrated`: whether `probs` are divided by it
+    temperature: float | None = None
+    calibrated: bool = False
+    #: the test-time augmentation applied ('flip') or None
+    tta: str | None = None
 
     @property
     def device(self) -> str:
@@ -112,6 +117,10 @@ class Predictor:
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, probs) as float32 arrays N x C for a float32 batch N x 3 x H x W."""
         raise NotImplementedError
+
+    def calibration_note(self) -> str:
+        """One line saying which probabilities are shown (see `fgcli.engine.fused`)."""
+        return calibration_note(self.temperature, self.calibrated, self.tta)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.float32)
@@ -138,7 +147,11 @@ class OnnxPredictor(Predictor):
     backend = "onnx"
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, device: str = "auto",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, calibration: bool = True, tta: str | None = None) -> None:
+        """`calibration` False: probs = softmax(logits), the uncalibrated ones. `tta` 'flip': run the mirrored
+        images too and average (done by the graph itself when it was exported with --tta flip)."""
+        from fgcli.engine.fused import check_tta
+
         self.path = Path(path)
         self.session = create_session(self.path, providers=providers, device=device, threads=threads)
         props = self.session.get_modelmeta().custom_metadata_map
@@ -152,6 +165,13 @@ class OnnxPredictor(Predictor):
         self._outputs = [o.name for o in self.session.get_outputs()]
         if self._outputs[:2] != ["logits", "probs"]:
             raise UserError(f"{self.path} has outputs {self._outputs}, expected logits and probs. Re-export it.")
+        stored = self.info.extra.get("temperature")
+        self.temperature = float(stored) if stored else None
+        self.calibrated = bool(calibration and self.temperature)
+        self.graph_tta = check_tta(self.info.extra.get("tta"))
+        self._raw = not calibration and self.temperature is not None  # the graph's probs are calibrated
+        self._extra_views = check_tta(tta) if self.graph_tta is None else None
+        self.tta = self.graph_tta or self._extra_views
 
     @property
     def provider(self) -> str:
@@ -163,8 +183,17 @@ class OnnxPredictor(Predictor):
         return f"onnxruntime {self.provider}"
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        views = [self._run_graph(images)]
+        if self._extra_views == "flip":
+            views.append(self._run_graph(np.ascontiguousarray(images[..., ::-1])))
+        return combine_view_arrays(views)
+
+    def _run_graph(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self.session.run(["logits", "probs"], {"images": images})
-        return np.asarray(logits, dtype=np.float32), np.asarray(probs, dtype=np.float32)
+        logits = np.asarray(logits, dtype=np.float32)
+        if self._raw:
+            probs = softmax(logits)
+        return logits, np.asarray(probs, dtype=np.float32)
 
 
 class TorchPredictor(Predictor):
@@ -173,12 +202,16 @@ class TorchPredictor(Predictor):
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
-                 use_ema: bool = True, *, loaded: Any = None, info: ModelInfo | None = None) -> None:
+                 use_ema: bool = True, *, loaded: Any = None, info: ModelInfo | None = None,
+                 calibration: bool = True, tta: str | None = None) -> None:
         """`loaded`: an already loaded model (fgcli.engine.checkpoint.load_model) instead of reading `path`;
-        `info`: another description of it (e.g. export's, at the export input size)."""
+        `info`: another description of it (e.g. export's, at the export input size). `calibration` False: the
+        uncalibrated probabilities; `tta` 'flip': average the image and its mirror (fgcli.engine.fused)."""
         import torch
 
+        from fgcli.engine.calibration import stored_temperature
         from fgcli.engine.checkpoint import load_model
+        from fgcli.engine.fused import FusedPrediction
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -188,6 +221,10 @@ class TorchPredictor(Predictor):
         self.model = self.loaded.model
         self.torch_device = self.loaded.device
         self.info = info if info is not None else self.loaded.info
+        self.temperature = stored_temperature(self.ckpt)
+        self.calibrated = bool(calibration and self.temperature)
+        self.fused = FusedPrediction(self.model, self.temperature if self.calibrated else 1.0, tta)
+        self.tta = self.fused.tta
 
     @property
     def device(self) -> str:
@@ -198,9 +235,37 @@ class TorchPredictor(Predictor):
 
         with torch.inference_mode():
             x = torch.from_numpy(images).to(self.torch_device)
-            logits = self.model.predict(x).float()
-            probs = torch.softmax(logits, dim=1)
-        return logits.cpu().numpy(), probs.cpu().numpy()
+            logits, probs = self.fused(x)
+        return logits.float().cpu().numpy(), probs.float().cpu().numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float64, returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def combine_view_arrays(views: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of `fgcli.engine.fused.combine_views` for (logits, probs) of each view already computed:
+    logits = log of the mean uncalibrated softmax, probs = the mean of the views' probs."""
+    if len(views) == 1:
+        return views[0]
+    raw = np.mean(np.stack([softmax(v[0]).astype(np.float64) for v in views]), axis=0)
+    logits = np.log(np.clip(raw, np.finfo(np.float64).tiny, None)).astype(np.float32)
+    probs = np.mean(np.stack([np.asarray(v[1], dtype=np.float64) for v in views]), axis=0).astype(np.float32)
+    return logits, probs
+
+
+def calibration_note(temperature: float | None, calibrated: bool, tta: str | None = None) -> str:
+    """Which probabilities a user sees, in one line."""
+    flip = ", averaged with the mirrored image (--tta flip)" if tta else ""
+    if calibrated:
+        return f"probabilities calibrated (temperature {temperature:.3f}){flip}"
+    if temperature:
+        return f"probabilities uncalibrated (--no-calibration; the fitted temperature is {temperature:.3f}){flip}"
+    return ("note: this model has no fitted temperature (trained before calibration, or without a validation "
+            f"split): probabilities are uncalibrated{flip}. Fit one with `fgcli calibrate CHECKPOINT`.")
 
 
 def is_onnx(path: str | Path) -> bool:
@@ -209,13 +274,16 @@ def is_onnx(path: str | Path) -> bool:
 
 
 def load_predictor(path: str | Path, *, device: str = "auto", providers: Sequence[str] | None = None,
-                   threads: int | None = None, use_ema: bool = True) -> Predictor:
-    """A Predictor for a `.onnx` file (onnxruntime) or any other file as an fgcli checkpoint (torch)."""
+                   threads: int | None = None, use_ema: bool = True, calibration: bool = True,
+                   tta: str | None = None) -> Predictor:
+    """A Predictor for a `.onnx` file (onnxruntime) or any other file as an fgcli checkpoint (torch);
+    `calibration` / `tta` as in TorchPredictor."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file {path} does not exist. Give a checkpoint (.pt) or an exported .onnx file.")
     if is_onnx(path):
-        return OnnxPredictor(path, providers=providers, device=device, threads=threads)
+        return OnnxPredictor(path, providers=providers, device=device, threads=threads, calibration=calibration,
+                             tta=tta)
     if providers:
         raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
-    return TorchPredictor(path, device=device, threads=threads, use_ema=use_ema)
+    return TorchPredictor(path, device=device, threads=threads, use_ema=use_ema, calibration=calibration, tta=tta)

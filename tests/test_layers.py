@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),
     ("inference", ("fgcli.inference", "fgcli.timing")),
-    ("tasks", ("fgcli.evaluation", "fgcli.export", "fgcli.viz", "fgcli.predict")),
+    ("tasks", ("fgcli.evaluation", "fgcli.export", "fgcli.viz", "fgcli.predict", "fgcli.calibrating")),
     ("bench", ("fgcli.bench",)),
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),

@@ -17,18 +17,28 @@ def eval_command(
     out: str | None = typer.Option(None, "--out", "-o", help="Report folder (default runs/eval/<run name>)."),
     workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Loader workers (default: the run's)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="Selective-prediction line from the calibrated probabilities (default) or "
+                                          "the raw ones. Both are always reported."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and "
+                                                 "its mirror in probability space); its effect is reported."),
 ) -> None:
-    """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix.
+    """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix,
+    calibration (ECE / MCE / NLL / Brier before and after, reliability diagram, selective prediction).
 
     Examples:
       fgcli eval runs/train/exp/weights/best.pt                      # the data it was trained on
       fgcli eval runs/train/exp/weights/best.pt --data demo
       fgcli eval runs/train/exp/weights/best.pt --data ./CUB_200_2011 --split test --out reports/cub
+      fgcli eval best.pt --tta flip
     """
     from fgcli.console import console
     from fgcli.evaluation import eval_checkpoint
 
     run = eval_checkpoint(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
-                          workers=workers, use_ema=ema)
+                          workers=workers, use_ema=ema, calibration=calibration, tta=tta)
     console.print(run.table())
-    console.print(f"report: {run.files['metrics']}, {run.files['per_class']}, {run.files['confusion']}")
+    if run.calibration is not None:
+        console.print(run.calibration_table())
+    files = [run.files[k] for k in ("metrics", "per_class", "confusion", "reliability") if k in run.files]
+    console.print(f"report: {', '.join(str(f) for f in files)}")

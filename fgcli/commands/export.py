@@ -36,6 +36,11 @@ def export_command(
                                 help="Compare onnxruntime with torch on the run's validation images (else random): "
                                      "max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for fp16."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights when the checkpoint has them."),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="Divide `probs` by the checkpoint's fitted temperature (a constant in the "
+                                          "graph; default) or ship raw ones. `logits` are always raw."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation in the graph: none, or flip (the graph runs "
+                                                 "the image and its mirror and averages the probabilities)."),
     exporter: str | None = typer.Option(None, "--exporter",
                                         help="auto (default: dynamo, falling back to torchscript when dynamo cannot take "
                                              "the graph), dynamo (opset 18) or torchscript (opset 17)."),
@@ -53,6 +58,7 @@ def export_command(
       fgcli export runs/train/exp/weights/best.pt --onnx
       fgcli export model.pt --onnx --out deploy/model.onnx --int8
       fgcli export best.pt --onnx --fp16 --static-batch --no-verify
+      fgcli export best.pt --onnx --tta flip
     """
     from fgcli.console import console
     from fgcli.errors import UserError
@@ -63,7 +69,7 @@ def export_command(
                         f"`fgcli export {checkpoint} --onnx`.")
     options = ExportOptions(out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16,
                             int8=int8, verify=verify, use_ema=ema, calib_images=calib_images,
-                            providers=_split(providers), threads=threads)
+                            providers=_split(providers), threads=threads, calibration=calibration, tta=tta)
     if exporter is not None:
         options.exporter = exporter
     result = export_checkpoint(checkpoint, options)

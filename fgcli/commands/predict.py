@@ -21,6 +21,12 @@ def predict_command(
     threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads (default: physical cores)."),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Threads decoding images."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="Calibrated probabilities (the model's fitted temperature, default) or the "
+                                          "raw ones. The predicted classes are the same."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and its "
+                                                 "mirror, after calibration). An .onnx exported with --tta flip "
+                                                 "already does it."),
 ) -> None:
     """Classify images with a checkpoint or an .onnx file: a table of top-k classes, optional CSV / JSON.
 
@@ -29,6 +35,7 @@ def predict_command(
     Examples:
       fgcli predict runs/train/exp/weights/best.onnx bird.jpg ./more_photos/
       fgcli predict best.pt 'photos/**/*.jpg' --topk 3 --out predictions.csv
+      fgcli predict best.pt bird.jpg --tta flip --no-calibration
     """
     from fgcli.console import console, err_console, progress_bar
     from fgcli.inference import load_predictor
@@ -36,9 +43,11 @@ def predict_command(
 
     paths = collect_images(sources)
     provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
-    predictor = load_predictor(model, device=device, providers=provider_list, threads=threads, use_ema=ema)
+    predictor = load_predictor(model, device=device, providers=provider_list, threads=threads, use_ema=ema,
+                               calibration=calibration, tta=tta)
     err_console.print(f"{model}: {predictor.info.method} / {predictor.info.backbone}, "
                       f"{len(predictor.info.classes)} classes, on {predictor.device}")
+    err_console.print(predictor.calibration_note(), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
         result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model,

@@ -28,6 +28,8 @@ def viz_command(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="Titles show calibrated probabilities (default) or raw ones."),
 ) -> None:
     """Show where the model looks: HERBS score / selection maps per stage, MGE-CNN expert CAMs, crop boxes and
     zooms with the gate weights, the baseline's class activation map. PNGs plus an index.html contact sheet.
@@ -42,7 +44,7 @@ def viz_command(
 
     result = attention_viz(checkpoint, images or [], data=data, split=split, num=num, out=out, alpha=alpha,
                            layout=layout, score=score, score_num=score_num, device=device, use_ema=ema,
-                           batch_size=batch_size)
+                           batch_size=batch_size, calibration=calibration)
     if result.scores:
         console.print(scores_table(result.scores, result.score_target or "the target"))
     for name, reason in result.skipped:

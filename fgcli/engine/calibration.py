@@ -147,3 +147,172 @@ def plot_reliability(before: Reliability, path: str | Path, after: Reliability |
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- the fitted temperature in a checkpoint ----------------------------------------------------------------
+#: the checkpoint key holding the fit (plain types only: the file must stay loadable with weights_only=True)
+CHECKPOINT_KEY = "calibration"
+
+
+def stored_calibration(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's calibration record (see `fit_record`), or None for a checkpoint without one."""
+    record = ckpt.get(CHECKPOINT_KEY)
+    if not isinstance(record, dict) or not record.get("temperature"):
+        return None
+    return record
+
+
+def stored_temperature(ckpt: dict[str, Any]) -> float | None:
+    """The fitted temperature of a checkpoint, or None (trained before calibration existed, or no val split)."""
+    record = stored_calibration(ckpt)
+    return None if record is None else float(record["temperature"])
+
+
+def fit_record(logits: Any, targets: Any, *, split: str, weights: str = "", source: str = "") -> dict[str, Any]:
+    """Fit T on the fused logits of `split` and describe the fit: the checkpoint's `calibration` entry.
+
+    Keys: temperature, split, num_images, weights (ema / model), source (train / calibrate), nll_before,
+    nll_after, ece_before, ece_after, top1 (fraction, the same before and after), date.
+    """
+    import datetime as _dt
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.int64)
+    temperature = fit_temperature(z, y)
+    before = reliability(calibrated_probs(z, 1.0), y)
+    after = reliability(calibrated_probs(z, temperature), y)
+    return {"temperature": float(temperature), "split": str(split), "num_images": int(len(y)),
+            "weights": str(weights), "source": str(source),
+            "nll_before": before.nll, "nll_after": after.nll, "ece_before": before.ece, "ece_after": after.ece,
+            "top1": before.accuracy,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """One line: 'T 1.234 on 1020 val images: NLL 0.91 -> 0.62, ECE 12.3% -> 2.1%'."""
+    return (f"T {record['temperature']:.3f} on {record['num_images']} {record['split']} images: NLL "
+            f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {100 * record['ece_before']:.2f}% -> "
+            f"{100 * record['ece_after']:.2f}%")
+
+
+# -- the scores of an evaluation pass, kept for calibration ----------------------------------------------
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def average_views(view_probs: list[np.ndarray]) -> np.ndarray:
+    """Test-time augmentation: the mean of the views' probabilities (after calibration, if any)."""
+    return np.mean(np.stack([np.asarray(p, dtype=np.float64) for p in view_probs]), axis=0)
+
+
+class ScoreBook:
+    """Per image of one pass: the raw fused logits of every view (1, or 2 with flip TTA), the calibrated
+    probabilities when the model computed them itself (an exported graph), and the target."""
+
+    def __init__(self) -> None:
+        self._logits: list[list[np.ndarray]] = []  # per view, one chunk per batch
+        self._probs: list[list[np.ndarray]] | None = None
+        self._targets: list[np.ndarray] = []
+
+    def add(self, logits: list[Any], targets: Any, probs: list[Any] | None = None) -> None:
+        """One batch: `logits` (and `probs`) hold one B x C array per view."""
+        if not self._logits:
+            self._logits = [[] for _ in logits]
+            self._probs = [[] for _ in logits] if probs is not None else None
+        for chunks, view in zip(self._logits, logits, strict=True):
+            chunks.append(_np(view).astype(np.float32))
+        if self._probs is not None and probs is not None:
+            for chunks, view in zip(self._probs, probs, strict=True):
+                chunks.append(_np(view).astype(np.float32))
+        self._targets.append(_np(targets).astype(np.int64).reshape(-1))
+
+    @property
+    def views(self) -> int:
+        return len(self._logits)
+
+    def __len__(self) -> int:
+        return int(sum(len(t) for t in self._targets))
+
+    def state(self) -> dict[str, Any]:
+        """Plain arrays (to gather from several processes and `extend` one book with the others)."""
+        return {"logits": [np.concatenate(c) for c in self._logits] if len(self) else [],
+                "probs": [np.concatenate(c) for c in self._probs] if self._probs is not None and len(self) else None,
+                "targets": np.concatenate(self._targets) if self._targets else np.zeros(0, dtype=np.int64)}
+
+    def extend(self, state: dict[str, Any]) -> None:
+        """Add another book's `state()`."""
+        if len(state["targets"]):
+            self.add(state["logits"], state["targets"], state["probs"])
+
+    def arrays(self) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
+        """(raw logits per view, calibrated probabilities per view or None, targets)."""
+        s = self.state()
+        return s["logits"], s["probs"], s["targets"]
+
+
+def _summary(rel: Reliability) -> dict[str, float]:
+    return {"top1": 100.0 * rel.accuracy, "ece": rel.ece, "mce": rel.mce, "nll": rel.nll, "brier": rel.brier,
+            "mean_confidence": rel.mean_confidence}
+
+
+@dataclass
+class CalibrationReport:
+    """Reliability of the fused prediction before / after calibration, and with test-time augmentation."""
+
+    temperature: float | None  # None: the model has no fitted temperature (after == before)
+    before: Reliability
+    after: Reliability
+    tta: str | None = None
+    tta_before: Reliability | None = None
+    tta_after: Reliability | None = None
+    calibrated: bool = True  # whether the shown probabilities (selective line) are the calibrated ones
+
+    @property
+    def shown(self) -> Reliability:
+        """The probabilities users get (calibrated unless --no-calibration; with TTA when asked)."""
+        if self.tta_after is not None and self.tta_before is not None:
+            return self.tta_after if self.calibrated else self.tta_before
+        return self.after if self.calibrated else self.before
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `calibration` section of metrics.json (top-1 in percent, the rest in [0, 1])."""
+        out: dict[str, Any] = {"temperature": self.temperature, "bins": BINS,
+                               "uncalibrated": _summary(self.before), "calibrated": _summary(self.after),
+                               "selective": self.shown.selective,
+                               "selective_probabilities": ("calibrated" if self.calibrated else "uncalibrated")
+                               + (f", {self.tta} TTA" if self.tta_after is not None else "")}
+        if self.tta_after is not None and self.tta_before is not None:
+            out["tta"] = {"mode": self.tta, "uncalibrated": _summary(self.tta_before),
+                          "calibrated": _summary(self.tta_after),
+                          "top1_change": 100.0 * (self.tta_after.accuracy - self.after.accuracy)}
+        return out
+
+    def selective_line(self) -> str:
+        """'confidence >= 0.5: 97.1% accurate on 80.0% of images | ...'."""
+        parts = []
+        for row in self.shown.selective:
+            acc = "n/a" if not np.isfinite(row["accuracy"]) else f"{100 * row['accuracy']:.1f}%"
+            parts.append(f">= {row['threshold']:g}: {acc} accurate, {100 * row['coverage']:.1f}% kept")
+        return "selective prediction (keep confidence " + " | ".join(parts) + ")"
+
+
+def calibration_report(book: ScoreBook, temperature: float | None, *, tta: str | None = None,
+                       calibrated: bool = True) -> CalibrationReport:
+    """Reliability of the book's fused prediction: raw, calibrated with `temperature` (the model's own
+    probabilities when it gave them), and the flip-TTA average of each when the book holds two views."""
+    logits, probs, targets = book.arrays()
+    if not len(targets):
+        raise ValueError("no images were scored")
+    t = temperature or 1.0
+    raw = [calibrated_probs(z, 1.0) for z in logits]
+    cal = [np.asarray(p, dtype=np.float64) for p in probs] if probs is not None else \
+        [calibrated_probs(z, t) for z in logits]
+    report = CalibrationReport(temperature, reliability(raw[0], targets), reliability(cal[0], targets),
+                               calibrated=calibrated)
+    if len(raw) > 1:
+        report.tta = tta or "flip"
+        report.tta_before = reliability(average_views(raw), targets)
+        report.tta_after = reliability(average_views(cal), targets)
+    return report

@@ -101,3 +101,12 @@ def shard(items: list, info: DistInfo) -> list:
 def all_finite(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True only if `flag` is True on every rank (so that all ranks skip a step together)."""
     return not any_rank(not flag, info, device)
+
+
+def gather_objects(obj: object, info: DistInfo) -> list:
+    """Every rank's Python object, in rank order, on every rank ([obj] on a single process)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -131,12 +131,15 @@ class EvalResult:
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, loader: Iterable, device: torch.device, num_classes: int,
                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                   heads: list[str] | None = None, progress: Any = None) -> MetricAccumulator:
+                   heads: list[str] | None = None, progress: Any = None, scores: Any = None,
+                   tta: str | None = None) -> MetricAccumulator:
     """Run a Method over a loader of (images, targets[, ...]) and accumulate its metrics (this process only).
 
     `model` may be wrapped (DDP / compile); `fuse` / `heads` are taken from the unwrapped Method. Per-head
     metrics are kept only for methods with more than one head (a single head is the fused output). Pass
-    `heads` (the names) so that every process of a distributed run builds the same accumulator.
+    `heads` (the names) so that every process of a distributed run builds the same accumulator. `scores`
+    (a `calibration.ScoreBook`) also keeps every image's fused logits, of each view of `tta` ('flip' adds the
+    mirrored image; the metrics counted here are those of the plain view).
     """
     from fgcli.engine.checkpoint import unwrap_model
 
@@ -154,6 +157,8 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable, device: torch.devic
                                 enabled=amp_dtype is not None):
                 outputs = model(images)
             fused = method.fuse(outputs).float()
+            if scores is not None:
+                scores.add([fused, *_other_views(model, method, images, tta, device, amp_dtype)], targets)
             head_logits = {k: v.float() for k, v in method.heads(outputs).items()}
             if len(head_logits) < 2:
                 head_logits = {}
@@ -167,23 +172,42 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable, device: torch.devic
     return acc if acc is not None else MetricAccumulator(num_classes, heads=heads or [])
 
 
+def _other_views(model: Any, method: Any, images: torch.Tensor, tta: str | None, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> list[torch.Tensor]:
+    """The fused logits of the test-time augmented views beyond the plain one."""
+    from fgcli.engine.fused import tta_views
+
+    out = []
+    for view in tta_views(images, tta)[1:]:
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(view)
+        out.append(method.fuse(outputs).float())
+    return out
+
+
 def evaluate(model: Any, loader: Iterable, num_classes: int, *, device: torch.device | None = None,
-             progress: Any = None, **torch_options: Any) -> MetricAccumulator:
+             progress: Any = None, scores: Any = None, tta: str | None = None,
+             **torch_options: Any) -> MetricAccumulator:
     """The one evaluation: a loader of (images, targets[, ...]) through any model into a MetricAccumulator.
 
     `model` is a torch Method (fused and per-head scores; `device`, and `torch_options` such as `amp_dtype`,
     `channels_last`, `heads` go to `evaluate_model`) or any predictor: a callable mapping a float32 numpy
     batch N x 3 x H x W to (logits, probs), e.g. an onnxruntime fp32 / fp16 / int8 model (fused score only).
-    `progress(n)` is called after each batch of n images.
+    `progress(n)` is called after each batch of n images. `scores` / `tta`: see `evaluate_model` (a predictor's
+    own calibrated probabilities are kept too).
     """
     if isinstance(model, torch.nn.Module):
         return evaluate_model(model, loader, device or torch.device("cpu"), num_classes, progress=progress,
-                              **torch_options)
+                              scores=scores, tta=tta, **torch_options)
     acc = MetricAccumulator(num_classes, heads=[])
     for batch in loader:
         images, targets = batch[0], batch[1]
-        logits, _ = model(images.numpy() if isinstance(images, torch.Tensor) else images)
+        array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        logits, probs = model(array)
         acc.update(logits, targets)
+        if scores is not None:
+            views = [(logits, probs)] + ([model(np.ascontiguousarray(array[..., ::-1]))] if tta == "flip" else [])
+            scores.add([v[0] for v in views], targets, probs=[v[1] for v in views])
         if progress is not None:
             progress(len(images))
     return acc
@@ -202,8 +226,9 @@ def per_class_csv(result: EvalResult, classes: list[str]) -> str:
     return buf.getvalue()
 
 
-def metrics_dict(result: EvalResult, classes: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON-ready metrics (fused top-1/top-k, per head, mean per-class accuracy)."""
+def metrics_dict(result: EvalResult, classes: list[str], extra: dict[str, Any] | None = None,
+                 more: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-ready metrics (fused top-1/top-k, per head, mean per-class accuracy; `more` sections last)."""
     present = result.per_class_total > 0
     mean_class = float(result.per_class_accuracy()[present].mean()) if present.any() else 0.0
     return {
@@ -214,11 +239,13 @@ def metrics_dict(result: EvalResult, classes: list[str], extra: dict[str, Any] |
         f"top{result.k}": round(result.top5, 4),
         "mean_class_accuracy": round(mean_class, 4),
         "heads": {name: {k: round(v, 4) for k, v in m.items()} for name, m in result.heads.items()},
+        **(more or {}),
     }
 
 
 def write_report(result: EvalResult, classes: list[str], out_dir: str | Path,
-                 extra: dict[str, Any] | None = None, title: str = "") -> dict[str, Path]:
+                 extra: dict[str, Any] | None = None, title: str = "",
+                 more: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write metrics.json, per_class_accuracy.csv and confusion_matrix.png into `out_dir`."""
     from fgcli.engine.plots import plot_confusion_matrix
 
@@ -226,7 +253,7 @@ def write_report(result: EvalResult, classes: list[str], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "per_class": out / "per_class_accuracy.csv",
              "confusion": out / "confusion_matrix.png"}
-    atomic_write_text(paths["metrics"], json.dumps(metrics_dict(result, classes, extra), indent=2) + "\n")
+    atomic_write_text(paths["metrics"], json.dumps(metrics_dict(result, classes, extra, more), indent=2) + "\n")
     atomic_write_text(paths["per_class"], per_class_csv(result, classes))
     plot_confusion_matrix(result.confusion, classes, paths["confusion"], title=title)
     return paths

@@ -361,11 +361,12 @@ class Trainer:
         order = ["loss"] + [n for n in names if n != "loss"]
         return {n: out[n] for n in order if n in out}
 
-    def validate(self, model: nn.Module) -> MetricAccumulator | None:
+    def validate(self, model: nn.Module, scores: Any = None) -> MetricAccumulator | None:
         if self.data.val_loader is None:
             return None
         acc = evaluate_model(model, self.data.val_loader, self.device, len(self.data.classes),
-                             amp_dtype=self.amp_dtype, channels_last=self.channels_last, heads=self.head_names)
+                             amp_dtype=self.amp_dtype, channels_last=self.channels_last, heads=self.head_names,
+                             scores=scores)
         if self.info.enabled:
             acc.load_state_tensor(D.all_reduce_sum(acc.state_tensor(), self.info, self.device))
         if acc.n != self.data.val_count and self.main:
@@ -426,23 +427,52 @@ class Trainer:
                            is_main=self.main)
 
     def finish(self, result: TrainResult) -> None:
-        """Confusion matrix of best.pt on the val split, then the summary (rank 0 prints)."""
+        """Confusion matrix of best.pt on the val split, the calibration of best.pt / last.pt, then the summary
+        (rank 0 prints)."""
         D.barrier(self.info)  # rank 0 may still be writing best.pt: every rank must see it before deciding
         if self.data.val_loader is not None and result.best.is_file():
+            from fgcli.engine.calibration import ScoreBook
             from fgcli.engine.checkpoint import load_model
             from fgcli.engine.plots import plot_confusion_matrix
 
-            acc = self.validate(load_model(result.best, device=self.device).model)
+            scores = ScoreBook()
+            acc = self.validate(load_model(result.best, device=self.device).model, scores=scores)
             if self.main and acc is not None:
                 plot_confusion_matrix(acc.confusion.numpy(), self.data.classes,
                                       self.run_dir / "confusion_matrix.png",
                                       title=f"{self.cfg.method} best.pt (epoch {result.best_epoch}), "
                                             f"{self.cfg.data.val_split} split")
+            self._calibrate(result, scores)
+        elif self.main and self.data.val_loader is None:
+            log.warning("no validation split: the model's probabilities stay uncalibrated (no temperature fitted). "
+                        "Set data.val_fraction > 0, or run `fgcli calibrate` with data that has a val split.")
         if self.main and self.trackers is not None:
             self.trackers.finish(self.run_dir)
         # Leave together: a rank that tears its gloo group down while rank 0 still prints can make the peer's
         # transport thread abort the process ("terminate called without an active exception").
         D.barrier(self.info)
+
+    def _calibrate(self, result: TrainResult, best_scores: Any) -> None:
+        """Fit the fused prediction's temperature on the val split (every rank scores its shard, rank 0 fits)
+        and store it in best.pt, and in last.pt (refitted when last.pt holds other weights)."""
+        from fgcli.engine.calibration import ScoreBook
+
+        targets = [(result.best, best_scores)]
+        if result.last.is_file() and result.best_epoch != result.epochs_done:
+            from fgcli.engine.checkpoint import load_model
+
+            last_scores = ScoreBook()
+            self.validate(load_model(result.last, device=self.device).model, scores=last_scores)
+            targets.append((result.last, last_scores))
+        else:
+            targets.append((result.last, best_scores))
+        for path, scores in targets:
+            states = D.gather_objects(scores.state(), self.info)
+            if self.main and path.is_file():
+                merged = ScoreBook()
+                for state in states:
+                    merged.extend(state)
+                store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"))
 
     def _start_trackers(self) -> None:
         if not self.cfg.log.loggers:
@@ -488,6 +518,25 @@ class Trainer:
         parts.append(f"{stats['train_images_per_s']:.1f} img/s")
         parts.append(f"{row['epoch_time']:.1f}s")
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
+
+
+def store_calibration(path: Path, scores: Any, split: str, source: str = "train") -> dict[str, Any] | None:
+    """Fit the temperature of the fused logits in `scores` and write it into the checkpoint at `path`
+    (atomically); returns the record, or None (with a warning) when there is nothing to fit on."""
+    from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
+    from fgcli.engine.checkpoint import load_checkpoint
+
+    logits, _, targets = scores.arrays()
+    if not len(targets):
+        log.warning(f"no validation images were scored: {path.name} stays uncalibrated")
+        return None
+    ckpt = load_checkpoint(path)
+    record = fit_record(logits[0], targets, split=split, weights="ema" if ckpt.get("ema") else "model", source=source)
+    ckpt[CHECKPOINT_KEY] = record
+    with defer_sigint():
+        save_checkpoint(path, ckpt)
+    log.info(f"calibrated {path.name}: {record_line(record)}")
+    return record
 
 
 def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fgcli.console import log, settings
+from fgcli.engine.fused import FusedPrediction
 from fgcli.errors import UserError, unknown_choice
 
 #: exporter name -> its default (and lowest supported) opset
@@ -29,16 +30,9 @@ OUTPUT_NAMES = ("logits", "probs")
 _PROTOBUF_LIMIT = 2 * 1024**3
 
 
-class FusedModel(nn.Module):
-    """What the ONNX graph computes: the method's fused logits and their softmax."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model.predict(images)
-        return logits, torch.softmax(logits, dim=1)
+class FusedModel(FusedPrediction):
+    """What the ONNX graph computes: the method's fused logits (raw) and calibrated probabilities, over the
+    test-time augmented views (fgcli.engine.fused); the temperature is a constant of the graph."""
 
 
 @dataclass
@@ -66,16 +60,18 @@ def resolve_opset(exporter: str, opset: int | None) -> int:
 
 
 def export_graph(model: nn.Module, img_size: int, *, dynamic_batch: bool = True, exporter: str = DEFAULT_EXPORTER,
-                 opset: int | None = None, batch: int = 2) -> Exported:
+                 opset: int | None = None, batch: int = 2, temperature: float = 1.0,
+                 tta: str | None = None) -> Exported:
     """Export `model.predict` (eval mode, CPU, fp32) to ONNX with outputs logits / probs.
 
     The trace runs on `batch` random images of `img_size`² (`dynamic_batch` keeps the batch dimension
     symbolic, named "batch"). `exporter="auto"` tries dynamo and falls back to torchscript when dynamo
-    fails (or when `opset` is below dynamo's 18).
+    fails (or when `opset` is below dynamo's 18). `temperature` calibrates `probs` (1.0: none); `tta` 'flip'
+    puts the mirrored view and the averaging into the graph.
     """
     if exporter not in (*EXPORTERS, "auto"):
         raise unknown_choice("exporter", exporter, [*EXPORTERS, "auto"])
-    wrapper = FusedModel(model).eval()
+    wrapper = FusedModel(model, temperature, tta).eval()
     example = torch.randn(batch if dynamic_batch else 1, 3, img_size, img_size)
     with torch.inference_mode():
         wrapper(example)  # dry run: shape errors surface here with a torch traceback, not from the exporter

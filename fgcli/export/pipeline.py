@@ -36,6 +36,8 @@ class ExportOptions:
     verify: bool = True
     use_ema: bool = True
     exporter: str = DEFAULT_EXPORTER
+    calibration: bool = True  # probs divided by the checkpoint's fitted temperature (when it has one)
+    tta: str | None = None  # "flip": the graph also runs the mirrored image and averages the probabilities
     providers: list[str] | None = None
     device: str = "cpu"  # where onnxruntime verifies (cpu keeps the fp32 tolerance meaningful)
     threads: int | None = None
@@ -90,9 +92,12 @@ def variant_path(fp32_path: Path, precision: str) -> Path:
 
 
 def export_loaded(model: Any, info: ModelInfo, out: str | Path, *, img_size: int, dynamic_batch: bool = True,
-                  exporter: str = DEFAULT_EXPORTER, opset: int | None = None) -> Any:
-    """Export a built Method to `out` with `info` as metadata; returns the checked fp32 ModelProto."""
-    exported = export_graph(model, img_size, dynamic_batch=dynamic_batch, exporter=exporter, opset=opset)
+                  exporter: str = DEFAULT_EXPORTER, opset: int | None = None, temperature: float = 1.0,
+                  tta: str | None = None) -> Any:
+    """Export a built Method to `out` with `info` as metadata; returns the checked fp32 ModelProto.
+    `temperature` / `tta`: see `export_graph` (and `calibration_metadata` for what the metadata says)."""
+    exported = export_graph(model, img_size, dynamic_batch=dynamic_batch, exporter=exporter, opset=opset,
+                            temperature=temperature, tta=tta)
     proto = exported.proto
     info.extra.update(exporter=exported.exporter, opset=str(exported.opset), dynamic_batch=str(dynamic_batch).lower())
     _stamp(proto, info)
@@ -154,7 +159,8 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
              f"classes) at {pre.img_size}x{pre.img_size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, "
              f"exporter: {opts.exporter}")
     proto = export_loaded(torch_pred.model, info, stage(fp32_path), img_size=pre.img_size,
-                          dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, opset=opts.opset)
+                          dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, opset=opts.opset,
+                          temperature=torch_pred.fused.temperature, tta=torch_pred.tta)
     result = ExportResult(info=info, files={"fp32": fp32_path}, sizes={"fp32": stage(fp32_path).stat().st_size})
     log.info(f"wrote {fp32_path} ({result.sizes['fp32'] / 1e6:.1f} MB, opset {info.extra['opset']}); "
              "onnx.checker passed")
@@ -202,7 +208,30 @@ def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
                                             # the run's data section: `fgcli eval MODEL.onnx` carves the same splits
                                             "data_config": json.dumps(to_dict(cfg.data))})
     info.fgcli_version = __version__
-    return TorchPredictor(path, loaded=loaded, info=info), cfg
+    torch_pred = TorchPredictor(path, loaded=loaded, info=info, calibration=opts.calibration, tta=opts.tta)
+    info.extra.update(calibration_metadata(ckpt, torch_pred.calibrated, torch_pred.tta))
+    log.info(f"exported probs: {torch_pred.calibration_note()}")
+    return torch_pred, cfg
+
+
+def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None) -> dict[str, str]:
+    """Metadata keys: `temperature` (only when `probs` are calibrated), `calibration` (the checkpoint's fit, JSON),
+    `tta` (none / flip) and `outputs` (what logits and probs are)."""
+    from fgcli.engine.calibration import stored_calibration
+
+    record = stored_calibration(ckpt)
+    out = {"tta": tta or "none"}
+    flip = " of the image and its horizontal mirror" if tta else ""
+    if calibrated and record is not None:
+        out["temperature"] = repr(float(record["temperature"]))
+        out["calibration"] = json.dumps(record)
+        probs = f"softmax(fused / temperature){flip}, averaged over the views" if tta else \
+            "softmax(logits / temperature), calibrated"
+    else:
+        probs = "softmax(logits), uncalibrated" + (f", averaged over the views{flip}" if tta else "")
+    logits = ("log of the mean uncalibrated softmax of the views" + flip) if tta else "fused logits (uncalibrated)"
+    out["outputs"] = f"logits: N x C {logits}; probs: N x C {probs}"
+    return out
 
 
 def _write_fp16(proto: Any, info: ModelInfo, fp32_path: Path, stage: Any, opts: ExportOptions,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fgcli.engine.fused import combine_views
 from fgcli.modelinfo import Preprocess
 from fgcli.viz.geometry import upsample
 
@@ -58,15 +59,17 @@ def denormalize(images: torch.Tensor, pre: Preprocess) -> np.ndarray:
 
 
 @torch.no_grad()
-def attention_maps(model: Any, method: str, images: torch.Tensor, pre: Preprocess) -> list[ImageMaps]:
-    """`model.attention(images)` -> one ImageMaps per image (images: B x 3 x size x size, normalised)."""
+def attention_maps(model: Any, method: str, images: torch.Tensor, pre: Preprocess,
+                   temperature: float = 1.0) -> list[ImageMaps]:
+    """`model.attention(images)` -> one ImageMaps per image (images: B x 3 x size x size, normalised); the
+    probabilities are calibrated with `temperature` (fgcli.engine.fused)."""
     if method == "mge":
         out = model.attention(images, mean=tuple(pre.mean), std=tuple(pre.std))
         logits = out["logits"]
     else:
         out = model.attention(images)
         logits = out["fused"] if "fused" in out else model.predict(images)
-    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    probs = combine_views([logits], temperature)[1].cpu().numpy()
     rgb = denormalize(images, pre)
     split = {"baseline": _baseline, "herbs": _herbs, "mge": _mge}.get(method, _baseline)
     return [split(out, i, pre.img_size, method, probs[i], rgb[i]) for i in range(images.shape[0])]

@@ -48,11 +48,12 @@ class VizResult:
 def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: str | None = None,
                   split: str = "test", num: int = 8, out: str | Path | None = None, alpha: float = 0.5,
                   layout: str = "grid", score: bool = False, score_num: int | None = None, device: str = "auto",
-                  use_ema: bool = True, batch_size: int = 8) -> VizResult:
+                  use_ema: bool = True, batch_size: int = 8, calibration: bool = True) -> VizResult:
     """Render attention figures for IMAGES (or `num` images of a data split) and optionally score the maps.
 
     Writes `<name>.png` per image (`--layout single`: `<name>/<panel>.png`), `index.html`, and with `score`
-    `scores.csv` / `scores.json` into `out` (default `runs/viz/<run name>`).
+    `scores.csv` / `scores.json` into `out` (default `runs/viz/<run name>`). Titles show the calibrated
+    probability when the checkpoint has a fitted temperature, unless `calibration` is False.
     """
     from fgcli.data.select import resolve_split_data, run_data
     from fgcli.engine.checkpoint import load_model
@@ -72,7 +73,9 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     out_dir = Path(out) if out is not None else default_out_dir(path, project="runs/viz")
     result = VizResult(out_dir)
     target = result.score_target = _score_target(dataset, samples, data or cfg.data.path) if score else ""
-    entries = _render_all(model, method, pre, classes, items, out_dir, alpha, layout, batch_size, dev, result)
+    temperature = _temperature(ckpt, calibration)
+    entries = _render_all(model, method, pre, classes, items, out_dir, alpha, layout, batch_size, dev, result,
+                          temperature)
     if not result.figures:
         first = f" (first: {result.skipped[0][0]}: {result.skipped[0][1]})" if result.skipped else ""
         raise UserError(f"none of the {len(items)} images could be read{first}. Check the files.")
@@ -175,8 +178,21 @@ def _load_batch(items: list[VizItem], pre: Any, result: VizResult) -> tuple[list
     return ok, originals, (torch.stack(tensors) if tensors else None)
 
 
+def _temperature(ckpt: dict, calibration: bool) -> float:
+    """The temperature the titles' probabilities use (1.0: uncalibrated, with a note when none is fitted)."""
+    from fgcli.console import log
+    from fgcli.engine.calibration import stored_temperature
+    from fgcli.inference import calibration_note
+
+    fitted = stored_temperature(ckpt)
+    if fitted is None:
+        log.info(calibration_note(None, False))
+    return fitted if calibration and fitted else 1.0
+
+
 def _render_all(model: Any, method: str, pre: Any, classes: list[str], items: list[VizItem], out_dir: Path,
-                alpha: float, layout: str, batch_size: int, dev: Any, result: VizResult) -> list:
+                alpha: float, layout: str, batch_size: int, dev: Any, result: VizResult,
+                temperature: float = 1.0) -> list:
     from fgcli.viz.geometry import CropGeometry
     from fgcli.viz.html import SheetEntry
     from fgcli.viz.maps import attention_maps
@@ -190,8 +206,8 @@ def _render_all(model: Any, method: str, pre: Any, classes: list[str], items: li
             if batch is None:
                 advance(len(chunk))
                 continue
-            for item, image, maps in zip(ok, originals, attention_maps(model, method, batch.to(dev), pre),
-                                         strict=True):
+            for item, image, maps in zip(ok, originals, attention_maps(model, method, batch.to(dev), pre,
+                                                                       temperature), strict=True):
                 info = ImageInfo(item.name, np.asarray(image), CropGeometry(image.width, image.height, pre),
                                  item.true_label)
                 rows = method_panels(info, maps, classes, alpha)

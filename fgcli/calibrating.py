@@ -1,0 +1,104 @@
+"""`fgcli calibrate`: fit (or refit) the temperature of a checkpoint's fused prediction on the validation split
+and write it back into the checkpoint atomically. Training does the same at its end; this is for checkpoints
+trained before calibration existed, or to calibrate on other validation data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fgcli.console import log, progress_bar
+from fgcli.errors import UserError
+
+
+@dataclass
+class CalibrateResult:
+    """The checkpoint written, the new fit and the one it replaced (None when it had none)."""
+
+    checkpoint: Path
+    written: Path
+    record: dict[str, Any]
+    previous: dict[str, Any] | None = None
+
+    def table(self) -> Any:
+        """Before / after: temperature, NLL, ECE (top-1 is unchanged by calibration)."""
+        from rich.table import Table
+
+        r = self.record
+        table = Table(title=f"Calibration of {self.checkpoint} ({r['split']} split, {r['num_images']} images)")
+        for name in ("", "temperature", "NLL", "ECE %", "top-1 %"):
+            table.add_column(name, justify="left" if not name else "right")
+        table.add_row("uncalibrated", "1.000", f"{r['nll_before']:.4f}", f"{100 * r['ece_before']:.2f}",
+                      f"{100 * r['top1']:.2f}")
+        table.add_row("[bold]calibrated[/]", f"[bold]{r['temperature']:.3f}[/]", f"{r['nll_after']:.4f}",
+                      f"{100 * r['ece_after']:.2f}", f"{100 * r['top1']:.2f}")
+        if self.previous is not None:
+            table.caption = (f"replaces temperature {float(self.previous['temperature']):.3f} "
+                             f"(fitted on {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
+        return table
+
+
+def resolve_checkpoint(target: str | Path) -> Path:
+    """A .pt file as given, or a run folder's weights/best.pt."""
+    path = Path(target)
+    if path.is_dir():
+        best = path / "weights" / "best.pt"
+        if not best.is_file():
+            raise UserError(f"run folder {path} has no weights/best.pt. Give a checkpoint file (e.g. "
+                            f"{path / 'weights' / 'last.pt'}).")
+        return best
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"{path} is an ONNX file; calibrate the .pt checkpoint it was exported from, then export "
+                        "it again (the temperature becomes a constant of the graph).")
+    return path
+
+
+def check_split(split: str) -> None:
+    """Only a held-out validation split may be fitted on."""
+    if split == "test":
+        raise UserError("--split test: the temperature is never fitted on the test split (its numbers would no "
+                        "longer be honest); use --split val.")
+    if split == "train":
+        raise UserError("--split train: the model has fitted the training images, so its confidence there is "
+                        "biased; use --split val.")
+
+
+def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str = "val", batch_size: int = 64,
+                         device: str = "auto", workers: int | None = None, use_ema: bool = True,
+                         out: str | Path | None = None) -> CalibrateResult:
+    """Fit the temperature of the checkpoint's fused prediction on `split` of `data` (default: the run's own
+    data and the split it validated on) and store it in the checkpoint (or `out`), atomically: an error or a
+    kill during the write leaves the old file intact."""
+    from fgcli.data.select import resolve_split_data, run_data
+    from fgcli.engine.calibration import CHECKPOINT_KEY, ScoreBook, fit_record, stored_calibration
+    from fgcli.engine.checkpoint import load_model, save_checkpoint
+    from fgcli.engine.evaluate import evaluate
+    from fgcli.engine.signals import defer_sigint
+
+    check_split(split)
+    path = resolve_checkpoint(target)
+    loaded = load_model(path, device=device, use_ema=use_ema)
+    if data is None:
+        data = run_data(loaded.config, "--data PATH")
+    chosen = resolve_split_data(loaded.config.data, data, split, loaded.classes, loaded.preprocess, batch_size,
+                                workers)
+    log.info(f"fitting the temperature of {path} on {len(chosen.samples)} {split} images of {data} "
+             f"({loaded.weights} weights, {loaded.device})")
+    book = ScoreBook()
+    with progress_bar() as bar:
+        task = bar.add_task(f"calibrate on {split}", total=len(chosen.samples))
+        evaluate(loaded.model, chosen.loader, len(loaded.classes), device=loaded.device, scores=book,
+                 progress=lambda n: bar.advance(task, n))
+    logits, _, targets = book.arrays()
+    if not len(targets):
+        raise UserError(f"--split {split} of {data} gave no images to fit on.")
+    ckpt = loaded.checkpoint
+    previous = stored_calibration(ckpt)
+    record = fit_record(logits[0], targets, split=split, weights=loaded.weights, source="calibrate")
+    ckpt[CHECKPOINT_KEY] = record
+    written = Path(out) if out is not None else path
+    with defer_sigint():
+        save_checkpoint(written, ckpt)
+    return CalibrateResult(path, written, record, previous)

@@ -1,0 +1,41 @@
+"""`fgcli calibrate`: parse the flags, delegate to fgcli.calibrating, print before / after."""
+
+from __future__ import annotations
+
+import typer
+
+from fgcli.commands._common import handle_errors
+
+
+@handle_errors
+def calibrate_command(
+    target: str = typer.Argument(..., metavar="RUN_OR_CHECKPOINT",
+                                 help="A run folder (its weights/best.pt is calibrated) or a .pt checkpoint."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Prepared folder, raw dataset root, ImageFolder, or "
+                                    "'demo' (default: the data the run was trained on)."),
+    split: str = typer.Option("val", "--split", help="The held-out split to fit on (val; test is refused)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Write the calibrated checkpoint here instead of in "
+                                   "place."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Loader workers (default: the run's)."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Fit for the EMA weights when the checkpoint has them."),
+) -> None:
+    """Fit the temperature of a checkpoint's fused prediction on the validation split and store it in the
+    checkpoint (atomically). predict, eval, export and viz then show calibrated probabilities.
+
+    Training does this at its end; use it for checkpoints trained before, or to refit on other data.
+
+    Examples:
+      fgcli calibrate runs/train/exp
+      fgcli calibrate old/best.pt --data ./CUB_200_2011 --split val
+      fgcli calibrate best.pt --out best.calibrated.pt
+    """
+    from fgcli.calibrating import calibrate_checkpoint
+    from fgcli.console import console
+
+    result = calibrate_checkpoint(target, data=data, split=split, batch_size=batch_size, device=device,
+                                  workers=workers, use_ema=ema, out=out)
+    console.print(result.table())
+    console.print(f"wrote {result.written}  next: fgcli eval {result.written}  |  fgcli export {result.written} "
+                  "--onnx")
