@@ -280,7 +280,8 @@ class CalibrationReport:
         """The `calibration` section of metrics.json (top-1 in percent, the rest in [0, 1])."""
         out: dict[str, Any] = {"temperature": self.temperature, "bins": BINS,
                                "uncalibrated": _summary(self.before), "calibrated": _summary(self.after),
-                               "selective": self.shown.selective,
+                               "selective": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                              for k, v in row.items()} for row in self.shown.selective],
                                "selective_probabilities": ("calibrated" if self.calibrated else "uncalibrated")
                                + (f", {self.tta} TTA" if self.tta_after is not None else "")}
         if self.tta_after is not None and self.tta_before is not None:
