@@ -54,3 +54,6 @@ def test_two_gloo_processes_match_one_process(tmp_path) -> None:
         assert x["val/top1"] == y["val/top1"] and x["val/top5"] == y["val/top5"]
         assert float(x["train/loss"]) == pytest.approx(float(y["train/loss"]), rel=1e-4)
     assert b["dataset"]["num_val"] == 8
+    # the temperature is fitted on the whole val split (every rank's shard, gathered on rank 0)
+    assert a["calibration"]["num_images"] == b["calibration"]["num_images"] == 8
+    assert b["calibration"]["temperature"] == pytest.approx(a["calibration"]["temperature"], rel=1e-2)
