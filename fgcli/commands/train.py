@@ -98,6 +98,10 @@ def print_summary(result: TrainResult) -> None:
     if "val/top1" in last:
         table.add_row("last val top-1 / top-5", f"{last['val/top1']:.2f}% / {last['val/top5']:.2f}%")
     table.add_row("chance level", f"{100.0 / max(len(result.classes), 1):.2f}%")
+    if result.calibration:
+        from fgcli.engine.calibration import record_line
+
+        table.add_row("calibration (best.pt)", record_line(result.calibration))
     table.add_row("weights", f"{result.best if result.best.is_file() else '-'}\n{result.last}")
     console.print(table)
     ckpt = result.best if result.best.is_file() else result.last

@@ -60,6 +60,7 @@ class TrainResult:
     classes: list[str] = field(default_factory=list)
     val_split: str = ""
     is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
+    calibration: dict[str, Any] | None = None  # best.pt's temperature fit (fgcli.engine.calibration.fit_record)
 
     @property
     def last(self) -> Path:
@@ -472,7 +473,9 @@ class Trainer:
                 merged = ScoreBook()
                 for state in states:
                     merged.extend(state)
-                store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"))
+                record = store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"))
+                if path == result.best:
+                    result.calibration = record
 
     def _start_trackers(self) -> None:
         if not self.cfg.log.loggers:
