@@ -34,6 +34,7 @@ def run(tmp_path_factory):
     result = runner.invoke(app, ["train", *TINY, "--set", "data.val_fraction=0.25", "--epochs", "2", "--ema",
                                  "--project", str(tmp / "runs"), "--name", "exp"])
     assert result.exit_code == 0, result.output
+    (tmp / "train-output.txt").write_text(result.output)
     return tmp / "runs" / "exp"
 
 
@@ -77,6 +78,8 @@ def test_training_stores_the_fitted_temperature_in_best_and_last(run) -> None:
         assert record["nll_after"] <= record["nll_before"] + 1e-9
         assert set(record) >= {"ece_before", "ece_after", "top1", "date"}
     assert "calibrated best.pt: T " in (run / "log.txt").read_text()
+    summary = (run.parent.parent / "train-output.txt").read_text()
+    assert _says(summary, "calibration (best.pt)") and _says(summary, "val images: NLL")
 
 
 def test_no_validation_split_warns_and_stays_uncalibrated(tmp_path) -> None:
