@@ -23,8 +23,9 @@ def eval_command(
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and "
                                                  "its mirror in probability space); its effect is reported."),
 ) -> None:
-    """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix,
-    calibration (ECE / MCE / NLL / Brier before and after, reliability diagram, selective prediction).
+    """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix.
+
+    Also the fused prediction's calibration: ECE / MCE / NLL / Brier before and after, reliability.png, selective prediction.
 
     Examples:
       fgcli eval runs/train/exp/weights/best.pt                      # the data it was trained on
