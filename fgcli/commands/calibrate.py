@@ -21,10 +21,9 @@ def calibrate_command(
     workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Loader workers (default: the run's)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Fit for the EMA weights when the checkpoint has them."),
 ) -> None:
-    """Fit the temperature of a checkpoint's fused prediction on the validation split and store it in the
-    checkpoint (atomically). predict, eval, export and viz then show calibrated probabilities.
+    """Fit the temperature of a checkpoint's fused prediction on the val split; store it in the checkpoint.
 
-    Training does this at its end; use it for checkpoints trained before, or to refit on other data.
+    The write is atomic. predict, eval, export and viz then show calibrated probabilities. Training does this at its end; use it for checkpoints trained before, or to refit on other data.
 
     Examples:
       fgcli calibrate runs/train/exp
