@@ -36,8 +36,8 @@ FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 # row name -> (recipe, extra --set overrides). Frozen rows train only the method's own layers on the fixed
 # ImageNet features; fine-tuned rows train the backbone too, at a tenth of the heads' learning rate.
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "linear_probe": ("linear_probe_lite0_128", []),
-    "linear_probe_lr1e-2": ("linear_probe_lite0_128", ["optim.lr=0.01"]),
+    "linear_probe": ("linear_probe_lite0_128", []),  # lr 1e-2, chosen on val against:
+    "linear_probe_lr1e-3": ("linear_probe_lite0_128", ["optim.lr=0.001"]),
     "baseline": ("baseline_lite0_128", []),
     "herbs": ("herbs_lite0_128", []),
     "mge": ("mge_lite0_128", []),
