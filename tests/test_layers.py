@@ -20,12 +20,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),
     ("inference", ("fgcli.inference", "fgcli.timing")),
-    ("tasks", ("fgcli.evaluation", "fgcli.export", "fgcli.viz", "fgcli.predict")),
-    ("bench", ("fgcli.bench",)),
+    ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction")),
+    ("bench", ("fgcli.benchmark",)),
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),
     ("cli", ("fgcli.cli", "fgcli.__main__")),
 ]
+
+#: the only imports allowed against the order: `fgcli/__init__.py` re-exports the Python API lazily (the import
+#: runs on first attribute access, so `import fgcli` stays light and nothing below the API sees it)
+ALLOWED = {("fgcli", "fgcli.api")}
 
 
 def module_name(path: Path) -> str:
@@ -104,7 +108,7 @@ def upward_imports(path: Path, source: str | None = None) -> list[str]:
     problems = []
     for target, line, _ in imports_of(path, source):
         theirs = layer_of(target)
-        if theirs > own:
+        if theirs > own and (module, target) not in ALLOWED:
             problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module} (layer '{LAYERS[own][0]}') "
                             f"imports {target} (layer '{LAYERS[theirs][0]}'): a layer may only import its own "
                             "or lower layers (tests/test_layers.py LAYERS)")
@@ -120,7 +124,8 @@ def test_no_import_cycles() -> None:
     graph: dict[str, set[str]] = {}
     for path in all_modules():
         module = module_name(path)
-        graph[module] = {t for t, _, runtime in imports_of(path) if runtime and t != module and t in _names()}
+        graph[module] = {t for t, _, runtime in imports_of(path)
+                         if runtime and t != module and t in _names() and (module, t) not in ALLOWED}
     cycles = _cycles(graph)
     assert not cycles, "import cycles (each module imports the next):\n" + "\n".join(" -> ".join(c) for c in cycles)
 

@@ -7,7 +7,7 @@ from exportkit import make_checkpoint_file
 
 import fgcli.inference as inference
 from fgcli.errors import UserError
-from fgcli.export.pipeline import ExportOptions, export_checkpoint
+from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import CPU_EP, CUDA_EP, create_session, resolve_providers, session_options
 
 
