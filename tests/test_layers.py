@@ -8,11 +8,12 @@ A module may import modules of its own layer or of lower layers, never of a high
 from __future__ import annotations
 
 import ast
+import fnmatch
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 
-#: lowest first; a module belongs to the first layer with a matching prefix (longest prefix wins)
+#: lowest first; a module belongs to the layer of its longest matching prefix (`*` matches one name)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.modelinfo")),
     ("config", ("fgcli.config",)),
@@ -20,7 +21,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),
     ("inference", ("fgcli.inference", "fgcli.timing")),
-    ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction")),
+    # a method's viz panels live in its folder but belong to the viz layer
+    ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction", "fgcli.methods.*.viz")),
     ("bench", ("fgcli.benchmark",)),
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),
@@ -43,7 +45,8 @@ def layer_of(module: str) -> int:
     best, best_len = -1, -1
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            matches = module == prefix or (prefix != "fgcli" and module.startswith(prefix + "."))
+            matches = (fnmatch.fnmatchcase(module, prefix) if "*" in prefix
+                       else module == prefix or (prefix != "fgcli" and module.startswith(prefix + ".")))
             if matches and len(prefix) > best_len:
                 best, best_len = index, len(prefix)
     return best
@@ -106,7 +109,7 @@ def upward_imports(path: Path, source: str | None = None) -> list[str]:
     module = module_name(path)
     own = layer_of(module)
     problems = []
-    for target, line, _ in imports_of(path, source):
+    for target, line, _ in sorted(set(imports_of(path, source)), key=lambda t: (t[1], t[0])):
         theirs = layer_of(target)
         if theirs > own and (module, target) not in ALLOWED:
             problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module} (layer '{LAYERS[own][0]}') "

@@ -213,9 +213,11 @@ def _render_all(model: Any, method: str, pre: Any, classes: list[str], items: li
 
 
 def _notes(maps: Any) -> list[str]:
-    """Caption notes: HERBS stages whose class ĉ_i differs from the fused prediction."""
-    stages = [str(s) for s in maps.extra.get("stages", []) if maps.extra.get(f"disagree{s}")]
-    return [f"stages whose class differs from the fused one: {', '.join(stages)}"] if stages else []
+    """Caption notes from the method's own viz module (`notes(maps)`), if it has one."""
+    from fgcli.viz.maps import method_viz
+
+    notes = getattr(method_viz(maps.method), "notes", None)
+    return notes(maps) if notes is not None else []
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------
