@@ -41,16 +41,26 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
                  val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, level: str | None = None,
                  strict: bool = False, workers: int | None = None, min_size: int = 16,
                  max_pixels: int | None = None, demo_size: int = 64, demo_classes: int = 10,
-                 demo_per_class: int = 150, summary: bool = True) -> PreparedDataset:
-    """`fgcli prepare-data FORMAT SRC`: check a data set and write its manifest; returns the prepared data set."""
+                 demo_per_class: int = 150, download: bool = False, url: Sequence[str] | None = None,
+                 md5: str | None = None, sha256: str | None = None, summary: bool = True) -> PreparedDataset:
+    """`fgcli prepare-data FORMAT SRC [--download]`: (download,) check a data set and write its manifest;
+    returns the prepared data set."""
     from fgcli.data.demo import DemoParams
     from fgcli.data.images import DEFAULT_MAX_PIXELS
     from fgcli.data.prepare import PrepareOptions, prepare_dataset
 
+    if (url or md5 or sha256) and not download:
+        raise UserError("--url, --md5 and --sha256 only apply with --download.")
     options = PrepareOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict,
                              workers=workers, level=level, min_size=min_size,
                              max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     demo = DemoParams(seed=seed, size=demo_size, classes=demo_classes, per_class=demo_per_class)
+    if download:
+        from fgcli.data.download import download_dataset
+
+        if src is None:
+            raise UserError(f"--download needs SRC, the folder to download the {format} data set into.")
+        download_dataset(format.lower(), src, urls=url or (), md5=md5, sha256=sha256)
     return prepare_dataset(format.lower(), src, out, options=options, demo=demo, summary=summary)
 
 
@@ -61,7 +71,7 @@ TRAIN_FLAGS = {
     "img_size": "data.img_size", "workers": "data.workers", "device": "train.device", "amp": "train.amp",
     "ema": "train.ema", "pretrained": "model.pretrained", "pretrained_file": "model.pretrained_file",
     "compile": "model.compile", "seed": "train.seed", "deterministic": "train.deterministic",
-    "project": "train.project", "name": "train.name", "exist_ok": "train.exist_ok",
+    "project": "train.project", "name": "train.name", "exist_ok": "train.exist_ok", "logger": "log.loggers",
 }
 
 
@@ -72,7 +82,7 @@ def train(method: str | None = None, data: str | None = None, *, recipe: str | N
 
     `flags` are the CLI's first-class flags with Python names (backbone, epochs, batch_size, accum_steps, lr,
     img_size, workers, device, amp, ema, pretrained, pretrained_file, compile, seed, deterministic, project,
-    name, exist_ok); `set` is `--set` as a list of "key=value" strings or a dict {"optim.lr": 0.01}.
+    name, exist_ok, logger: a list such as ["tensorboard"]); `set` is `--set` as a list of "key=value" strings or a dict {"optim.lr": 0.01}.
     """
     from fgcli.engine.trainer import run_train
 

@@ -52,8 +52,8 @@ def main_callback(
 for _name, _module, _func, _aliases in COMMANDS:
     _fn = getattr(importlib.import_module(f"fgcli.commands.{_module}"), _func)
     app.command(_name)(_fn)
-    for _alias in _aliases:
-        app.command(_alias, hidden=True)(_fn)
+    for _alias in _aliases:  # listed in `fgcli --help` too, so that users find the short name
+        app.command(_alias, help=f"Alias of `fgcli {_name}`.", short_help=f"Alias of {_name}.")(_fn)
 
 
 def main() -> None:

@@ -10,11 +10,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 console = Console(highlight=False)
@@ -55,10 +57,12 @@ def add_file_log(path: str | Path) -> logging.Handler:
     return handler
 
 
-def progress_bar(*, info: bool = False) -> Progress:
+def progress_bar(*, info: bool = False, transfer: bool = False) -> Progress:
     """The transient progress bar of long steps (on stderr, hidden with --quiet); `info=True` adds a column
-    showing each task's `info` field (e.g. the running loss)."""
+    showing each task's `info` field (e.g. the running loss); `transfer=True` counts bytes (size and speed)
+    instead of items (downloads, extraction)."""
     extra = [TextColumn("{task.fields[info]}")] if info else []
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+    count = [DownloadColumn(), TransferSpeedColumn()] if transfer else [MofNCompleteColumn()]
+    return Progress(TextColumn("{task.description}"), BarColumn(), *count, *extra,
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
                     transient=True, disable=settings.quiet)

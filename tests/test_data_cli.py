@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,7 @@ def test_prepare_flowers12_imagefolder(flowers12: Path, tmp_path: Path) -> None:
     (["cubb", "x"], "unknown data set format 'cubb'. Did you mean 'cub'?"),
     (["cub", "{tmp}/nowhere"], "does not exist"),
     (["cub", "{tmp}/photos"], "does not look like a cub data set"),
+    (["aircraft", "{tmp}/photos"], "does not look like an aircraft data set"),
     (["imagefolder", "{tmp}/photos", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
     (["imagefolder", "{tmp}/photos", "--level", "family"], "--level applies to the aircraft format only"),
     (["csv", "{tmp}/list.csv"], "list.csv:2: path '../secret.jpg' contains '..'"),
@@ -105,3 +109,116 @@ def test_python_dash_m_prepare_demo(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "d" / "dataset.yaml").is_file() and out.stdout == ""
+
+
+# ---------------------------------------------------------------- reports, locks and wording (issue 19, point 5)
+@pytest.fixture()
+def fgcli_messages() -> Iterator[list[str]]:
+    """The `fgcli` log messages ("LEVEL text") emitted during the test, unwrapped."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(f"{record.levelname} {record.getMessage()}")
+
+    logger = logging.getLogger("fgcli")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def _unreadable(root: Path, classes: int = 3, per_class: int = 2) -> Path:
+    for c in range(classes):
+        for k in range(per_class):
+            path = root / f"species {c}" / f"img_{k}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("this is not a JPEG\n")
+    return root
+
+
+def test_all_images_unreadable_writes_the_report_it_mentions(tmp_path: Path, fgcli_messages: list[str]) -> None:
+    src = _unreadable(tmp_path / "photos")
+    report = tmp_path / "photos_fgcli" / "bad_images.csv"
+    line = _one_error_line(runner.invoke(app, ["prepare-data", "imagefolder", str(src), "--workers", "1"]),
+                           logs_allowed=True)
+    assert f"3 class(es) have no training images after skipping bad images (listed in {report})" in line
+    assert any(m.endswith(f"all 6 are listed in {report}") for m in fgcli_messages), fgcli_messages
+    rows = report.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "path,reason" and len(rows) == 7 and rows[1].startswith("species 0/img_0.jpg,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "photos_fgcli"]  # no lock file beside them
+    assert sorted(p.name for p in (tmp_path / "photos_fgcli").iterdir()) == ["bad_images.csv"]
+    _folder(src)  # the user replaces the files with images: the leftover report is replaced, not refused
+    result = runner.invoke(app, ["prepare-data", "imagefolder", str(src), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert load_prepared(tmp_path / "photos_fgcli").meta["bad_images"] == 0
+    assert report.read_text(encoding="utf-8") == "path,reason\n"
+
+
+def test_training_data_path_writes_the_report_and_leaves_no_lock(tmp_path: Path) -> None:
+    from fgcli.data.locking import lock_path
+    from fgcli.data.prepare import resolve_dataset
+    from fgcli.errors import UserError
+
+    src = _unreadable(tmp_path / "photos")
+    with pytest.raises(UserError, match="listed in .*bad_images.csv"):
+        resolve_dataset(src, workers=1)
+    assert (tmp_path / "photos_fgcli" / "bad_images.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "photos_fgcli"]
+    assert tmp_path not in lock_path(tmp_path / "photos_fgcli").parents
+
+
+def test_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> None:
+    from fgcli.data.locking import folder_lock
+
+    folder = tmp_path / "data_fgcli"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from fgcli.data.locking import folder_lock\n"
+                               f"with folder_lock(Path({str(folder)!r})):\n"
+                               "    print('locked', flush=True)\n    time.sleep(300)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        got = threading.Event()
+
+        def take() -> None:
+            with folder_lock(folder):
+                got.set()
+
+        waiter = threading.Thread(target=take, daemon=True)
+        waiter.start()
+        assert not got.wait(0.5)  # held by the other process
+        holder.kill()
+        holder.wait(30)
+        assert got.wait(30)  # the kernel dropped the killed holder's lock
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert list(tmp_path.iterdir()) == []  # nothing beside the data
+
+
+def test_skipped_count_says_how_many_are_shown_and_listed(tmp_path: Path, fgcli_messages: list[str]) -> None:
+    root = _folder(tmp_path / "photos")
+    for k in range(7):
+        (root / "species 1" / f"bad_{k}.jpg").write_bytes(b"")
+    report = tmp_path / "photos_fgcli" / "bad_images.csv"
+    result = runner.invoke(app, ["prepare-data", "imagefolder", str(root), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    warning = f"WARNING skipped 7 bad image(s); the first 5 are shown above, all 7 are listed in {report}"
+    assert warning in fgcli_messages, fgcli_messages
+    assert sum(m.startswith("WARNING bad image ") for m in fgcli_messages) == 5
+    assert not any("more)" in m for m in fgcli_messages)
+    strict = runner.invoke(app, ["prepare-data", "imagefolder", str(root), "--workers", "1", "--strict"])
+    assert "7 bad image(s) (first: species 1/bad_0.jpg: empty file (0 bytes)); the first 5 are listed above." in \
+        _one_error_line(strict, logs_allowed=True)
+
+
+def test_auto_detected_format_is_named_without_a_wrong_article(tmp_path: Path, fgcli_messages: list[str]) -> None:
+    from fgcli.data.prepare import resolve_dataset
+
+    root = _folder(tmp_path / "photos")
+    resolve_dataset(root, workers=1)
+    assert f"INFO data: {root} is a data set in the imagefolder format (auto-detected)" in fgcli_messages
+    assert not any(" a imagefolder" in m for m in fgcli_messages)

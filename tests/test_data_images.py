@@ -99,5 +99,7 @@ def test_class_left_without_images_after_skipping_is_an_error(tmp_path: Path) ->
         (root / c).mkdir(parents=True)
     (root / "a" / "0.jpg").write_bytes(_jpeg())
     (root / "b" / "0.jpg").write_bytes(b"")
-    with pytest.raises(UserError, match="1 class\\(es\\) have no training images after skipping bad images: 'b'"):
+    with pytest.raises(UserError, match=r"1 class\(es\) have no training images after skipping bad images "
+                                        r"\(listed in .*bad_images.csv\): 'b'"):
         prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1), summary=False)
+    assert "b/0.jpg,empty file" in (tmp_path / "out" / "bad_images.csv").read_text(encoding="utf-8")

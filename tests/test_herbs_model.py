@@ -99,7 +99,9 @@ def test_interp_mode_accepts_other_sizes_but_not_too_few_tokens():
 def test_num_selects_resolution(caplog):
     assert resolve_num_selects([256, 128, 64, 32], [2304, 576, 144, 144]) == [256, 128, 64, 32]
     assert resolve_num_selects([0.1, 0.5, 0.25, 1], [100, 10, 4, 3]) == [10, 5, 1, 1]
-    assert resolve_num_selects([256, 128, 64, 32], [300, 100, 64, 10]) == [256, 100, 64, 10]
+    assert resolve_num_selects([256, 100, 64, 10], [300, 100, 64, 10]) == [256, 100, 64, 10]
+    with pytest.raises(UserError, match=r"num_selects\[1\] = 128 but stage 2 has only 100 tokens at img_size 160"):
+        resolve_num_selects([256, 128, 64, 32], [300, 100, 64, 10], img_size=160)
     with pytest.raises(UserError, match="num_selects"):
         resolve_num_selects([2.5, 1, 1, 1], [10, 10, 10, 10])
 
@@ -201,8 +203,9 @@ def test_bf16_autocast_losses_are_fp32_and_finite():
     total.backward()
 
 
-def test_param_groups_one_group_with_weight_decay():
-    model = _build("test_resnet", 64, "herbs.num_selects=[32,16,8,2]", "optim.weight_decay=3e-4")
+def test_param_groups_backbone_then_neck_and_heads():
+    model = _build("test_resnet", 64, "herbs.num_selects=[32,16,8,2]", "optim.backbone_lr_scale=0.1")
     groups = model.param_groups(model.cfg)
-    assert len(groups) == 1 and groups[0]["weight_decay"] == 3e-4
-    assert len(groups[0]["params"]) == len(list(model.parameters()))
+    assert [(g["name"], g["lr_scale"]) for g in groups] == [("backbone", 0.1), ("heads", 1.0)]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.taps.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -212,8 +212,7 @@ def test_attention_maps() -> None:
 
 def test_param_groups() -> None:
     cfg = Config()
-    cfg.mge.backbone_lr_scale = 0.1
-    model = _model()
+    model = _model()  # optim.backbone_lr_scale null: MGE-CNN's default 0.1 (paper: 1e-3 vs 1e-2)
     groups = model.param_groups(cfg)
     assert [g["lr_scale"] for g in groups] == [0.1, 1.0]
     ids = [id(p) for g in groups for p in g["params"]]

@@ -80,6 +80,9 @@ def test_resume_continues_to_more_epochs(trained, tmp_path) -> None:
     shutil.copytree(run, copy)
     result = runner.invoke(app, ["train", "--resume", str(copy), "--epochs", "3"])
     assert result.exit_code == 0, result.output
+    said = "".join(result.output.split())  # rich wraps long lines anywhere
+    assert "".join(f"resuming run {copy} from {copy / 'weights' / 'last.pt'}: epoch 2 of 3 done, continuing with "
+                   "epoch 3".split()) in said
     rows = read_results_csv(copy / "results.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert torch.load(copy / "weights" / "last.pt", weights_only=True)["epoch"] == 3

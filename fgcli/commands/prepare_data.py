@@ -10,6 +10,7 @@ from fgcli.console import console, settings
 _SPLITS = "Splits"
 _CHECKS = "Image checks"
 _DEMO = "Demo data set"
+_DOWNLOAD = "Download"
 
 
 @handle_errors
@@ -41,6 +42,18 @@ def prepare_data_command(
     demo_classes: int = typer.Option(10, "--demo-classes", rich_help_panel=_DEMO, help="Demo classes (2-20)."),
     demo_per_class: int = typer.Option(150, "--demo-per-class", rich_help_panel=_DEMO,
                                        help="Demo training images per class (test gets a third)."),
+    download: bool = typer.Option(False, "--download", rich_help_panel=_DOWNLOAD,
+                                  help="First download the official files into SRC (flowers102, cub, aircraft, "
+                                       "cars, dogs; nabirds with --url), check their checksums and extract them. "
+                                       "Resumes a partial download."),
+    url: list[str] | None = typer.Option(None, "--url", metavar="URL", rich_help_panel=_DOWNLOAD,
+                                            help="A mirror: one URL per file (matched by file name) or a folder "
+                                                 "URL ending in '/'. Repeatable. The published checksums still "
+                                                 "apply."),
+    md5: str | None = typer.Option(None, "--md5", rich_help_panel=_DOWNLOAD,
+                                      help="Expected MD5 of the file given with --url (replaces the published one)."),
+    sha256: str | None = typer.Option(None, "--sha256", rich_help_panel=_DOWNLOAD,
+                                         help="Expected SHA-256 of the file given with --url."),
 ) -> None:
     """Check a data set and write its manifest: dataset.yaml, train/val/test.csv, bad_images.csv.
 
@@ -48,6 +61,7 @@ def prepare_data_command(
 
     Examples:
       fgcli prepare-data cub ./CUB_200_2011
+      fgcli prepare-data flowers102 ./flowers102 --download
       fgcli prepare-data aircraft ./fgvc-aircraft-2013b --level family
       fgcli prepare-data imagefolder ./my_photos --out ./my_photos_prepared
       fgcli prepare-data csv ./labels.csv --val-fraction 0.2
@@ -58,7 +72,8 @@ def prepare_data_command(
     prepared = api.prepare_data(fmt, src, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                                 level=level, strict=strict, workers=workers, min_size=min_size,
                                 max_pixels=max_pixels, demo_size=demo_size, demo_classes=demo_classes,
-                                demo_per_class=demo_per_class)
+                                demo_per_class=demo_per_class, download=download, url=url, md5=md5,
+                                sha256=sha256)
     if not settings.quiet:
         console.print(f"Prepared data set: [bold]{prepared.root}[/]  next: fgcli train --data {prepared.root}",
                       soft_wrap=True)

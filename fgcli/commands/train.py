@@ -54,6 +54,8 @@ def train_command(
                                             help="Reuse an existing run folder of that name."),
     resume: str | None = typer.Option(None, "--resume", rich_help_panel=_RUN, metavar="[RUN|PT]",
                                          help="Continue a run: a run folder, a last.pt, or 'auto' (the latest run)."),
+    logger: list[str] | None = typer.Option(None, "--logger", rich_help_panel=_RUN,
+                                            help="Experiment tracker, repeatable: tensorboard (<run>/tb), mlflow."),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help="Override any config key: --set optim.lr=0.01"),
 ) -> None:
     """Train a method on a backbone and data set; writes runs/train/exp*/ (weights, results, plots).
@@ -62,6 +64,7 @@ def train_command(
       fgcli train --method baseline --data demo
       fgcli train --method herbs --data ./CUB_200_2011 --recipe herbs_swin_large_384_cub
       fgcli train --resume runs/train/exp
+      fgcli train --method herbs --data ./flowers102 --logger tensorboard --logger mlflow
       torchrun --nproc-per-node 4 -m fgcli train --method herbs --data ./CUB_200_2011
     """
     from fgcli import api
@@ -70,7 +73,7 @@ def train_command(
                        epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr, img_size=img_size,
                        workers=workers, device=device, amp=amp, ema=ema, pretrained=pretrained,
                        pretrained_file=pretrained_file, compile=compile, seed=seed, deterministic=deterministic,
-                       project=project, name=name, exist_ok=exist_ok)
+                       project=project, name=name, exist_ok=exist_ok, logger=logger or None)
     if result.is_main:
         print_summary(result)
 

@@ -21,11 +21,20 @@ from fgcli.data.demo import DemoParams, generate_demo
 from fgcli.data.formats import FORMATS, reader
 from fgcli.data.formats.base import RawDataset
 from fgcli.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
-from fgcli.data.manifest import SPLITS, PreparedDataset, Sample, load_prepared, write_prepared
+from fgcli.data.manifest import (
+    SPLITS,
+    PreparedDataset,
+    Sample,
+    bad_images_to_csv,
+    load_prepared,
+    write_prepared,
+)
 from fgcli.data.splits import carve
 from fgcli.errors import UserError, unknown_choice
+from fgcli.io import atomic_open
 
 OUT_SUFFIX = "_fgcli"
+BAD_REPORT_HEADER = "path,reason"  # first line of bad_images.csv
 
 
 @dataclass
@@ -120,6 +129,18 @@ def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str
     by_path = dict(zip(paths, results, strict=True))
     bad = sorted(raw.skipped) + [(p, r.reason) for p, r in by_path.items() if r.reason is not None]
     _report_bad(bad, out, options.strict)
+    try:
+        return _finish_checked(raw, out, options, splits, paths, by_path, bad, fingerprint, summary)
+    except BaseException:
+        if bad and not options.strict:  # the warning above points at bad_images.csv: it must exist
+            _write_bad_report(out, bad)
+        raise
+
+
+def _finish_checked(raw: RawDataset, out: Path, options: PrepareOptions, splits: dict[str, list[Sample]],
+                    paths: list[str], by_path: dict[str, Any], bad: list[tuple[str, str]], fingerprint: str | None,
+                    summary: bool) -> PreparedDataset:
+    """The rest of `finish` once the images are checked: drop bad images, carve splits, write the folder."""
     splits = {name: [s for s in samples if by_path[s.path].reason is None] for name, samples in splits.items()}
     official_val = bool(splits.get("val"))
     carved = []
@@ -132,7 +153,7 @@ def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str
     if not official_val:
         splits["train"], splits["val"] = carve(splits.get("train", []), options.val_fraction, options.seed)
         carved.append("val")
-    _check_train_classes(raw, splits, bool(bad))
+    _check_train_classes(raw, splits, out / "bad_images.csv" if bad else None)
     ok = [by_path[p] for p in paths if by_path[p].reason is None]
     meta = {
         "name": raw.name,
@@ -180,9 +201,19 @@ def _check_replaceable(out: Path, demo: bool = False) -> None:
     ours = {"dataset.yaml", "train.csv", "val.csv", "test.csv", "bad_images.csv"} | (
         {"images", "masks"} if demo else set())
     clash = sorted(p.name for p in out.iterdir() if p.name in ours)
+    if clash == ["bad_images.csv"] and _is_bad_report(out / "bad_images.csv"):
+        return  # left by a preparation that stopped with an error: ours to replace
     if clash:
         raise UserError(f"{out} already holds {', '.join(clash)} that prepare-data did not write; refusing to "
                         "replace them. Choose a new or empty folder with --out.")
+
+
+def _is_bad_report(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n") == BAD_REPORT_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _check_out(raw: RawDataset, out: Path) -> None:
@@ -220,22 +251,35 @@ def _dedupe(raw: RawDataset) -> dict[str, list[Sample]]:
 def _report_bad(bad: list[tuple[str, str]], out: Path, strict: bool) -> None:
     if not bad:
         return
-    for path, reason in bad[:5]:
+    shown = bad[:5]
+    for path, reason in shown:
         log.warning(f"bad image {path}: {reason}")
-    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
     if strict:
         path, reason = bad[0]
-        raise UserError(f"{len(bad)} bad image(s) (first: {path}: {reason}){more}. Fix or remove them, or run "
+        above = f"; the first {len(shown)} are listed above" if len(bad) > 1 else ""
+        raise UserError(f"{len(bad)} bad image(s) (first: {path}: {reason}){above}. Fix or remove them, or run "
                         "without --strict to skip them (they are then listed in bad_images.csv).")
-    log.warning(f"skipped {len(bad)} bad image(s){more}; all are listed in {out / 'bad_images.csv'}")
+    listed = (f"the first {len(shown)} are shown above, all {len(bad)} are listed in" if len(bad) > len(shown)
+              else "all are listed in")
+    log.warning(f"skipped {len(bad)} bad image(s); {listed} {out / 'bad_images.csv'}")
 
 
-def _check_train_classes(raw: RawDataset, splits: dict[str, list[Sample]], had_bad: bool) -> None:
+def _write_bad_report(out: Path, bad: list[tuple[str, str]]) -> None:
+    """bad_images.csv alone, when preparation stops with an error after the bad images were reported."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out / "bad_images.csv", "w", encoding="utf-8", newline="") as handle:
+            handle.write(bad_images_to_csv(bad))
+    except (OSError, UserError) as e:
+        log.warning(f"could not write {out / 'bad_images.csv'}: {e}")
+
+
+def _check_train_classes(raw: RawDataset, splits: dict[str, list[Sample]], bad_report: Path | None) -> None:
     have = {s.label for s in splits.get("train", [])}
     missing = [c for i, c in enumerate(raw.classes) if i not in have]
     if missing:
         shown = ", ".join(repr(c) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        why = " after skipping bad images" if had_bad else ""
+        why = f" after skipping bad images (listed in {bad_report})" if bad_report else ""
         raise UserError(f"{len(missing)} class(es) have no training images{why}: {shown}. Add images for them "
                         "or remove the classes.")
 

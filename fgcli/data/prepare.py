@@ -2,17 +2,15 @@
 
 `--data` accepts a prepared folder, a raw data set root, an ImageFolder, a CSV, or "demo". Raw sources are
 prepared once into `<SRC>_fgcli` (or the user cache dir when SRC's folder is read-only) and reused while the
-source and the options are unchanged. Under torchrun every rank may call it: a file lock makes the other
-ranks wait for the first one and then reuse its result.
+source and the options are unchanged. Under torchrun every rank may call it: a lock (fgcli.data.locking,
+kept in the cache, never beside the data) makes the other ranks wait for the first one and reuse its result.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import yaml
 from fgcli.console import log
 from fgcli.data.demo import DemoParams, generate_demo
 from fgcli.data.formats import FORMATS, detect_format
+from fgcli.data.locking import folder_lock
 from fgcli.data.manifest import PreparedDataset, load_prepared
 from fgcli.data.pipeline import (
     OUT_SUFFIX,
@@ -84,13 +83,13 @@ def resolve_dataset(path: str | Path, *, fmt: str = "auto", val_fraction: float 
                             "files (CUB, NABirds, Cars, Aircraft, Dogs, Flowers-102), no <class>/ image folders "
                             "and not a .csv. Run `fgcli prepare-data FORMAT SRC` with the right format.")
         fmt, _root = found
-        log.info(f"data: {src} looks like a {fmt} data set (auto-detected)")
+        log.info(f"data: {src} is a data set in the {fmt} format (auto-detected)")
     elif fmt not in FORMATS:
         raise unknown_choice("data format", fmt, (*FORMATS, "auto"))
     raw = read_source(fmt, src, options)
     out = default_out(src, fmt)
     fingerprint = source_fingerprint(raw, options)
-    with _lock(out):
+    with folder_lock(out):
         if _up_to_date(out, fingerprint):
             log.info(f"data: reusing the prepared manifest in {out}")
             return load_prepared(out)
@@ -115,7 +114,7 @@ def _demo(params: DemoParams, options: PrepareOptions) -> PreparedDataset:
     if _up_to_date(final, fingerprint):
         return load_prepared(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(final.parent / f"{final.name}"):
+    with folder_lock(final):
         if _up_to_date(final, fingerprint):
             return load_prepared(final)
         log.info(f"data: generating the demo data set ({params.classes} classes, {params.size} px) in {final}")
@@ -140,20 +139,3 @@ def _up_to_date(out: Path, fingerprint: str) -> bool:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False
     return isinstance(meta, dict) and meta.get("fingerprint") == fingerprint
-
-
-@contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `<target>.lock` (no-op where fcntl is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -33,6 +33,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_rank() -> int:
+    """This process's global rank from torchrun's environment (0 outside torchrun), before init."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """Start the process group when launched by torchrun (NCCL on CUDA, gloo on CPU); pick this rank's device."""
     if not launched_by_torchrun():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,26 +68,36 @@ def _short(name: str, limit: int = 24) -> str:
 
 
 def plot_results(rows: list[dict[str, float | str]], path: str | Path) -> None:
-    """Curves from results.csv rows: every train/* loss term, lr, and every val/* accuracy, against epoch."""
+    """Curves from results.csv rows against epoch: every train/* loss term, the val top-1 of the fused
+    prediction (bold) and of every head (thin), the fused top-5 (dashed), and lr. Legends sit below the
+    panels, so that many heads never cover the curves or the titles."""
     plt = _pyplot()
     if not rows:
         return
     epochs = [float(r["epoch"]) for r in rows]
     keys = list(rows[0].keys())
     losses = [k for k in keys if k.startswith("train/") and k != "train/skipped"]
-    accs = [k for k in keys if k.startswith("val/")]
+    heads = [k for k in keys if k.startswith("val/") and k.endswith("/top1") and k.count("/") == 2]
+    accs = [k for k in ("val/top1", "val/top5") if k in keys] + heads
     panels = [("loss", losses), ("val accuracy (%)", accs), ("lr", ["lr"])]
     panels = [(t, ks) for t, ks in panels if ks]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), dpi=100, squeeze=False)
+    most = max(len(ks) for _, ks in panels)
+    rows_of_legend = math.ceil(most / 3) if most > 1 else 0
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8 + 0.22 * rows_of_legend), dpi=100,
+                             squeeze=False)
     for ax, (title, ks) in zip(axes[0], panels, strict=True):
         for k in ks:
             ys = [_num(r.get(k)) for r in rows]
-            ax.plot(epochs, ys, marker="o", markersize=3, label=k)
+            style = {"linewidth": 2.4, "marker": "o", "markersize": 4} if k == "val/top1" else (
+                {"linewidth": 1.6, "linestyle": "--"} if k == "val/top5" else {"linewidth": 1.0, "marker": "o",
+                                                                               "markersize": 2})
+            label = {"val/top1": "fused top-1", "val/top5": "fused top-5"}.get(k, k[4:-5] if k in heads else k)
+            ax.plot(epochs, ys, label=label, **style)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if len(ks) > 1:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

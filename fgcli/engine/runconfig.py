@@ -10,7 +10,8 @@ from fgcli.console import log
 from fgcli.errors import UserError
 
 # What may change when resuming: everything else must match the checkpoint or the run would not be exact.
-RESUME_MUTABLE = {"train.epochs", "train.device", "train.quiet", "train.max_nonfinite", "data.workers", "data.path"}
+RESUME_MUTABLE = {"train.epochs", "train.device", "train.quiet", "train.max_nonfinite", "data.workers", "data.path",
+                  "log.loggers", "log.mlflow_uri", "log.mlflow_experiment"}
 
 
 def demo_recipe(method: str) -> Path:

@@ -91,6 +91,7 @@ class Trainer:
         self.nonfinite_run = 0
         self.head_names: list[str] | None = None
         self._file_log: Any = None
+        self.trackers: Any = None
 
     # ---- setup ----
     def setup(self) -> None:
@@ -382,6 +383,7 @@ class Trainer:
                 save_checkpoint(self.weights / "last.pt", self.checkpoint(0))
         if self.main:
             self._log_start()
+            self._start_trackers()
         run_start = time.perf_counter() - (float(self.history[-1]["time"]) if self.history else 0.0)
         progress = progress_bar(info=True) if not self.quiet else None
         try:
@@ -408,6 +410,10 @@ class Trainer:
                     self._save_epoch(epoch + 1, improved)
                     if self.main:
                         self._log_epoch(row, stats)
+                        if self.trackers is not None:
+                            from fgcli.engine.trackers import group_lrs
+
+                            self.trackers.log_epoch(epoch + 1, row, group_lrs(self.optimizer))
         except KeyboardInterrupt:
             if self.main:
                 done = self.history[-1]["epoch"] if self.history else 0
@@ -432,11 +438,26 @@ class Trainer:
                                       self.run_dir / "confusion_matrix.png",
                                       title=f"{self.cfg.method} best.pt (epoch {result.best_epoch}), "
                                             f"{self.cfg.data.val_split} split")
+        if self.main and self.trackers is not None:
+            self.trackers.finish(self.run_dir)
         # Leave together: a rank that tears its gloo group down while rank 0 still prints can make the peer's
         # transport thread abort the process ("terminate called without an active exception").
         D.barrier(self.info)
 
+    def _start_trackers(self) -> None:
+        if not self.cfg.log.loggers:
+            return
+        from fgcli.config import to_dict
+        from fgcli.engine.trackers import Trackers, check_loggers
+
+        log_cfg = self.cfg.log
+        self.trackers = Trackers(check_loggers(log_cfg.loggers), log_cfg.mlflow_uri, log_cfg.mlflow_experiment)
+        self.trackers.start(self.run_dir, to_dict(self.cfg), self.start_epoch)
+
     def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
         if self._file_log is not None:
             log.removeHandler(self._file_log)
             self._file_log.close()
@@ -511,4 +532,7 @@ def run_train(*, recipe: str | None = None, config_file: str | None = None, flag
         raise UserError(f"--resume: {path} already finished {ckpt['epoch']} of {cfg.train.epochs} epochs. Pass "
                         "--epochs N (larger) to train on.")
     run_dir = path.parent.parent if path.parent.name == "weights" else None
+    if D.launched_rank() == 0:
+        log.info(f"resuming run {run_dir or path.parent} from {path}: epoch {ckpt['epoch']} of {cfg.train.epochs} "
+                 f"done, continuing with epoch {int(ckpt['epoch']) + 1}")
     return train(cfg, resume=ckpt, run_dir=run_dir)

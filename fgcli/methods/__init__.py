@@ -51,5 +51,8 @@ def get_method(name: str) -> type[Method]:
 
 
 def build_method(cfg: Config, num_classes: int) -> Method:
-    """Build the configured method for `num_classes` classes."""
-    return get_method(cfg.method)(cfg, num_classes)
+    """Build the configured method for `num_classes` classes (backbones frozen if `model.freeze` says so)."""
+    model = get_method(cfg.method)(cfg, num_classes)
+    if cfg.model.freeze == "backbone":
+        model.freeze_backbones()
+    return model

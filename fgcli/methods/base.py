@@ -21,13 +21,18 @@ class Method(nn.Module):
         and what export ships);
       - `loss(outputs, targets, epoch) -> (total, {name: term})`;
       - `attention(images) -> dict[str, Tensor]`: maps for visualisation (no autograd needed);
-      - `param_groups(cfg)`: optimizer parameter groups (default: one group, no weight decay on
-        norms and biases handled by timm's optimizer factory).
+      - `param_groups(cfg)`: optimizer parameter groups (default: the backbone(s) at
+        `lr * optim.backbone_lr_scale`, everything else at `lr`; weight decay is split by the engine).
+
+    The backbone(s) are found as the `Backbone` submodules; `model.freeze: backbone` fixes them (no
+    gradient, batch-norm statistics frozen: they stay in eval mode during training).
     """
 
     name: str = "method"
     #: keys of `forward`'s output that are not B x C head logits (excluded from per-head metrics)
     aux_keys: tuple[str, ...] = ()
+    #: the backbone lr scale used when `optim.backbone_lr_scale` is null
+    default_backbone_lr_scale: float = 1.0
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
@@ -48,9 +53,43 @@ class Method(nn.Module):
     def attention(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def backbones(self) -> list[nn.Module]:
+        """The pretrained trunk(s): every outermost `Backbone` submodule."""
+        from fgcli.backbones import Backbone
+
+        found: list[nn.Module] = []
+        for module in self.modules():
+            if isinstance(module, Backbone) and not any(module in f.modules() for f in found):
+                found.append(module)
+        return found
+
+    def freeze_backbones(self) -> None:
+        """Fix the backbone(s): no gradient, and `train()` keeps them in eval mode (frozen BN statistics)."""
+        for trunk in self.backbones():
+            trunk.requires_grad_(False)
+            trunk.eval()
+        self._frozen = True
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        if getattr(self, "_frozen", False):
+            for trunk in self.backbones():
+                trunk.eval()
+        return self
+
+    def backbone_lr_scale(self, cfg: Config) -> float:
+        """`optim.backbone_lr_scale`, or this method's default when it is null."""
+        scale = cfg.optim.backbone_lr_scale
+        return float(self.default_backbone_lr_scale if scale is None else scale)
+
     def param_groups(self, cfg: Config) -> list[dict[str, Any]]:
-        """One group with every trainable parameter; methods override for per-part learning rates."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """The backbone(s) at `lr * backbone_lr_scale` (group "backbone"), the rest at `lr` ("heads")."""
+        trunk_ids = {id(p) for trunk in self.backbones() for p in trunk.parameters()}
+        backbone = [p for p in self.parameters() if p.requires_grad and id(p) in trunk_ids]
+        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in trunk_ids]
+        groups = [{"params": backbone, "lr_scale": self.backbone_lr_scale(cfg), "name": "backbone"},
+                  {"params": heads, "lr_scale": 1.0, "name": "heads"}]
+        return [g for g in groups if g["params"]]
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Fused logits for a batch (what the exported graph computes)."""

@@ -49,7 +49,7 @@ def render_index(entries: list[SheetEntry], title: str, meta: list[str],
         links = "".join(f"<a href='{esc(f)}'><img src='{esc(f)}' alt='{esc(Path(f).stem)}' loading='lazy'></a>"
                         for f in e.files)
         body = f"<div class='singles'>{links}</div>" if len(e.files) > 1 else links
-        caption = (f"<b>{esc(e.name)}</b><br>true: {esc(e.true or '?')} · "
+        caption = (f"<b>{esc(e.name)}</b><br>{'true: ' + esc(e.true) if e.true else 'true class unknown'} · "
                    f"<span class='{ok}'>pred: {esc(e.pred)} ({100 * e.prob:.1f}%)</span>")
         caption += "".join(f"<br>{esc(n)}" for n in e.notes)
         parts.append(f"<div class='card'>{body}<div class='cap'>{caption}</div></div>")

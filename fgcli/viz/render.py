@@ -51,9 +51,9 @@ def _short(text: str, limit: int = 26) -> str:
 def headline(info: ImageInfo, maps: ImageMaps, classes: list[str], compact: bool = False) -> tuple[str, str]:
     """The figure title (true class when known, predicted class and probability) and its colour
     (green: correct, red: wrong, black: true class unknown). `compact`: two short lines for narrow figures."""
-    true = "?" if info.true_label is None else classes[info.true_label]
+    true = "true class unknown" if info.true_label is None else f"true: {classes[info.true_label]}"
     pred = f"pred: {classes[maps.pred]} ({100 * float(maps.probs[maps.pred]):.1f}%)"
-    text = f"true: {_short(true)}\n{pred}" if compact else f"{info.name}   |   true: {true}   |   {pred}"
+    text = f"{_short(true)}\n{pred}" if compact else f"{info.name}   |   {true}   |   {pred}"
     if info.true_label is None:
         return text, "black"
     return text, "#1a7f37" if info.true_label == maps.pred else "#cf222e"

@@ -148,7 +148,8 @@ def require_root(src: Path, fmt: str, is_root: Callable[[Path], bool], expect: s
         raise UserError(f"{src} is not a folder; the {fmt} format expects the extracted data set folder.")
     root = find_root(src, is_root, max_depth)
     if root is None:
-        raise UserError(f"{src} does not look like a {fmt} data set: expected {expect} in it or up to "
+        article = "an" if fmt[:1].lower() in "aeiou" else "a"
+        raise UserError(f"{src} does not look like {article} {fmt} data set: expected {expect} in it or up to "
                         f"{max_depth} levels below. Point SRC at the extracted folder.")
     return root.resolve()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +29,11 @@ HEADS = tuple(f"td{i}" for i in range(1, STAGES + 1)) + tuple(f"bu{i}" for i in 
 AUX_PREFIXES = ("tok_td", "tok_bu", "sel", "drop", "tau", "cls")
 
 
-def resolve_num_selects(values: list[float], tokens: list[int]) -> list[int]:
+def resolve_num_selects(values: list[float], tokens: list[int], img_size: int | None = None) -> list[int]:
     """K_i per stage: values < 1 are fractions of S_i (rounded, at least 1), others integer counts.
 
-    Counts above S_i are clipped to S_i with a warning (the dropped set is then empty and L_d = 0).
+    A count above S_i is an error naming the stage, its tokens and the fix (the paper's counts are for
+    384-448 px inputs; at a smaller size they can exceed a stage's tokens).
     """
     out = []
     for i, (value, s) in enumerate(zip(values, tokens, strict=True), start=1):
@@ -45,8 +45,10 @@ def resolve_num_selects(values: list[float], tokens: list[int]) -> list[int]:
                                 "count. Use e.g. --set herbs.num_selects=[256,128,64,32] or [0.1,0.2,0.4,0.2].")
             k = int(value)
         if k > s:
-            log.warning(f"herbs: stage {i} has {s} tokens; num_selects {k} clipped to {s} (nothing dropped there)")
-            k = s
+            at = f" at img_size {img_size}" if img_size else ""
+            raise UserError(f"herbs.num_selects[{i - 1}] = {k} but stage {i} has only {s} tokens{at}. Keep at most "
+                            f"{s} there, give fractions of each stage's tokens (e.g. --set herbs.num_selects="
+                            "[0.125,0.125,0.125,0.125]) or raise --img-size.")
         out.append(k)
     return out
 
@@ -80,7 +82,7 @@ class Herbs(Method):
         channels, sizes = probe_shapes(self.taps, self.build_size)
         tokens = [hh * ww for hh, ww in sizes]
         self.build_tokens = tokens
-        self.num_selects = resolve_num_selects(list(h.num_selects), tokens)
+        self.num_selects = resolve_num_selects(list(h.num_selects), tokens, self.build_size)
         self._fixed_size = self.build_size if (self.mixing == "conv" or backbone.fixed_size is not None) else None
         self.top_down = TopDown(channels, tokens, h.fpn_size, self.mixing)
         self.td_heads = torch.nn.ModuleList(TokenClassifier(h.fpn_size, num_classes) for _ in range(STAGES))
@@ -191,12 +193,7 @@ class Herbs(Method):
         total = sum(weights[name] * value for name, value in terms.items())
         return total, terms
 
-    # ---------------------------------------------------------------- optimizer / viz
-    def param_groups(self, cfg: Config) -> list[dict[str, Any]]:
-        """One group, weight decay on all parameters (official: SGD over `model.parameters()`)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad],
-                 "weight_decay": cfg.optim.weight_decay}]
-
+    # ---------------------------------------------------------------- viz
     @torch.no_grad()
     def attention(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Background-suppression maps per stage (spec §5), from the same forward pass as the model.

@@ -80,6 +80,7 @@ class MGE(Method):
     """MGE-CNN on any timm backbone that yields at least two feature maps (spec/mge.md)."""
 
     aux_keys = ("gate_weights", "boxes")
+    default_backbone_lr_scale = 0.1  # paper: backbones 1e-3, heads 1e-2
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
@@ -268,15 +269,6 @@ class MGE(Method):
                 maps[f"box{n}_image"] = crops.compose_box(region, box, size)
                 region = maps[f"box{n}_image"]
         return maps
-
-    # ---- optimisation ----------------------------------------------------------------------------
-    def param_groups(self, cfg: Config) -> list[dict[str, Any]]:
-        """Backbones at `lr * mge.backbone_lr_scale` (paper: 1e-3 vs 1e-2), every head at `lr`."""
-        trunk_ids = {id(p) for p in self.trunks.parameters()}
-        backbone = [p for p in self.trunks.parameters() if p.requires_grad]
-        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in trunk_ids]
-        return [{"params": backbone, "lr_scale": float(cfg.mge.backbone_lr_scale), "name": "backbone"},
-                {"params": heads, "lr_scale": 1.0, "name": "heads"}]
 
 
 def diversity_official(current: Tensor, previous: Tensor, targets: Tensor) -> Tensor:

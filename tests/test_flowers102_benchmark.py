@@ -1,0 +1,66 @@
+"""benchmarks/flowers102_results.py: the table's mean and spread, resuming from saved runs, no table on failure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "flowers102_results.py"
+
+
+@pytest.fixture()
+def bench():
+    spec = importlib.util.spec_from_file_location("flowers102_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_root(tmp_path: Path) -> Path:
+    root = tmp_path / "flowers102"
+    root.mkdir()
+    (root / "setid.mat").write_bytes(b"")
+    return root
+
+
+def _result(row: str, seed: int, top1: float, head: str | None = None) -> dict:
+    return {"row": row, "seed": seed, "top1": top1, "top5": top1 + 10, "val_top1": top1, "head": head,
+            "head_test": top1 - 1 if head else None, "train_s": 120.0, "img_s": 10.0}
+
+
+def test_table_gives_mean_and_min_max_over_seeds(bench) -> None:
+    text = bench.table([_result("herbs", 0, 80.0, "comb"), _result("herbs", 1, 84.0, "comb"),
+                        _result("linear_probe", 0, 70.0)], ["linear_probe", "herbs"])
+    lines = text.splitlines()
+    assert lines[2].startswith("| linear_probe | 1 | 70.00 | 80.00 | - (one head)")
+    assert lines[3].startswith("| herbs | 2 | 82.00 (80.00-84.00) | 92.00 (90.00-94.00) | comb: 81.00 (79.00-83.00)")
+    assert "| 2.0 min | 10.0 |" in lines[3]
+
+
+def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, monkeypatch, capsys) -> None:
+    work = tmp_path / "work"
+    (work / "flowers102_prepared").mkdir(parents=True)
+    (work / "flowers102_prepared" / "dataset.yaml").write_text("name: x\n")
+    (work / "results").mkdir()
+    (work / "results" / "linear_probe-s0.json").write_text(json.dumps(_result("linear_probe", 0, 70.0)))
+    calls = []
+
+    def fake(row, seed, data, work_dir, extra):
+        calls.append((row, seed))
+        if row == "herbs":
+            raise RuntimeError("exit 1: boom")
+        return _result(row, seed, 75.0)
+
+    monkeypatch.setattr(bench, "train_and_evaluate", fake)
+    argv = ["x", "--work", str(work), "--data", str(_fake_root(tmp_path)), "--rows", "linear_probe", "baseline",
+            "herbs", "--seeds", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="no table: some runs failed\nherbs seed 0: exit 1: boom"):
+        bench.main()
+    assert calls == [("baseline", 0), ("herbs", 0)]  # linear_probe came from its saved result
+    assert "| method |" not in capsys.readouterr().out
+    assert (work / "results" / "baseline-s0.json").is_file()  # what finished is kept for the next call
