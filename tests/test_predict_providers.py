@@ -28,7 +28,7 @@ def test_resolve_providers(monkeypatch):
     assert resolve_providers(["cpu"], "auto") == [CPU_EP]
     with pytest.raises(UserError, match="unknown onnxruntime provider 'NoSuchExecutionProvider'"):
         resolve_providers(["NoSuchExecutionProvider"])
-    with pytest.raises(UserError, match="--device 'gpu'"):
+    with pytest.raises(UserError, match="--device gpu is not valid"):
         resolve_providers(None, "gpu")
 
 

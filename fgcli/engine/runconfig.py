@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fgcli.config import Config, _nest, from_dict, parse_overrides, resolve_config, resolve_recipe, validate
+from fgcli.config import (
+    Config,
+    _nest,
+    flatten,
+    from_dict,
+    parse_overrides,
+    resolve_config,
+    resolve_recipe,
+    validate,
+)
 from fgcli.console import log
 from fgcli.errors import UserError
 
@@ -31,7 +40,7 @@ def train_config(recipe: str | None, config_file: str | None, flags: dict[str, A
     flags = {k: v for k, v in flags.items() if v is not None}
     if recipe is None and config_file is None and "model.backbone" not in flags:
         probe = resolve_config(None, None, flags, overrides)
-        if probe.data.path == "demo" and "model.backbone" not in _flat(parse_overrides(overrides)):
+        if probe.data.path == "demo" and "model.backbone" not in flatten(parse_overrides(overrides)):
             found = demo_recipe(probe.method)
             log.info(f"--data demo: using the CPU demo recipe {found} (pass --recipe or --backbone to change)")
             recipe = str(found)
@@ -40,16 +49,16 @@ def train_config(recipe: str | None, config_file: str | None, flags: dict[str, A
 
 def explicit_keys(flags: dict[str, Any], overrides: list[str] | None) -> frozenset[str]:
     """The dotted config keys the user set directly, by a flag or `--set`."""
-    keys = set(_flat(_nest({k: v for k, v in flags.items() if v is not None})))
-    return frozenset(keys | set(_flat(parse_overrides(overrides))))
+    keys = set(flatten(_nest({k: v for k, v in flags.items() if v is not None})))
+    return frozenset(keys | set(flatten(parse_overrides(overrides))))
 
 
 def resume_config(saved: dict[str, Any], flags: dict[str, Any], overrides: list[str] | None) -> Config:
     """The checkpoint's config with only the safe keys (RESUME_MUTABLE) changed by flags / --set."""
-    changes = _flat(_nest({k: v for k, v in flags.items() if v is not None}))
-    changes.update(_flat(parse_overrides(overrides)))
+    changes = flatten(_nest({k: v for k, v in flags.items() if v is not None}))
+    changes.update(flatten(parse_overrides(overrides)))
     cfg = from_dict(saved, source="checkpoint config")
-    current = _flat(_to_flat_dict(cfg))
+    current = flatten(_to_flat_dict(cfg))
     bad = [k for k, v in changes.items() if k not in RESUME_MUTABLE and current.get(k, object()) != v]
     if bad:
         raise UserError(f"--resume continues a run exactly; {', '.join(sorted(bad))} cannot change. Allowed: "
@@ -63,13 +72,3 @@ def _to_flat_dict(cfg: Config) -> dict[str, Any]:
     from fgcli.config import to_dict
 
     return to_dict(cfg)
-
-
-def _flat(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fgcli.config import flatten
 from fgcli.console import log
 from fgcli.errors import UserError
 
@@ -115,7 +116,7 @@ class MlflowTracker(Tracker):
         from fgcli.io import atomic_write_text
 
         atomic_write_text(id_file, self.run_id + "\n")
-        params = [Param(k, str(v)[:6000]) for k, v in _flatten(config).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
@@ -138,15 +139,6 @@ def _mlflow_key(key: str) -> str:
     """MLflow keys allow letters, digits, `_-./ ` and spaces only."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
-
-def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def check_loggers(names: list[str]) -> list[str]:

@@ -1,8 +1,4 @@
-"""attention-viz of the baseline: the class activation map of its prediction.
-
-The maps come from `Baseline.attention()`; `image_maps` turns one image's share into numpy records, `panels`
-lays them out. Found by fgcli.viz through `fgcli.viz.maps.method_viz` (layer: viz, see tests/test_layers.py).
-"""
+"""The baseline in attention-viz: the class activation map of its prediction over the image."""
 
 from __future__ import annotations
 

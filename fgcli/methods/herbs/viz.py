@@ -1,7 +1,5 @@
-"""attention-viz of HERBS: background-suppression score maps and selected tokens per stage.
-
-The maps come from `Herbs.attention()`; `image_maps` turns one image's share into numpy records, `panels`
-lays them out. Found by fgcli.viz through `fgcli.viz.maps.method_viz` (layer: viz, see tests/test_layers.py).
+"""HERBS in attention-viz: per stage, the background-suppression score map of the stage's class and the tokens
+the selector kept, with their product and agreement; captions flag stages whose class differs from the fused one.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""attention-viz of MGE-CNN: expert CAMs, crop boxes, the zoomed crops and the gate.
-
-The maps come from `MGE.attention()`; `image_maps` turns one image's share into numpy records, `panels`
-lays them out. Found by fgcli.viz through `fgcli.viz.maps.method_viz` (layer: viz, see tests/test_layers.py).
+"""MGE-CNN in attention-viz: each expert's CAM warped onto the image, the crop boxes passed from expert to
+expert, the zoomed crops each expert saw, and the gate weights.
 """
 
 from __future__ import annotations
