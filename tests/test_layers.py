@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 #: lowest first; a module belongs to the layer of its longest matching prefix (`*` matches one name)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.modelinfo")),
-    ("config", ("fgcli.config",)),
+    ("config", ("fgcli.config", "fgcli.methods.*.config")),  # each method's config section lives in its folder
     ("data and backbones", ("fgcli.data", "fgcli.backbones", "fgcli.pretrained")),
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fgcli.config import Config, MgeConfig
+from fgcli.config import Config
 from fgcli.errors import UserError
 from fgcli.methods import register_method
 from fgcli.methods.base import Method
 from fgcli.methods.mge import crops
+from fgcli.methods.mge.config import MgeConfig
 
 CONCAT_SCALE = 10.0  # u_e = [10 * f / |f| ; 10 * h / |h|] (official)
 L2_EPS = 1e-12
