@@ -42,9 +42,9 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
                  strict: bool = False, workers: int | None = None, min_size: int = 16,
                  max_pixels: int | None = None, demo_size: int = 64, demo_classes: int = 10,
                  demo_per_class: int = 150, download: bool = False, url: Sequence[str] | None = None,
-                 md5: str | None = None, sha256: str | None = None, summary: bool = True) -> PreparedDataset:
+                 md5: str | None = None, sha256: str | None = None, summary: bool = False) -> PreparedDataset:
     """`fgcli prepare-data FORMAT SRC [--download]`: (download,) check a data set and write its manifest;
-    returns the prepared data set."""
+    returns the prepared data set (`summary=True` also prints its table, as the command does)."""
     from fgcli.data.demo import DemoParams
     from fgcli.data.images import DEFAULT_MAX_PIXELS
     from fgcli.data.prepare import PrepareOptions, prepare_dataset

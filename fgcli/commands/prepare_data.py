@@ -73,7 +73,7 @@ def prepare_data_command(
                                 level=level, strict=strict, workers=workers, min_size=min_size,
                                 max_pixels=max_pixels, demo_size=demo_size, demo_classes=demo_classes,
                                 demo_per_class=demo_per_class, download=download, url=url, md5=md5,
-                                sha256=sha256)
+                                sha256=sha256, summary=True)
     if not settings.quiet:
         console.print(f"Prepared data set: [bold]{prepared.root}[/]  next: fgcli train --data {prepared.root}",
                       soft_wrap=True)
