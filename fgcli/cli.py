@@ -57,7 +57,8 @@ for _name, _module, _func, _aliases in COMMANDS:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also `python -m fgcli`)."""
+    settings.fast_exit = True
     try:
         app()
     except KeyboardInterrupt:

@@ -315,7 +315,7 @@ def _got(cfg: Config, key: str) -> str:
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (the inverse of `_nest`)."""
+    """{'a': {'b': 1}} -> {'a.b': 1} (the inverse of `_nest`)."""
     out: dict[str, Any] = {}
     for key, value in nested.items():
         if isinstance(value, dict):

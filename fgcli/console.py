@@ -28,6 +28,7 @@ class Settings:
 
     debug: bool = os.environ.get("FGCLI_DEBUG", "") not in ("", "0")
     quiet: bool = False
+    fast_exit: bool = False  # set by the console-script entry point: Ctrl-C leaves without interpreter teardown
 
 
 settings = Settings()

@@ -16,6 +16,29 @@ from fgcli.errors import UserError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _exit_now(code: int) -> None:
+    """Leave at once: stop child processes (loader / image-check workers), flush, os._exit."""
+    import logging
+    import multiprocessing
+    import os
+    import sys
+    import time
+
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + 2.0
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
 def handle_errors(fn: F) -> F:
     """Wrap a command: UserError -> red line + exit 1; Ctrl-C -> exit 130; tracebacks only with --debug."""
 
@@ -31,6 +54,10 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]Interrupted (Ctrl-C).[/]")
+            if settings.fast_exit:
+                # Everything worth keeping is already written (atomically) and closed; the interpreter's own
+                # teardown (loader workers, torch, thread pools) took 2-4 s more on a loaded CPU.
+                _exit_now(130)
             raise typer.Exit(code=130) from None
         except typer.Exit:
             raise

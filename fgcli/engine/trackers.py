@@ -140,7 +140,6 @@ def _mlflow_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
 
-
 def check_loggers(names: list[str]) -> list[str]:
     """The requested logger names, checked: known, and their package installed (else a one-line error)."""
     import importlib.util

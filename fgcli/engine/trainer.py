@@ -390,6 +390,8 @@ class Trainer:
             with progress if progress is not None else contextlib.nullcontext():
                 for epoch in range(self.start_epoch, cfg.train.epochs):
                     t0 = time.perf_counter()
+                    if self.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(self.device)
                     stats = self.train_one_epoch(epoch, progress)
                     acc = self.validate(self.eval_model())
                     row: dict[str, Any] = {"epoch": epoch + 1, "time": 0.0, "lr": stats["lr"]}
@@ -404,6 +406,8 @@ class Trainer:
                         if self.best_metric is None or res.top1 > self.best_metric:
                             self.best_metric, self.best_epoch, improved = res.top1, epoch + 1, True
                     row["train_img_s"] = stats["train_images_per_s"]  # training only, validation excluded
+                    if self.device.type == "cuda":  # peak memory of this epoch (training and validation)
+                        row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
                     row["epoch_time"] = time.perf_counter() - t0
                     row["time"] = time.perf_counter() - run_start
                     self.history.append(row)

@@ -31,9 +31,12 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_last_completed_epoch(tmp
         proc = start(fgcli_cmd("train", *TRAIN, "--epochs", "4", "--project", str(tmp_path), "--name", "exp"))
         wait_rows(tmp_path / "exp", 1, proc)
         time.sleep(0.3)
+        t0 = time.time()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130, out
+        # a hang guard, not a speed target: the step in flight, then out without the interpreter's teardown
+        assert time.time() - t0 < 15, "Ctrl-C took long to stop the training"
         ckpts = assert_run_whole(tmp_path / "exp")
         assert ckpts["last.pt"]["epoch"] == len(read_results_csv(tmp_path / "exp" / "results.csv")) >= 1
         assert "Interrupted" in out and "--resume" in out
