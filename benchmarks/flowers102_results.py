@@ -40,9 +40,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("baseline_lite0_128", []),
     "herbs": ("herbs_lite0_128", []),
     "mge": ("mge_lite0_128", []),
-    "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone"]),
+    # fine-tuned with the method's layers at the linear probe's better rate, the backbone at the same 1e-4
+    "baseline_lr1e-2": ("baseline_lite0_128", ["optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
+    "herbs_lr1e-2": ("herbs_lite0_128", ["optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
+    # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
+    "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
     # frozen trunks are identical copies: one shared trunk computes exactly the same, with a quarter of the memory
-    "mge_frozen": ("mge_lite0_128", ["model.freeze=backbone", "mge.share_backbone=true"]),
+    "mge_frozen": ("mge_lite0_128", ["model.freeze=backbone", "mge.share_backbone=true", "optim.lr=0.01"]),
 }
 QUICK = ["data.img_size=64", "train.epochs=1"]
 
