@@ -14,6 +14,7 @@ Needs the EfficientNet-Lite0 weights package (a core dependency) and ../shared/d
     python benchmarks/flowers102_results.py --work /tmp/f102            # the README table (hours on 2 cores)
     python benchmarks/flowers102_results.py --quick                     # smoke test: minutes
     python benchmarks/flowers102_results.py --rows linear_probe herbs_frozen --seeds 0 1
+    python benchmarks/flowers102_results.py --work /tmp/f102 --report   # the table of what has been measured
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 # row name -> (recipe, extra --set overrides). Frozen rows train only the method's own layers on the fixed
 # ImageNet features; fine-tuned rows train the backbone too, at a tenth of the heads' learning rate.
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "linear_probe": ("linear_probe_lite0_128", []),
-    "linear_probe_lr1e-2": ("linear_probe_lite0_128", ["optim.lr=0.01"]),
+    "linear_probe": ("linear_probe_lite0_128", []),  # lr 1e-2, chosen on val against:
+    "linear_probe_lr1e-3": ("linear_probe_lite0_128", ["optim.lr=0.001"]),
     "baseline": ("baseline_lite0_128", []),
     "herbs": ("herbs_lite0_128", []),
     "mge": ("mge_lite0_128", []),
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="run folders and per-run results (reused)")
     parser.add_argument("--quick", action="store_true", help="1 epoch at 64 px, seed 0: a smoke test")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
+    parser.add_argument("--report", action="store_true",
+                        help="print the table from the saved runs in --work only (train nothing; list what is missing)")
     args = parser.parse_args()
     if not (args.data / "setid.mat").is_file():
         sys.exit(f"{args.data} is not the flowers102 layout (setid.mat missing)")
@@ -125,7 +128,7 @@ def main() -> None:
     seeds = [0] if args.quick else args.seeds
     extra = [*args.extra, *(QUICK if args.quick else [])]
     prepared = work / "flowers102_prepared"
-    if not (prepared / "dataset.yaml").is_file():
+    if not args.report and not (prepared / "dataset.yaml").is_file():
         run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "flowers102", str(args.data),
              "--out", str(prepared)], work / "logs" / "prepare.txt")
 
@@ -135,6 +138,9 @@ def main() -> None:
             saved = work / "results" / f"{row}-s{seed}{'-quick' if args.quick else ''}.json"
             if saved.is_file():
                 results.append(json.loads(saved.read_text()))
+                continue
+            if args.report:
+                print(f"not measured yet: {row} seed {seed}")
                 continue
             start = time.time()
             try:
