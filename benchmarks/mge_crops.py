@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from fgcli.config import Config
-from fgcli.methods import build_method, crops
+from fgcli.methods import build_method
+from fgcli.methods.mge import crops
 from fgcli.timing import time_calls
 
 # the reference loops live with the tests (tests/references.py), not in the package

@@ -2,7 +2,7 @@
 
 For baseline, HERBS and MGE-CNN on the same backbone and image size, builds the model (random init: speed does
 not depend on the weights), saves it as an fgcli checkpoint, and times it with `fgcli bench`'s own code
-(`fgcli.bench.bench_model`): torch eager on the checkpoint, onnxruntime on its export, same inputs, same
+(`fgcli.benchmark.bench_model`): torch eager on the checkpoint, onnxruntime on its export, same inputs, same
 thread count, batch 1 and 8. Prints p50 latencies and the onnxruntime / torch speed-up per batch size
 (target >= 1.5x at batch 1 and 8).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fgcli.bench import bench_model, speedups
+from fgcli.benchmark import bench_model, speedups
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
 from fgcli.methods import build_method

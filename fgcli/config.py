@@ -17,6 +17,16 @@ from typing import Any
 import yaml
 
 from fgcli.errors import UserError, closest
+from fgcli.methods.baseline import config as baseline_config
+from fgcli.methods.baseline.config import BaselineConfig
+from fgcli.methods.herbs import config as herbs_config
+from fgcli.methods.herbs.config import HerbsConfig
+from fgcli.methods.mge import config as mge_config
+from fgcli.methods.mge.config import MgeConfig
+
+#: each method's config section: `fgcli/methods/<method>/config.py` (its dataclass, SECTION and checks)
+METHOD_SECTIONS = (baseline_config, herbs_config, mge_config)
+__all__ = ["BaselineConfig", "Config", "HerbsConfig", "MgeConfig"]
 
 
 @dataclass
@@ -58,60 +68,6 @@ class ModelConfig:
     channels_last: bool = True  # used on CUDA only
     freeze: str = "none"  # "backbone": pretrained trunk(s) fixed (no gradient, batch-norm statistics frozen)
     compile: bool = False
-
-
-@dataclass
-class BaselineConfig:
-    """Backbone + global pooling + one linear classifier."""
-
-    dropout: float = 0.0
-
-
-@dataclass
-class HerbsConfig:
-    """HERBS hyper-parameters (spec/herbs.md); defaults follow the official config and code."""
-
-    fpn_size: int = 1536
-    num_selects: list[float] = field(default_factory=lambda: [256, 128, 64, 32])  # ints, or fractions of S_i
-    mixing: str = "auto"  # "auto" (token conv for transformers, interp for CNNs), "conv", "interp"
-    swin_taps: str = "official"  # "official" post-merge taps, or "stages"
-    lambda_r: float = 1.375  # high-temperature refinement KL (paper: 1.0)
-    lambda_l: float = 0.3  # layer CE on bottom-up heads
-    lambda_d: float = 5.0  # dropped tokens -> tanh -1 (MSE)
-    lambda_s: float = 0.0  # selected tokens CE (official: off)
-    lambda_m: float = 1.0  # combiner CE
-    temperature: float = 64.0
-    temp_step: int = 10  # halve T every temp_step epochs
-    kl_reduction: str = "official"  # "official" (elementwise mean = per-token KL / C) or "token"
-    layer_agg: str = "sum"  # "sum" (code) or "mean" over stages
-    drop_reduction: str = "mean"  # "mean" over tokens and classes (code) or "sum" over classes
-    fusion: str = "prob_mean"  # "prob_mean" (authors' eval) or "logit_sum"
-    rank_key: str = "margin"  # "margin" or "prob" (official sigma)
-    select_class: str = "pred"  # "pred" (code) or "label" in training
-    combiner_dropout: float = 0.1
-
-
-@dataclass
-class MgeConfig:
-    """MGE-CNN hyper-parameters (spec/mge.md); defaults follow the spec's recommendations."""
-
-    experts: int = 3
-    share_backbone: bool = False  # paper: a separate backbone copy per expert and for the gate
-    box_threshold: float = 0.2
-    cam_source: str = "own"  # "own" expert's GAP head, or "first" (official quirk)
-    box_end: str = "inclusive"  # or "exclusive" (official slicing)
-    part_padding: int = 0  # official: 1
-    part_mult: int = 10  # part conv width = part_mult * num_classes
-    gate_hidden: int = 512
-    gate_act: bool = False  # official: no nonlinearity between the gate's Linears
-    diversity: str = "official"  # "official", "paper", or "off"
-    lambda_global: float = 1.0
-    lambda_part: float = 1.0
-    lambda_concat: float = 1.0
-    lambda_gate: float = 1.0
-    lambda_div: float = 1.0
-    schedule: str = "joint"  # "joint" (official: everything from epoch 0) or "staged" (experts added in turn)
-    stage_epochs: int = 10  # staged: expert e (1-based) and its losses start at epoch (e-1) * stage_epochs
 
 
 @dataclass
@@ -318,7 +274,7 @@ def resolve_recipe(recipe: str | Path) -> Path:
 
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
-    checks = [
+    checks: list[tuple[bool, str]] = [
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.accum_steps >= 1, "train.accum_steps must be >= 1"),
@@ -335,32 +291,13 @@ def validate(cfg: Config) -> None:
          "sched.cosine_period must be 'after_warmup' or 'whole_run'"),
         (cfg.sched.warmup >= 0, "sched.warmup must be >= 0"),
         (cfg.train.amp_dtype in ("auto", "fp16", "bf16"), "train.amp_dtype must be auto, fp16 or bf16"),
-        (0.0 < cfg.mge.box_threshold <= 1.0, "mge.box_threshold must be in (0, 1]"),
-        (cfg.mge.experts >= 1, "mge.experts must be >= 1"),
-        (cfg.mge.cam_source in ("own", "first"), "mge.cam_source must be 'own' or 'first'"),
-        (cfg.mge.box_end in ("inclusive", "exclusive"), "mge.box_end must be 'inclusive' or 'exclusive'"),
-        (cfg.mge.diversity in ("official", "paper", "off"), "mge.diversity must be official, paper or off"),
-        (cfg.mge.schedule in ("joint", "staged"), "mge.schedule must be 'joint' or 'staged'"),
-        (cfg.mge.stage_epochs >= 1, "mge.stage_epochs must be >= 1"),
-        (cfg.mge.part_padding >= 0 and cfg.mge.part_mult >= 1 and cfg.mge.gate_hidden >= 1,
-         "mge.part_padding must be >= 0, mge.part_mult and mge.gate_hidden >= 1"),
         (cfg.optim.backbone_lr_scale is None or cfg.optim.backbone_lr_scale >= 0,
          "optim.backbone_lr_scale must be >= 0 (or null for the method's default)"),
         (cfg.model.freeze in ("none", "backbone"), "model.freeze must be 'none' or 'backbone'"),
-        (cfg.herbs.fusion in ("prob_mean", "logit_sum"), "herbs.fusion must be 'prob_mean' or 'logit_sum'"),
-        (cfg.herbs.kl_reduction in ("official", "token"), "herbs.kl_reduction must be 'official' or 'token'"),
-        (cfg.herbs.layer_agg in ("sum", "mean"), "herbs.layer_agg must be 'sum' or 'mean'"),
-        (cfg.herbs.drop_reduction in ("mean", "sum"), "herbs.drop_reduction must be 'mean' or 'sum'"),
-        (cfg.herbs.mixing in ("auto", "conv", "interp"), "herbs.mixing must be auto, conv or interp"),
-        (cfg.herbs.swin_taps in ("official", "stages"), "herbs.swin_taps must be 'official' or 'stages'"),
-        (cfg.herbs.rank_key in ("margin", "prob"), "herbs.rank_key must be 'margin' or 'prob'"),
-        (cfg.herbs.select_class in ("pred", "label"), "herbs.select_class must be 'pred' or 'label'"),
-        (len(cfg.herbs.num_selects) == 4 and all(k > 0 for k in cfg.herbs.num_selects),
-         "herbs.num_selects must be 4 positive numbers (counts, or fractions of each stage's tokens)"),
-        (cfg.herbs.temp_step >= 1, "herbs.temp_step must be >= 1"),
-        (cfg.herbs.fpn_size >= 1, "herbs.fpn_size must be >= 1"),
         (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),
     ]
+    for section in METHOD_SECTIONS:
+        checks += section.checks(getattr(cfg, section.SECTION))
     for ok, message in checks:
         if not ok:
             raise UserError(f"{message}{_got(cfg, message.split()[0])}. Fix it in the recipe, --config file, flag "

@@ -12,7 +12,7 @@ def check_device(device: str) -> str:
     """Validate a --device value: auto, cpu, cuda or cuda:N."""
     if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
         return device
-    raise UserError(f"--device '{device}' is not valid; use auto, cpu, cuda or cuda:N.")
+    raise UserError(f"--device {device} is not valid; use auto, cpu, cuda or cuda:N.")
 
 
 def cuda_usable() -> bool:

@@ -38,7 +38,7 @@ def select_tokens_loop(
 
 def reference_crop(image: Tensor, box: Tensor, out_size: tuple[int, int]) -> Tensor:
     """The slow reference for one image (C x H x W): slice the inclusive box, `interpolate(align_corners)`. The per-sample path that
-    `fgcli.methods.crops.crop_and_zoom` replaces.
+    `fgcli.methods.mge.crops.crop_and_zoom` replaces.
     """
     x1, y1, x2, y2 = (int(v) for v in box.tolist())
     region = image[:, y1:y2 + 1, x1:x2 + 1]

@@ -23,7 +23,8 @@ def test_herbs_and_mge_run_on_a_dilated_backbone() -> None:
     x = torch.randn(2, 3, 64, 64)
     common = ["model.backbone=test_resnet", "model.output_stride=8", "data.img_size=64"]
     torch.manual_seed(0)
-    herbs = build_method(resolve_config(overrides=["method=herbs", "herbs.fpn_size=16", *common]), 3).eval()
+    herbs = build_method(resolve_config(overrides=["method=herbs", "herbs.fpn_size=16", "herbs.num_selects=[64,32,16,8]",
+                                                   *common]), 3).eval()
     assert list(herbs._run(x).sizes) == [(16, 16), (8, 8), (8, 8), (8, 8)]
     assert herbs.attention(x)["score4"].shape == (2, 64, 64)
     mge = build_method(resolve_config(overrides=["method=mge", "mge.experts=2", *common]), 3).eval()

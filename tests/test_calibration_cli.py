@@ -16,7 +16,7 @@ from fgcli.engine.calibration import CHECKPOINT_KEY, stored_temperature
 from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from fgcli.engine.fused import FusedPrediction
 from fgcli.errors import UserError
-from fgcli.export.pipeline import ExportOptions, export_checkpoint
+from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import OnnxPredictor, TorchPredictor, load_predictor, softmax
 
 runner = CliRunner()

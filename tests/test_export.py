@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from fgcli.cli import app
 from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from fgcli.errors import UserError
-from fgcli.export.pipeline import ExportOptions, export_checkpoint, scaled_preprocess
-from fgcli.export.verify import Parity, check, compare
+from fgcli.exporting.pipeline import ExportOptions, export_checkpoint, scaled_preprocess
+from fgcli.exporting.verify import Parity, check, compare
 from fgcli.inference import OnnxPredictor
 from fgcli.modelinfo import ModelInfo, sha256_file
 

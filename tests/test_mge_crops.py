@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from references import reference_crop
 
-from fgcli.methods import crops
+from fgcli.methods.mge import crops
 
 
 def autograd_gradcam(features: torch.Tensor, fc: torch.nn.Linear, classes: torch.Tensor) -> torch.Tensor:

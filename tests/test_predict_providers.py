@@ -7,7 +7,7 @@ from exportkit import make_checkpoint_file
 
 import fgcli.inference as inference
 from fgcli.errors import UserError
-from fgcli.export.pipeline import ExportOptions, export_checkpoint
+from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import CPU_EP, CUDA_EP, create_session, resolve_providers, session_options
 
 
@@ -28,7 +28,7 @@ def test_resolve_providers(monkeypatch):
     assert resolve_providers(["cpu"], "auto") == [CPU_EP]
     with pytest.raises(UserError, match="unknown onnxruntime provider 'NoSuchExecutionProvider'"):
         resolve_providers(["NoSuchExecutionProvider"])
-    with pytest.raises(UserError, match="--device 'gpu'"):
+    with pytest.raises(UserError, match="--device gpu is not valid"):
         resolve_providers(None, "gpu")
 
 

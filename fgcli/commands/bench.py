@@ -1,4 +1,4 @@
-"""`fgcli bench`: parse the flags, delegate to fgcli.bench, print the table and write the CSV."""
+"""`fgcli bench`: parse the flags, delegate to fgcli.api.bench, print the table and write the CSV."""
 
 from __future__ import annotations
 
@@ -32,18 +32,18 @@ def bench_command(
       fgcli bench runs/train/exp/weights/best.pt --batch-sizes 1,8 --out bench.csv
       fgcli bench best.onnx --threads 4 --iters 50
     """
-    from pathlib import Path
 
-    from fgcli.bench import bench_model, parse_backends, parse_ints, rows_csv, rows_table
+    from fgcli import api
+    from fgcli.benchmark import parse_ints, rows_csv, rows_table
     from fgcli.console import console, err_console, settings
     from fgcli.io import atomic_write_text
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
-    chosen = parse_backends(backends, Path(model))
+    chosen = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {text}[/]"))
-    rows = bench_model(model, chosen, sizes, img_size=img_size, warmup=warmup, iters=iters, threads=threads,
-                       device=device, providers=provider_list, use_ema=ema, progress=say)
+    rows = api.bench(model, backends=chosen, batch_sizes=sizes, img_size=img_size, warmup=warmup, iters=iters,
+                     threads=threads, device=device, providers=provider_list, ema=ema, progress=say)
     console.print(rows_table(rows, title=f"Inference benchmark: {model}"))
     if out:
         atomic_write_text(out, rows_csv(rows))

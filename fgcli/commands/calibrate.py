@@ -30,11 +30,11 @@ def calibrate_command(
       fgcli calibrate old/best.pt --data ./CUB_200_2011 --split val
       fgcli calibrate best.pt --out best.calibrated.pt
     """
-    from fgcli.calibrating import calibrate_checkpoint
+    from fgcli import api
     from fgcli.console import console
 
-    result = calibrate_checkpoint(target, data=data, split=split, batch_size=batch_size, device=device,
-                                  workers=workers, use_ema=ema, out=out)
+    result = api.calibrate(target, data, split=split, batch_size=batch_size, device=device, workers=workers,
+                           ema=ema, out=out)
     console.print(result.table())
     console.print(f"wrote {result.written}  next: fgcli eval {result.written}  |  fgcli export {result.written} "
                   "--onnx")

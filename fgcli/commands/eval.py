@@ -1,4 +1,4 @@
-"""`fgcli eval`: parse the flags, delegate to fgcli.evaluation, print the result."""
+"""`fgcli eval`: parse the flags, delegate to fgcli.api.evaluate, print the result."""
 
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ def eval_command(
       fgcli eval runs/train/exp/weights/best.pt --data ./CUB_200_2011 --split test --out reports/cub
       fgcli eval best.pt --tta flip
     """
+    from fgcli import api
     from fgcli.console import console
-    from fgcli.evaluation import eval_checkpoint
 
-    run = eval_checkpoint(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
-                          workers=workers, use_ema=ema, calibration=calibration, tta=tta)
+    run = api.evaluate(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
+                       workers=workers, ema=ema, calibration=calibration, tta=tta)
     console.print(run.table())
     if run.calibration is not None:
         console.print(run.calibration_table())

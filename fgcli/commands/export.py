@@ -1,4 +1,4 @@
-"""`fgcli export`: parse the flags, delegate to fgcli.export.pipeline, print what was written."""
+"""`fgcli export`: parse the flags, delegate to fgcli.api.export, print what was written."""
 
 from __future__ import annotations
 
@@ -60,19 +60,16 @@ def export_command(
       fgcli export best.pt --onnx --fp16 --static-batch --no-verify
       fgcli export best.pt --onnx --tta flip
     """
+    from fgcli import api
     from fgcli.console import console
     from fgcli.errors import UserError
-    from fgcli.export.pipeline import ExportOptions, export_checkpoint
 
     if not onnx:
         raise UserError("choose an export format: add --onnx (the supported format), e.g. "
                         f"`fgcli export {checkpoint} --onnx`.")
-    options = ExportOptions(out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16,
-                            int8=int8, verify=verify, use_ema=ema, calib_images=calib_images,
-                            providers=_split(providers), threads=threads, calibration=calibration, tta=tta)
-    if exporter is not None:
-        options.exporter = exporter
-    result = export_checkpoint(checkpoint, options)
+    result = api.export(checkpoint, out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16,
+                        int8=int8, calib_images=calib_images, verify=verify, ema=ema, exporter=exporter,
+                        providers=_split(providers), threads=threads, calibration=calibration, tta=tta)
     console.print(_summary(result))
     main = result.files["fp32"]
     console.print(f"next: fgcli predict {main} IMAGES...  |  fgcli eval {main} --data DATA  |  fgcli bench {main}")

@@ -1,4 +1,4 @@
-"""`fgcli predict`: parse the flags, delegate to fgcli.predict, print the table."""
+"""`fgcli predict`: parse the flags, delegate to fgcli.api.predict, print the table."""
 
 from __future__ import annotations
 
@@ -37,21 +37,21 @@ def predict_command(
       fgcli predict best.pt 'photos/**/*.jpg' --topk 3 --out predictions.csv
       fgcli predict best.pt bird.jpg --tta flip --no-calibration
     """
+    from fgcli import api
     from fgcli.console import console, err_console, progress_bar
-    from fgcli.inference import load_predictor
-    from fgcli.predict import collect_images, predict_paths, results_table, write_output
+    from fgcli.prediction import collect_images, results_table
 
     paths = collect_images(sources)
     provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
-    predictor = load_predictor(model, device=device, providers=provider_list, threads=threads, use_ema=ema,
-                               calibration=calibration, tta=tta)
-    err_console.print(f"{model}: {predictor.info.method} / {predictor.info.backbone}, "
-                      f"{len(predictor.info.classes)} classes, on {predictor.device}")
-    err_console.print(predictor.calibration_note(), soft_wrap=True)
+    loaded = api.load(model, device=device, providers=provider_list, threads=threads, ema=ema,
+                      calibration=calibration, tta=tta)
+    err_console.print(f"{model}: {loaded.info.method} / {loaded.info.backbone}, "
+                      f"{len(loaded.classes)} classes, on {loaded.predictor.device}")
+    err_console.print(loaded.predictor.calibration_note(), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
-        result = predict_paths(predictor, paths, topk=topk, batch_size=batch_size, workers=workers, model=model,
-                               progress=lambda n: bar.advance(task, n))
+        result = api.predict(loaded, [str(p) for p in paths], topk=topk, batch_size=batch_size, workers=workers,
+                             out=out, progress=lambda n: bar.advance(task, n))
     if result.predictions:
         console.print(results_table(result))
     for path, reason in result.skipped:
@@ -60,5 +60,4 @@ def predict_command(
         err_console.print(f"[yellow]{len(result.skipped)} of {len(paths)} images could not be read and were "
                           "skipped.[/]")
     if out:
-        written = write_output(result, out)
-        console.print(f"wrote {written}")
+        console.print(f"wrote {out}")

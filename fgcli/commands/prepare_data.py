@@ -1,4 +1,4 @@
-"""`fgcli prepare-data`: parse the flags, delegate to fgcli.data.prepare.prepare_dataset."""
+"""`fgcli prepare-data`: parse the flags, delegate to fgcli.api.prepare_data."""
 
 from __future__ import annotations
 
@@ -67,25 +67,13 @@ def prepare_data_command(
       fgcli prepare-data csv ./labels.csv --val-fraction 0.2
       fgcli prepare-data demo ./demo_data
     """
-    from fgcli.data.demo import DemoParams
-    from fgcli.data.images import DEFAULT_MAX_PIXELS
-    from fgcli.data.prepare import PrepareOptions, prepare_dataset
-    from fgcli.errors import UserError
+    from fgcli import api
 
-    if (url or md5 or sha256) and not download:
-        raise UserError("--url, --md5 and --sha256 only apply with --download.")
-
-    options = PrepareOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict,
-                             workers=workers, level=level, min_size=min_size,
-                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
-    demo = DemoParams(seed=seed, size=demo_size, classes=demo_classes, per_class=demo_per_class)
-    if download:
-        from fgcli.data.download import download_dataset
-
-        if src is None:
-            raise UserError(f"--download needs SRC, the folder to download the {fmt} data set into.")
-        download_dataset(fmt.lower(), src, urls=url or (), md5=md5, sha256=sha256)
-    prepared = prepare_dataset(fmt.lower(), src, out, options=options, demo=demo)
+    prepared = api.prepare_data(fmt, src, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                level=level, strict=strict, workers=workers, min_size=min_size,
+                                max_pixels=max_pixels, demo_size=demo_size, demo_classes=demo_classes,
+                                demo_per_class=demo_per_class, download=download, url=url, md5=md5,
+                                sha256=sha256, summary=True)
     if not settings.quiet:
         console.print(f"Prepared data set: [bold]{prepared.root}[/]  next: fgcli train --data {prepared.root}",
                       soft_wrap=True)

@@ -1,4 +1,4 @@
-"""`fgcli train`: parse the flags, delegate to fgcli.engine.trainer.run_train."""
+"""`fgcli train`: parse the flags, delegate to fgcli.api.train, print the summary."""
 
 from __future__ import annotations
 
@@ -67,17 +67,13 @@ def train_command(
       fgcli train --method herbs --data ./flowers102 --logger tensorboard --logger mlflow
       torchrun --nproc-per-node 4 -m fgcli train --method herbs --data ./CUB_200_2011
     """
-    from fgcli.engine.trainer import run_train
+    from fgcli import api
 
-    flags = {
-        "method": method, "data.path": data, "model.backbone": backbone, "train.epochs": epochs,
-        "train.batch_size": batch_size, "train.accum_steps": accum_steps, "optim.lr": lr, "data.img_size": img_size,
-        "data.workers": workers, "train.device": device, "train.amp": amp, "train.ema": ema,
-        "model.pretrained": pretrained, "model.pretrained_file": pretrained_file, "model.compile": compile,
-        "train.seed": seed, "train.deterministic": deterministic, "train.project": project, "train.name": name,
-        "train.exist_ok": exist_ok, "log.loggers": logger or None,
-    }
-    result = run_train(recipe=recipe, config_file=config, flags=flags, overrides=set_, resume=resume)
+    result = api.train(method, data, recipe=recipe, config=config, resume=resume, set=set_, backbone=backbone,
+                       epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr, img_size=img_size,
+                       workers=workers, device=device, amp=amp, ema=ema, pretrained=pretrained,
+                       pretrained_file=pretrained_file, compile=compile, seed=seed, deterministic=deterministic,
+                       project=project, name=name, exist_ok=exist_ok, logger=logger or None)
     if result.is_main:
         print_summary(result)
 

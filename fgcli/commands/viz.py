@@ -39,12 +39,13 @@ def viz_command(
       fgcli attention-viz best.pt bird.jpg ./more_birds/ --out viz/birds
       fgcli viz best.pt --data ./CUB_200_2011 --split test --num 16 --layout single --score
     """
+    from fgcli import api
     from fgcli.console import console, err_console
-    from fgcli.viz.run import attention_viz, scores_table
+    from fgcli.viz.run import scores_table
 
-    result = attention_viz(checkpoint, images or [], data=data, split=split, num=num, out=out, alpha=alpha,
-                           layout=layout, score=score, score_num=score_num, device=device, use_ema=ema,
-                           batch_size=batch_size, calibration=calibration)
+    result = api.attention_viz(checkpoint, images or [], data=data, split=split, num=num, out=out, alpha=alpha,
+                               layout=layout, score=score, score_num=score_num, device=device, ema=ema,
+                               batch_size=batch_size, calibration=calibration)
     if result.scores:
         console.print(scores_table(result.scores, result.score_target or "the target"))
     for name, reason in result.skipped:

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from fgcli.methods.base import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
-# Built-in methods, imported on first use so that `fgcli --help` does not import torch.
+# Built-in methods (`fgcli/methods/<name>/model.py` registers the class), imported on first use so that
+# `fgcli --help` does not import torch.
 BUILTIN_MODULES = ("baseline", "herbs", "mge")
 
 
@@ -30,9 +31,9 @@ def register_method(name: str):
 def _load_builtins() -> None:
     for module in BUILTIN_MODULES:
         try:
-            importlib.import_module(f"fgcli.methods.{module}")
+            importlib.import_module(f"fgcli.methods.{module}.model")
         except ModuleNotFoundError as e:
-            if e.name != f"fgcli.methods.{module}":
+            if e.name not in (f"fgcli.methods.{module}", f"fgcli.methods.{module}.model"):
                 raise
 
 

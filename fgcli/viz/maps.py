@@ -58,73 +58,49 @@ def denormalize(images: torch.Tensor, pre: Preprocess) -> np.ndarray:
     return (images.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def method_viz(method: str) -> Any | None:
+    """The method's own viz module: its class's `viz_module`, else `<the package of its module>.viz`, with
+    `image_maps`, `panels` and `notes`, each optional. None (no such module): every map of its `attention()` is
+    shown as it is (`generic_maps`, `panels.generic_panels`)."""
+    import importlib
+
+    from fgcli.methods import get_method
+
+    cls = get_method(method)
+    package = cls.__module__.rpartition(".")[0]
+    name = getattr(cls, "viz_module", None) or (f"{package}.viz" if package else None)
+    if name is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None
+        raise
+
+
 @torch.no_grad()
 def attention_maps(model: Any, method: str, images: torch.Tensor, pre: Preprocess,
                    temperature: float = 1.0) -> list[ImageMaps]:
     """`model.attention(images)` -> one ImageMaps per image (images: B x 3 x size x size, normalised); the
     probabilities are calibrated with `temperature` (fgcli.engine.fused)."""
-    if method == "mge":
-        out = model.attention(images, mean=tuple(pre.mean), std=tuple(pre.std))
-        logits = out["logits"]
-    else:
-        out = model.attention(images)
-        logits = out["fused"] if "fused" in out else model.predict(images)
+    out = model.attention(images)
+    logits = out["fused"] if "fused" in out else out["logits"] if "logits" in out else model.predict(images)
     probs = combine_views([logits], temperature)[1].cpu().numpy()
     rgb = denormalize(images, pre)
-    split = {"baseline": _baseline, "herbs": _herbs, "mge": _mge}.get(method, _baseline)
-    return [split(out, i, pre.img_size, method, probs[i], rgb[i]) for i in range(images.shape[0])]
+    split = getattr(method_viz(method), "image_maps", generic_maps)
+    return [split(out, i, pre, method, probs[i], rgb[i]) for i in range(images.shape[0])]
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _baseline(out: dict[str, torch.Tensor], i: int, size: int, method: str, probs: np.ndarray,
-              rgb: np.ndarray) -> ImageMaps:
-    cam = upsample(_np(out["cam"][i]), size)  # h x w feature grid -> input size, half-pixel centres
-    return ImageMaps(method, int(out["pred"][i]), probs, rgb, {"cam": maxnorm(cam)})
-
-
-def herbs_stages(out: dict[str, torch.Tensor]) -> list[int]:
-    """The stage numbers present in a HERBS attention output (1..4)."""
-    return sorted(int(k[5:]) for k in out if k.startswith("score") and k[5:].isdigit())
-
-
-def _herbs(out: dict[str, torch.Tensor], i: int, size: int, method: str, probs: np.ndarray,
-           rgb: np.ndarray) -> ImageMaps:
-    maps: dict[str, np.ndarray] = {}
-    extra: dict[str, Any] = {"stages": herbs_stages(out)}
-    for s in extra["stages"]:
-        score = _np(out[f"score{s}"][i])
-        maps[f"score{s}"] = minmax(score)
-        extra[f"peak{s}"] = float(score.max())
-        extra[f"tau{s}"] = float(out[f"tau{s}"][i])
-        extra[f"cls{s}"] = int(out[f"cls{s}"][i])
-        extra[f"disagree{s}"] = bool(out[f"disagree{s}"][i])
-    maps["score_prod"] = maxnorm(_np(out["score_prod"][i]))
-    for s in extra["stages"]:
-        maps[f"select{s}"] = _np(out[f"select{s}"][i])
-    maps["select_mean"] = _np(out["select_mean"][i])
-    return ImageMaps(method, int(out["pred"][i]), probs, rgb, maps, extra)
-
-
-def mge_experts(out: dict[str, torch.Tensor]) -> list[int]:
-    """The expert numbers present in an MGE-CNN attention output (1..E)."""
-    return sorted(int(k[3:]) for k in out if k.startswith("cam") and k[3:].isdigit())
-
-
-def _mge(out: dict[str, torch.Tensor], i: int, size: int, method: str, probs: np.ndarray,
-         rgb: np.ndarray) -> ImageMaps:
-    experts = mge_experts(out)
-    maps = {f"cam{e}": _np(out[f"cam{e}_image"][i]) for e in experts}
-    extra: dict[str, Any] = {"experts": experts, "gate": _np(out["gate"][i])}
-    for e in experts:
-        extra[f"cam{e}_own"] = _np(out[f"cam{e}"][i])
-        extra[f"class{e}"] = int(out[f"class{e}"][i])
-        extra[f"top1_{e}"] = int(out[f"top1_{e}"][i])
-        extra[f"region{e}"] = _np(out[f"region{e}"][i])
-        if f"box{e}" in out:
-            extra[f"box{e}"] = _np(out[f"box{e}"][i])
-            extra[f"box{e}_image"] = _np(out[f"box{e}_image"][i])
-        extra[f"crop{e}"] = rgb if e == 1 else np.transpose(_np(out[f"crop{e}"][i]), (1, 2, 0)).clip(0, 1)
-    return ImageMaps(method, int(out["logits"][i].argmax()), probs, rgb, maps, extra)
+def generic_maps(out: dict[str, torch.Tensor], i: int, pre: Preprocess, method: str, probs: np.ndarray,
+                 rgb: np.ndarray) -> ImageMaps:
+    """Any method: every B x h x w tensor of `attention()` is a map (upsampled to the input, min-max scaled);
+    the predicted class is `pred`, else the top class."""
+    maps = {k: minmax(upsample(to_numpy(v[i]), pre.img_size)) for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.ndim == 3 and k not in ("fused", "logits")}
+    pred = int(out["pred"][i]) if "pred" in out else int(np.argmax(probs))
+    return ImageMaps(method, pred, probs, rgb, maps)

@@ -140,7 +140,7 @@ def _sample_items(dataset: Any, samples: list) -> list[VizItem]:
 def _path_items(images: Sequence[str], classes: list[str]) -> list[VizItem]:
     """Loose images; the true class is taken from the parent folder when it is one of the model's classes."""
     from fgcli.data.images import load_rgb
-    from fgcli.predict import collect_images
+    from fgcli.prediction import collect_images
 
     lookup = {c: i for i, c in enumerate(classes)}
     return [VizItem(f"{i:03d}_{_slug(p.stem)}", (lambda p=p: load_rgb(p)), lookup.get(p.parent.name))
@@ -229,9 +229,11 @@ def _render_all(model: Any, method: str, pre: Any, classes: list[str], items: li
 
 
 def _notes(maps: Any) -> list[str]:
-    """Caption notes: HERBS stages whose class ĉ_i differs from the fused prediction."""
-    stages = [str(s) for s in maps.extra.get("stages", []) if maps.extra.get(f"disagree{s}")]
-    return [f"stages whose class differs from the fused one: {', '.join(stages)}"] if stages else []
+    """Caption notes from the method's own viz module (`notes(maps)`), if it has one."""
+    from fgcli.viz.maps import method_viz
+
+    notes = getattr(method_viz(maps.method), "notes", None)
+    return notes(maps) if notes is not None else []
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------

@@ -45,10 +45,10 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_last_completed_epoch(tmp
 
 # -- export ----------------------------------------------------------------------------------------------
 EXPORT_STAGES = {
-    "tracing the graph": "fgcli.export.pipeline.export_loaded",
-    "writing the fp32 file": "fgcli.export.pipeline.save_model",
-    "verifying against torch": "fgcli.export.pipeline._verify",
-    "converting to fp16": "fgcli.export.fp16.convert_fp16",
+    "tracing the graph": "fgcli.exporting.pipeline.export_loaded",
+    "writing the fp32 file": "fgcli.exporting.pipeline.save_model",
+    "verifying against torch": "fgcli.exporting.pipeline._verify",
+    "converting to fp16": "fgcli.exporting.fp16.convert_fp16",
 }
 
 

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fgcli.config import Config, MgeConfig
+from fgcli.config import Config
 from fgcli.errors import UserError
-from fgcli.methods import crops, register_method
+from fgcli.methods import register_method
 from fgcli.methods.base import Method
+from fgcli.methods.mge import crops
+from fgcli.methods.mge.config import MgeConfig
 
 CONCAT_SCALE = 10.0  # u_e = [10 * f / |f| ; 10 * h / |h|] (official)
 L2_EPS = 1e-12
@@ -221,10 +223,12 @@ class MGE(Method):
         return epoch >= (expert - 1) * self.opts.stage_epochs
 
     # ---- attention maps (spec §5) ----------------------------------------------------------------
+    def attention(self, images: Tensor) -> dict[str, Tensor]:
+        """The maps of `cams(images)`, with each expert's CAM of its own prediction (as at inference)."""
+        return self.cams(images)
+
     @torch.no_grad()
-    def attention(self, images: Tensor, classes: Tensor | None = None,
-                  mean: tuple[float, float, float] | None = None,
-                  std: tuple[float, float, float] | None = None) -> dict[str, Tensor]:
+    def cams(self, images: Tensor, classes: Tensor | None = None) -> dict[str, Tensor]:
         """Per-expert CAMs, boxes, zoomed crops and gate weights, from the model's own forward pass.
 
         `classes` fixes the CAM class (e.g. the ground truth); default: each expert's prediction, as at
@@ -233,7 +237,7 @@ class MGE(Method):
           - `cam{e}_image`: the same map warped into the input image (NaN outside expert e's region);
           - `box{e}` / `box{e}_image` (e < E): (x1, y1, x2, y2) in expert e's grid / in the image;
           - `region{e}`: expert e's input extent in image coordinates (the full image for e = 1);
-          - `crop{e}` (e > 1): X_e, de-normalised to [0, 1] when `mean`/`std` are given, else as fed;
+          - `crop{e}` (e > 1): X_e as fed to expert e (normalised like the input);
           - `class{e}`: the class each CAM used; `top1_{e}`: argmax of z^c_e;
           - `gate`: the gate weights (B x E); `logits`: the fused logits.
         CAM E is computed for display only (the model does not use it).
@@ -259,22 +263,13 @@ class MGE(Method):
             maps[f"class{n}"] = k
             maps[f"top1_{n}"] = run.heads[f"c{n}"].argmax(dim=1)
             if e > 0:
-                maps[f"crop{n}"] = _denormalize(run.inputs[e], mean, std)
+                maps[f"crop{n}"] = run.inputs[e]
             if e < len(run.boxes):
                 box = run.boxes[e]
                 maps[f"box{n}"] = box
                 maps[f"box{n}_image"] = crops.compose_box(region, box, size)
                 region = maps[f"box{n}_image"]
         return maps
-
-
-def _denormalize(x: Tensor, mean: tuple[float, float, float] | None,
-                 std: tuple[float, float, float] | None) -> Tensor:
-    if mean is None or std is None:
-        return x
-    m = x.new_tensor(mean)[None, :, None, None]
-    s = x.new_tensor(std)[None, :, None, None]
-    return (x * s + m).clamp(0.0, 1.0)
 
 
 def diversity_official(current: Tensor, previous: Tensor, targets: Tensor) -> Tensor:

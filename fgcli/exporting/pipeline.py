@@ -18,8 +18,8 @@ from fgcli import __version__
 from fgcli.config import to_dict
 from fgcli.console import log
 from fgcli.errors import UserError
-from fgcli.export.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
-from fgcli.export.verify import Parity, check, compare
+from fgcli.exporting.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
+from fgcli.exporting.verify import Parity, check, compare
 from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
 
 
@@ -167,12 +167,12 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
 
     dataset = None
     if opts.verify or opts.int8:
-        from fgcli.export.rundata import run_dataset
+        from fgcli.exporting.rundata import run_dataset
 
         dataset = run_dataset(cfg)
     samples = None
     if opts.verify:
-        from fgcli.export.rundata import load_batches
+        from fgcli.exporting.rundata import load_batches
 
         samples = load_batches(dataset, ("val", "test"), pre, opts.verify_images, where=cfg.data.path)
 
@@ -236,7 +236,7 @@ def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None
 
 def _write_fp16(proto: Any, info: ModelInfo, fp32_path: Path, stage: Any, opts: ExportOptions,
                 result: ExportResult, torch_pred: Any, samples: Any) -> None:
-    from fgcli.export.fp16 import convert_fp16
+    from fgcli.exporting.fp16 import convert_fp16
 
     fp16_path = variant_path(fp32_path, "fp16")
     proto16 = convert_fp16(proto)
@@ -294,8 +294,8 @@ def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, d
 def _quantize(proto: Any, info: ModelInfo, int8_path: Path, dataset: Any, pre: Preprocess, opts: ExportOptions,
               where: str, shown: Path | None) -> Any:
     """Quantize (static, calibrated on training images, else dynamic) and write the int8 file."""
-    from fgcli.export.quantize import quantize_int8
-    from fgcli.export.rundata import first_split, load_batches
+    from fgcli.exporting.quantize import quantize_int8
+    from fgcli.exporting.rundata import first_split, load_batches
 
     calib = None
     if dataset is not None and first_split(dataset, ("train",)):
@@ -333,7 +333,7 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
     """Top-1 of both files on the run's val (else test) split with `evaluate()`, and their agreement; random
     inputs (agreement only) when the data is not reachable."""
     from fgcli.engine.evaluate import evaluate
-    from fgcli.export.rundata import first_split, iter_split, load_batches
+    from fgcli.exporting.rundata import first_split, iter_split, load_batches
 
     split = first_split(dataset, ("val", "test")) if dataset is not None else None
     if split is not None:

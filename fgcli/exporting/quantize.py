@@ -2,7 +2,7 @@
 calibration images exist, else dynamic (weights only, MatMul / Gemm).
 
 Only the compute-heavy weight layers (Conv, MatMul, Gemm) are quantized; every other op stays fp32. Nodes in
-the "fp32 islands" of `fgcli.export.graph` are excluded: the final classifiers and head fusion (small, and
+the "fp32 islands" of `fgcli.exporting.graph` are excluded: the final classifiers and head fusion (small, and
 where quantization error shows directly in the probabilities), HERBS' token-ranking heads (int8 scores make
 ties and reorder the combiner's rank-position input) and MGE-CNN's CAM -> box path (the crop must not move).
 """
@@ -20,7 +20,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from fgcli.console import log
 from fgcli.errors import UserError
-from fgcli.export.graph import drop_initializer_value_info, fp32_island_nodes, unshare_initializers
+from fgcli.exporting.graph import drop_initializer_value_info, fp32_island_nodes, unshare_initializers
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 

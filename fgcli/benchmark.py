@@ -70,7 +70,7 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
     if "torch" in backends:
         rows += bench_predictor(torch_pred, batch_sizes, size, threads, warmup, iters, progress=progress)
     if "onnx" in backends:
-        from fgcli.export.pipeline import export_loaded
+        from fgcli.exporting.pipeline import export_loaded
 
         with tempfile.TemporaryDirectory(prefix="fgcli-bench-") as tmp:
             onnx_path = Path(tmp, "model.onnx")

@@ -1,0 +1,239 @@
+"""The Python API: the same jobs and options as the CLI, returning result objects instead of printing.
+
+    import fgcli
+
+    run = fgcli.train(method="herbs", data="demo", epochs=1)          # -> TrainResult (run_dir, best, history)
+    report = fgcli.evaluate(run.best, data="demo")                    # -> EvalRun (result.top1, files)
+    onnx = fgcli.export(run.best, int8=True)                          # -> ExportResult (files, parity, int8)
+    preds = fgcli.predict(onnx.files["fp32"], ["bird.jpg"], topk=3)   # -> PredictResult
+    model = fgcli.load(onnx.files["fp32"])                            # -> Model
+    model.predict("photos/")                                          # -> PredictResult
+
+Each `fgcli <command>` is a thin wrapper over the function of the same name here: it turns flags into these
+arguments and prints the result. Errors a user can fix raise `fgcli.errors.UserError` with the one-line
+message the CLI would print.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fgcli.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fgcli.benchmark import BenchRow
+    from fgcli.calibrating import CalibrateResult
+    from fgcli.data.manifest import PreparedDataset
+    from fgcli.engine.trainer import TrainResult
+    from fgcli.evaluation import EvalRun
+    from fgcli.exporting.pipeline import ExportResult
+    from fgcli.inference import Predictor
+    from fgcli.prediction import PredictResult
+    from fgcli.viz.run import VizResult
+
+__all__ = ["Model", "attention_viz", "bench", "calibrate", "evaluate", "export", "load", "predict", "prepare_data", "train"]
+
+
+def prepare_data(format: str, src: str | Path | None = None, out: str | Path | None = None, *,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, level: str | None = None,
+                 strict: bool = False, workers: int | None = None, min_size: int = 16,
+                 max_pixels: int | None = None, demo_size: int = 64, demo_classes: int = 10,
+                 demo_per_class: int = 150, download: bool = False, url: Sequence[str] | None = None,
+                 md5: str | None = None, sha256: str | None = None, summary: bool = False) -> PreparedDataset:
+    """`fgcli prepare-data FORMAT SRC [--download]`: (download,) check a data set and write its manifest;
+    returns the prepared data set (`summary=True` also prints its table, as the command does)."""
+    from fgcli.data.demo import DemoParams
+    from fgcli.data.images import DEFAULT_MAX_PIXELS
+    from fgcli.data.prepare import PrepareOptions, prepare_dataset
+
+    if (url or md5 or sha256) and not download:
+        raise UserError("--url, --md5 and --sha256 only apply with --download.")
+    options = PrepareOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict,
+                             workers=workers, level=level, min_size=min_size,
+                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    demo = DemoParams(seed=seed, size=demo_size, classes=demo_classes, per_class=demo_per_class)
+    if download:
+        from fgcli.data.download import download_dataset
+
+        if src is None:
+            raise UserError(f"--download needs SRC, the folder to download the {format} data set into.")
+        download_dataset(format.lower(), src, urls=url or (), md5=md5, sha256=sha256)
+    return prepare_dataset(format.lower(), src, out, options=options, demo=demo, summary=summary)
+
+
+#: train() keyword -> config key (the first-class flags of `fgcli train`)
+TRAIN_FLAGS = {
+    "method": "method", "data": "data.path", "backbone": "model.backbone", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "accum_steps": "train.accum_steps", "lr": "optim.lr",
+    "img_size": "data.img_size", "workers": "data.workers", "device": "train.device", "amp": "train.amp",
+    "ema": "train.ema", "pretrained": "model.pretrained", "pretrained_file": "model.pretrained_file",
+    "compile": "model.compile", "seed": "train.seed", "deterministic": "train.deterministic",
+    "project": "train.project", "name": "train.name", "exist_ok": "train.exist_ok", "logger": "log.loggers",
+}
+
+
+def train(method: str | None = None, data: str | None = None, *, recipe: str | None = None,
+          config: str | None = None, resume: str | None = None,
+          set: Sequence[str] | dict[str, Any] | None = None, **flags: Any) -> TrainResult:
+    """`fgcli train`: defaults < recipe < config file < flags < `set`; returns where the run went.
+
+    `flags` are the CLI's first-class flags with Python names (backbone, epochs, batch_size, accum_steps, lr,
+    img_size, workers, device, amp, ema, pretrained, pretrained_file, compile, seed, deterministic, project,
+    name, exist_ok, logger: a list such as ["tensorboard"]); `set` is `--set` as a list of "key=value" strings or a dict {"optim.lr": 0.01}.
+    """
+    from fgcli.engine.trainer import run_train
+
+    unknown = sorted(set_ for set_ in flags if set_ not in TRAIN_FLAGS)
+    if unknown:
+        from fgcli.errors import closest
+
+        raise UserError(f"train() got unknown option {unknown[0]!r}.{closest(unknown[0], list(TRAIN_FLAGS))} "
+                        "Pass any other config key with set={'section.key': value}.")
+    values = {"method": method, "data": data, **flags}
+    return run_train(recipe=recipe, config_file=config, flags={TRAIN_FLAGS[k]: v for k, v in values.items()},
+                     overrides=_overrides(set), resume=resume)
+
+
+def _overrides(items: Sequence[str] | dict[str, Any] | None) -> list[str] | None:
+    if items is None or isinstance(items, (list, tuple)):
+        return list(items) if items is not None else None
+    if isinstance(items, dict):
+        import yaml
+
+        return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for key, value in items.items()]
+    raise UserError(f"set= takes a list of 'key=value' strings or a dict, not {type(items).__name__}.")
+
+
+def evaluate(model: str | Path, data: str | None = None, *, split: str = "test", batch_size: int = 64,
+             device: str = "auto", out: str | Path | None = None, workers: int | None = None,
+             ema: bool = True, calibration: bool = True, tta: str | None = None) -> EvalRun:
+    """`fgcli eval MODEL`: a `.pt` (fused output and every head) or an `.onnx` (fused) on a data split; writes
+    the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`). `tta` 'flip': also
+    the mirrored image, its effect reported; `calibration` False: the selective line from raw probabilities."""
+    from fgcli.evaluation import eval_checkpoint
+
+    return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
+                           workers=workers, use_ema=ema, calibration=calibration, tta=tta)
+
+
+def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int | None = None,
+           img_size: int | None = None, dynamic_batch: bool = True, fp16: bool = False, int8: bool = False,
+           calib_images: int = 128, verify: bool = True, ema: bool = True, exporter: str | None = None,
+           providers: Sequence[str] | None = None, threads: int | None = None, calibration: bool = True,
+           tta: str | None = None) -> ExportResult:
+    """`fgcli export CHECKPOINT --onnx`: the fused model to ONNX (+ fp16 / int8), checked and verified; `probs`
+    calibrated with the checkpoint's temperature unless `calibration` is False; `tta` 'flip' in the graph."""
+    from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+
+    options = ExportOptions(out=Path(out) if out is not None else None, opset=opset, img_size=img_size,
+                            dynamic_batch=dynamic_batch, fp16=fp16, int8=int8, verify=verify, use_ema=ema,
+                            calib_images=calib_images, providers=list(providers) if providers else None,
+                            threads=threads, calibration=calibration, tta=tta)
+    if exporter is not None:
+        options.exporter = exporter
+    return export_checkpoint(checkpoint, options)
+
+
+class Model:
+    """A loaded `.pt` or `.onnx` model: `predict()` images, or call it on a preprocessed batch."""
+
+    def __init__(self, predictor: Predictor, path: str | Path) -> None:
+        self.predictor = predictor
+        self.path = str(path)
+
+    @property
+    def info(self) -> Any:
+        """Classes, preprocessing, method, backbone, precision (a `fgcli.modelinfo.ModelInfo`)."""
+        return self.predictor.info
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.info.classes
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, probs), N x C, for a float32 batch N x 3 x H x W preprocessed as `info.preprocess` says."""
+        return self.predictor(images)
+
+    def predict(self, images: str | Path | Sequence[str | Path], *, topk: int = 5, batch_size: int = 32,
+                workers: int = 4) -> PredictResult:
+        """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`."""
+        from fgcli.prediction import collect_images, predict_paths
+
+        sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
+        return predict_paths(self.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
+                             workers=workers, model=self.path)
+
+    def __repr__(self) -> str:
+        info = self.info
+        return (f"fgcli.Model({self.path!r}: {info.method} / {info.backbone}, {len(info.classes)} classes, "
+                f"{self.predictor.device})")
+
+
+def load(path: str | Path, *, device: str = "auto", providers: Sequence[str] | None = None,
+         threads: int | None = None, ema: bool = True, calibration: bool = True, tta: str | None = None) -> Model:
+    """A checkpoint (torch) or an exported `.onnx` file (onnxruntime) ready to predict: calibrated
+    probabilities unless `calibration` is False; `tta` 'flip' averages the image and its mirror."""
+    from fgcli.inference import load_predictor
+
+    predictor = load_predictor(path, device=device, providers=list(providers) if providers else None,
+                               threads=threads, use_ema=ema, calibration=calibration, tta=tta)
+    return Model(predictor, path)
+
+
+def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path], *, topk: int = 5,
+            batch_size: int = 32, out: str | Path | None = None, device: str = "auto",
+            providers: Sequence[str] | None = None, threads: int | None = None, workers: int = 4,
+            ema: bool = True, progress: Any = None, calibration: bool = True, tta: str | None = None) -> PredictResult:
+    """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`)."""
+    from fgcli.prediction import collect_images, predict_paths, write_output
+
+    loaded = model if isinstance(model, Model) else load(model, device=device, providers=providers,
+                                                         threads=threads, ema=ema, calibration=calibration,
+                                                         tta=tta)
+    sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
+    result = predict_paths(loaded.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
+                           workers=workers, model=loaded.path, progress=progress)
+    if out is not None:
+        write_output(result, out)
+    return result
+
+
+def bench(model: str | Path, *, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1, 8, 32),
+          img_size: int | None = None, warmup: int = 3, iters: int = 20, threads: int | None = None,
+          device: str = "auto", providers: Sequence[str] | None = None, ema: bool = True,
+          progress: Any = None) -> list[BenchRow]:
+    """`fgcli bench MODEL`: latency and throughput per backend (torch, onnx) and batch size."""
+    from fgcli.benchmark import bench_model, parse_backends
+
+    chosen = parse_backends(",".join(backends) if backends else None, Path(model))
+    return bench_model(model, chosen, list(batch_sizes), img_size=img_size, warmup=warmup, iters=iters,
+                       threads=threads, device=device, providers=list(providers) if providers else None,
+                       use_ema=ema, progress=progress)
+
+
+def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: str | None = None,
+                  split: str = "test", num: int = 8, out: str | Path | None = None, alpha: float = 0.5,
+                  layout: str = "grid", score: bool = False, score_num: int | None = None, device: str = "auto",
+                  ema: bool = True, batch_size: int = 8, calibration: bool = True) -> VizResult:
+    """`fgcli attention-viz CHECKPOINT [IMAGES]`: attention figures (and map scores) plus an index.html."""
+    from fgcli.viz.run import attention_viz as run
+
+    return run(checkpoint, list(images), data=data, split=split, num=num, out=out, alpha=alpha, layout=layout,
+               score=score, score_num=score_num, device=device, use_ema=ema, batch_size=batch_size,
+               calibration=calibration)
+
+
+def calibrate(checkpoint: str | Path, data: str | None = None, *, split: str = "val", batch_size: int = 64,
+              device: str = "auto", workers: int | None = None, ema: bool = True,
+              out: str | Path | None = None) -> CalibrateResult:
+    """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature on the val split and write it
+    into the checkpoint (or `out`) atomically; returns the fit (`.record`) and the one it replaced."""
+    from fgcli.calibrating import calibrate_checkpoint
+
+    return calibrate_checkpoint(checkpoint, data=data, split=split, batch_size=batch_size, device=device,
+                                workers=workers, use_ema=ema, out=out)
