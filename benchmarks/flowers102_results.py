@@ -47,7 +47,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
     "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
     # frozen trunks are identical copies: one shared trunk computes exactly the same, with a quarter of the memory
-    "mge_frozen": ("mge_lite0_128", ["model.freeze=backbone", "mge.share_backbone=true", "optim.lr=0.01"]),
+    "mge_frozen": ("mge_frozen_lite0_128", []),
 }
 QUICK = ["data.img_size=64", "train.epochs=1"]
 
