@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _exit_now(code: int) -> None:
-    """Leave at once: stop child processes (loader / image-check workers), flush, os._exit."""
+    """Leave at once: stop child processes (data-loader workers), flush, os._exit."""
     import logging
     import multiprocessing
     import os
@@ -39,8 +39,15 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def handle_errors(fn: F) -> F:
-    """Wrap a command: UserError -> red line + exit 1; Ctrl-C -> exit 130; tracebacks only with --debug."""
+def handle_errors(fn: F | None = None, *, fast_exit: bool = False) -> Any:
+    """Wrap a command: UserError -> red line + exit 1; Ctrl-C -> exit 130; tracebacks only with --debug.
+
+    `fast_exit=True` (training): after Ctrl-C, once everything is saved, stop the loader workers and leave
+    without the interpreter's teardown, which took 2-4 s more on a loaded CPU. Not for commands that run a
+    concurrent.futures process pool (prepare-data): terminating its workers under it prints a traceback.
+    """
+    if fn is None:
+        return functools.partial(handle_errors, fast_exit=fast_exit)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,9 +61,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]Interrupted (Ctrl-C).[/]")
-            if settings.fast_exit:
-                # Everything worth keeping is already written (atomically) and closed; the interpreter's own
-                # teardown (loader workers, torch, thread pools) took 2-4 s more on a loaded CPU.
+            if fast_exit and settings.fast_exit:
                 _exit_now(130)
             raise typer.Exit(code=130) from None
         except typer.Exit:

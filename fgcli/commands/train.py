@@ -18,7 +18,7 @@ _OPT = "Optimisation"
 _HW = "Hardware"
 
 
-@handle_errors
+@handle_errors(fast_exit=True)
 def train_command(
     method: str | None = typer.Option(None, "--method", "-m", help="Method: baseline, herbs, mge."),
     data: str | None = typer.Option(None, "--data", "-d", rich_help_panel=_DATA,
