@@ -43,9 +43,9 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
                  strict: bool = False, workers: int | None = None, min_size: int = 16,
                  max_pixels: int | None = None, demo_size: int = 64, demo_classes: int = 10,
                  demo_per_class: int = 150, download: bool = False, url: Sequence[str] | None = None,
-                 md5: str | None = None, sha256: str | None = None, summary: bool = False) -> PreparedDataset:
+                 md5: str | None = None, sha256: str | None = None) -> PreparedDataset:
     """`fgcli prepare-data FORMAT SRC [--download]`: (download,) check a data set and write its manifest;
-    returns the prepared data set (`summary=True` also prints its table, as the command does)."""
+    returns the prepared data set (`fgcli.data.pipeline.summary_table(ds)` renders the command's table)."""
     from fgcli.data.demo import DemoParams
     from fgcli.data.images import DEFAULT_MAX_PIXELS
     from fgcli.data.prepare import PrepareOptions, prepare_dataset
@@ -62,7 +62,7 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
         if src is None:
             raise UserError(f"--download needs SRC, the folder to download the {format} data set into.")
         download_dataset(format.lower(), src, urls=url or (), md5=md5, sha256=sha256)
-    return prepare_dataset(format.lower(), src, out, options=options, demo=demo, summary=summary)
+    return prepare_dataset(format.lower(), src, out, options=options, demo=demo)
 
 
 #: train() keyword -> config key (the first-class flags of `fgcli train`)

@@ -51,8 +51,7 @@ def demo_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., obje
             out = tmp_path_factory.mktemp(f"demo-{size}px-{classes}c-{per_class}")
             made[key] = prepare_dataset("demo", None, out, PrepareOptions(val_fraction=val_fraction, seed=seed,
                                                                           workers=1),
-                                        DemoParams(seed=seed, size=size, classes=classes, per_class=per_class),
-                                        summary=False)
+                                        DemoParams(seed=seed, size=size, classes=classes, per_class=per_class))
         return made[key]
 
     return make

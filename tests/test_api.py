@@ -77,6 +77,5 @@ def test_bench_and_attention_viz(run, tmp_path: Path) -> None:
 
 
 def test_prepare_data(tmp_path: Path) -> None:
-    prepared = fgcli.prepare_data("demo", tmp_path / "demo", demo_size=32, demo_classes=3, demo_per_class=4,
-                                  summary=False)
+    prepared = fgcli.prepare_data("demo", tmp_path / "demo", demo_size=32, demo_classes=3, demo_per_class=4)
     assert len(prepared.classes) == 3 and (tmp_path / "demo" / "dataset.yaml").is_file()

@@ -210,6 +210,7 @@ def test_skipped_count_says_how_many_are_shown_and_listed(tmp_path: Path, fgcli_
     assert warning in fgcli_messages, fgcli_messages
     assert sum(m.startswith("WARNING bad image ") for m in fgcli_messages) == 5
     assert not any("more)" in m for m in fgcli_messages)
+    assert "bad images skipped: 7;" in " ".join(result.stdout.split())  # the summary the command prints
     strict = runner.invoke(app, ["prepare-data", "imagefolder", str(root), "--workers", "1", "--strict"])
     assert "7 bad image(s) (first: species 1/bad_0.jpg: empty file (0 bytes)); the first 5 are listed above." in \
         _one_error_line(strict, logs_allowed=True)

@@ -77,7 +77,7 @@ def test_moved_demo_folder_still_loads(tmp_path: Path) -> None:
     from fgcli.data.manifest import load_prepared
 
     prepare_dataset("demo", None, tmp_path / "a", PrepareOptions(workers=1),
-                    DemoParams(size=32, classes=2, per_class=2), summary=False)
+                    DemoParams(size=32, classes=2, per_class=2))
     (tmp_path / "a").rename(tmp_path / "b")
     ds = load_prepared(tmp_path / "b")
     assert ds.source_root == tmp_path / "b" and (ds.source_root / ds.split("train")[0].path).is_file()

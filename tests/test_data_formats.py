@@ -30,8 +30,7 @@ def _write(path: Path, lines: list[str], eol: str = "\n", trailing: str = "") ->
 
 
 def _prepare(fmt: str, src: Path, tmp_path: Path, **kw):
-    return prepare_dataset(fmt, src, tmp_path / "out", OPTS if not kw else PrepareOptions(**{**vars(OPTS), **kw}),
-                           summary=False)
+    return prepare_dataset(fmt, src, tmp_path / "out", OPTS if not kw else PrepareOptions(**{**vars(OPTS), **kw}))
 
 
 # ---------------------------------------------------------------- CUB-200-2011
@@ -385,8 +384,7 @@ def test_imagefolder_with_and_without_split_folders(tmp_path: Path) -> None:
     (flat / "a_cls" / "._0.JPG").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # must be ignored
     (flat / "README.txt").write_text("not an image")
     ds = prepare_dataset("imagefolder", flat, tmp_path / "flat_out", PrepareOptions(workers=1, val_fraction=0.25,
-                                                                                      test_fraction=0.2),
-                         summary=False)
+                                                                                      test_fraction=0.2))
     assert ds.classes == ["a_cls", "b_cls"] and ds.meta["carved"] == ["test", "val"]
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [6, 2, 2]
     assert all(s.path.startswith(("a_cls/sub/", "b_cls/sub/")) for v in ds.splits.values() for s in v)
@@ -396,7 +394,7 @@ def test_imagefolder_with_and_without_split_folders(tmp_path: Path) -> None:
         for c in ("x", "y"):
             for k in range(n):
                 _image(split / part / c / f"{k}.png", value=k)
-    ds = prepare_dataset("imagefolder", split, None, PrepareOptions(workers=1), summary=False)
+    ds = prepare_dataset("imagefolder", split, None, PrepareOptions(workers=1))
     assert ds.root == tmp_path / "split_fgcli"  # default: <SRC>_fgcli beside SRC
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [6, 2, 4] and ds.meta["official_val"]
 
@@ -409,13 +407,13 @@ def test_imagefolder_empty_class_and_non_utf8_name(tmp_path: Path) -> None:
     bad_name = bytes(root / "a") + b"/caf\xe9.jpg"  # latin-1 bytes: not valid UTF-8
     with open(bad_name, "wb") as f:
         f.write((root / "a" / "0.jpg").read_bytes())
-    ds = prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1), summary=False)
+    ds = prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1))
     bad = (tmp_path / "out" / "bad_images.csv").read_text(encoding="utf-8")
     assert "a/caf\\xe9.jpg" in bad and "not valid UTF-8" in bad
     assert sum(len(v) for v in ds.splits.values()) == 6
     (root / "c").mkdir()
     with pytest.raises(UserError, match="class folder .*c has no images"):
-        prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1), summary=False)
+        prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1))
 
 
 def test_csv_format_labels_splits_and_boxes(tmp_path: Path) -> None:
@@ -424,8 +422,7 @@ def test_csv_format_labels_splits_and_boxes(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text(
         "path,label,split,x,y,w,h\r\n" + "".join(
             f"pics\\{k}.jpg,{k % 2 + 1},{'test' if k >= 4 else 'train'},1,2,3,4\r\n" for k in range(6)))
-    ds = prepare_dataset("csv", tmp_path / "labels.csv", None, PrepareOptions(workers=1, val_fraction=0.5),
-                         summary=False)
+    ds = prepare_dataset("csv", tmp_path / "labels.csv", None, PrepareOptions(workers=1, val_fraction=0.5))
     assert ds.root == tmp_path / "labels_fgcli" and ds.classes == ["1", "2"]
     assert ds.split("test")[0].path == "pics/4.jpg" and ds.split("test")[0].label == 0
     assert ds.split("train")[0].box == (1.0, 2.0, 3.0, 4.0)
@@ -437,7 +434,7 @@ def test_csv_rejects_paths_outside_the_root(tmp_path: Path, bad_path: str) -> No
     _image(tmp_path / "pics" / "0.jpg")
     (tmp_path / "list.csv").write_text(f"path,label\npics/0.jpg,cat\n{bad_path},dog\n")
     with pytest.raises(UserError, match=r"list.csv:3: .*(absolute path|contains '\.\.')"):
-        prepare_dataset("csv", tmp_path / "list.csv", tmp_path / "out", PrepareOptions(workers=1), summary=False)
+        prepare_dataset("csv", tmp_path / "list.csv", tmp_path / "out", PrepareOptions(workers=1))
 
 
 def test_same_image_in_train_and_test_is_an_error(tmp_path: Path) -> None:
@@ -445,7 +442,7 @@ def test_same_image_in_train_and_test_is_an_error(tmp_path: Path) -> None:
     _image(tmp_path / "b.jpg")
     (tmp_path / "list.csv").write_text("path,label,split\na.jpg,x,train\nb.jpg,y,train\na.jpg,x,test\n")
     with pytest.raises(UserError, match="a.jpg is in both the train and the test split"):
-        prepare_dataset("csv", tmp_path / "list.csv", tmp_path / "out", PrepareOptions(workers=1), summary=False)
+        prepare_dataset("csv", tmp_path / "list.csv", tmp_path / "out", PrepareOptions(workers=1))
 
 
 def test_detection_falls_back_to_imagefolder_and_reports_unknown(tmp_path: Path) -> None:

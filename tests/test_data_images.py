@@ -77,8 +77,7 @@ def test_prepare_skips_and_lists_bad_images_or_fails_with_strict(tmp_path: Path)
         (root / "dog" / f"{k}.jpg").parent.mkdir(parents=True, exist_ok=True)
         (root / "dog" / f"{k}.jpg").write_bytes(_jpeg(color=(k * 40, 50, 50)))
     out = tmp_path / "out"
-    ds = prepare_dataset("imagefolder", root, out, PrepareOptions(workers=2, test_fraction=0.0, val_fraction=0.0),
-                         summary=False)
+    ds = prepare_dataset("imagefolder", root, out, PrepareOptions(workers=2, test_fraction=0.0, val_fraction=0.0))
     with open(out / "bad_images.csv", newline="", encoding="utf-8") as f:
         bad = {row["path"]: row["reason"] for row in csv.DictReader(f)}
     wanted_bad = {f"cat/{n}" for n, r in expected.items() if r is not None}
@@ -89,7 +88,7 @@ def test_prepare_skips_and_lists_bad_images_or_fails_with_strict(tmp_path: Path)
     assert ds.meta["bad_images"] == 5
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with pytest.raises(UserError, match=r"5 bad image\(s\) \(first: cat/bomb.png: decompression bomb"):
-        prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, strict=True), summary=False)
+        prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, strict=True))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing lost
 
 
@@ -101,5 +100,5 @@ def test_class_left_without_images_after_skipping_is_an_error(tmp_path: Path) ->
     (root / "b" / "0.jpg").write_bytes(b"")
     with pytest.raises(UserError, match=r"1 class\(es\) have no training images after skipping bad images "
                                         r"\(listed in .*bad_images.csv\): 'b'"):
-        prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1), summary=False)
+        prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1))
     assert "b/0.jpg,empty file" in (tmp_path / "out" / "bad_images.csv").read_text(encoding="utf-8")

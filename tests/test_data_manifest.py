@@ -77,7 +77,7 @@ def test_split_errors_and_missing_source(tmp_path: Path) -> None:
 def test_failed_write_keeps_the_previous_prepared_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _folder(tmp_path / "imgs")
     out = tmp_path / "out"
-    prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1), summary=False)
+    prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     import fgcli.data.manifest as manifest
@@ -93,15 +93,15 @@ def test_failed_write_keeps_the_previous_prepared_folder(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(manifest, "atomic_open", disk_full_on_test_csv)
     with pytest.raises(UserError, match="could not write .*test.csv: No space left on device"):
-        prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, seed=5), summary=False)
+        prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, seed=5))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files left, nothing replaced
 
 
 def test_rewrite_replaces_every_file(tmp_path: Path) -> None:
     root = _folder(tmp_path / "imgs")
     out = tmp_path / "out"
-    first = prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, seed=0), summary=False)
-    second = prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, seed=1), summary=False)
+    first = prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, seed=0))
+    second = prepare_dataset("imagefolder", root, out, PrepareOptions(workers=1, seed=1))
     assert first.split("val") != second.split("val")
     assert load_prepared(out).split("val") == second.split("val") and load_prepared(out).meta["seed"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["bad_images.csv", "dataset.yaml", "test.csv", "train.csv",
@@ -111,9 +111,9 @@ def test_rewrite_replaces_every_file(tmp_path: Path) -> None:
 def test_out_may_not_be_the_source(tmp_path: Path) -> None:
     root = _folder(tmp_path / "imgs")
     with pytest.raises(UserError, match="is the data set folder itself"):
-        prepare_dataset("imagefolder", root, root, PrepareOptions(workers=1), summary=False)
+        prepare_dataset("imagefolder", root, root, PrepareOptions(workers=1))
     with pytest.raises(UserError, match="inside the image folder"):
-        prepare_dataset("imagefolder", root, root / "prepared", PrepareOptions(workers=1), summary=False)
+        prepare_dataset("imagefolder", root, root / "prepared", PrepareOptions(workers=1))
 
 
 def test_resolve_detects_prepares_once_and_reuses(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -175,9 +175,8 @@ def test_never_overwrites_files_it_did_not_write(tmp_path: Path) -> None:
     mine.mkdir()
     (mine / "train.csv").write_text("my own list\n")
     with pytest.raises(UserError, match="already holds train.csv that prepare-data did not write"):
-        prepare_dataset("imagefolder", root, mine, PrepareOptions(workers=1), summary=False)
+        prepare_dataset("imagefolder", root, mine, PrepareOptions(workers=1))
     (mine / "images").mkdir()
     with pytest.raises(UserError, match="already holds images, train.csv"):
-        prepare_dataset("demo", None, mine, PrepareOptions(workers=1), DemoParams(size=32, classes=2, per_class=2),
-                        summary=False)
+        prepare_dataset("demo", None, mine, PrepareOptions(workers=1), DemoParams(size=32, classes=2, per_class=2))
     assert (mine / "train.csv").read_text() == "my own list\n" and (mine / "images").is_dir()

@@ -73,7 +73,10 @@ def prepare_data_command(
                                 level=level, strict=strict, workers=workers, min_size=min_size,
                                 max_pixels=max_pixels, demo_size=demo_size, demo_classes=demo_classes,
                                 demo_per_class=demo_per_class, download=download, url=url, md5=md5,
-                                sha256=sha256, summary=True)
+                                sha256=sha256)
     if not settings.quiet:
+        from fgcli.data.pipeline import summary_table
+
+        console.print(summary_table(prepared))
         console.print(f"Prepared data set: [bold]{prepared.root}[/]  next: fgcli train --data {prepared.root}",
                       soft_wrap=True)

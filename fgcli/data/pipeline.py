@@ -15,7 +15,7 @@ import yaml
 from rich.table import Table
 
 from fgcli import __version__
-from fgcli.console import console, log, settings
+from fgcli.console import log
 from fgcli.data.checks import check_images
 from fgcli.data.demo import DemoParams, generate_demo
 from fgcli.data.formats import FORMATS, reader
@@ -79,8 +79,7 @@ def read_source(fmt: str, src: Path, options: PrepareOptions) -> RawDataset:
     return reader(fmt).read(src, level=options.level)
 
 
-def prepare_demo(target: Path, params: DemoParams, options: PrepareOptions, fingerprint: str,
-                 summary: bool = True) -> PreparedDataset:
+def prepare_demo(target: Path, params: DemoParams, options: PrepareOptions, fingerprint: str) -> PreparedDataset:
     """Generate, check and write the demo data set in a hidden staging folder beside `target`, then move it in.
 
     An error or Ctrl-C before the move leaves `target` as it was (no images without a manifest); an older
@@ -92,7 +91,7 @@ def prepare_demo(target: Path, params: DemoParams, options: PrepareOptions, fing
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         raw = generate_demo(staging, params)
-        finish(raw, staging, options, fingerprint=fingerprint, summary=False)
+        finish(raw, staging, options, fingerprint=fingerprint)
         if not target.exists():
             os.replace(staging, target)
         else:
@@ -109,14 +108,10 @@ def prepare_demo(target: Path, params: DemoParams, options: PrepareOptions, fing
                     shutil.rmtree(trash, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    prepared = load_prepared(target)
-    if summary and not settings.quiet:
-        console.print(summary_table(prepared, []))
-    return prepared
+    return load_prepared(target)
 
 
-def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str | None = None,
-           summary: bool = True) -> PreparedDataset:
+def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str | None = None) -> PreparedDataset:
     """Check images, make the splits and write the prepared folder for an already-read data set."""
     _check_out(raw, out)
     splits = _dedupe(raw)
@@ -130,7 +125,7 @@ def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str
     bad = sorted(raw.skipped) + [(p, r.reason) for p, r in by_path.items() if r.reason is not None]
     _report_bad(bad, out, options.strict)
     try:
-        return _finish_checked(raw, out, options, splits, paths, by_path, bad, fingerprint, summary)
+        return _finish_checked(raw, out, options, splits, paths, by_path, bad, fingerprint)
     except BaseException:
         if bad and not options.strict:  # the warning above points at bad_images.csv: it must exist
             _write_bad_report(out, bad)
@@ -138,8 +133,8 @@ def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str
 
 
 def _finish_checked(raw: RawDataset, out: Path, options: PrepareOptions, splits: dict[str, list[Sample]],
-                    paths: list[str], by_path: dict[str, Any], bad: list[tuple[str, str]], fingerprint: str | None,
-                    summary: bool) -> PreparedDataset:
+                    paths: list[str], by_path: dict[str, Any], bad: list[tuple[str, str]],
+                    fingerprint: str | None) -> PreparedDataset:
     """The rest of `finish` once the images are checked: drop bad images, carve splits, write the folder."""
     splits = {name: [s for s in samples if by_path[s.path].reason is None] for name, samples in splits.items()}
     official_val = bool(splits.get("val"))
@@ -180,10 +175,7 @@ def _finish_checked(raw: RawDataset, out: Path, options: PrepareOptions, splits:
         **{k: v for k, v in raw.meta.items() if k != "crop_bottom"},
     }
     write_prepared(out, meta, {name: splits.get(name, []) for name in SPLITS}, bad)
-    prepared = load_prepared(out)
-    if summary and not settings.quiet:
-        console.print(summary_table(prepared, bad))
-    return prepared
+    return load_prepared(out)
 
 
 def _check_replaceable(out: Path, demo: bool = False) -> None:
@@ -294,8 +286,8 @@ def _stats(checks: list) -> dict[str, Any]:
             "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)}}
 
 
-def summary_table(ds: PreparedDataset, bad: list[tuple[str, str]]) -> Table:
-    """The rich summary of a prepared data set."""
+def summary_table(ds: PreparedDataset) -> Table:
+    """The rich summary of a prepared data set: splits, image sizes, bad images skipped, where it lies."""
     table = Table(title=f"{ds.name} ({ds.format}): {ds.num_classes} classes", title_justify="left")
     table.add_column("split")
     table.add_column("images", justify="right")
@@ -314,7 +306,7 @@ def summary_table(ds: PreparedDataset, bad: list[tuple[str, str]]) -> Table:
     if stats.get("count"):
         w, h = stats["width"], stats["height"]
         table.caption = (f"image sizes: {w['min']}-{w['max']} x {h['min']}-{h['max']} px (median "
-                         f"{w['median']:g} x {h['median']:g}); bad images skipped: {len(bad)}; "
+                         f"{w['median']:g} x {h['median']:g}); bad images skipped: {ds.meta.get('bad_images', 0)}; "
                          f"written to {ds.root}")
         table.caption_justify = "left"
     return table

@@ -38,8 +38,7 @@ __all__ = ["PrepareOptions", "cache_dir", "prepare_dataset", "resolve_data", "re
 
 
 def prepare_dataset(fmt: str, src: str | Path | None, out: str | Path | None = None,
-                    options: PrepareOptions | None = None, demo: DemoParams | None = None,
-                    summary: bool = True) -> PreparedDataset:
+                    options: PrepareOptions | None = None, demo: DemoParams | None = None) -> PreparedDataset:
     """Prepare a data set of format `fmt` from `src` into `out` (default: beside `src`) and load it back."""
     options = options or PrepareOptions()
     options.validate()
@@ -48,13 +47,13 @@ def prepare_dataset(fmt: str, src: str | Path | None, out: str | Path | None = N
     if fmt == "demo":
         params = demo or DemoParams(seed=options.seed)
         target = Path(out or src or f"demo{OUT_SUFFIX}").expanduser().resolve()
-        return prepare_demo(target, params, options, demo_fingerprint(params, options), summary=summary)
+        return prepare_demo(target, params, options, demo_fingerprint(params, options))
     if src is None:
         raise UserError(f"the {fmt} format needs SRC, the data set folder (or CSV file).")
     src_path = Path(src).expanduser()
     raw = read_source(fmt, src_path, options)
     target = Path(out).expanduser().resolve() if out else default_out(src_path.resolve(), fmt)
-    return finish(raw, target, options, summary=summary)
+    return finish(raw, target, options)
 
 
 def resolve_dataset(path: str | Path, *, fmt: str = "auto", val_fraction: float = 0.1, seed: int = 0,
@@ -121,7 +120,7 @@ def _demo(params: DemoParams, options: PrepareOptions) -> PreparedDataset:
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
             raw = generate_demo(staging, params)
-            finish(raw, staging, options, fingerprint=fingerprint, summary=False)
+            finish(raw, staging, options, fingerprint=fingerprint)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)

@@ -1,6 +1,7 @@
 """The data a trained model is scored on: which data set, whether its classes match, which split, the loader.
 
-One path for `eval` of a checkpoint, `eval` of an ONNX file, `attention-viz` and a resumed training run.
+One path for `eval` of a checkpoint, `eval` of an ONNX file, `attention-viz`, a resumed training run and
+`export`'s verification / int8 calibration images.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fgcli.console import log
 from fgcli.errors import UserError
 
 
@@ -18,6 +20,19 @@ def run_data(cfg: Any, alternative: str) -> str:
     if data != "demo" and not Path(data).exists():
         raise UserError(f"the run's data {data} does not exist here: pass {alternative}.")
     return data
+
+
+def reachable_run_data(cfg: Any) -> Any | None:
+    """The run's own PreparedDataset (its checkpoint's `config.data`), or None with a note when it is not
+    reachable here: for the jobs that can fall back to random inputs (export's verification and int8 calibration)."""
+    from fgcli.data.prepare import resolve_data
+
+    try:
+        return resolve_data(cfg.data)
+    except (UserError, OSError) as e:
+        log.info(f"the run's data ({cfg.data.path}) is not available here ({str(e).splitlines()[0][:160]}); "
+                 "using random inputs")
+        return None
 
 
 def class_difference(expected: list[str], got: list[str]) -> str | None:

@@ -167,9 +167,9 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
 
     dataset = None
     if opts.verify or opts.int8:
-        from fgcli.exporting.rundata import run_dataset
+        from fgcli.data.select import reachable_run_data
 
-        dataset = run_dataset(cfg)
+        dataset = reachable_run_data(cfg)
     samples = None
     if opts.verify:
         from fgcli.exporting.rundata import load_batches

@@ -9,8 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from fgcli.console import log
-from fgcli.errors import UserError
 from fgcli.modelinfo import Preprocess
 
 
@@ -28,18 +26,6 @@ class Batches:
 
     def stacked(self) -> np.ndarray:
         return np.concatenate(self.images)
-
-
-def run_dataset(cfg: Any) -> Any | None:
-    """The run's PreparedDataset (from the checkpoint's config), or None with a note when it is not reachable."""
-    try:
-        from fgcli.data.prepare import resolve_data
-
-        return resolve_data(cfg.data)
-    except (UserError, OSError) as e:
-        log.info(f"the run's data ({cfg.data.path}) is not available here ({str(e).splitlines()[0][:160]}); "
-                 "using random inputs")
-        return None
 
 
 def spread(samples: list[Any], limit: int | None) -> list[Any]:
