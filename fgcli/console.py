@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -19,6 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+T = TypeVar("T")
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -59,11 +62,23 @@ def add_file_log(path: str | Path) -> logging.Handler:
 
 
 def progress_bar(*, info: bool = False, transfer: bool = False) -> Progress:
-    """The transient progress bar of long steps (on stderr, hidden with --quiet); `info=True` adds a column
-    showing each task's `info` field (e.g. the running loss); `transfer=True` counts bytes (size and speed)
-    instead of items (downloads, extraction)."""
+    """The transient progress bar of long steps, on stderr; hidden with --quiet and when stderr is not a
+    terminal (a pipe or a file gets the log's one line per phase instead). `info=True` adds a column showing
+    each task's `info` field (e.g. the running loss); `transfer=True` counts bytes (size and speed) instead of
+    items (downloads, extraction)."""
     extra = [TextColumn("{task.fields[info]}")] if info else []
     count = [DownloadColumn(), TransferSpeedColumn()] if transfer else [MofNCompleteColumn()]
     return Progress(TextColumn("{task.description}"), BarColumn(), *count, *extra,
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                    transient=True, disable=settings.quiet)
+                    transient=True, disable=settings.quiet or not err_console.is_terminal)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Yield `items` while a progress bar counts them (`total` defaults to len(items) when it has one)."""
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

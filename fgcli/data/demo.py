@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fgcli.console import track
 from fgcli.data.formats.base import RawDataset
 from fgcli.data.manifest import Sample
 from fgcli.errors import UserError
@@ -94,7 +95,7 @@ def generate_demo(out: Path, params: DemoParams) -> RawDataset:
     splits: dict[str, list[Sample]] = {}
     for split, per_class in (("train", params.per_class), ("test", params.n_test)):
         samples = []
-        for i in range(per_class * params.classes):
+        for i in track(range(per_class * params.classes), f"demo: drawing {split} images"):
             label = i % params.classes
             image, mask, box = render(params, split, i, label)
             rel = f"{split}/{names[label]}/{i:05d}"

@@ -362,12 +362,18 @@ class Trainer:
         order = ["loss"] + [n for n in names if n != "loss"]
         return {n: out[n] for n in order if n in out}
 
-    def validate(self, model: nn.Module, scores: Any = None) -> MetricAccumulator | None:
+    def validate(self, model: nn.Module, scores: Any = None, progress: Any = None,
+                 title: str = "validation") -> MetricAccumulator | None:
         if self.data.val_loader is None:
             return None
+        task = progress.add_task(title, total=self.data.val_count // max(self.info.world_size, 1),
+                                 info="") if progress is not None else None
         acc = evaluate_model(model, self.data.val_loader, self.device, len(self.data.classes),
                              amp_dtype=self.amp_dtype, channels_last=self.channels_last, heads=self.head_names,
-                             scores=scores)
+                             scores=scores, progress=None if task is None else
+                             (lambda n: progress.advance(task, n)))
+        if task is not None:
+            progress.remove_task(task)
         if self.info.enabled:
             acc.load_state_tensor(D.all_reduce_sum(acc.state_tensor(), self.info, self.device))
         if acc.n != self.data.val_count and self.main:
@@ -395,7 +401,8 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(self.device)
                     stats = self.train_one_epoch(epoch, progress)
-                    acc = self.validate(self.eval_model())
+                    acc = self.validate(self.eval_model(), progress=progress,
+                                        title=f"validation {epoch + 1}/{cfg.train.epochs}")
                     row: dict[str, Any] = {"epoch": epoch + 1, "time": 0.0, "lr": stats["lr"]}
                     row.update({k: v for k, v in stats.items() if k.startswith("train/")})
                     improved = False
@@ -441,7 +448,9 @@ class Trainer:
             from fgcli.engine.plots import plot_confusion_matrix
 
             scores = ScoreBook()
-            acc = self.validate(load_model(result.best, device=self.device).model, scores=scores)
+            with progress_bar(info=True) if not self.quiet else contextlib.nullcontext() as bar:
+                acc = self.validate(load_model(result.best, device=self.device).model, scores=scores,
+                                    progress=bar, title="best.pt on val: confusion matrix and calibration")
             if self.main and acc is not None:
                 plot_confusion_matrix(acc.confusion.numpy(), self.data.classes,
                                       self.run_dir / "confusion_matrix.png",
@@ -467,7 +476,9 @@ class Trainer:
             from fgcli.engine.checkpoint import load_model
 
             last_scores = ScoreBook()
-            self.validate(load_model(result.last, device=self.device).model, scores=last_scores)
+            with progress_bar(info=True) if not self.quiet else contextlib.nullcontext() as bar:
+                self.validate(load_model(result.last, device=self.device).model, scores=last_scores,
+                              progress=bar, title="last.pt on val: calibration")
             targets.append((result.last, last_scores))
         else:
             targets.append((result.last, best_scores))

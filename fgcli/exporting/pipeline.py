@@ -16,7 +16,7 @@ import numpy as np
 
 from fgcli import __version__
 from fgcli.config import to_dict
-from fgcli.console import log
+from fgcli.console import log, track
 from fgcli.errors import UserError
 from fgcli.exporting.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
 from fgcli.exporting.verify import Parity, check, compare
@@ -340,17 +340,19 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
         def batches() -> Any:
             return iter_split(dataset, split, pre, batch_size=16, limit=opts.int8_eval_images)
         source = f"{split} split of {where}"
+        count = len(dataset.split(split))
+        total = -(-min(opts.int8_eval_images or count, count) // 16)
     else:
         random = load_batches(None, (), pre, opts.verify_images)
 
         def batches() -> Any:
             return ((x, np.zeros(len(x), dtype=np.int64)) for x in random.images)
-        source = random.source
+        source, total = random.source, len(random.images)
     log.info(f"int8: comparing with fp32 on the {source}")
     rec32, rec8 = _Recorded(fp32_pred), _Recorded(int8_pred)
     num_classes = len(fp32_pred.info.classes)
-    res32 = evaluate(rec32, batches(), num_classes).result()
-    res8 = evaluate(rec8, batches(), num_classes).result()
+    res32 = evaluate(rec32, track(batches(), "int8: scoring the fp32 file", total), num_classes).result()
+    res8 = evaluate(rec8, track(batches(), "int8: scoring the int8 file", total), num_classes).result()
     n = res32.num_samples
     agree = int((np.concatenate(rec32.top1) == np.concatenate(rec8.top1)).sum()) if n else 0
     labelled = split is not None and n > 0

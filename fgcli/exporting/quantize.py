@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from fgcli.console import log
+from fgcli.console import log, track
 from fgcli.errors import UserError
 from fgcli.exporting.graph import drop_initializer_value_info, fp32_island_nodes, unshare_initializers
 
@@ -52,6 +52,11 @@ class _Reader(CalibrationDataReader):
     def rewind(self) -> None:
         self._it = iter(self._batches)
 
+    def tracked(self) -> _Reader:
+        """Iterate the batches under a progress bar (onnxruntime's calibration reads them one by one)."""
+        self._it = track(self._batches, "int8: calibrating activations")
+        return self
+
 
 def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibration_source: str = "",
                   method: str = "minmax") -> QuantResult:
@@ -78,7 +83,7 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
         mode = "static" if calibration else "dynamic"
         try:
             if calibration:
-                quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                quantize_static(str(pre), str(out), _Reader(calibration).tracked(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 op_types_to_quantize=list(QUANT_OPS), nodes_to_exclude=excluded,
                                 calibrate_method=methods[method],

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fgcli.console import track
 from fgcli.modelinfo import Preprocess
 
 
@@ -60,7 +61,9 @@ def load_batches(dataset: Any | None, splits: tuple[str, ...], preprocess: Prepr
     split = first_split(dataset, splits) if dataset is not None else None
     if dataset is not None and split is not None:
         images, labels = [], []
-        for x, y in iter_split(dataset, split, preprocess, batch_size, count):
+        total = -(-min(count or len(dataset.split(split)), len(dataset.split(split))) // batch_size)
+        for x, y in track(iter_split(dataset, split, preprocess, batch_size, count), f"loading {split} images",
+                          total=total):
             images.append(x)
             labels.append(y)
         if images:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fgcli.console import track
 from fgcli.errors import UserError
 
 #: max |Δprob| allowed for an fp32 export; fp16 / int8 are judged by top-1 agreement (int8 also by accuracy)
@@ -34,7 +35,7 @@ def compare(reference: ProbFn, candidate: ProbFn, images: np.ndarray, inputs: st
             batch_size: int = 8) -> Parity:
     """Run `images` (N x 3 x H x W) through both probability functions in batches and compare them."""
     ref_parts, cand_parts = [], []
-    for i in range(0, len(images), batch_size):
+    for i in track(range(0, len(images), batch_size), "verify: torch vs onnxruntime"):
         batch = np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)
         ref_parts.append(np.asarray(reference(batch), dtype=np.float64))
         cand_parts.append(np.asarray(candidate(batch), dtype=np.float64))
