@@ -44,6 +44,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # fine-tuned with the method's layers at the linear probe's better rate, the backbone at the same 1e-4
     "baseline_lr1e-2": ("baseline_lite0_128", ["optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
     "herbs_lr1e-2": ("herbs_lite0_128", ["optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
+    # twice the budget: HERBS' new layers (neck, selector, combiner) are still improving at 6 epochs
+    "baseline_12ep": ("baseline_lite0_128", ["train.epochs=12"]),
+    "herbs_12ep": ("herbs_lite0_128", ["train.epochs=12"]),
     # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
     "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
     # frozen trunks are identical copies: one shared trunk computes exactly the same, with a quarter of the memory
