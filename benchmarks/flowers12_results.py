@@ -97,7 +97,9 @@ def main() -> None:
 
 
 def _split_sizes(data: Path) -> list[int]:
-    prepared = data.with_name(data.name + "_fgcli")
+    from fgcli.data.pipeline import default_out
+
+    prepared = default_out(data.resolve(), "imagefolder")  # where training put the manifest (beside, or the cache)
     return [max(0, len((prepared / f"{s}.csv").read_text().splitlines()) - 1) for s in ("train", "val", "test")]
 
 
