@@ -64,8 +64,15 @@ def descending_order(key: torch.Tensor) -> torch.Tensor:
 
 
 def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[b, index[b, j], :] for B x S x F `x` and B x J `index`."""
-    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
+    """x[b, index[b, j], :] for B x S x F `x` and B x J `index`.
+
+    Whole rows are copied with one `index_select` over the flattened B*S rows (ONNX Gather): on the CPU this is
+    several times faster than `gather` with an index expanded to B x J x F, which reads one index per element.
+    """
+    batch, tokens, width = x.shape
+    offsets = torch.arange(batch, device=index.device, dtype=index.dtype).unsqueeze(1) * tokens
+    rows = (index + offsets).reshape(-1)
+    return x.reshape(batch * tokens, width).index_select(0, rows).view(batch, index.shape[1], width)
 
 
 def select_tokens(
