@@ -49,6 +49,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "herbs_12ep": ("herbs_lite0_128", ["train.epochs=12"]),
     # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
     "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
+    # ... and at the fine-tuned recipe's 1e-3: AdamW at 1e-2 is a large step for HERBS' MLP neck
+    "herbs_frozen_lr1e-3": ("herbs_lite0_128", ["model.freeze=backbone"]),
     # frozen trunks are identical copies: one shared trunk computes exactly the same, with a quarter of the memory
     "mge_frozen": ("mge_frozen_lite0_128", []),
 }
