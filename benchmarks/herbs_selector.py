@@ -7,10 +7,13 @@
 2. Training throughput: forward + loss + backward steps/s of the `herbs` and `baseline` Method modules on
    random tensors (no data loading, no optimizer step), same backbone and image size, so the cost of the
    method itself is known.
+3. Share: the selector's time inside whole HERBS forward passes of a real backbone (random weights).
 
-    python benchmarks/herbs_selector.py                       # both parts, CPU
+    python benchmarks/herbs_selector.py                       # all parts, CPU
     python benchmarks/herbs_selector.py --part selector --batches 1 32
     python benchmarks/herbs_selector.py --part train --backbone resnet50 --img-size 224 --batch 8
+    python benchmarks/herbs_selector.py --part share --backbone swin_large_patch4_window12_384 --img-size 384 \
+        --batch 1 --steps 3
 """
 
 from __future__ import annotations
@@ -108,9 +111,53 @@ def bench_train(backbone: str, img_size: int, batch: int, classes: int, steps: i
             "herbs_relative": results["herbs"] / results["baseline"]}
 
 
+def bench_share(backbone: str, img_size: int, batch: int, classes: int, repeats: int, device: torch.device,
+                fpn_size: int | None) -> dict:
+    """The selector's share of a whole HERBS forward (eval mode): every `select_tokens` call of the model is
+    timed inside the same forward passes that are timed as a whole."""
+    import time
+
+    import fgcli.methods.herbs.model as herbs_model
+    from fgcli.config import resolve_config
+    from fgcli.methods import build_method
+
+    sets = ["method=herbs", f"model.backbone={backbone}", f"data.img_size={img_size}"]
+    if fpn_size:
+        sets.append(f"herbs.fpn_size={fpn_size}")
+    torch.manual_seed(0)
+    model = build_method(resolve_config(overrides=sets), classes).to(device).eval()
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    spent = [0.0]
+    original = herbs_model.select_tokens
+
+    def timed(*args, **kwargs):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        _sync(device)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    herbs_model.select_tokens = timed
+    try:
+        with torch.no_grad():
+            model(x)  # warm-up
+            spent[0], total = 0.0, 0.0
+            for _ in range(repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                model(x)
+                _sync(device)
+                total += time.perf_counter() - t0
+    finally:
+        herbs_model.select_tokens = original
+    return {"forward_ms": 1e3 * total / repeats, "selector_ms": 1e3 * spent[0] / repeats,
+            "share": spent[0] / total, "tokens": [int(t) for t in getattr(model, "stage_tokens", [])]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["selector", "train", "all"], default="all")
+    parser.add_argument("--part", choices=["selector", "train", "share", "all"], default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--dim", type=int, default=1536, help="feature width D (fpn_size)")
@@ -136,6 +183,13 @@ def main() -> None:
             same = f"{r['prob_vs_loop']} ({r['prob_vs_official']})"
             print(f"{b:>5} {r['loop_ms']:>9.2f} {r['prob_ms']:>9.2f} {r['prob_speedup']:>8.2f}x "
                   f"{r['margin_ms']:>10.2f} {r['margin_speedup']:>8.2f}x  {same:<14} {r['margin_moved']}")
+    if args.part in ("share", "all"):
+        r = bench_share(args.backbone, args.img_size, args.batch, args.classes, min(args.repeats, args.steps), device,
+                        args.fpn_size)
+        print(f"\nselector share of the HERBS forward (eval): {args.backbone} @ {args.img_size}, batch {args.batch}, "
+              f"{args.classes} classes, fpn_size {args.fpn_size or 'default'}")
+        print(f"forward {r['forward_ms']:.1f} ms, of which the selector (4 stages) {r['selector_ms']:.1f} ms = "
+              f"{100 * r['share']:.1f} %")
     if args.part in ("train", "all"):
         r = bench_train(args.backbone, args.img_size, args.batch, args.classes, args.steps, device, args.fpn_size)
         print(f"\ntraining fwd+loss+bwd on random tensors: {args.backbone} @ {args.img_size}, batch {args.batch}, "
