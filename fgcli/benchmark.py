@@ -104,7 +104,7 @@ def expand_providers(providers: Sequence[str] | None, device: str = "auto") -> t
             continue
         chosen.append("cpu")
         if device != "cpu" and any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider"
-                                   for p in resolve_providers(None, "auto" if device == "auto" else device)):
+                                   for p in resolve_providers(None, device)):
             chosen.append("cuda")
         missing = openvino_missing()
         if missing is None:
@@ -143,7 +143,7 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
     """
     import torch
 
-    from fgcli.inference import check_precision
+    from fgcli.inference import OPENVINO_EP, OPENVINO_INSTALL, check_precision, provider_name
 
     path = Path(model)
     if not path.exists():
@@ -157,6 +157,9 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
     torch.set_num_threads(threads)
     wanted = list(dict.fromkeys(check_precision(p) for p in (precisions or PRECISIONS)))
     groups, skipped = expand_providers(providers, device)
+    if precisions and set(wanted) - {"fp32"} and not any(g and provider_name(g) == OPENVINO_EP for g in groups):
+        raise UserError(f"--precision {','.join(precisions)}: bf16 runs on OpenVINO only; add openvino to "
+                        f"--providers ({OPENVINO_INSTALL}).")
     report = BenchReport(skipped=skipped)
     with tempfile.TemporaryDirectory(prefix="fgcli-bench-") as tmp:
         torch_pred = None
@@ -164,11 +167,10 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
             torch_pred = TorchPredictor(ckpt, device=device, threads=threads, use_ema=use_ema)
         if is_onnx(path):
             fp32_path = path
-            probe = OnnxPredictor(path, providers=["cpu"], threads=1)
-            size = _check_size(img_size, probe.info.preprocess.img_size, path)
+            info = _onnx_info(path)
+            size = _check_size(img_size, info.preprocess.img_size, path)
             if torch_pred is not None:
-                _check_source(probe.info.source_sha256, ckpt, path)
-            del probe
+                _check_source(info.source_sha256, ckpt, path)
         else:
             assert torch_pred is not None
             size = _torch_size(torch_pred, img_size)
@@ -199,6 +201,20 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
     if verify:
         report.failures = check_parity(report.rows, min_agreement)
     return report
+
+
+def _onnx_info(path: Path) -> Any:
+    """The ModelInfo in an `.onnx` file's metadata, read without starting a session."""
+    import onnx
+
+    from fgcli.modelinfo import ModelInfo, get_metadata
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise UserError(f"cannot read {path} as an ONNX model ({type(e).__name__}); the file may be truncated or "
+                        "corrupt. Re-export it with `fgcli export CHECKPOINT --onnx`.") from e
+    return ModelInfo.from_props(get_metadata(proto), source=str(path))
 
 
 def _torch_size(torch_pred: Any, img_size: int | None) -> int:
@@ -321,7 +337,7 @@ def check_parity(rows: Sequence[BenchRow], min_agreement: float | None = None) -
         if r.agreement is None or r.max_dprob is None:
             continue
         key = (r.backend, r.device, r.precision)
-        name = f"{r.backend} {r.precision} ({r.device.replace('ExecutionProvider', '')})"
+        name = f"{_label(r)} {r.precision}"
         if r.precision == "fp32":
             if not (r.max_dprob <= FP32_PROB_TOL and r.agreement >= 100.0):
                 failures[key] = (f"{name}: max |Δprob| {r.max_dprob:.2e} (tolerance {FP32_PROB_TOL:g}), top-1 "

@@ -29,9 +29,9 @@ def bench_command(
                                          help="onnxruntime providers, comma-separated, each timed on its own: cpu, "
                                               "cuda, tensorrt, openvino, or all (those usable here; the rest are "
                                               "listed as skipped). Default: the one --device picks."),
-    precision: str = typer.Option("f32,bf16", "--precision",
-                                  help="OpenVINO precisions, comma-separated (bf16 only on CPUs with AVX-512 BF16 "
-                                       "/ AMX; elsewhere skipped, with a note)."),
+    precision: str | None = typer.Option(None, "--precision",
+                                         help="OpenVINO precisions, comma-separated (default f32,bf16; bf16 only on "
+                                              "CPUs with AVX-512 BF16 / AMX, elsewhere skipped with a note)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint",
                                           help=".onnx MODEL: the .pt it was exported from, timed as torch eager "
                                                "fp32 and used as the reference."),
