@@ -165,9 +165,11 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
         torch_pred = None
         if ckpt is not None and ("torch" in backends or (not is_onnx(path) and "onnx" in backends)):
             torch_pred = TorchPredictor(ckpt, device=device, threads=threads, use_ema=use_ema)
+        file_precision = "fp32"
         if is_onnx(path):
             fp32_path = path
             info = _onnx_info(path)
+            file_precision = info.precision
             size = _check_size(img_size, info.preprocess.img_size, path)
             if torch_pred is not None:
                 _check_source(info.source_sha256, ckpt, path)
@@ -190,12 +192,15 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
             report.skipped.append("torch (an .onnx MODEL: give --checkpoint BEST.pt to time torch eager and use it "
                                   "as the fp32 reference)")
         if "onnx" in backends:
-            int8 = int8_sibling(path)
-            if not int8.is_file():
+            int8: Path | None = int8_sibling(path)
+            if file_precision == "int8":  # MODEL is the int8 file itself
+                int8 = None
+            elif not int8.is_file():
                 report.skipped.append(f"int8 (no {int8.name} beside {path.name}: `fgcli export --int8` writes it)")
+                int8 = None
             for provider in groups:
-                targets += _onnx_targets(fp32_path, int8 if int8.is_file() else None, provider, device, threads,
-                                         wanted, report.skipped)
+                targets += _onnx_targets(fp32_path, file_precision, int8, provider, device, threads, wanted,
+                                         report.skipped)
         report.skipped = list(dict.fromkeys(report.skipped))
         _run_targets(targets, report, batch_sizes, size, threads, warmup, iters, images, max_images, progress)
     if verify:
@@ -236,9 +241,9 @@ def _check_source(source_sha256: str, ckpt: Path | None, path: Path) -> None:
                     "top-1 agreement compares two different models")
 
 
-def _onnx_targets(fp32_path: Path, int8_path: Path | None, provider: str | None, device: str, threads: int,
-                  precisions: Sequence[str], skipped: list[str]) -> list[_Target]:
-    """The backends of one provider: the fp32 file (each precision on OpenVINO), then the int8 file."""
+def _onnx_targets(fp32_path: Path, file_precision: str, int8_path: Path | None, provider: str | None, device: str,
+                  threads: int, precisions: Sequence[str], skipped: list[str]) -> list[_Target]:
+    """The backends of one provider: MODEL's file (at each precision on OpenVINO), then the int8 file."""
     from fgcli.inference import OPENVINO_EP, bf16_supported, provider_name
 
     chosen = [provider] if provider else None
@@ -246,7 +251,7 @@ def _onnx_targets(fp32_path: Path, int8_path: Path | None, provider: str | None,
         def make(file: Path) -> Callable[[], Predictor]:
             return lambda: OnnxPredictor(file, providers=chosen, device=device, threads=threads)
 
-        targets = [_Target("onnx", "fp32", make(fp32_path))]
+        targets = [_Target("onnx", file_precision, make(fp32_path))]
         if int8_path is not None:
             targets.append(_Target("onnx", "int8", make(int8_path)))
         return targets
@@ -260,6 +265,8 @@ def _onnx_targets(fp32_path: Path, int8_path: Path | None, provider: str | None,
     def make_ov(file: Path, precision: str) -> Callable[[], Predictor]:
         return lambda: OnnxPredictor(file, providers=[OPENVINO_EP], threads=threads, precision=precision)
 
+    if file_precision == "int8":  # MODEL is an int8 file: int8 kernels, the float layers at fp32
+        return [_Target("openvino", "int8", make_ov(fp32_path, "fp32"))]
     targets = [_Target("openvino", p, make_ov(fp32_path, p)) for p in dict.fromkeys(runnable)]
     if int8_path is not None:  # int8 kernels; the layers left in float run at fp32
         targets.append(_Target("openvino", "int8", make_ov(int8_path, "fp32")))
