@@ -206,6 +206,7 @@ def test_eval_onnx_on_openvino(tiny_demo, tmp_path):
         result = runner.invoke(app, ["eval", str(onnx_path), "--data", str(tiny_demo.root), "--providers", provider,
                                      "--out", str(out), "--workers", "0", "--device", "cpu"])
         assert result.exit_code == 0, result.output
+        assert ("node placement: all" in result.output) == (provider == "openvino")
         runs[provider] = json.loads((out / "metrics.json").read_text())
     assert runs["openvino"]["device"] == "onnxruntime OpenVINOExecutionProvider (fp32)"
     assert runs["openvino"]["inference_precision"] == "fp32"
