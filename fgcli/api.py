@@ -25,7 +25,7 @@ from fgcli.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
-    from fgcli.benchmark import BenchRow
+    from fgcli.benchmark import BenchReport
     from fgcli.calibrating import CalibrateResult
     from fgcli.data.manifest import PreparedDataset
     from fgcli.engine.trainer import TrainResult
@@ -111,14 +111,17 @@ def _overrides(items: Sequence[str] | dict[str, Any] | None) -> list[str] | None
 
 def evaluate(model: str | Path, data: str | None = None, *, split: str = "test", batch_size: int = 64,
              device: str = "auto", out: str | Path | None = None, workers: int | None = None,
-             ema: bool = True, calibration: bool = True, tta: str | None = None) -> EvalRun:
+             ema: bool = True, calibration: bool = True, tta: str | None = None,
+             providers: Sequence[str] | None = None, precision: str | None = None) -> EvalRun:
     """`fgcli eval MODEL`: a `.pt` (fused output and every head) or an `.onnx` (fused) on a data split; writes
     the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`). `tta` 'flip': also
-    the mirrored image, its effect reported; `calibration` False: the selective line from raw probabilities."""
+    the mirrored image, its effect reported; `calibration` False: the selective line from raw probabilities.
+    `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO)."""
     from fgcli.evaluation import eval_checkpoint
 
     return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
-                           workers=workers, use_ema=ema, calibration=calibration, tta=tta)
+                           workers=workers, use_ema=ema, calibration=calibration, tta=tta,
+                           providers=list(providers) if providers else None, precision=precision)
 
 
 def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int | None = None,
@@ -175,26 +178,29 @@ class Model:
 
 
 def load(path: str | Path, *, device: str = "auto", providers: Sequence[str] | None = None,
-         threads: int | None = None, ema: bool = True, calibration: bool = True, tta: str | None = None) -> Model:
+         threads: int | None = None, ema: bool = True, calibration: bool = True, tta: str | None = None,
+         precision: str | None = None) -> Model:
     """A checkpoint (torch) or an exported `.onnx` file (onnxruntime) ready to predict: calibrated
-    probabilities unless `calibration` is False; `tta` 'flip' averages the image and its mirror."""
+    probabilities unless `calibration` is False; `tta` 'flip' averages the image and its mirror; `precision`
+    "bf16" runs an `.onnx` in bf16 on `providers=["openvino"]` (default fp32)."""
     from fgcli.inference import load_predictor
 
     predictor = load_predictor(path, device=device, providers=list(providers) if providers else None,
-                               threads=threads, use_ema=ema, calibration=calibration, tta=tta)
+                               threads=threads, use_ema=ema, calibration=calibration, tta=tta, precision=precision)
     return Model(predictor, path)
 
 
 def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path], *, topk: int = 5,
             batch_size: int = 32, out: str | Path | None = None, device: str = "auto",
             providers: Sequence[str] | None = None, threads: int | None = None, workers: int = 4,
-            ema: bool = True, progress: Any = None, calibration: bool = True, tta: str | None = None) -> PredictResult:
+            ema: bool = True, progress: Any = None, calibration: bool = True, tta: str | None = None,
+            precision: str | None = None) -> PredictResult:
     """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`)."""
     from fgcli.prediction import collect_images, predict_paths, write_output
 
     loaded = model if isinstance(model, Model) else load(model, device=device, providers=providers,
                                                          threads=threads, ema=ema, calibration=calibration,
-                                                         tta=tta)
+                                                         tta=tta, precision=precision)
     sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
     result = predict_paths(loaded.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
                            workers=workers, model=loaded.path, progress=progress)
@@ -206,14 +212,21 @@ def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path]
 def bench(model: str | Path, *, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1, 8, 32),
           img_size: int | None = None, warmup: int = 3, iters: int = 20, threads: int | None = None,
           device: str = "auto", providers: Sequence[str] | None = None, ema: bool = True,
-          progress: Any = None) -> list[BenchRow]:
-    """`fgcli bench MODEL`: latency and throughput per backend (torch, onnx) and batch size."""
+          progress: Any = None, precisions: Sequence[str] | None = None, checkpoint: str | Path | None = None,
+          images: str | Path | None = None, max_images: int = 64, verify: bool = False,
+          min_agreement: float | None = None) -> BenchReport:
+    """`fgcli bench MODEL`: latency and throughput per backend (torch, onnx on each of `providers`, the int8 file
+    beside MODEL, OpenVINO at each of `precisions`) and batch size, side by side, each compared with the first
+    backend on `images` (default: random inputs). Returns a BenchReport: iterate it for the rows; `.skipped`,
+    `.notes`, and with `verify` `.failures` (backends outside the parity tolerance)."""
     from fgcli.benchmark import bench_model, parse_backends
 
-    chosen = parse_backends(",".join(backends) if backends else None, Path(model))
+    chosen = parse_backends(",".join(backends) if backends else None, Path(model), checkpoint)
     return bench_model(model, chosen, list(batch_sizes), img_size=img_size, warmup=warmup, iters=iters,
                        threads=threads, device=device, providers=list(providers) if providers else None,
-                       use_ema=ema, progress=progress)
+                       use_ema=ema, progress=progress, precisions=list(precisions) if precisions else None,
+                       checkpoint=checkpoint, images=images, max_images=max_images, verify=verify,
+                       min_agreement=min_agreement)
 
 
 def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: str | None = None,

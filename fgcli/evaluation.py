@@ -38,14 +38,16 @@ class EvalRun:
 
 def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", batch_size: int = 64,
                     device: str = "auto", out: str | Path | None = None, workers: int | None = None,
-                    use_ema: bool = True, calibration: bool = True, tta: str | None = None) -> EvalRun:
+                    use_ema: bool = True, calibration: bool = True, tta: str | None = None,
+                    providers: list[str] | None = None, precision: str | None = None) -> EvalRun:
     """Evaluate a `.pt` or `.onnx` on a data split and write metrics.json, per_class_accuracy.csv,
     confusion_matrix.png and reliability.png into `out` (default runs/eval/<run name>).
 
     The fused prediction's calibration (ECE, MCE, NLL, Brier before / after the model's fitted temperature,
     selective accuracy / coverage) goes into metrics.json's `calibration` section; `tta` 'flip' adds the
     mirrored view and reports its effect there (top-1 and the rest stay those of the plain view).
-    `calibration` False: the selective-prediction line uses the uncalibrated probabilities.
+    `calibration` False: the selective-prediction line uses the uncalibrated probabilities. `providers` /
+    `precision` (`.onnx` only): the onnxruntime providers (e.g. ["openvino"]) and OpenVINO's precision.
 
     `data` None: the data set the run was trained on (a `.pt` records it; an `.onnx` does not). Splits are
     carved with the run's own data settings (stored in the `.pt`, or in the `.onnx` metadata), so `--split val`
@@ -64,8 +66,10 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         if data is None:
             raise UserError(f"{path} is an ONNX model, which does not record its training data: pass --data PATH "
                             "(e.g. --data demo or the data set root).")
-        model: Any = OnnxPredictor(path, device=device)
+        model: Any = OnnxPredictor(path, device=device, providers=providers, precision=precision)
         info, where, torch_device = model.info, model.device, None
+        if len(model.session.get_providers()) > 1:
+            log.info(f"{model.device}: {model.placement_line()}")
         temperature = model.temperature
         if model.graph_tta is not None:
             if tta is not None:
@@ -74,14 +78,21 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
             tta = None
         data_cfg = from_dict({"data": json.loads(info.extra.get("data_config", "{}"))},
                              source=f"{path} metadata").data
-        extra = {"model": str(path), "precision": info.precision, "source_checkpoint_sha256": info.source_sha256,
+        extra = {"model": str(path), "precision": info.precision, "inference_precision": model.precision,
+                 "source_checkpoint_sha256": info.source_sha256,
                  "tta_in_graph": model.graph_tta or "none"}
         title = f"{info.method} / {info.backbone} (onnx, {info.precision})"
         report_title = f"{info.method} (onnx) on {split}"
         log.info(f"evaluating {path.name} on {where}")
     else:
         from fgcli.engine.checkpoint import load_model
+        from fgcli.inference import check_precision
 
+        if providers:
+            raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
+        if check_precision(precision) != "fp32":
+            raise UserError(f"--precision {precision} applies to .onnx models on --providers openvino; a "
+                            "checkpoint runs in fp32 on torch.")
         loaded = load_model(path, device=device, use_ema=use_ema)
         model, info, torch_device, data_cfg = loaded.model, loaded.info, loaded.device, loaded.config.data
         temperature = stored_temperature(loaded.checkpoint)

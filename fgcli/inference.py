@@ -3,13 +3,18 @@
 A Predictor maps a batch of preprocessed images (N x 3 x H x W float32, normalised as `info.preprocess`
 says) to fused logits and probabilities. onnxruntime providers are chosen explicitly: CUDA only when
 torch sees a usable GPU *and* the session really runs on CUDAExecutionProvider (onnxruntime-gpu lists CUDA
-even on machines without one), else CPU.
+even on machines without one), else CPU. OpenVINO runs through onnxruntime as a plugin execution provider
+(`pip install "fgcli[openvino]"`), at the precision asked (`INFERENCE_PRECISION_HINT`), with onnxruntime's CPU
+provider taking the nodes it does not; every session records where its nodes ran (`node_placement`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,176 @@ from fgcli.modelinfo import ModelInfo
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
+OPENVINO_EP = "OpenVINOExecutionProvider"
 _ALIASES = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-            "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider"}
+            "openvino": OPENVINO_EP, "ov": OPENVINO_EP, "dml": "DmlExecutionProvider"}
+
+#: inference precisions (`--precision`): fp32 everywhere; bf16 on OpenVINO (AVX-512 BF16 / AMX CPUs)
+PRECISIONS = ("fp32", "bf16")
+_PRECISION_ALIASES = {"fp32": "fp32", "f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+#: OpenVINO's name of each precision (its INFERENCE_PRECISION_HINT property)
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+OPENVINO_INSTALL = 'pip install "fgcli[openvino]"'
+_OPENVINO_REGISTRATION = "fgcli_openvino"
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def check_precision(precision: str | None) -> str:
+    """A --precision value (fp32 / f32 / bf16, any case) -> 'fp32' or 'bf16' (None -> 'fp32')."""
+    if precision is None:
+        return "fp32"
+    name = _PRECISION_ALIASES.get(precision.strip().lower())
+    if name is None:
+        raise UserError(f"--precision {precision} is not valid; use f32 (fp32) or bf16.")
+    return name
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS, Windows)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def bf16_supported() -> bool:
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), so OpenVINO can run a model in bf16."""
+    return bool(cpu_flags() & set(_BF16_FLAGS))
+
+
+def effective_precision(precision: str | None, openvino: bool) -> str:
+    """The precision a session will run at: bf16 needs OpenVINO (else an error) and a CPU with AVX-512 BF16 or
+    AMX (else one warning line and fp32)."""
+    precision = check_precision(precision)
+    if precision == "fp32":
+        return precision
+    if not openvino:
+        raise UserError(f"--precision {precision} runs on OpenVINO only: add --providers openvino "
+                        f"({OPENVINO_INSTALL}); onnxruntime's other providers run the file's own precision.")
+    if not bf16_supported():
+        log.warning(f"--precision {precision}: this CPU has neither AVX-512 BF16 nor AMX ({' / '.join(_BF16_FLAGS)} "
+                    "flags); running OpenVINO in fp32")
+        return "fp32"
+    return precision
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot run here (one sentence naming the fix), or None when its plugin is usable."""
+    try:
+        openvino_device()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def openvino_device() -> Any:
+    """The OpenVINO plugin's CPU device for `SessionOptions.add_provider_for_devices` (the plugin library is
+    registered with onnxruntime once per process)."""
+    import onnxruntime as ort
+
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        raise UserError(f"--providers openvino needs the OpenVINO plugin for onnxruntime: {OPENVINO_INSTALL} "
+                        "(installs onnxruntime-ep-openvino).") from None
+    if not hasattr(ort, "register_execution_provider_library"):
+        raise UserError(f"the OpenVINO plugin needs onnxruntime >= 1.23 (this is {ort.__version__}): "
+                        "pip install -U onnxruntime-gpu (or onnxruntime).")
+    name = plugin.get_ep_name()
+
+    def cpu_devices() -> list[Any]:
+        return [d for d in ort.get_ep_devices() if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU"]
+
+    devices = cpu_devices()
+    if not devices:
+        try:
+            ort.register_execution_provider_library(_OPENVINO_REGISTRATION, plugin.get_library_path())
+        except Exception as e:  # registered already under another name, or a library that does not load
+            if "already registered" not in str(e):
+                text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise UserError(f"onnxruntime cannot load the OpenVINO plugin ({text}). Reinstall it: "
+                                f"{OPENVINO_INSTALL}.") from e
+        devices = cpu_devices()
+    if not devices:
+        raise UserError("the OpenVINO plugin for onnxruntime found no CPU device on this machine; use "
+                        "--providers cpu.")
+    return devices[0]
+
+
+def openvino_options(precision: str, threads: int | None) -> dict[str, str]:
+    """The OpenVINO provider options: precision (and threads) as OpenVINO CPU properties in `load_config`."""
+    props = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
+    if threads:
+        props["INFERENCE_NUM_THREADS"] = str(int(threads))
+    return {"load_config": json.dumps({"CPU": props})}
+
+
+def _short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider")
+
+
+@dataclass
+class Placement:
+    """Where a session's nodes run: node count and node types per provider, compiled subgraphs per provider."""
+
+    nodes: dict[str, int] = field(default_factory=dict)
+    ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    subgraphs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.nodes.values())
+
+    def line(self, main: str) -> str:
+        """'node placement: ...' for a session whose first provider is `main`."""
+        taken = self.nodes.get(main, 0)
+        groups = self.subgraphs.get(main, 0)
+        where = f" in {groups} subgraph{'s' if groups != 1 else ''}" if main != CPU_EP and groups else ""
+        if taken == self.total:
+            return f"node placement: all {self.total} nodes on {_short(main)}{where}"
+        rest = []
+        for provider, count in self.nodes.items():
+            if provider == main:
+                continue
+            ops = sorted(self.ops.get(provider, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = ", ".join(f"{op} {n}" for op, n in ops[:8]) + (", ..." if len(ops) > 8 else "")
+            rest.append(f"{_short(provider)} {count} ({shown})")
+        return f"node placement: {_short(main)} {taken} of {self.total} nodes{where}; " + "; ".join(rest)
+
+
+def node_placement(session: Any) -> Placement | None:
+    """How many nodes (of which types) each provider of `session` runs, from onnxruntime's graph assignment
+    record (sessions from `create_session` keep one); None where onnxruntime cannot tell (older than 1.23)."""
+    try:
+        assigned = session.get_provider_graph_assignment_info()
+    except Exception:
+        return None
+    placement = Placement()
+    for subgraph in assigned:
+        nodes = list(subgraph.get_nodes())
+        ep = str(subgraph.ep_name)
+        placement.nodes[ep] = placement.nodes.get(ep, 0) + len(nodes)
+        placement.subgraphs[ep] = placement.subgraphs.get(ep, 0) + 1
+        ops = placement.ops.setdefault(ep, {})
+        for op, n in Counter(str(node.op_type) for node in nodes).items():
+            ops[op] = ops.get(op, 0) + n
+    return placement if placement.nodes else None
+
+
+def provider_name(name: str) -> str:
+    """A provider alias (cpu, cuda, tensorrt, openvino, ...) -> onnxruntime's full name; others unchanged."""
+    return _ALIASES.get(name.strip().lower(), name.strip())
+
+
+def wants_openvino(providers: Sequence[str] | None) -> bool:
+    """Whether a --providers list asks for OpenVINO."""
+    return any(provider_name(p) == OPENVINO_EP for p in providers or ())
 
 
 def resolve_providers(providers: Sequence[str] | None = None, device: str = "auto") -> list[Any]:
@@ -34,10 +207,16 @@ def resolve_providers(providers: Sequence[str] | None = None, device: str = "aut
     if providers:
         chosen = []
         for name in providers:
-            full = _ALIASES.get(name.strip().lower(), name.strip())
-            if full not in available:
-                raise unknown_choice("onnxruntime provider", full, available)
+            full = provider_name(name)
+            if full == OPENVINO_EP:
+                openvino_device()  # the plugin is there (else one line naming the package)
+            elif full not in available:
+                raise unknown_choice("onnxruntime provider", full, {*available, OPENVINO_EP})
             chosen.append(full)
+        chosen = list(dict.fromkeys(chosen))
+        if OPENVINO_EP in chosen and set(chosen) - {OPENVINO_EP, CPU_EP}:
+            raise UserError(f"--providers {','.join(providers)}: openvino combines with cpu only (onnxruntime's "
+                            "CPU provider runs the nodes OpenVINO does not take).")
         return chosen
     device = check_device(device)
     if device == "cpu":
@@ -63,37 +242,67 @@ def session_options(threads: int | None = None) -> Any:
         options.inter_op_num_threads = 1
     if not settings.debug:
         options.log_severity_level = 3  # onnxruntime's own warnings (e.g. a CUDA EP that failed to load)
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")  # for node_placement
     return options
 
 
 def create_session(path: str | Path, providers: Sequence[str] | None = None, device: str = "auto",
-                   threads: int | None = None) -> Any:
-    """An onnxruntime InferenceSession on the providers chosen by `resolve_providers`, checked after creation."""
+                   threads: int | None = None, precision: str | None = None) -> Any:
+    """An onnxruntime InferenceSession on the providers chosen by `resolve_providers`, checked after creation.
+
+    `precision` (fp32 / bf16) applies to OpenVINO, which is added through its plugin's CPU device (a plain
+    provider name would silently fall back to CPU) and must be the provider in use once the session exists."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ONNX file {path} does not exist. Check the path, or export one with `fgcli export`.")
     chosen = resolve_providers(providers, device)
-    wants_cuda = any((p[0] if isinstance(p, tuple) else p) == CUDA_EP for p in chosen)
+    names = [p[0] if isinstance(p, tuple) else p for p in chosen]
+    openvino = OPENVINO_EP in names
+    precision = effective_precision(precision, openvino)
+    wants_cuda = CUDA_EP in names
     if wants_cuda and hasattr(ort, "preload_dlls"):
         with contextlib.suppress(Exception):  # CUDA/cuDNN from the nvidia-* wheels torch installed, if any
             ort.preload_dlls()
     if not settings.debug:
         ort.set_default_logger_severity(3)
+    options = session_options(threads)
+    if openvino:
+        options.add_provider_for_devices([openvino_device()], openvino_options(precision, threads))
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=chosen)
+        if openvino:  # the CPU provider is always there for the nodes OpenVINO does not take
+            session = ort.InferenceSession(str(path), options)
+        else:
+            session = ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as e:
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if openvino and path.stat().st_size and _loads_on_cpu(path):
+            raise UserError(f"OpenVINO cannot compile {path} ({text}); run it with --providers cpu, or rerun with "
+                            "--debug for details.") from e
         raise UserError(f"onnxruntime cannot load {path} ({text}); the file may be truncated or corrupt. "
                         "Re-export it with `fgcli export CHECKPOINT --onnx`.") from e
     active = session.get_providers()[0]
+    if openvino and active != OPENVINO_EP:
+        raise UserError(f"onnxruntime did not start {OPENVINO_EP} for {path} (it runs on {active}); rerun with "
+                        f"--debug for details, or use --providers cpu.")
     if wants_cuda and active != CUDA_EP:
         if providers or device.startswith("cuda"):
             raise UserError(f"onnxruntime could not start {CUDA_EP} for {path} (missing CUDA/cuDNN libraries for "
                             "onnxruntime-gpu; rerun with --debug for details). Use --device cpu.")
         log.warning(f"a GPU is visible but onnxruntime could not use {CUDA_EP}; running on {active}")
     return session
+
+
+def _loads_on_cpu(path: Path) -> bool:
+    """Whether onnxruntime's CPU provider loads `path` (to tell an OpenVINO failure from a corrupt file)."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), session_options(1), providers=[CPU_EP])
+    except Exception:
+        return False
+    return True
 
 
 class Predictor:
@@ -108,6 +317,8 @@ class Predictor:
     calibrated: bool = False
     #: the test-time augmentation applied ('flip') or None
     tta: str | None = None
+    #: the inference precision (fp32; bf16 on OpenVINO when asked)
+    precision: str = "fp32"
 
     @property
     def device(self) -> str:
@@ -147,13 +358,19 @@ class OnnxPredictor(Predictor):
     backend = "onnx"
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, device: str = "auto",
-                 threads: int | None = None, calibration: bool = True, tta: str | None = None) -> None:
+                 threads: int | None = None, calibration: bool = True, tta: str | None = None,
+                 precision: str | None = None) -> None:
         """`calibration` False: probs = softmax(logits), the uncalibrated ones. `tta` 'flip': run the mirrored
-        images too and average (done by the graph itself when it was exported with --tta flip)."""
+        images too and average (done by the graph itself when it was exported with --tta flip). `precision`
+        fp32 / bf16: OpenVINO's inference precision (bf16 falls back to fp32, with a warning, on CPUs without
+        AVX-512 BF16 / AMX)."""
         from fgcli.engine.fused import check_tta
 
         self.path = Path(path)
-        self.session = create_session(self.path, providers=providers, device=device, threads=threads)
+        #: the inference precision in use (OpenVINO's hint; other providers run the file's own precision)
+        self.precision = effective_precision(precision, wants_openvino(providers))
+        self.session = create_session(self.path, providers=providers, device=device, threads=threads,
+                                      precision=self.precision)
         props = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_props(props, source=str(self.path))
         inputs = self.session.get_inputs()
@@ -180,7 +397,21 @@ class OnnxPredictor(Predictor):
 
     @property
     def device(self) -> str:
+        if self.provider == OPENVINO_EP:
+            return f"onnxruntime {self.provider} ({self.precision})"
         return f"onnxruntime {self.provider}"
+
+    @property
+    def placement(self) -> Placement | None:
+        """How many nodes each provider runs (None where onnxruntime cannot tell)."""
+        return node_placement(self.session)
+
+    def placement_line(self) -> str:
+        """'node placement: ...' in one line (or a line saying it is unknown)."""
+        placement = self.placement
+        if placement is None:
+            return "node placement: unknown (onnxruntime < 1.23 does not report it)"
+        return placement.line(self.provider)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         views = [self._run_graph(images)]
@@ -275,15 +506,18 @@ def is_onnx(path: str | Path) -> bool:
 
 def load_predictor(path: str | Path, *, device: str = "auto", providers: Sequence[str] | None = None,
                    threads: int | None = None, use_ema: bool = True, calibration: bool = True,
-                   tta: str | None = None) -> Predictor:
+                   tta: str | None = None, precision: str | None = None) -> Predictor:
     """A Predictor for a `.onnx` file (onnxruntime) or any other file as an fgcli checkpoint (torch);
-    `calibration` / `tta` as in TorchPredictor."""
+    `calibration` / `tta` as in TorchPredictor; `precision` as in OnnxPredictor (a checkpoint runs fp32)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file {path} does not exist. Give a checkpoint (.pt) or an exported .onnx file.")
     if is_onnx(path):
         return OnnxPredictor(path, providers=providers, device=device, threads=threads, calibration=calibration,
-                             tta=tta)
+                             tta=tta, precision=precision)
     if providers:
         raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
+    if check_precision(precision) != "fp32":
+        raise UserError(f"--precision {precision} applies to .onnx models on --providers openvino; a checkpoint "
+                        "runs in fp32 on torch.")
     return TorchPredictor(path, device=device, threads=threads, use_ema=use_ema, calibration=calibration, tta=tta)

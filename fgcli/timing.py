@@ -28,6 +28,9 @@ class BenchRow:
     p90_ms: float
     mean_ms: float
     throughput: float  # images per second, from the mean latency
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | int8
+    agreement: float | None = None  # top-1 agreement with the reference backend, percent (fgcli bench)
+    max_dprob: float | None = None  # max |Δprob| against the reference backend (softmax of the fused logits)
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, iters: int,

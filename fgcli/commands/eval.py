@@ -22,6 +22,12 @@ def eval_command(
                                           "the raw ones. Both are always reported."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and "
                                                  "its mirror in probability space); its effect is reported."),
+    providers: str | None = typer.Option(None, "--providers",
+                                         help=".onnx only: onnxruntime providers, comma-separated (overrides --device): "
+                                              "cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\")."),
+    precision: str = typer.Option("f32", "--precision",
+                                  help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / AMX; "
+                                       "elsewhere a warning and f32)."),
 ) -> None:
     """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix.
 
@@ -32,12 +38,15 @@ def eval_command(
       fgcli eval runs/train/exp/weights/best.pt --data demo
       fgcli eval runs/train/exp/weights/best.pt --data ./CUB_200_2011 --split test --out reports/cub
       fgcli eval best.pt --tta flip
+      fgcli eval best.onnx --data ./flowers102 --providers openvino --precision bf16
     """
     from fgcli import api
     from fgcli.console import console
 
     run = api.evaluate(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
-                       workers=workers, ema=ema, calibration=calibration, tta=tta)
+                       workers=workers, ema=ema, calibration=calibration, tta=tta,
+                       providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
+                       precision=precision)
     console.print(run.table())
     if run.calibration is not None:
         console.print(run.calibration_table())

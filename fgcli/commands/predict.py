@@ -17,7 +17,11 @@ def predict_command(
     out: str | None = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     providers: str | None = typer.Option(None, "--providers",
-                                         help=".onnx only: onnxruntime providers, comma-separated (overrides --device)."),
+                                         help=".onnx only: onnxruntime providers, comma-separated (overrides --device): "
+                                              "cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\")."),
+    precision: str = typer.Option("f32", "--precision",
+                                  help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / AMX; "
+                                       "elsewhere a warning and f32)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads (default: physical cores)."),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Threads decoding images."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
@@ -36,6 +40,7 @@ def predict_command(
       fgcli predict runs/train/exp/weights/best.onnx bird.jpg ./more_photos/
       fgcli predict best.pt 'photos/**/*.jpg' --topk 3 --out predictions.csv
       fgcli predict best.pt bird.jpg --tta flip --no-calibration
+      fgcli predict best.onnx photos/ --providers openvino --precision bf16
     """
     from fgcli import api
     from fgcli.console import console, err_console, progress_bar
@@ -44,9 +49,11 @@ def predict_command(
     paths = collect_images(sources)
     provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     loaded = api.load(model, device=device, providers=provider_list, threads=threads, ema=ema,
-                      calibration=calibration, tta=tta)
+                      calibration=calibration, tta=tta, precision=precision)
     err_console.print(f"{model}: {loaded.info.method} / {loaded.info.backbone}, "
                       f"{len(loaded.classes)} classes, on {loaded.predictor.device}")
+    if provider_list and hasattr(loaded.predictor, "placement_line"):
+        err_console.print(loaded.predictor.placement_line(), soft_wrap=True)
     err_console.print(loaded.predictor.calibration_note(), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))

@@ -1,0 +1,306 @@
+"""OpenVINO through onnxruntime: provider selection, precision (f32 / bf16), node placement and CPU fall-back,
+the error lines, and `fgcli bench` side by side. Tests that run OpenVINO skip where its plugin is missing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from exportkit import make_checkpoint_file, write_images
+from typer.testing import CliRunner
+
+import fgcli.inference as inference
+from fgcli.benchmark import check_parity
+from fgcli.cli import app
+from fgcli.errors import UserError
+from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+from fgcli.inference import (
+    CPU_EP,
+    OPENVINO_EP,
+    OnnxPredictor,
+    Placement,
+    check_precision,
+    cpu_flags,
+    create_session,
+    effective_precision,
+    node_placement,
+    openvino_missing,
+    resolve_providers,
+)
+from fgcli.timing import BenchRow
+
+runner = CliRunner()
+needs_openvino = pytest.mark.skipif(openvino_missing() is not None, reason="onnxruntime-ep-openvino not installed")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(checkpoint, fp32 .onnx, image folder): a tiny HERBS model (TopK, GatherElements) and 3 images."""
+    folder = tmp_path_factory.mktemp("openvino")
+    ckpt = make_checkpoint_file(folder, "herbs")
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    write_images(folder / "images", 3, size=72)
+    return ckpt, onnx_path, folder / "images"
+
+
+@pytest.fixture
+def no_plugin(monkeypatch):
+    """As if onnxruntime-ep-openvino were not installed (the import fails)."""
+    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)
+
+
+@pytest.fixture
+def warnings(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr(inference.log, "warning", lambda msg, *a, **k: seen.append(str(msg)))
+    return seen
+
+
+def test_precision_names():
+    assert [check_precision(p) for p in (None, "f32", "FP32", "float32", "bf16", "bfloat16")] == \
+        ["fp32", "fp32", "fp32", "fp32", "bf16", "bf16"]
+    with pytest.raises(UserError, match="--precision f16 is not valid; use f32"):
+        check_precision("f16")
+
+
+def test_cpu_flags_and_bf16_support(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+    assert {"amx_bf16", "avx512f"} <= cpu_flags(info) and cpu_flags(tmp_path / "missing") == set()
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert inference.bf16_supported()
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert not inference.bf16_supported()
+
+
+def test_bf16_needs_openvino_and_a_bf16_cpu(monkeypatch, warnings):
+    with pytest.raises(UserError, match="runs on OpenVINO only: add --providers openvino"):
+        effective_precision("bf16", openvino=False)
+    monkeypatch.setattr(inference, "bf16_supported", lambda: False)
+    assert effective_precision("bf16", openvino=True) == "fp32"
+    assert len(warnings) == 1 and "neither AVX-512 BF16 nor AMX" in warnings[0] and "fp32" in warnings[0]
+    assert effective_precision("f32", openvino=True) == "fp32" and len(warnings) == 1
+
+
+def test_placement_line():
+    whole = Placement(nodes={OPENVINO_EP: 10}, ops={OPENVINO_EP: {"Conv": 10}}, subgraphs={OPENVINO_EP: 1})
+    assert whole.line(OPENVINO_EP) == "node placement: all 10 nodes on OpenVINO in 1 subgraph"
+    split = Placement(nodes={OPENVINO_EP: 8, CPU_EP: 3}, ops={CPU_EP: {"TopK": 2, "RoiAlign": 1}},
+                      subgraphs={OPENVINO_EP: 2, CPU_EP: 3})
+    assert split.line(OPENVINO_EP) == ("node placement: OpenVINO 8 of 11 nodes in 2 subgraphs; "
+                                       "CPU 3 (TopK 2, RoiAlign 1)")
+
+
+def test_missing_plugin_is_one_line_naming_the_extra(exported, no_plugin):
+    _, onnx_path, images = exported
+    assert 'pip install "fgcli[openvino]"' in openvino_missing()
+    with pytest.raises(UserError, match=r'needs the OpenVINO plugin for onnxruntime: pip install "fgcli\[openvino\]"'):
+        resolve_providers(["openvino"])
+    for args in (["predict", str(onnx_path), str(images), "--providers", "openvino"],
+                 ["bench", str(onnx_path), "--providers", "cpu,openvino", "--iters", "1"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and 'pip install "fgcli[openvino]"' in errors[0], result.output
+
+
+def test_openvino_combines_with_cpu_only(no_plugin):
+    with pytest.raises(UserError, match="unknown onnxruntime provider 'NoSuchExecutionProvider'"):
+        resolve_providers(["NoSuchExecutionProvider"])
+    assert resolve_providers(["cpu"]) == [CPU_EP]
+
+
+@needs_openvino
+def test_openvino_f32_matches_cpu_and_bf16_is_honoured(exported):
+    _, onnx_path, _ = exported
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    cpu = OnnxPredictor(onnx_path, providers=["cpu"], threads=1)
+    f32 = OnnxPredictor(onnx_path, providers=["openvino"], threads=1)
+    assert f32.provider == OPENVINO_EP and f32.precision == "fp32"
+    assert f32.device == "onnxruntime OpenVINOExecutionProvider (fp32)"
+    ref, got = cpu(x)[0], f32(x)[0]
+    assert np.abs(got - ref).max() < 1e-4
+    # HERBS' TopK / GatherElements / graph combiner all compile: nothing falls back to the CPU provider
+    placement = f32.placement
+    assert placement is not None and placement.nodes == {OPENVINO_EP: placement.total}
+    assert f32.placement_line().startswith(f"node placement: all {placement.total} nodes on OpenVINO")
+    with pytest.raises(UserError, match="openvino combines with cpu only"):
+        resolve_providers(["openvino", "cuda"])
+    if not inference.bf16_supported():
+        pytest.skip("this CPU has no AVX-512 BF16 / AMX")
+    bf16 = OnnxPredictor(onnx_path, providers=["openvino", "cpu"], threads=1, precision="bf16")
+    assert bf16.precision == "bf16" and bf16.device.endswith("(bf16)")
+    low = bf16(x)[0]
+    assert 0 < np.abs(low - ref).max() < 0.1  # really bf16 (not the f32 result), and close to it
+
+
+@needs_openvino
+def test_unsupported_bf16_warns_and_runs_f32(exported, monkeypatch, warnings):
+    _, onnx_path, _ = exported
+    monkeypatch.setattr(inference, "bf16_supported", lambda: False)
+    pred = OnnxPredictor(onnx_path, providers=["openvino"], threads=1, precision="bf16")
+    assert pred.precision == "fp32" and pred.device.endswith("(fp32)")
+    assert len(warnings) == 1 and "running OpenVINO in fp32" in warnings[0]
+
+
+@needs_openvino
+def test_nodes_openvino_does_not_take_fall_back_to_cpu(tmp_path):
+    """A node OpenVINO has no kernel for (onnxruntime's FastGelu contrib op) runs on the CPU provider, the rest
+    on OpenVINO, with the same outputs as the CPU provider; the placement says how many nodes ran where."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("FastGelu", ["a"], ["b"], domain="com.microsoft"),
+             helper.make_node("Sigmoid", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    path = tmp_path / "fallback.onnx"
+    onnx.save(model, path)
+    x = np.linspace(-2, 2, 8, dtype=np.float32).reshape(2, 4)
+    session = create_session(path, providers=["openvino"], threads=1)
+    assert session.get_providers()[0] == OPENVINO_EP
+    placement = node_placement(session)
+    assert placement is not None
+    assert placement.nodes == {OPENVINO_EP: 2, CPU_EP: 1} and placement.ops[CPU_EP] == {"FastGelu": 1}
+    assert placement.line(OPENVINO_EP) == "node placement: OpenVINO 2 of 3 nodes in 2 subgraphs; CPU 1 (FastGelu 1)"
+    ref = create_session(path, providers=["cpu"], threads=1).run(None, {"x": x})[0]
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], ref, atol=1e-6)
+
+
+@needs_openvino
+def test_predict_with_openvino_prints_provider_precision_and_placement(exported):
+    _, onnx_path, images = exported
+    result = runner.invoke(app, ["predict", str(onnx_path), str(images), "--providers", "openvino",
+                                 "--threads", "1", "--topk", "1", "--out", str(images.parent / "ov.json")])
+    assert result.exit_code == 0, result.output
+    assert "OpenVINOExecutionProvider (fp32)" in result.output and "node placement: all" in result.output
+    data = json.loads((images.parent / "ov.json").read_text())
+    assert data["device"] == "onnxruntime OpenVINOExecutionProvider (fp32)" and len(data["predictions"]) == 3
+    cpu = runner.invoke(app, ["predict", str(onnx_path), str(images), "--providers", "cpu", "--precision", "bf16"])
+    assert cpu.exit_code == 1 and "runs on OpenVINO only" in cpu.output
+
+
+def test_checkpoint_refuses_precision_and_providers(exported):
+    ckpt, _, images = exported
+    result = runner.invoke(app, ["predict", str(ckpt), str(images), "--precision", "bf16", "--device", "cpu"])
+    assert result.exit_code == 1 and "applies to .onnx models" in result.output
+    result = runner.invoke(app, ["eval", str(ckpt), "--providers", "openvino", "--device", "cpu"])
+    assert result.exit_code == 1 and "--providers applies to .onnx models only" in result.output
+
+
+@needs_openvino
+def test_eval_onnx_on_openvino(tiny_demo, tmp_path):
+    ckpt = make_checkpoint_file(tmp_path, "baseline", size=32, classes=list(tiny_demo.classes))
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    runs = {}
+    for provider in ("cpu", "openvino"):
+        out = tmp_path / provider
+        result = runner.invoke(app, ["eval", str(onnx_path), "--data", str(tiny_demo.root), "--providers", provider,
+                                     "--out", str(out), "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert ("node placement: all" in result.output) == (provider == "openvino")
+        runs[provider] = json.loads((out / "metrics.json").read_text())
+    assert runs["openvino"]["device"] == "onnxruntime OpenVINOExecutionProvider (fp32)"
+    assert runs["openvino"]["inference_precision"] == "fp32"
+    assert runs["openvino"]["top1"] == runs["cpu"]["top1"] and runs["openvino"]["num_samples"] == 8
+
+
+def _rows(path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+@needs_openvino
+def test_bench_side_by_side(exported, tmp_path, monkeypatch):
+    """torch, onnxruntime CPU fp32 and int8 (the file beside MODEL), OpenVINO f32 / bf16 / int8: same batch
+    sizes, agreement and |Δprob| against torch, node placement per OpenVINO backend."""
+    ckpt, onnx_path, images = exported
+    shutil.copy(onnx_path, onnx_path.with_name("model.int8.onnx"))  # stands in for `export --int8`'s file
+    out = tmp_path / "bench.csv"
+    try:
+        result = runner.invoke(app, ["bench", str(onnx_path), "--checkpoint", str(ckpt), "--providers",
+                                     "cpu,openvino", "--batch-sizes", "2", "--iters", "1", "--warmup", "0",
+                                     "--threads", "1", "--images", str(images), "--out", str(out), "--verify"])
+    finally:
+        onnx_path.with_name("model.int8.onnx").unlink()
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    bf16 = [("openvino", "bf16")] if inference.bf16_supported() else []
+    assert [(r["backend"], r["precision"]) for r in rows] == [
+        ("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), *bf16, ("openvino", "int8")]
+    assert all(r["batch"] == "2" and r["threads"] == "1" and float(r["agreement"]) == 100.0 for r in rows)
+    assert float(rows[3]["max_dprob"]) < 1e-4
+    assert "compared with torch fp32 on 3 images from" in result.output and "vs torch" in result.output
+    assert result.output.count("node placement: all") == len(bf16) + 2
+
+
+@needs_openvino
+def test_bench_without_bf16_says_so(exported, monkeypatch):
+    _, onnx_path, _ = exported
+    monkeypatch.setattr(inference, "bf16_supported", lambda: False)
+    result = runner.invoke(app, ["bench", str(onnx_path), "--providers", "openvino", "--batch-sizes", "1",
+                                 "--iters", "1", "--warmup", "0", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "openvino bf16 (this CPU has neither AVX-512 BF16 nor AMX)" in result.output
+    assert "torch (an .onnx MODEL: give --checkpoint" in result.output
+    assert result.output.count("openvino") >= 2 and " bf16 " not in result.output.split("compared")[0]
+
+
+def test_bench_all_without_plugin_shows_what_it_has(exported, tmp_path, no_plugin):
+    _, onnx_path, _ = exported
+    out = tmp_path / "bench.csv"
+    result = runner.invoke(app, ["bench", str(onnx_path), "--providers", "all", "--device", "cpu",
+                                 "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [(r["backend"], r["precision"]) for r in _rows(out)] == [("onnx", "fp32")]
+    skipped = next(line for line in result.output.splitlines() if line.startswith("skipped:"))
+    assert 'openvino (--providers openvino needs the OpenVINO plugin' in result.output and "int8 (no" in skipped
+    bad = runner.invoke(app, ["bench", str(onnx_path), "--providers", "cpu", "--precision", "bf16", "--iters", "1"])
+    assert bad.exit_code == 1 and "runs on OpenVINO only" in bad.output
+
+
+def test_bench_verify_names_the_backend_that_disagrees(exported, monkeypatch):
+    """A backend whose answers differ from the reference's: `bench --verify` names it, says by how much, and
+    exits 1 (after printing the table)."""
+    ckpt, onnx_path, _ = exported
+    run = OnnxPredictor.run
+
+    def wrong(self, images):
+        logits, probs = run(self, images)
+        logits = logits.copy()
+        logits[:, 0] += 50.0  # always class 0
+        return logits, probs
+
+    args = ["bench", str(onnx_path), "--checkpoint", str(ckpt), "--providers", "cpu", "--batch-sizes", "1",
+            "--iters", "1", "--warmup", "0", "--threads", "1", "--verify"]
+    ok = runner.invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    monkeypatch.setattr(OnnxPredictor, "run", wrong)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "p50 ms" in result.output  # the table is still printed
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "disagree with torch fp32: onnx CPU fp32: max |Δprob|" in errors[0], result.output
+    assert "(tolerance 0.001)" in errors[0]
+
+
+def test_check_parity_tolerances():
+    def row(precision, agreement, dprob, backend="openvino"):
+        return BenchRow(backend, f"onnxruntime {backend}", 1, 64, 1, 1, 1.0, 1.0, 1.0, 1.0, precision=precision,
+                        agreement=agreement, max_dprob=dprob)
+
+    rows = [row("fp32", 100.0, 0.0, "torch"), row("fp32", 100.0, 5e-4), row("bf16", 99.5, 0.02),
+            row("int8", 96.0, 0.2, "onnx")]
+    assert check_parity(rows) == []
+    failures = check_parity([row("fp32", 100.0, 2e-3), row("bf16", 90.0, 0.3), row("int8", 96.0, 0.2)],
+                            min_agreement=97.0)
+    assert len(failures) == 3 and "max |Δprob| 2.00e-03 (tolerance 0.001)" in failures[0]
+    assert "top-1 agreement 90.0% < 97%" in failures[1] and "96.0% < 97%" in failures[2]
+
