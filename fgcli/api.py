@@ -128,15 +128,18 @@ def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int 
            img_size: int | None = None, dynamic_batch: bool = True, fp16: bool = False, int8: bool = False,
            calib_images: int = 128, verify: bool = True, ema: bool = True, exporter: str | None = None,
            providers: Sequence[str] | None = None, threads: int | None = None, calibration: bool = True,
-           tta: str | None = None) -> ExportResult:
+           tta: str | None = None, calib_method: str = "minmax", int8_max_drop: float | None = 0.5) -> ExportResult:
     """`fgcli export CHECKPOINT --onnx`: the fused model to ONNX (+ fp16 / int8), checked and verified; `probs`
-    calibrated with the checkpoint's temperature unless `calibration` is False; `tta` 'flip' in the graph."""
+    calibrated with the checkpoint's temperature unless `calibration` is False; `tta` 'flip' in the graph.
+    int8: `calib_method` minmax / percentile / entropy; more than `int8_max_drop` top-1 points lost on the
+    validation split keeps the first weight layers in fp32 until it is not (None: never)."""
     from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 
     options = ExportOptions(out=Path(out) if out is not None else None, opset=opset, img_size=img_size,
                             dynamic_batch=dynamic_batch, fp16=fp16, int8=int8, verify=verify, use_ema=ema,
                             calib_images=calib_images, providers=list(providers) if providers else None,
-                            threads=threads, calibration=calibration, tta=tta)
+                            threads=threads, calibration=calibration, tta=tta, calib_method=calib_method,
+                            int8_max_drop=int8_max_drop)
     if exporter is not None:
         options.exporter = exporter
     return export_checkpoint(checkpoint, options)

@@ -31,7 +31,14 @@ def export_command(
                               help="Also write an int8 file (static QDQ, calibrated on the run's training images); "
                                    "reports the top-1 change on the validation split and the speed-up on CPU."),
     calib_images: int = typer.Option(128, "--calib-images", min=1, rich_help_panel=_VARIANTS,
-                                     help="Training images used to calibrate int8 activations."),
+                                     help="Training images used to calibrate int8 activations (evenly spread over "
+                                          "the train split; never val or test)."),
+    calib_method: str = typer.Option("minmax", "--calib-method", rich_help_panel=_VARIANTS,
+                                     help="How int8 activation ranges are calibrated: minmax, percentile or entropy."),
+    int8_max_drop: float = typer.Option(0.5, "--int8-max-drop", min=0.0, rich_help_panel=_VARIANTS,
+                                        help="When int8 loses more top-1 points than this on the validation split, "
+                                             "keep the first weight layers in fp32 (1, 2, 4, ...) until it does "
+                                             "not."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
                                 help="Compare onnxruntime with torch on the run's validation images (else random): "
                                      "max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for fp16."),
@@ -68,7 +75,8 @@ def export_command(
         raise UserError("choose an export format: add --onnx (the supported format), e.g. "
                         f"`fgcli export {checkpoint} --onnx`.")
     result = api.export(checkpoint, out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16,
-                        int8=int8, calib_images=calib_images, verify=verify, ema=ema, exporter=exporter,
+                        int8=int8, calib_images=calib_images, calib_method=calib_method,
+                        int8_max_drop=int8_max_drop, verify=verify, ema=ema, exporter=exporter,
                         providers=_split(providers), threads=threads, calibration=calibration, tta=tta)
     console.print(_summary(result))
     main = result.files["fp32"]
@@ -95,7 +103,8 @@ def _summary(result: Any) -> Any:
             top1 = (f"top-1 {r.top1_fp32:.2f}% -> {r.top1_int8:.2f}% ({r.top1_change:+.2f}), "
                     if r.top1_change is not None else "")
             speed = ", ".join(f"{r.speedup(b):.2f}x at batch {b}" for b in r.latency_ms)
-            note = (f"{r.mode}; {top1}agreement {100 * r.agreement:.1f}% on {r.num_images} images "
+            kept = f"first {r.fp32_first} weight layers fp32; " if r.fp32_first else ""
+            note = (f"{r.mode}; {kept}{top1}agreement {100 * r.agreement:.1f}% on {r.num_images} images "
                     f"({r.eval_source}); vs fp32: {speed}")
         table.add_row(str(path), precision, f"{result.sizes[precision] / 1e6:.1f}", note)
     table.caption = (f"{len(result.info.classes)} classes, {result.info.preprocess.img_size}px input, "

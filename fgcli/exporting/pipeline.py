@@ -22,6 +22,8 @@ from fgcli.exporting.onnx_export import DEFAULT_EXPORTER, check_graph, export_gr
 from fgcli.exporting.verify import Parity, check, compare
 from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
 
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+
 
 @dataclass
 class ExportOptions:
@@ -45,6 +47,9 @@ class ExportOptions:
     calib_images: int = 128
     calib_method: str = "minmax"
     int8_eval_images: int | None = None  # None = the whole validation split
+    # int8 losing more than this many top-1 points on the validation split: keep the first weight layers in fp32
+    # (1, 2, 4, ... from the input) until it does not; None = quantize once, never search
+    int8_max_drop: float | None = 0.5
     bench_batches: tuple[int, ...] = (1, 8)
     bench_iters: int = 10
 
@@ -62,6 +67,8 @@ class Int8Report:
     top1_fp32: float | None  # percent, when labels are available
     top1_int8: float | None
     agreement: float  # top-1 agreement int8 vs fp32, fraction
+    fp32_first: int = 0  # the first weight layers (from the input) kept in fp32, chosen on the validation split
+    tried: list[tuple[int, float]] = field(default_factory=list)  # (fp32_first, top-1 change) of each try
     latency_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (fp32, int8) median ms
 
     @property
@@ -148,6 +155,8 @@ def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = No
 def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) -> ExportResult:
     t0 = time.perf_counter()
     path = Path(checkpoint)
+    if opts.calib_method not in CALIB_METHODS:
+        raise UserError(f"--calib-method {opts.calib_method}: choose one of {', '.join(CALIB_METHODS)}.")
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path} is already an ONNX file; `fgcli export` takes the training checkpoint (.pt).")
     torch_pred, cfg = _load_for_export(path, opts)
@@ -276,43 +285,78 @@ def _verify(torch_pred: Any, pred: Any, samples: Any, precision: str, path: Path
 
 def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, dataset: Any, pre: Preprocess,
                  opts: ExportOptions, where: str, shown: Path | None = None) -> Int8Report:
-    quant = _quantize(proto, info, int8_path, dataset, pre, opts, where, shown)
+    calib = _calibration_batches(dataset, pre, opts, where)
+    scored: dict[str, Any] = {}
+    report, keep, tried = None, 0, []
+    for keep in _keep_steps(0):
+        quant = _quantize(proto, info, int8_path, calib, opts, shown, keep)
+        report = _judge_int8(fp32_pred, _session(int8_path, opts), dataset, pre, opts, where, quant, scored)
+        change = report.top1_change
+        tried.append((keep, change))
+        if (change is None or opts.int8_max_drop is None or change >= -opts.int8_max_drop
+                or keep >= quant.weight_layers // 2):
+            break
+        log.info(f"int8: {-change:.2f} top-1 points lost on the {report.eval_source} (more than "
+                 f"{opts.int8_max_drop:g}); trying again with more of the first weight layers in fp32")
+    assert report is not None
+    best_keep, _ = max(tried, key=lambda t: (t[1], -t[0])) if tried[-1][1] is not None else tried[-1]
+    if best_keep != keep:  # no try within the limit: the best one (fewest fp32 layers among equals)
+        quant = _quantize(proto, info, int8_path, calib, opts, shown, best_keep)
+        report = _judge_int8(fp32_pred, _session(int8_path, opts), dataset, pre, opts, where, quant, scored)
+    report.tried = tried
     int8_pred = _session(int8_path, opts)
-    report = _judge_int8(fp32_pred, int8_pred, dataset, pre, opts, where, quant)
     report.latency_ms = _time_pair(fp32_pred, int8_pred, pre, opts)
     change = report.top1_change
     log.info("int8: " + (f"top-1 {report.top1_fp32:.2f}% -> {report.top1_int8:.2f}% ({change:+.2f} points), "
                          if change is not None else "")
-             + f"agreement with fp32 {100 * report.agreement:.2f}% on {report.num_images} images; speed-up "
-             + ", ".join(f"{report.speedup(b):.2f}x at batch {b}" for b in report.latency_ms))
-    if change is not None and change < -1.0:
+             + f"agreement with fp32 {100 * report.agreement:.2f}% on {report.num_images} images"
+             + (f", first {report.fp32_first} weight layers in fp32" if report.fp32_first else "")
+             + "; speed-up " + ", ".join(f"{report.speedup(b):.2f}x at batch {b}" for b in report.latency_ms))
+    if change is not None and opts.int8_max_drop is not None and change < -opts.int8_max_drop:
         log.warning(f"int8 loses {-change:.2f} top-1 points on the {report.eval_source}; prefer the fp32 file "
                     f"{info.method}")
     return report
 
 
-def _quantize(proto: Any, info: ModelInfo, int8_path: Path, dataset: Any, pre: Preprocess, opts: ExportOptions,
-              where: str, shown: Path | None) -> Any:
-    """Quantize (static, calibrated on training images, else dynamic) and write the int8 file."""
-    from fgcli.exporting.quantize import quantize_int8
+def _keep_steps(start: int) -> Any:
+    """How many of the first weight layers to keep in fp32 on each try: 0, 1, 2, 4, 8, ..."""
+    yield start
+    step = 1
+    while True:
+        yield step
+        step *= 2
+
+
+def _calibration_batches(dataset: Any, pre: Preprocess, opts: ExportOptions, where: str) -> Any:
+    """`calib_images` images of the run's train split only (evenly spread over it), or None (no data)."""
     from fgcli.exporting.rundata import first_split, load_batches
 
-    calib = None
     if dataset is not None and first_split(dataset, ("train",)):
         calib = load_batches(dataset, ("train",), pre, opts.calib_images, where=where)
         log.info(f"int8: calibrating on {calib.count} {calib.source} ({opts.calib_method})")
-    else:
-        log.warning("int8: no training images to calibrate on (the run's data is not reachable); using dynamic "
-                    "quantization (MatMul / Gemm weights only), which speeds up CNNs little")
+        return calib
+    log.warning("int8: no training images to calibrate on (the run's data is not reachable); using dynamic "
+                "quantization (MatMul / Gemm weights only), which speeds up CNNs little")
+    return None
+
+
+def _quantize(proto: Any, info: ModelInfo, int8_path: Path, calib: Any, opts: ExportOptions, shown: Path | None,
+              keep_first: int = 0) -> Any:
+    """Quantize (static, calibrated on `calib`, else dynamic) and write the int8 file."""
+    from fgcli.exporting.quantize import quantize_int8
+
     quant = quantize_int8(proto, calib.images if calib else None, calib.source if calib else "",
-                          method=opts.calib_method)
+                          method=opts.calib_method, keep_first=keep_first)
     extra = dict(info.extra, quantization=quant.mode, calibration=quant.calibration,
-                 quantized_layers=f"{quant.quantized_layers}/{quant.weight_layers}")
+                 calibration_method=opts.calib_method if calib else "",
+                 quantized_layers=f"{quant.quantized_layers}/{quant.weight_layers}",
+                 fp32_first_layers=str(quant.fp32_first))
     _stamp(quant.model, dataclasses.replace(info, precision="int8", extra=extra))
     check_graph(quant.model, "the int8 graph")
     save_model(quant.model, int8_path)
     log.info(f"wrote {shown or int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB, {quant.mode}, "
-             f"{quant.quantized_layers}/{quant.weight_layers} weight layers in int8)")
+             f"{quant.quantized_layers}/{quant.weight_layers} weight layers in int8"
+             + (f", the first {quant.fp32_first} in fp32" if quant.fp32_first else "") + ")")
     return quant
 
 
@@ -329,9 +373,9 @@ class _Recorded:
 
 
 def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, opts: ExportOptions, where: str,
-                quant: Any) -> Int8Report:
+                quant: Any, scored: dict[str, Any] | None = None) -> Int8Report:
     """Top-1 of both files on the run's val (else test) split with `evaluate()`, and their agreement; random
-    inputs (agreement only) when the data is not reachable."""
+    inputs (agreement only) when the data is not reachable. `scored` keeps the fp32 file's score between calls."""
     from fgcli.engine.evaluate import evaluate
     from fgcli.exporting.rundata import first_split, iter_split, load_batches
 
@@ -349,9 +393,14 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
             return ((x, np.zeros(len(x), dtype=np.int64)) for x in random.images)
         source, total = random.source, len(random.images)
     log.info(f"int8: comparing with fp32 on the {source}")
-    rec32, rec8 = _Recorded(fp32_pred), _Recorded(int8_pred)
+    scored = {} if scored is None else scored
     num_classes = len(fp32_pred.info.classes)
-    res32 = evaluate(rec32, track(batches(), "int8: scoring the fp32 file", total), num_classes).result()
+    if "fp32" not in scored:
+        rec32 = _Recorded(fp32_pred)
+        scored["fp32"] = (evaluate(rec32, track(batches(), "int8: scoring the fp32 file", total),
+                                   num_classes).result(), rec32)
+    res32, rec32 = scored["fp32"]
+    rec8 = _Recorded(int8_pred)
     res8 = evaluate(rec8, track(batches(), "int8: scoring the int8 file", total), num_classes).result()
     n = res32.num_samples
     agree = int((np.concatenate(rec32.top1) == np.concatenate(rec8.top1)).sum()) if n else 0
@@ -359,7 +408,7 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
     return Int8Report(mode=quant.mode, calibration=quant.calibration, quantized_layers=quant.quantized_layers,
                       weight_layers=quant.weight_layers, eval_source=source, num_images=n,
                       top1_fp32=res32.top1 if labelled else None, top1_int8=res8.top1 if labelled else None,
-                      agreement=agree / max(n, 1))
+                      agreement=agree / max(n, 1), fp32_first=quant.fp32_first)
 
 
 def _time_pair(fp32_pred: Any, int8_pred: Any, pre: Preprocess, opts: ExportOptions) -> dict[int, tuple[float, float]]:
