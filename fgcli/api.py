@@ -112,16 +112,18 @@ def _overrides(items: Sequence[str] | dict[str, Any] | None) -> list[str] | None
 def evaluate(model: str | Path, data: str | None = None, *, split: str = "test", batch_size: int = 64,
              device: str = "auto", out: str | Path | None = None, workers: int | None = None,
              ema: bool = True, calibration: bool = True, tta: str | None = None,
-             providers: Sequence[str] | None = None, precision: str | None = None) -> EvalRun:
+             providers: Sequence[str] | None = None, precision: str | None = None,
+             threads: int | None = None) -> EvalRun:
     """`fgcli eval MODEL`: a `.pt` (fused output and every head) or an `.onnx` (fused) on a data split; writes
     the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`). `tta` 'flip': also
     the mirrored image, its effect reported; `calibration` False: the selective line from raw probabilities.
-    `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO)."""
+    `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO). `threads`: the
+    runtime's intra-op threads (default: its own)."""
     from fgcli.evaluation import eval_checkpoint
 
     return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
                            workers=workers, use_ema=ema, calibration=calibration, tta=tta,
-                           providers=list(providers) if providers else None, precision=precision)
+                           providers=list(providers) if providers else None, precision=precision, threads=threads)
 
 
 def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int | None = None,

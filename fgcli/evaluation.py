@@ -39,7 +39,8 @@ class EvalRun:
 def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", batch_size: int = 64,
                     device: str = "auto", out: str | Path | None = None, workers: int | None = None,
                     use_ema: bool = True, calibration: bool = True, tta: str | None = None,
-                    providers: list[str] | None = None, precision: str | None = None) -> EvalRun:
+                    providers: list[str] | None = None, precision: str | None = None,
+                    threads: int | None = None) -> EvalRun:
     """Evaluate a `.pt` or `.onnx` on a data split and write metrics.json, per_class_accuracy.csv,
     confusion_matrix.png and reliability.png into `out` (default runs/eval/<run name>).
 
@@ -48,6 +49,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     mirrored view and reports its effect there (top-1 and the rest stay those of the plain view).
     `calibration` False: the selective-prediction line uses the uncalibrated probabilities. `providers` /
     `precision` (`.onnx` only): the onnxruntime providers (e.g. ["openvino"]) and OpenVINO's precision.
+    `threads`: onnxruntime's / OpenVINO's intra-op threads, or torch's (None: their defaults).
 
     `data` None: the data set the run was trained on (a `.pt` records it; an `.onnx` does not). Splits are
     carved with the run's own data settings (stored in the `.pt`, or in the `.onnx` metadata), so `--split val`
@@ -66,7 +68,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         if data is None:
             raise UserError(f"{path} is an ONNX model, which does not record its training data: pass --data PATH "
                             "(e.g. --data demo or the data set root).")
-        model: Any = OnnxPredictor(path, device=device, providers=providers, precision=precision)
+        model: Any = OnnxPredictor(path, device=device, providers=providers, precision=precision, threads=threads)
         info, where, torch_device = model.info, model.device, None
         if len(model.session.get_providers()) > 1:
             log.info(f"{model.device}: {model.placement_line()}")
@@ -93,6 +95,10 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         if check_precision(precision) != "fp32":
             raise UserError(f"--precision {precision} applies to .onnx models on --providers openvino; a "
                             "checkpoint runs in fp32 on torch.")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         loaded = load_model(path, device=device, use_ema=use_ema)
         model, info, torch_device, data_cfg = loaded.model, loaded.info, loaded.device, loaded.config.data
         temperature = stored_temperature(loaded.checkpoint)

@@ -28,6 +28,9 @@ def eval_command(
     precision: str = typer.Option("f32", "--precision",
                                   help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / AMX; "
                                        "elsewhere a warning and f32)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="Intra-op threads of onnxruntime / OpenVINO (.onnx) or torch (.pt); "
+                                            "default: the runtime's own."),
 ) -> None:
     """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix.
 
@@ -46,7 +49,7 @@ def eval_command(
     run = api.evaluate(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
                        workers=workers, ema=ema, calibration=calibration, tta=tta,
                        providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-                       precision=precision)
+                       precision=precision, threads=threads)
     console.print(run.table())
     if run.calibration is not None:
         console.print(run.calibration_table())

@@ -347,8 +347,9 @@ def _quantize(proto: Any, info: ModelInfo, int8_path: Path, calib: Any, opts: Ex
 
     quant = quantize_int8(proto, calib.images if calib else None, calib.source if calib else "",
                           method=opts.calib_method, keep_first=keep_first)
-    extra = dict(info.extra, quantization=quant.mode, calibration=quant.calibration,
-                 calibration_method=opts.calib_method if calib else "",
+    # int8_calibration*: the activation ranges' images and method (`calibration` is the temperature fit's)
+    extra = dict(info.extra, quantization=quant.mode, int8_calibration=quant.calibration,
+                 int8_calibration_method=opts.calib_method if calib else "",
                  quantized_layers=f"{quant.quantized_layers}/{quant.weight_layers}",
                  fp32_first_layers=str(quant.fp32_first))
     _stamp(quant.model, dataclasses.replace(info, precision="int8", extra=extra))

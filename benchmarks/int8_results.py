@@ -1,0 +1,206 @@
+"""int8 on real models: fp32 vs int8 top-1 on the full test split, on onnxruntime's CPU provider and on
+OpenVINO, and what int8 (and OpenVINO's bf16) buys in speed.
+
+For each run folder (`fgcli train`'s output, `weights/best.pt`): copies best.pt into `<work>/<run>/` (the run
+itself is never modified) and, all through the CLI:
+
+1. `fgcli export best.pt --onnx --int8`: static QDQ int8 calibrated on the run's training images only, judged
+   on its val split (more than `--int8-max-drop` points lost there keeps the first weight layers in fp32);
+2. `fgcli eval` on the val split (fp32 and int8 file, CPU provider: what the export chose on) and on the test
+   split: fp32 and int8 file on onnxruntime's CPU provider, and on OpenVINO the fp32 file at f32 and bf16 and
+   the int8 file;
+3. `fgcli bench` of both files on both providers, side by side on the same inputs and threads (batch 1 and 8).
+
+Every step's output is kept under `<work>/<run>/` and reused, and the run's numbers go to
+`<work>/results/<run>.json`, so an interrupted benchmark resumes where it stopped when given the same `--work`.
+If any run fails, no table is printed and the exit code is 1. OpenVINO rows are left out (and said so) where
+the plugin is not installed.
+
+    python benchmarks/int8_results.py RUNS/baseline-s0 RUNS/herbs-s0 RUNS/mge_frozen-s0 \\
+        --data DATA/flowers102_prepared --work /tmp/int8          # the README table (1 thread)
+    python benchmarks/int8_results.py ... --work /tmp/int8 --report  # the table of what has been measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: what is evaluated on the test split: (label, file, provider, OpenVINO precision)
+VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx", "cpu", None),
+            ("openvino f32", "best.onnx", "openvino", "f32"), ("openvino bf16", "best.onnx", "openvino", "bf16"),
+            ("openvino int8", "best.int8.onnx", "openvino", "f32")]
+METHOD_NAMES = {"baseline": "baseline", "herbs": "HERBS", "mge": "MGE-CNN"}
+
+
+def run(cmd: list[str], log: Path, threads: int) -> None:
+    """Run a CLI command with `threads` threads everywhere, its output kept in `log`; raise with the log's tail."""
+    print("$", " ".join(cmd), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with log.open("w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{log.read_text()[-2000:]}")
+
+
+def eval_top1(fgcli: list[str], model: Path, data: Path, split: str, provider: str, precision: str | None,
+              out: Path, threads: int) -> float:
+    """`fgcli eval MODEL.onnx` on a split (reused when `out/metrics.json` exists): fused top-1, percent."""
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        cmd = [*fgcli, "eval", str(model), "--data", str(data), "--split", split, "--providers", provider,
+               "--threads", str(threads), "--workers", "1", "--out", str(out)]
+        run(cmd + (["--precision", precision] if precision else []), out.with_suffix(".txt"), threads)
+    return float(json.loads(metrics.read_text())["top1"])
+
+
+def bench_speedups(text: str) -> dict[str, dict[str, float]]:
+    """`fgcli bench --out` CSV -> {"<backend> <precision>": {"1": p50 ms, "8": ...}} (backend: torch / onnx /
+    openvino)."""
+    out: dict[str, dict[str, float]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        out.setdefault(f"{row['backend']} {row['precision']}", {})[row["batch"]] = float(row["p50_ms"])
+    return out
+
+
+def ratio(latency: dict[str, dict[str, float]], base: str, other: str, batch: str) -> float | None:
+    """How many times faster `other` is than `base` at `batch` (None when either was not timed)."""
+    a, b = latency.get(base, {}).get(batch), latency.get(other, {}).get(batch)
+    return a / b if a and b else None
+
+
+def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, openvino: bool) -> dict:
+    """One run: export (int8), val and test top-1 per provider, bench; every step reused when done."""
+    name = run_dir.name
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / "best.pt"
+    if not ckpt.is_file():
+        shutil.copy2(run_dir / "weights" / "best.pt", ckpt)
+    fgcli = [sys.executable, "-m", "fgcli", "--quiet"]
+    t = str(args.threads)
+    if not (folder / "best.int8.onnx").is_file():
+        run([*fgcli, "export", str(ckpt), "--onnx", "--int8", "--threads", t, "--calib-images",
+             str(args.calib_images), "--calib-method", args.calib_method, "--int8-max-drop", str(args.int8_max_drop)],
+            folder / "export.txt", args.threads)
+    meta = int8_metadata(folder / "best.int8.onnx")
+    val = {label: eval_top1(fgcli, folder / file, data, "val", "cpu", None, folder / "eval" / f"val-{label.replace(' ', '-')}",
+                            args.threads)
+           for label, file, provider, _ in VARIANTS if provider == "cpu"}
+    test = {}
+    for label, file, provider, precision in VARIANTS:
+        if provider == "openvino" and not openvino:
+            continue
+        test[label] = eval_top1(fgcli, folder / file, data, "test", provider, precision,
+                                folder / "eval" / f"test-{label.replace(' ', '-')}", args.threads)
+    bench_csv = folder / "bench.csv"
+    if not bench_csv.is_file():
+        run([*fgcli, "bench", str(folder / "best.onnx"), "--checkpoint", str(ckpt), "--providers",
+             "cpu,openvino" if openvino else "cpu", "--threads", t, "--batch-sizes", "1,8", "--iters",
+             str(args.iters), "--warmup", "2", "--out", str(bench_csv)], folder / "bench.txt", args.threads)
+    return {"run": name, "method": meta.get("method", ""), "fp32_first_layers": int(meta.get("fp32_first_layers", 0)),
+            "quantized_layers": meta.get("quantized_layers", ""), "calibration": meta.get("int8_calibration", ""),
+            "calibration_method": meta.get("int8_calibration_method", ""), "val": val, "test": test,
+            "latency_ms": bench_speedups(bench_csv.read_text()), "threads": args.threads}
+
+
+def int8_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _delta(value: float | None, ref: float | None) -> str:
+    return "—" if value is None or ref is None else f"{value - ref:+.2f}"
+
+
+def _speed(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: per method and provider the fp32 and reduced-precision test top-1, the change, and the speed-up
+    over the same provider's fp32 at batch 1 / 8 (int8 change on val beside it: what the export chose on)."""
+    lines = ["| method | provider | fp32 test top-1 % | variant | its test top-1 % | change | (val change) | "
+             "speed-up vs fp32, batch 1 / 8 |", "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        method = METHOD_NAMES.get(r["method"], r["method"] or r["run"])
+        if r.get("fp32_first_layers"):
+            method += f" (first {r['fp32_first_layers']} layers fp32)"
+        test, val, lat = r["test"], r["val"], r["latency_ms"]
+        rows = [("onnxruntime CPU", "cpu fp32", "int8", "cpu int8", "onnx fp32", "onnx int8",
+                 _delta(val.get("cpu int8"), val.get("cpu fp32"))),
+                ("OpenVINO", "openvino f32", "bf16", "openvino bf16", "openvino fp32", "openvino bf16", ""),
+                ("OpenVINO", "openvino f32", "int8", "openvino int8", "openvino fp32", "openvino int8", "")]
+        for provider, ref, variant, key, base, other, val_change in rows:
+            if key not in test:
+                continue
+            speeds = " / ".join(_speed(ratio(lat, base, other, b)) for b in ("1", "8"))
+            lines.append(f"| {method} | {provider} | {_pct(test.get(ref))} | {variant} | {_pct(test[key])} | "
+                         f"{_delta(test[key], test.get(ref))} | {val_change or ''} | {speeds} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders of `fgcli train` (weights/best.pt)")
+    parser.add_argument("--data", type=Path, required=True, help="the prepared data set the runs trained on")
+    parser.add_argument("--work", type=Path, required=True, help="copies, exports, reports, per-run results (reused)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (default 1)")
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per batch size in bench")
+    parser.add_argument("--calib-images", type=int, default=128)
+    parser.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"])
+    parser.add_argument("--int8-max-drop", type=float, default=0.5)
+    parser.add_argument("--report", action="store_true",
+                        help="print the table from the saved runs in --work only (measure nothing)")
+    args = parser.parse_args()
+    from fgcli.inference import openvino_missing
+
+    missing = openvino_missing()
+    if missing:
+        print(f"OpenVINO rows skipped: {missing}")
+    results, failures = [], []
+    for run_dir in args.runs:
+        saved = args.work / "results" / f"{run_dir.name}.json"
+        if saved.is_file():
+            results.append(json.loads(saved.read_text()))
+            continue
+        if args.report:
+            print(f"not measured yet: {run_dir.name}")
+            continue
+        start = time.time()
+        try:
+            result = measure(run_dir, args.work, args.data, args, openvino=missing is None)
+        except RuntimeError as e:
+            failures.append(f"{run_dir.name}: {e}")
+            print(f"FAILED {run_dir.name}", flush=True)
+            continue
+        result["wall_s"] = time.time() - start
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(result, indent=1))
+        results.append(result)
+        print(f"{run_dir.name}: done ({result['wall_s'] / 60:.1f} min)", flush=True)
+    if failures:
+        sys.exit("no table: some runs failed\n" + "\n".join(failures))
+    calib = {(r.get("calibration_method"), r.get("calibration")) for r in results}
+    print(f"\nint8 (static QDQ, {', '.join(f'{m}: {c}' for m, c in sorted(calib))}); top-1 on the full test split "
+          f"through `fgcli eval`; speed from `fgcli bench` (p50, {args.threads} thread(s), same inputs)")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
