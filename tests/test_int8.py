@@ -1,0 +1,143 @@
+"""`export --int8`: full QDQ (integer kernels), the fp32 islands and the first layers kept in fp32, the search
+that keeps more of them when val top-1 drops, calibration on the train split only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from exportkit import SIZE, make_checkpoint_file
+
+from fgcli.errors import UserError
+from fgcli.exporting import pipeline
+from fgcli.exporting.graph import fp32_island_nodes
+from fgcli.exporting.pipeline import ExportOptions, Int8Report, export_checkpoint
+from fgcli.exporting.quantize import QUANT_OPS, first_weight_layers, quantize_int8
+from fgcli.inference import OnnxPredictor
+
+
+@pytest.fixture(scope="module")
+def fp32_files(tmp_path_factory):
+    out = {}
+    for method in ("baseline", "herbs", "mge"):
+        ckpt = make_checkpoint_file(tmp_path_factory.mktemp(method), method)
+        out[method] = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    return out
+
+
+def _weight_layers(model):
+    inits = {t.name for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return [(n, producer.get(n.input[1])) for n in model.graph.node
+            if n.op_type in QUANT_OPS and len(n.input) > 1 and (n.input[1] in inits or n.input[1] in producer)]
+
+
+@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+def test_static_int8_quantizes_activations_and_keeps_islands_and_first_layers(fp32_files, method):
+    path = fp32_files[method]
+    calib = [np.random.default_rng(i).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32) for i in range(2)]
+    quant = quantize_int8(onnx.load(str(path)), calib, "random", keep_first=2)
+    model = quant.model
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    layers = _weight_layers(model)
+    int8 = [n for n, p in layers if p is not None and p.op_type == "DequantizeLinear"]
+    # full QDQ: quantized weight layers also have a quantized output, so onnxruntime runs integer kernels
+    assert int8 and all("QuantizeLinear" in consumers.get(n.output[0], []) for n in int8 if n.op_type == "Conv")
+    names = {n.name for n in int8}
+    assert not names & set(quant.excluded_nodes)
+    assert quant.fp32_first == 2 and quant.quantized_layers == len(int8) < quant.weight_layers
+    # the first two weight layers read float weights
+    first_two = [n for n, _ in layers][:2]
+    assert all(n.name not in names for n in first_two)
+    # TopK / ArgMax scores and RoiAlign's boxes never come from dequantized int8 values
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        sensitive = {"TopK": 0, "ArgMax": 0, "RoiAlign": 1}.get(node.op_type)
+        if sensitive is not None:
+            assert getattr(producer.get(node.input[sensitive]), "op_type", "") != "DequantizeLinear", node.name
+    onnx.save(model, str(path.with_name("q.onnx")))
+    logits, probs = OnnxPredictor(path.with_name("q.onnx"), device="cpu")(calib[0])
+    assert np.isfinite(probs).all() and probs.shape[0] == 4
+
+
+def test_first_weight_layers_follow_the_graph_from_the_input(fp32_files):
+    model = onnx.load(str(fp32_files["baseline"]))
+    first = first_weight_layers(model, 3)
+    inits = {t.name for t in model.graph.initializer}
+    order = [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.input[1] in inits]
+    assert first == order[:3] and first_weight_layers(model, 0) == []
+    assert not set(first) & set(fp32_island_nodes(model))  # the islands are at the other end
+
+
+INFO = SimpleNamespace(method="baseline")
+
+
+def _fake_int8(monkeypatch, changes: dict[int, float], weight_layers: int = 20) -> list[int]:
+    """Stub quantization and scoring: int8 with `keep` first layers in fp32 changes top-1 by changes[keep]."""
+    quantized: list[int] = []
+
+    def quantize(proto, info, path, calib, opts, shown, keep_first=0):
+        quantized.append(keep_first)
+        return SimpleNamespace(mode="static", calibration="c", quantized_layers=weight_layers - keep_first,
+                               weight_layers=weight_layers, fp32_first=keep_first)
+
+    def judge(fp32_pred, int8_pred, dataset, pre, opts, where, quant, scored=None):
+        return Int8Report(mode="static", calibration="c", quantized_layers=quant.quantized_layers,
+                          weight_layers=weight_layers, eval_source="val split", num_images=100, top1_fp32=80.0,
+                          top1_int8=80.0 + changes[quant.fp32_first], agreement=0.9, fp32_first=quant.fp32_first)
+
+    monkeypatch.setattr(pipeline, "_calibration_batches", lambda *a: SimpleNamespace(images=[], source="train"))
+    monkeypatch.setattr(pipeline, "_quantize", quantize)
+    monkeypatch.setattr(pipeline, "_judge_int8", judge)
+    monkeypatch.setattr(pipeline, "_session", lambda path, opts: None)
+    monkeypatch.setattr(pipeline, "_time_pair", lambda *a: {1: (2.0, 1.0)})
+    return quantized
+
+
+def test_int8_keeps_more_first_layers_until_val_top1_is_within_the_limit(monkeypatch):
+    quantized = _fake_int8(monkeypatch, {0: -3.0, 1: -1.2, 2: -0.4, 4: 0.0})
+    report = pipeline._export_int8(None, INFO, None, Path("m.int8.onnx"), None, None, ExportOptions(), "")
+    assert quantized == [0, 1, 2] and report.fp32_first == 2 and report.top1_change == pytest.approx(-0.4)
+    assert [k for k, _ in report.tried] == [0, 1, 2]
+
+
+def test_int8_search_keeps_the_best_try_when_none_is_within_the_limit(monkeypatch):
+    quantized = _fake_int8(monkeypatch, {0: -3.0, 1: -0.9, 2: -2.0, 4: -1.5}, weight_layers=8)
+    report = pipeline._export_int8(None, INFO, None, Path("m.int8.onnx"), None, None, ExportOptions(), "")
+    assert quantized == [0, 1, 2, 4, 1] and report.fp32_first == 1  # 4 = half the weight layers: stop, redo 1
+
+
+def test_int8_max_drop_none_quantizes_once(monkeypatch):
+    quantized = _fake_int8(monkeypatch, {0: -3.0})
+    report = pipeline._export_int8(None, INFO, None, Path("m.int8.onnx"), None, None,
+                                   ExportOptions(int8_max_drop=None), "")
+    assert quantized == [0] and report.fp32_first == 0
+
+
+def test_calibration_reads_the_train_split_only(monkeypatch):
+    read = []
+
+    def load_batches(dataset, splits, pre, count, where=""):
+        read.append(splits)
+        return SimpleNamespace(count=count, source=f"{splits[0]} images")
+
+    import fgcli.exporting.rundata as rundata
+
+    monkeypatch.setattr(rundata, "load_batches", load_batches)
+    with_train = SimpleNamespace(splits={"train": [1], "val": [2], "test": [3]})
+    calib = pipeline._calibration_batches(with_train, None, ExportOptions(calib_images=7), "d")
+    assert read == [("train",)] and calib.source == "train images"
+    no_train = SimpleNamespace(splits={"val": [2], "test": [3]})
+    assert pipeline._calibration_batches(no_train, None, ExportOptions(), "d") is None  # dynamic, not val / test
+
+
+def test_unknown_calibration_method_is_one_line(tmp_path):
+    ckpt = make_checkpoint_file(tmp_path, "baseline")
+    with pytest.raises(UserError, match="--calib-method kl: choose one of minmax, percentile, entropy"):
+        export_checkpoint(ckpt, ExportOptions(int8=True, calib_method="kl"))
