@@ -130,7 +130,7 @@ def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int 
            img_size: int | None = None, dynamic_batch: bool = True, fp16: bool = False, int8: bool = False,
            calib_images: int = 128, verify: bool = True, ema: bool = True, exporter: str | None = None,
            providers: Sequence[str] | None = None, threads: int | None = None, calibration: bool = True,
-           tta: str | None = None, calib_method: str = "minmax", int8_max_drop: float | None = 0.5) -> ExportResult:
+           tta: str | None = None, calib_method: str = "percentile", int8_max_drop: float | None = 0.5) -> ExportResult:
     """`fgcli export CHECKPOINT --onnx`: the fused model to ONNX (+ fp16 / int8), checked and verified; `probs`
     calibrated with the checkpoint's temperature unless `calibration` is False; `tta` 'flip' in the graph.
     int8: `calib_method` minmax / percentile / entropy; more than `int8_max_drop` top-1 points lost on the

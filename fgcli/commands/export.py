@@ -33,7 +33,7 @@ def export_command(
     calib_images: int = typer.Option(128, "--calib-images", min=1, rich_help_panel=_VARIANTS,
                                      help="Training images used to calibrate int8 activations (evenly spread over "
                                           "the train split; never val or test)."),
-    calib_method: str = typer.Option("minmax", "--calib-method", rich_help_panel=_VARIANTS,
+    calib_method: str = typer.Option("percentile", "--calib-method", rich_help_panel=_VARIANTS,
                                      help="How int8 activation ranges are calibrated: minmax, percentile or entropy."),
     int8_max_drop: float = typer.Option(0.5, "--int8-max-drop", min=0.0, rich_help_panel=_VARIANTS,
                                         help="When int8 loses more top-1 points than this on the validation split, "

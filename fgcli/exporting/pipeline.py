@@ -45,7 +45,7 @@ class ExportOptions:
     threads: int | None = None
     verify_images: int = 16
     calib_images: int = 128
-    calib_method: str = "minmax"
+    calib_method: str = "percentile"
     int8_eval_images: int | None = None  # None = the whole validation split
     # int8 losing more than this many top-1 points on the validation split: keep the first weight layers in fp32
     # (1, 2, 4, ... from the input) until it does not; None = quantize once, never search

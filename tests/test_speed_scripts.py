@@ -1,0 +1,117 @@
+"""benchmarks/int8_results.py and benchmarks/onnx_vs_torch.py: their tables, the resume from saved runs and the
+target verdict (no model is run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def int8():
+    return _load("int8_results")
+
+
+@pytest.fixture()
+def speed():
+    return _load("onnx_vs_torch")
+
+
+CSV = """backend,device,batch,img_size,threads,iters,p50_ms,p90_ms,mean_ms,throughput,precision,agreement,max_dprob
+torch,torch cpu,1,128,1,20,12.0,13,12,80,fp32,100,0
+torch,torch cpu,8,128,1,20,80.0,90,80,100,fp32,100,0
+onnx,onnxruntime CPUExecutionProvider,1,128,1,20,3.0,3,3,300,fp32,100,1e-6
+onnx,onnxruntime CPUExecutionProvider,8,128,1,20,20.0,20,20,400,fp32,100,1e-6
+onnx,onnxruntime CPUExecutionProvider,1,128,1,20,1.5,2,2,600,int8,0,1e-1
+onnx,onnxruntime CPUExecutionProvider,8,128,1,20,10.0,10,10,800,int8,0,1e-1
+"""
+
+
+def _result(run: str, method: str, test: dict, val: dict | None = None) -> dict:
+    return {"run": run, "method": method, "fp32_first_layers": 0, "test": test,
+            "val": val or {"cpu fp32": 70.0, "cpu int8": 69.8}, "latency_ms": {}, "calibration": "train",
+            "calibration_method": "percentile"}
+
+
+def test_int8_table_changes_and_speedups(int8):
+    latency = int8.bench_speedups(CSV)
+    assert latency["onnx int8"] == {"1": 1.5, "8": 10.0} and latency["torch fp32"]["8"] == 80.0
+    assert int8.ratio(latency, "onnx fp32", "onnx int8", "8") == pytest.approx(2.0)
+    assert int8.ratio(latency, "onnx fp32", "openvino int8", "1") is None
+    result = _result("herbs-s0", "herbs", {"cpu fp32": 70.0, "cpu int8": 69.25})
+    result["latency_ms"] = latency
+    result["fp32_first_layers"] = 2
+    text = int8.table([result])
+    row = next(line for line in text.splitlines() if line.startswith("| HERBS"))
+    assert "first 2 layers fp32" in row and "| 70.00 | int8 | 69.25 | -0.75 | -0.20 | 2.00× / 2.00× |" in row
+    assert "OpenVINO" not in text  # not measured: no rows
+
+
+def test_int8_results_resumes_from_saved_runs(int8, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    (work / "results").mkdir(parents=True)
+    saved = _result("baseline-s0", "baseline", {"cpu fp32": 68.22, "cpu int8": 67.96})
+    (work / "results" / "baseline-s0.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(int8, "measure", lambda *a, **k: pytest.fail("a saved run was measured again"))
+    monkeypatch.setattr(sys, "argv", ["int8_results.py", str(tmp_path / "runs" / "baseline-s0"), "--data", "d",
+                                      "--work", str(work)])
+    int8.main()
+    assert "| baseline | onnxruntime CPU | 68.22 | int8 | 67.96 | -0.26 |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["int8_results.py", str(tmp_path / "runs" / "herbs-s0"), "--data", "d",
+                                      "--work", str(work), "--report"])
+    int8.main()
+    assert "not measured yet: herbs-s0" in capsys.readouterr().out
+
+
+def test_int8_results_prints_no_table_when_a_run_fails(int8, tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise RuntimeError("exit 1: fgcli export")
+
+    monkeypatch.setattr(int8, "measure", fail)
+    monkeypatch.setattr(sys, "argv", ["int8_results.py", str(tmp_path / "x"), "--data", "d", "--work",
+                                      str(tmp_path / "w")])
+    with pytest.raises(SystemExit, match="no table: some runs failed"):
+        int8.main()
+
+
+def test_fastest_path_verdict(speed):
+    times = {"torch fp32": 80.0, "cpu fp32": 20.0, "cpu int8": 10.0, "openvino bf16": 8.0}
+    top1 = {"cpu fp32": 70.0, "cpu int8": 69.8, "openvino bf16": 70.2}
+    v = speed.verdict(times, top1)
+    assert v["fastest"] == "openvino bf16" and v["speedup"] == pytest.approx(10.0) and v["met"]
+    assert v["change"] == pytest.approx(0.2)
+    slow = speed.verdict({"torch fp32": 30.0, "cpu fp32": 20.0, "openvino bf16": 10.0}, top1)
+    assert not slow["met"] and slow["note"] == "missed: speed"
+    wrong = speed.verdict(times, {"cpu fp32": 70.0, "openvino bf16": 69.0})
+    assert not wrong["met"] and wrong["note"] == "missed: top-1"
+    unknown = speed.verdict(times, None)
+    assert not unknown["met"] and unknown["note"] == "speed met; top-1 not measured"
+
+
+def test_speed_table_rows(speed):
+    class Row:
+        def __init__(self, backend, precision, batch, p50):
+            self.backend, self.precision, self.batch, self.p50_ms = backend, precision, batch, p50
+
+    rows = [Row("torch", "fp32", 1, 12.0), Row("onnx", "fp32", 1, 3.0), Row("onnx", "int8", 1, 1.5),
+            Row("openvino", "bf16", 1, 2.0)]
+    latency = speed.latencies(rows)
+    assert latency == {1: {"torch fp32": 12.0, "cpu fp32": 3.0, "cpu int8": 1.5, "openvino bf16": 2.0}}
+    text = speed.table([{"name": "baseline", "latency": latency, "top1": {"cpu fp32": 68.2, "cpu int8": 68.0}}],
+                       [1, 8])
+    row = text.splitlines()[2]
+    assert row.startswith("| baseline | 1 | 12.0 | 3.0 | 1.5 | — | 2.0 | — | cpu int8 | 8.00× |")
+    assert "68.00 (-0.20) | met |" in row and len(text.splitlines()) == 3  # no batch-8 row: not timed
