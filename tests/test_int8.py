@@ -13,7 +13,7 @@ from exportkit import SIZE, make_checkpoint_file
 
 from fgcli.errors import UserError
 from fgcli.exporting import pipeline
-from fgcli.exporting.graph import fp32_island_nodes
+from fgcli.exporting.graph import finite_infinities, fp32_island_nodes
 from fgcli.exporting.pipeline import ExportOptions, Int8Report, export_checkpoint
 from fgcli.exporting.quantize import QUANT_OPS, first_weight_layers, quantize_int8
 from fgcli.inference import OnnxPredictor
@@ -40,6 +40,7 @@ def test_static_int8_quantizes_activations_and_keeps_islands_and_first_layers(fp
     path = fp32_files[method]
     calib = [np.random.default_rng(i).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32) for i in range(2)]
     quant = quantize_int8(onnx.load(str(path)), calib, "random", keep_first=2)
+    assert quant.mode == "static"  # percentile calibration, no fallback to dynamic
     model = quant.model
     consumers = {}
     for node in model.graph.node:
@@ -64,6 +65,17 @@ def test_static_int8_quantizes_activations_and_keeps_islands_and_first_layers(fp
     onnx.save(model, str(path.with_name("q.onnx")))
     logits, probs = OnnxPredictor(path.with_name("q.onnx"), device="cpu")(calib[0])
     assert np.isfinite(probs).all() and probs.shape[0] == 4
+
+
+def test_infinite_mask_constants_become_finite_with_the_same_outputs(fp32_files):
+    """HERBS' margin key masks with -inf, which percentile calibration cannot take a range over."""
+    path = fp32_files["herbs"]
+    model = onnx.load(str(path))
+    assert finite_infinities(model) >= 1 and finite_infinities(model) == 0
+    x = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)
+    fixed = path.with_name("finite.onnx")
+    onnx.save(model, str(fixed))
+    np.testing.assert_array_equal(OnnxPredictor(fixed, device="cpu")(x)[0], OnnxPredictor(path, device="cpu")(x)[0])
 
 
 def test_first_weight_layers_follow_the_graph_from_the_input(fp32_files):

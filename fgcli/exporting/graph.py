@@ -158,3 +158,26 @@ def drop_initializer_value_info(model: Any) -> None:
             dst.CopyFrom(src)
         del model.graph.value_info[:]
         model.graph.value_info.extend(copies)
+
+
+def finite_infinities(model: Any) -> int:
+    """Replace ±inf in float initializers by the largest finite value of their type (same sign); returns how many
+    were replaced. For int8 calibration, which cannot compute a range over an infinite tensor: a mask filled with
+    -inf (HERBS' margin key, `masked_fill` -> Where) gives the same results with the most negative float,
+    since exp() of either is 0 and neither can win a max."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    count = 0
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+            continue
+        array = numpy_helper.to_array(tensor)
+        if np.isfinite(array).all() or array.dtype.kind != "f":
+            continue
+        big = np.finfo(array.dtype).max
+        fixed = np.where(np.isposinf(array), big, np.where(np.isneginf(array), -big, array)).astype(array.dtype)
+        replacement = numpy_helper.from_array(fixed, tensor.name)
+        model.graph.initializer[i].CopyFrom(replacement)
+        count += int(np.isinf(array).sum())
+    return count

@@ -31,6 +31,7 @@ from fgcli.console import log, track
 from fgcli.errors import UserError
 from fgcli.exporting.graph import (
     drop_initializer_value_info,
+    finite_infinities,
     fp32_island_nodes,
     name_nodes,
     topological_sort,
@@ -75,7 +76,7 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibration_source: str = "",
-                  method: str = "minmax", keep_first: int = 0) -> QuantResult:
+                  method: str = "percentile", keep_first: int = 0) -> QuantResult:
     """Quantize an fp32 `onnx.ModelProto`: static QDQ with `calibration` batches, or dynamic without them;
     `keep_first` weight layers from the input stay fp32 (besides the fp32 islands)."""
     import onnx
@@ -95,6 +96,7 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
         prepared = onnx.load(str(pre))
         unshare_initializers(prepared)
         drop_initializer_value_info(prepared)
+        finite_infinities(prepared)  # calibration needs finite ranges (HERBS' -inf mask)
         excluded = sorted(set(fp32_island_nodes(prepared)) | set(first_weight_layers(prepared, keep_first)))
         onnx.save(prepared, str(pre))
         mode = "static" if calibration else "dynamic"
