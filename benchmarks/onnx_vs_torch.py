@@ -68,9 +68,9 @@ def make_checkpoint_file(folder: Path, method: str, backbone: str, img_size: int
     return path
 
 
-def prepare_run(run_dir: Path, work: Path, threads: int) -> tuple[Path, Path, dict | None]:
+def prepare_run(run_dir: Path, work: Path, threads: int) -> tuple[Path, Path, Path]:
     """A trained run's checkpoint copy and its fp32 / int8 export under `work/<run>/` (made when missing), and
-    int8_results.py's saved accuracy of the run (None when it has not been measured)."""
+    where int8_results.py saves the run's accuracy (read after timing)."""
     from fgcli import api
 
     folder = work / run_dir.name
@@ -80,8 +80,7 @@ def prepare_run(run_dir: Path, work: Path, threads: int) -> tuple[Path, Path, di
         shutil.copy2(run_dir / "weights" / "best.pt", ckpt)
     if not (folder / "best.int8.onnx").is_file():
         api.export(ckpt, int8=True, threads=threads)
-    saved = work / "results" / f"{run_dir.name}.json"
-    return ckpt, folder / "best.onnx", json.loads(saved.read_text()) if saved.is_file() else None
+    return ckpt, folder / "best.onnx", work / "results" / f"{run_dir.name}.json"
 
 
 def latencies(rows: list) -> dict[int, dict[str, float]]:
@@ -188,17 +187,19 @@ def main() -> None:
                 ckpt = make_checkpoint_file(tmp, method, args.backbone, args.img_size, args.classes)
                 specs.append((f"{METHOD_NAMES[method]} (random init)", ckpt,
                               api.export(ckpt, verify=False, threads=args.threads).files["fp32"], None))
-        for name, ckpt, onnx_path, saved in specs:
+        for name, ckpt, onnx_path, saved_file in specs:
             report = bench_model(onnx_path, ["torch", "onnx"], args.batches, checkpoint=ckpt, warmup=args.warmup,
                                  iters=args.iters, threads=args.threads, device="cpu", providers=providers)
-            method = saved["method"] if saved else name
-            label = METHOD_NAMES.get(method, name)
-            models.append({"name": f"{label} ({name})" if saved else label, "onnx": onnx_path,
-                           "latency": latencies(report.rows), "top1": saved["test"] if saved else None,
-                           "skipped": report.skipped, "img_size": report.rows[0].img_size})
+            models.append({"name": name, "onnx": onnx_path, "latency": latencies(report.rows), "top1": None,
+                           "saved": saved_file, "skipped": report.skipped, "img_size": report.rows[0].img_size})
             for line in report.skipped:
                 print(f"{name}: skipped {line}")
             print(f"{name}: timed", flush=True)
+        for m in models:  # int8_results.py may have finished meanwhile
+            if m["saved"] is not None and m["saved"].is_file():
+                saved = json.loads(m["saved"].read_text())
+                m["top1"] = saved["test"]
+                m["name"] = f"{METHOD_NAMES.get(saved['method'], saved['method'])} ({m['name']})"
     finally:
         if args.profile:
             for m in models:
