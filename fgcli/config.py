@@ -48,6 +48,7 @@ class DataConfig:
     blur_prob: float = 0.0  # HERBS recipe: GaussianBlur(k=5, sigma in [0.1, 5]) with p=0.1
     sharpness_prob: float = 0.0  # HERBS recipe: RandomAdjustSharpness(1.5) with p=0.1
     workers: int = 2
+    decoder: str = "pil"  # training/validation loaders: "pil", or "torchvision" (libjpeg-turbo into tensors, JPEGs)
     demo_size: int = 64  # image size of the generated demo data set
     demo_per_class: int = 150  # train images per class of the demo (test gets a third)
     demo_classes: int = 10
@@ -283,6 +284,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.resize is None or cfg.data.resize >= 8, "data.resize must be >= 8"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (cfg.data.resize_mode in ("shorter", "square"), "data.resize_mode must be 'shorter' or 'square'"),
+        (cfg.data.decoder in ("pil", "torchvision"), "data.decoder must be 'pil' or 'torchvision'"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.sched.name in ("cosine", "step", "none"), "sched.name must be one of cosine, step, none"),
