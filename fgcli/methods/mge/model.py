@@ -289,7 +289,7 @@ def diversity_official(current: Tensor, previous: Tensor, targets: Tensor) -> Te
 
     q = softmax(previous).detach(), ℓ = log_softmax(current); 0 log 0 = 0 (kl_div, reduction "none").
     """
-    keep = 1.0 - F.one_hot(targets, current.shape[1]).to(current.dtype)
+    keep = 1.0 - F.one_hot(targets, current.shape[1]).float()
     q = torch.softmax(previous.detach().float(), dim=1) * keep
     log_p = torch.log_softmax(current.float(), dim=1) * keep
     return torch.exp(-F.kl_div(log_p, q, reduction="none")).mean()
