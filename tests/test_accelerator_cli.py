@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -129,26 +128,35 @@ def test_bf16_run_exports_fp32_and_fp16_onnx(bf16_run, tmp_path) -> None:
 
 
 # -- slow: --compile (inductor on CPU) and DDP with 2 gloo processes ------------------------------------
+#: HERBS' token selection is discrete, and on a random tiny model the token scores lie within ~1e-3 of each
+#: other: rounding-level differences between inductor's kernels and eager reorder near-ties, which changes the
+#: combiner's input (the selection itself is exact where scores are apart: test_accelerator_paths.py)
+COMPILE_RTOL = {"baseline": 2e-3, "herbs": 5e-2, "mge": 2e-3}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_compile_matches_eager(method, tmp_path) -> None:
-    """Two epochs with `--compile` and without: same losses, accuracies and weights within tolerance, no
-    fallback to eager; the compiled run's checkpoint evaluates."""
+    """One epoch (2 steps, SGD: weight differences stay proportional to gradient differences) with `--compile`
+    (inductor) and without: same losses and weights within tolerance, no fallback to eager; the compiled run's
+    checkpoint has plain keys and evaluates."""
     runs = {}
     for tag, extra in (("eager", []), ("compiled", ["--compile"])):
-        result = runner.invoke(app, train_args(method, "--epochs", "2", "--deterministic", *extra,
-                                               "--project", str(tmp_path), "--name", tag))
+        result = runner.invoke(app, train_args(method, "--epochs", "1", "--deterministic", "--set", "optim.name=sgd",
+                                               *extra, "--project", str(tmp_path), "--name", tag))
         assert result.exit_code == 0, result.output
         runs[tag] = tmp_path / tag
     log = (runs["compiled"] / "log.txt").read_text()
     assert "| compile" in log and "could not compile" not in log
-    np.testing.assert_allclose(losses(runs["compiled"]), losses(runs["eager"]), rtol=2e-3, atol=2e-4)
+    rtol = COMPILE_RTOL[method]
+    np.testing.assert_allclose(losses(runs["compiled"]), losses(runs["eager"]), rtol=rtol, atol=rtol / 10)
     a = torch.load(runs["eager"] / "weights" / "last.pt", weights_only=True)["model"]
     b = torch.load(runs["compiled"] / "weights" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()  # no `_orig_mod.` prefixes
     for key, value in a.items():
         if value.is_floating_point():
-            torch.testing.assert_close(b[key], value, rtol=1e-2, atol=1e-3, msg=key)
+            torch.testing.assert_close(b[key], value, rtol=rtol, atol=rtol / 10,
+                                       msg=lambda m, key=key: f"{key}: {m}")
     out = tmp_path / "report"
     result = runner.invoke(app, ["eval", str(runs["compiled"] / "weights" / "last.pt"), "--data", "demo",
                                  "--split", "val", "--out", str(out), "--workers", "0", "--device", "cpu"])
@@ -161,22 +169,22 @@ def _env() -> dict[str, str]:
     return env
 
 
-DDP_CASES = [("baseline", []), ("herbs", ["--set", "herbs.lambda_s=0"]),
-             ("herbs", ["--set", "herbs.lambda_r=0"]), ("mge", ["--set", "mge.schedule=staged",
-                                                                 "--set", "mge.stage_epochs=1"]),
-             ("baseline", ["--set", "train.find_unused_parameters=true"])]
+DDP_CASES = {  # the plain baseline is tests/test_engine_ddp.py
+    "baseline-find_unused": ("baseline", ["--set", "train.find_unused_parameters=true"]),
+    "herbs-lambda_s0": ("herbs", ["--set", "herbs.lambda_s=0"]),  # the default: every parameter used
+    "herbs-lambda_r0": ("herbs", ["--set", "herbs.lambda_r=0"]),  # td heads unused: static_graph
+    "mge-staged": ("mge", ["--set", "mge.schedule=staged", "--set", "mge.stage_epochs=1"]),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "extra"), DDP_CASES, ids=["baseline", "herbs-lambda_s0", "herbs-lambda_r0",
-                                                              "mge-staged", "baseline-find_unused"])
-def test_ddp_two_gloo_processes(method, extra, tmp_path) -> None:
+@pytest.mark.parametrize("case", list(DDP_CASES))
+def test_ddp_two_gloo_processes(case, tmp_path) -> None:
     """2 processes under torchrun (gloo), with gradient accumulation (DDP's no_sync) and the graph options
     `ddp_options` picks: HERBS with a loss term off (parameters left unused: static_graph) neither hangs nor
     errors (the timeout), MGE-CNN's staged schedule keeps every parameter in the graph, and
     `train.find_unused_parameters=true` runs too."""
-    if shutil.which("c++") is None and sys.platform == "win32":  # pragma: no cover - gloo is on every CI OS
-        pytest.skip("no gloo")
+    method, extra = DDP_CASES[case]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fgcli",
            "--quiet", *train_args(method, "--epochs", "2", "--batch-size", "3", "--accum-steps", "2", *extra,
                                   "--project", str(tmp_path), "--name", "ddp")]

@@ -539,14 +539,17 @@ class Trainer:
     def _log_start(self) -> None:
         cfg, data = self.cfg, self.data
         what = "resuming" if self.start_epoch else "training"
+        paths = [f"amp {self.amp_dtype}" + (" + GradScaler" if self.scaler.is_enabled() else "")] \
+            if self.amp_dtype else []  # the accelerator paths this run takes (benchmarks/gpu_check.py reads them)
+        paths += [name for name, on in (("channels_last", self.channels_last), ("compile", cfg.model.compile),
+                                        ("cudnn.benchmark", self.device.type == "cuda"
+                                         and torch.backends.cudnn.benchmark)) if on]
         log.info(f"{what} {cfg.method} on {cfg.model.backbone} | data {data.info['name']} "
                  f"({len(data.classes)} classes, {data.info['num_train']} train / {data.val_count} val) | "
                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size} x {self.info.world_size} process(es)"
                  f"{f' x {cfg.train.accum_steps} accum' if cfg.train.accum_steps > 1 else ''} | "
                  f"img {data.preprocess.img_size} | device {self.device}"
-                 f"{f' | amp {self.amp_dtype}' if self.amp_dtype else ''}"
-                 f"{' | channels_last' if self.channels_last else ''}{' | compile' if cfg.model.compile else ''}"
-                 f" | run {self.run_dir}")
+                 f"{''.join(f' | {p}' for p in paths)} | run {self.run_dir}")
         if self.data.val_loader is None:
             log.warning("no validation split: best.pt will not be written. Set data.val_fraction > 0.")
 
