@@ -130,7 +130,8 @@ def test_bf16_run_exports_fp32_and_fp16_onnx(bf16_run, tmp_path) -> None:
 # -- slow: --compile (inductor on CPU) and DDP with 2 gloo processes ------------------------------------
 #: HERBS' token selection is discrete, and on a random tiny model the token scores lie within ~1e-3 of each
 #: other: rounding-level differences between inductor's kernels and eager reorder near-ties, which changes the
-#: combiner's input (the selection itself is exact where scores are apart: test_accelerator_paths.py)
+#: combiner's input and from there the gradients (the selection is exact where scores are apart:
+#: test_accelerator_paths.py). Its losses are compared loosely and its weights only for being finite.
 COMPILE_RTOL = {"baseline": 2e-3, "herbs": 5e-2, "mge": 2e-3}
 
 
@@ -154,7 +155,10 @@ def test_compile_matches_eager(method, tmp_path) -> None:
     b = torch.load(runs["compiled"] / "weights" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()  # no `_orig_mod.` prefixes
     for key, value in a.items():
-        if value.is_floating_point():
+        if not value.is_floating_point():
+            continue
+        assert torch.isfinite(b[key]).all(), key
+        if method != "herbs":
             torch.testing.assert_close(b[key], value, rtol=rtol, atol=rtol / 10,
                                        msg=lambda m, key=key: f"{key}: {m}")
     out = tmp_path / "report"
@@ -172,7 +176,7 @@ def _env() -> dict[str, str]:
 DDP_CASES = {  # the plain baseline is tests/test_engine_ddp.py
     "baseline-find_unused": ("baseline", ["--set", "train.find_unused_parameters=true"]),
     "herbs-lambda_s0": ("herbs", ["--set", "herbs.lambda_s=0"]),  # the default: every parameter used
-    "herbs-lambda_r0": ("herbs", ["--set", "herbs.lambda_r=0"]),  # td heads unused: static_graph
+    "herbs-lambda_r0": ("herbs", ["--set", "herbs.lambda_r=0"]),  # td heads unused: find_unused_parameters
     "mge-staged": ("mge", ["--set", "mge.schedule=staged", "--set", "mge.stage_epochs=1"]),
 }
 
@@ -181,9 +185,9 @@ DDP_CASES = {  # the plain baseline is tests/test_engine_ddp.py
 @pytest.mark.parametrize("case", list(DDP_CASES))
 def test_ddp_two_gloo_processes(case, tmp_path) -> None:
     """2 processes under torchrun (gloo), with gradient accumulation (DDP's no_sync) and the graph options
-    `ddp_options` picks: HERBS with a loss term off (parameters left unused: static_graph) neither hangs nor
-    errors (the timeout), MGE-CNN's staged schedule keeps every parameter in the graph, and
-    `train.find_unused_parameters=true` runs too."""
+    `ddp_options` picks: HERBS with a loss term off (parameters left unused: find_unused_parameters) neither
+    hangs nor errors (the timeout), MGE-CNN's staged schedule keeps every parameter in the graph, and
+    `train.find_unused_parameters=true` runs too. (static_graph, tried first, fails here with no_sync.)"""
     method, extra = DDP_CASES[case]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fgcli",
            "--quiet", *train_args(method, "--epochs", "2", "--batch-size", "3", "--accum-steps", "2", *extra,

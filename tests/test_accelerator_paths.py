@@ -257,7 +257,7 @@ def test_methods_report_parameters_left_unused(method, extra, unused) -> None:
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert bool(no_grad) is unused, no_grad
     assert model.ddp_find_unused_parameters is unused
-    assert D.ddp_options(unused, False) == {"find_unused_parameters": False, "static_graph": unused}
+    assert D.ddp_options(unused, False) == {"find_unused_parameters": unused, "static_graph": False}
     assert D.ddp_options(unused, True) == {"find_unused_parameters": True, "static_graph": False}
 
 

@@ -57,13 +57,11 @@ def backend_for(device: torch.device) -> Backend:
 
 
 def ddp_options(method_leaves_unused: bool, find_unused_parameters: bool) -> dict[str, bool]:
-    """DDP's graph options for a run: `train.find_unused_parameters=true` -> find them every step (a graph
-    that changes from step to step); a method whose configuration leaves a fixed set of parameters unused
-    (HERBS with a loss weight at 0) -> `static_graph`, which finds them once in the first step and needs no
-    graph search afterwards; otherwise neither (every parameter gets a gradient every step)."""
-    if find_unused_parameters:
-        return {"find_unused_parameters": True, "static_graph": False}
-    return {"find_unused_parameters": False, "static_graph": bool(method_leaves_unused)}
+    """DDP's graph options for a run: `find_unused_parameters` when the method's configuration leaves
+    parameters without gradients (HERBS with a loss weight at 0) or `train.find_unused_parameters=true` asks
+    for it; otherwise off (every parameter gets a gradient every step, the fast path). Never `static_graph`:
+    it breaks gradient accumulation (DDP's `no_sync`; an internal assert in the reducer, tested)."""
+    return {"find_unused_parameters": bool(method_leaves_unused or find_unused_parameters), "static_graph": False}
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False,
