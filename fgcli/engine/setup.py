@@ -69,6 +69,12 @@ def amp_settings(cfg: Config, device: torch.device) -> tuple[torch.dtype | None,
     return torch.float16, True
 
 
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """`model.channels_last`: auto = on CUDA only (where cuDNN is faster in NHWC), always, never."""
+    mode = cfg.model.channels_last
+    return mode == "always" or (mode == "auto" and device.type == "cuda")
+
+
 # -- data ------------------------------------------------------------------------------------------------
 @dataclass
 class DataBundle:
