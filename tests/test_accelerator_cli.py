@@ -165,6 +165,14 @@ def test_compile_matches_eager(method, tmp_path) -> None:
     result = runner.invoke(app, ["eval", str(runs["compiled"] / "weights" / "last.pt"), "--data", "demo",
                                  "--split", "val", "--out", str(out), "--workers", "0", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    # resumed under --compile for a second epoch (inductor's cache makes the second compile cheap), then exported
+    resumed = runner.invoke(app, ["train", "--resume", str(runs["compiled"]), "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(read_results_csv(runs["compiled"] / "results.csv")) == 2
+    assert "could not compile" not in (runs["compiled"] / "log.txt").read_text()
+    exported = runner.invoke(app, ["export", str(runs["compiled"] / "weights" / "last.pt"), "--onnx", "--verify",
+                                   "--out", str(tmp_path / "compiled.onnx")])
+    assert exported.exit_code == 0, exported.output
 
 
 def _env() -> dict[str, str]:
