@@ -216,6 +216,8 @@ def _onnx_info(path: Path) -> Any:
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
+        if not proto.graph.node:  # an empty file parses as an empty model
+            raise ValueError("no graph")
     except Exception as e:
         raise UserError(f"cannot read {path} as an ONNX model ({type(e).__name__}); the file may be truncated or "
                         "corrupt. Re-export it with `fgcli export CHECKPOINT --onnx`.") from e

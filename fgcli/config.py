@@ -48,6 +48,7 @@ class DataConfig:
     blur_prob: float = 0.0  # HERBS recipe: GaussianBlur(k=5, sigma in [0.1, 5]) with p=0.1
     sharpness_prob: float = 0.0  # HERBS recipe: RandomAdjustSharpness(1.5) with p=0.1
     workers: int = 2
+    decoder: str = "pil"  # training/validation loaders: "pil", or "torchvision" (libjpeg-turbo into tensors, JPEGs)
     demo_size: int = 64  # image size of the generated demo data set
     demo_per_class: int = 150  # train images per class of the demo (test gets a third)
     demo_classes: int = 10
@@ -65,9 +66,11 @@ class ModelConfig:
     pretrained_strict: bool = True
     drop_path: float | None = None  # None = timm default
     output_stride: int | None = None  # timm's dilated last stages (8 or 16): finer maps; None = the model's 32
-    channels_last: bool = True  # used on CUDA only
+    # NHWC memory format: "auto" (on CUDA only), "always" (every device, e.g. to test it on CPU), "never";
+    # the old booleans still load: true = auto, false = never
+    channels_last: str = "auto"
     freeze: str = "none"  # "backbone": pretrained trunk(s) fixed (no gradient, batch-norm statistics frozen)
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step; falls back to eager with a warning if it fails
 
 
 @dataclass
@@ -162,6 +165,10 @@ def from_dict(data: dict[str, Any], base: Config | None = None, source: str = "c
 
 # Keys that moved: old recipes, args.yaml files and checkpoints keep loading.
 MOVED_KEYS = {("mge", "backbone_lr_scale"): ("optim", "backbone_lr_scale")}
+# Values whose form changed (same key): {(section, key): {old value: new value}}.
+LEGACY_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
+    ("model", "channels_last"): {True: "auto", False: "never"},  # was a bool meaning "on CUDA"
+}
 
 
 def _migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +183,10 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
             target = out.setdefault(new_section, {})
             if isinstance(target, dict):
                 target.setdefault(new_key, value)
+    for (section_name, key), mapping in LEGACY_VALUES.items():
+        section = out.get(section_name)
+        if isinstance(section, dict) and isinstance(section.get(key), bool):
+            section[key] = mapping.get(section[key], section[key])
     return out
 
 
@@ -283,6 +294,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.resize is None or cfg.data.resize >= 8, "data.resize must be >= 8"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (cfg.data.resize_mode in ("shorter", "square"), "data.resize_mode must be 'shorter' or 'square'"),
+        (cfg.data.decoder in ("pil", "torchvision"), "data.decoder must be 'pil' or 'torchvision'"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.sched.name in ("cosine", "step", "none"), "sched.name must be one of cosine, step, none"),
@@ -294,6 +306,8 @@ def validate(cfg: Config) -> None:
         (cfg.optim.backbone_lr_scale is None or cfg.optim.backbone_lr_scale >= 0,
          "optim.backbone_lr_scale must be >= 0 (or null for the method's default)"),
         (cfg.model.freeze in ("none", "backbone"), "model.freeze must be 'none' or 'backbone'"),
+        (cfg.model.channels_last in ("auto", "always", "never"),
+         "model.channels_last must be auto (CUDA only), always or never"),
         (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),
     ]
     for section in METHOD_SECTIONS:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fgcli.console import log
+from fgcli.console import log, track
 from fgcli.inference import Predictor
 
 
@@ -34,15 +34,16 @@ class BenchRow:
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, iters: int,
-               sync: Callable[[], Any] | None = None) -> np.ndarray:
+               sync: Callable[[], Any] | None = None, description: str | None = None) -> np.ndarray:
     """Seconds per call of `fn` over `iters` timed calls after `warmup` untimed ones; `sync` (e.g.
-    torch.cuda.synchronize) runs after every call, inside the timed part, so asynchronous work is counted."""
+    torch.cuda.synchronize) runs after every call, inside the timed part, so asynchronous work is counted.
+    With a `description`, a progress bar counts the timed calls (it is drawn between them, outside the timing)."""
     sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
     sync()
     times = np.empty(iters)
-    for i in range(iters):
+    for i in (range(iters) if description is None else track(range(iters), description)):
         start = time.perf_counter()
         fn()
         sync()
@@ -72,6 +73,7 @@ def bench_predictor(predictor: Predictor, batch_sizes: Sequence[int], img_size: 
         x = np.random.default_rng(seed + batch).standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
         if progress is not None:
             progress(f"{predictor.backend} batch {batch}")
-        times = time_calls(lambda x=x: predictor.run(x), warmup, iters)
+        times = time_calls(lambda x=x: predictor.run(x), warmup, iters,
+                           description=f"timing {predictor.backend} batch {batch}")
         rows.append(summarize(times, predictor.backend, predictor.device, batch, img_size, threads))
     return rows

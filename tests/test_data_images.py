@@ -102,3 +102,44 @@ def test_class_left_without_images_after_skipping_is_an_error(tmp_path: Path) ->
                                         r"\(listed in .*bad_images.csv\): 'b'"):
         prepare_dataset("imagefolder", root, tmp_path / "out", PrepareOptions(workers=1))
     assert "b/0.jpg,empty file" in (tmp_path / "out" / "bad_images.csv").read_text(encoding="utf-8")
+
+
+def test_torchvision_decoder_gives_the_pil_pixels_for_every_mode(tmp_path: Path) -> None:
+    from fgcli.data.images import load_rgb_tensor
+
+    make_bad_files(tmp_path)
+    (tmp_path / "photo.jpg").write_bytes(_jpeg(size=(64, 48)))
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    for name in ("photo.jpg", "rotated.jpg", "cmyk.jpg", "grayscale.jpg", "gray16.png", "palette_alpha.png",
+                 "rgba.png", "gray_alpha.png"):
+        tensor = load_rgb_tensor(tmp_path / name)
+        pil = np.asarray(load_rgb(tmp_path / name)).transpose(2, 0, 1)
+        assert tensor.dtype.is_floating_point is False and tuple(tensor.shape) == pil.shape, name
+        # both decode JPEGs with libjpeg-turbo: at most a rounding step apart
+        assert np.abs(tensor.numpy().astype(int) - pil.astype(int)).max() <= 1, name
+
+
+def test_dataset_with_the_torchvision_decoder_matches_pil(tmp_path: Path) -> None:
+    import torch
+
+    from fgcli.data.dataset import ManifestDataset
+    from fgcli.data.manifest import Sample
+    from fgcli.data.transforms import eval_transform
+    from fgcli.modelinfo import Preprocess
+
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(_jpeg(size=(90 + 7 * i, 70)))
+    samples = [Sample(f"{i}.jpg", i % 2) for i in range(3)]
+    pre = Preprocess(img_size=48, resize=56, resize_mode="shorter", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    pil = ManifestDataset(samples, tmp_path, eval_transform(pre), crop_bottom=5)
+    tv = ManifestDataset(samples, tmp_path, eval_transform(pre), crop_bottom=5, decoder="torchvision")
+    assert tv.load(0).shape[1] == pil.load(0).height == 65  # the bottom rows are cropped alike
+    for i in range(3):
+        a, b = pil[i][0], tv[i][0]
+        assert a.shape == b.shape and torch.allclose(a, b, atol=0.05) and (a - b).abs().mean() < 2e-3
+    with pytest.raises(UserError, match="data.decoder"):
+        ManifestDataset(samples, tmp_path, decoder="opencv")

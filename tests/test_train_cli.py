@@ -203,3 +203,11 @@ def test_quiet_silences_the_terminal_but_not_log_txt(tmp_path) -> None:
     assert "epoch 1/1" not in result.output
     log = (tmp_path / "quiet" / "log.txt").read_text()
     assert "epoch 1/1" in log and "training baseline on test_resnet" in log
+
+
+def test_torchvision_decoder_trains(tmp_path) -> None:
+    result = _train(tmp_path, "--epochs", "1", "--set", "data.decoder=torchvision")
+    assert result.exit_code == 0, result.output
+    assert "decoder: torchvision" in (tmp_path / "runs" / "exp" / "args.yaml").read_text()
+    bad = _train(tmp_path, "--epochs", "1", "--set", "data.decoder=opencv", name="bad")
+    assert bad.exit_code == 1 and "data.decoder must be 'pil' or 'torchvision'" in bad.output

@@ -16,6 +16,18 @@ from fgcli.errors import UserError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def providers_option() -> Any:
+    """`--providers` of the commands that run an .onnx file (eval, predict)."""
+    return typer.Option(None, "--providers", help=".onnx only: onnxruntime providers, comma-separated (overrides "
+                        "--device): cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\").")
+
+
+def precision_option() -> Any:
+    """`--precision` of OpenVINO sessions (eval, predict)."""
+    return typer.Option("f32", "--precision", help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / "
+                        "AMX; elsewhere a warning and f32).")
+
+
 def _exit_now(code: int) -> None:
     """Leave at once: stop child processes (data-loader workers), flush, os._exit."""
     import logging

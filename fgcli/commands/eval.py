@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import handle_errors, precision_option, providers_option
 
 
 @handle_errors
@@ -22,12 +22,8 @@ def eval_command(
                                           "the raw ones. Both are always reported."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and "
                                                  "its mirror in probability space); its effect is reported."),
-    providers: str | None = typer.Option(None, "--providers",
-                                         help=".onnx only: onnxruntime providers, comma-separated (overrides --device): "
-                                              "cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\")."),
-    precision: str = typer.Option("f32", "--precision",
-                                  help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / AMX; "
-                                       "elsewhere a warning and f32)."),
+    providers: str | None = providers_option(),
+    precision: str = precision_option(),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="Intra-op threads of onnxruntime / OpenVINO (.onnx) or torch (.pt); "
                                             "default: the runtime's own."),

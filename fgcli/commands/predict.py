@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import handle_errors, precision_option, providers_option
 
 
 @handle_errors
@@ -16,12 +16,8 @@ def predict_command(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     out: str | None = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    providers: str | None = typer.Option(None, "--providers",
-                                         help=".onnx only: onnxruntime providers, comma-separated (overrides --device): "
-                                              "cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\")."),
-    precision: str = typer.Option("f32", "--precision",
-                                  help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / AMX; "
-                                       "elsewhere a warning and f32)."),
+    providers: str | None = providers_option(),
+    precision: str = precision_option(),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads (default: physical cores)."),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Threads decoding images."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),

@@ -11,9 +11,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from fgcli.console import log
-from fgcli.data.images import load_rgb
+from fgcli.data.images import load_rgb, load_rgb_tensor
 from fgcli.data.manifest import Sample
 from fgcli.errors import UserError
+
+#: how training images are decoded: PIL (any format), or torchvision's libjpeg-turbo for JPEGs (faster)
+DECODERS = ("pil", "torchvision")
 
 
 class ManifestDataset(Dataset):
@@ -26,7 +29,10 @@ class ManifestDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], source_root: str | Path, transform: Callable | None = None,
-                 crop_bottom: int = 0, return_index: bool = False) -> None:
+                 crop_bottom: int = 0, return_index: bool = False, decoder: str = "pil") -> None:
+        if decoder not in DECODERS:
+            raise UserError(f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}.")
+        self.decoder = decoder
         self.samples = list(samples)
         self.source_root = Path(source_root)
         self.transform = transform
@@ -45,9 +51,15 @@ class ManifestDataset(Dataset):
     def failed_paths(self) -> list[str]:
         return [self.samples[i].path for i in torch.nonzero(self._failed).flatten().tolist()]
 
-    def load(self, index: int) -> Image.Image:
-        """The RGB image of sample `index`, with the bottom `crop_bottom` rows removed."""
-        image = load_rgb(self.source_root / self.samples[index].path)
+    def load(self, index: int) -> Image.Image | torch.Tensor:
+        """The RGB image of sample `index` (a PIL image, or a 3 x H x W uint8 tensor with the torchvision
+        decoder), with the bottom `crop_bottom` rows removed."""
+        path = self.source_root / self.samples[index].path
+        if self.decoder == "torchvision":
+            tensor = load_rgb_tensor(path)
+            height = tensor.shape[1]
+            return tensor[:, :height - self.crop_bottom] if 0 < self.crop_bottom < height - 1 else tensor
+        image = load_rgb(path)
         if self.crop_bottom > 0 and image.height > self.crop_bottom + 1:
             image = image.crop((0, 0, image.width, image.height - self.crop_bottom))
         return image

@@ -7,6 +7,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -29,6 +30,28 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as im:
         im.load()
         return to_rgb(_exif_transpose(im))
+
+
+def load_rgb_tensor(path: str | os.PathLike) -> Any:
+    """The image as a 3 x H x W uint8 RGB tensor. JPEGs are decoded by torchvision (libjpeg-turbo, EXIF
+    orientation applied) straight into a tensor; any other format, or a JPEG torchvision refuses (e.g. CMYK),
+    goes through `load_rgb`, so the result never differs in kind from the PIL path. torchvision 0.29 deprecated
+    its image decoders (for TorchCodec); once they are gone, every file takes the PIL path."""
+    import torch
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:3] == b"\xff\xd8\xff":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                   apply_exif_orientation=True)
+        except (ImportError, RuntimeError):
+            pass
+    return torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1).contiguous()
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

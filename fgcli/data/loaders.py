@@ -15,13 +15,15 @@ from fgcli.data.manifest import Sample
 
 def build_loader(samples: Sequence[Sample], source_root: str | Path, transform: Callable | None, batch_size: int,
                  train: bool, workers: int, distributed: bool = False, seed: int = 0, drop_last: bool | None = None,
-                 crop_bottom: int = 0, return_index: bool = False, persistent: bool = True) -> DataLoader:
+                 crop_bottom: int = 0, return_index: bool = False, persistent: bool = True,
+                 decoder: str = "pil") -> DataLoader:
     """A DataLoader over `samples`; shuffled (seeded) and dropping the last partial batch when `train`.
 
     Under `distributed`, a DistributedSampler shards the data (call `loader.sampler.set_epoch(epoch)` every
     epoch). The dataset is `loader.dataset` (a ManifestDataset: see its `failed_count`).
     """
-    dataset = ManifestDataset(samples, source_root, transform, crop_bottom=crop_bottom, return_index=return_index)
+    dataset = ManifestDataset(samples, source_root, transform, crop_bottom=crop_bottom, return_index=return_index,
+                              decoder=decoder)
     drop_last = train if drop_last is None else drop_last
     if drop_last and len(dataset) < batch_size:
         log.warning(f"only {len(dataset)} images for batch size {batch_size}: keeping the partial batch")

@@ -38,6 +38,41 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+@dataclass(frozen=True)
+class Backend:
+    """How this rank talks to the others: the process-group backend and the device ids DDP is given."""
+
+    name: str  # "nccl" on CUDA, "gloo" on CPU
+    device_ids: list[int] | None  # [this rank's GPU] on CUDA, None on CPU (DDP's rule for CPU modules)
+    device_id: torch.device | None  # the device init_process_group binds (CUDA only)
+
+
+def backend_for(device: torch.device) -> Backend:
+    """The one place that decides backend and device ids: NCCL + this GPU on CUDA, gloo on CPU. Nothing else
+    differs between the two paths."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return Backend("nccl", [index], torch.device("cuda", index))
+    return Backend("gloo", None, None)
+
+
+def ddp_options(method_leaves_unused: bool, find_unused_parameters: bool) -> dict[str, bool]:
+    """DDP's graph options for a run: `find_unused_parameters` when the method's configuration leaves
+    parameters without gradients (HERBS with a loss weight at 0) or `train.find_unused_parameters=true` asks
+    for it; otherwise off (every parameter gets a gradient every step, the fast path). Never `static_graph`:
+    it breaks gradient accumulation (DDP's `no_sync`; an internal assert in the reducer, tested)."""
+    return {"find_unused_parameters": bool(method_leaves_unused or find_unused_parameters), "static_graph": False}
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False,
+             static_graph: bool = False) -> torch.nn.Module:
+    """`model` in DistributedDataParallel with the device ids of `backend_for(device)`."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=backend_for(device).device_ids,
+                                   find_unused_parameters=find_unused_parameters, static_graph=static_graph)
+
+
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """Start the process group when launched by torchrun (NCCL on CUDA, gloo on CPU); pick this rank's device."""
     if not launched_by_torchrun():
@@ -51,8 +86,8 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
             raise UserError("under torchrun use --device cuda (each process takes cuda:LOCAL_RANK), not cuda:N.")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        backend = backend_for(device)
+        dist.init_process_group(backend=backend.name, device_id=backend.device_id)
     return DistInfo(rank=rank, world_size=world, local_rank=local, enabled=True), device
 
 

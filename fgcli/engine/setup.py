@@ -69,6 +69,12 @@ def amp_settings(cfg: Config, device: torch.device) -> tuple[torch.dtype | None,
     return torch.float16, True
 
 
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """`model.channels_last`: auto = on CUDA only (where cuDNN is faster in NHWC), always, never."""
+    mode = cfg.model.channels_last
+    return mode == "always" or (mode == "auto" and device.type == "cuda")
+
+
 # -- data ------------------------------------------------------------------------------------------------
 @dataclass
 class DataBundle:
@@ -126,12 +132,13 @@ def build_data(cfg: Config, dataset: Any, preprocess: Any, info: D.DistInfo) -> 
                                 distributed=info.enabled, seed=cfg.train.seed, crop_bottom=crop_bottom,
                                 # fresh workers each epoch, seeded from the per-epoch generator: epoch e's
                                 # augmentation does not depend on the epochs before it (exact resume)
-                                persistent=False)
+                                persistent=False, decoder=cfg.data.decoder)
     val_loader = None
     if val_samples:
         val_loader = build_loader(D.shard(val_samples, info), dataset.source_root, eval_transform(preprocess),
                                   cfg.train.batch_size, train=False, workers=cfg.data.workers,
-                                  distributed=False, seed=cfg.train.seed, crop_bottom=crop_bottom)
+                                  distributed=False, seed=cfg.train.seed, crop_bottom=crop_bottom,
+                                  decoder=cfg.data.decoder)
     meta = {"name": dataset.name, "format": dataset.format, "num_train": len(train_samples),
             "num_val": len(val_samples), "val_split": cfg.data.val_split, "root": str(dataset.root),
             "source_root": str(dataset.source_root)}

@@ -38,6 +38,7 @@ from fgcli.engine.setup import (
     load_dataset,
     seed_everything,
     set_loader_epoch,
+    use_channels_last,
 )
 from fgcli.engine.signals import defer_sigint
 from fgcli.errors import UserError
@@ -116,7 +117,7 @@ class Trainer:
                             f"but the preprocessing gives {preprocess.img_size}. Use --img-size {fixed}.")
         self.data = build_data(cfg, dataset, preprocess, self.info)
         self.amp_dtype, use_scaler = amp_settings(cfg, self.device)
-        self.channels_last = self.device.type == "cuda" and cfg.model.channels_last
+        self.channels_last = use_channels_last(cfg, self.device)
         self.method.to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -146,13 +147,12 @@ class Trainer:
         if self.info.enabled:
             if cfg.train.sync_bn:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None, find_unused_parameters=cfg.train.find_unused_parameters)
-        if cfg.model.compile:
-            model = torch.compile(model)
-        self.model = model
+            model = D.wrap_ddp(model, self.device, **D.ddp_options(self.method.ddp_find_unused_parameters,
+                                                                   cfg.train.find_unused_parameters))
+        self.eager_model = model
+        # torch.compile is lazy: it compiles in the first step, which falls back to eager if that fails
+        self.compile_pending = bool(cfg.model.compile)
+        self.model = torch.compile(model) if cfg.model.compile else model
         self._setup_run_dir()
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -281,7 +281,30 @@ class Trainer:
     def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, group_size: int,
                           last_in_group: bool) -> dict[str, torch.Tensor] | None:
         """Loss and backward of one micro-batch (DDP gradient sync only on the last of an accumulation group);
-        the detached loss terms, or None when the loss is not finite on some rank (nothing is backpropagated)."""
+        the detached loss terms, or None when the loss is not finite on some rank (nothing is backpropagated).
+
+        With `--compile` the first call compiles; if that fails (an op or a data-dependent shape the compiler
+        cannot handle), one warning is logged and the run continues in eager mode from this micro-batch on.
+        """
+        if not self.compile_pending:
+            return self._step(images, targets, epoch, group_size, last_in_group)
+        try:
+            result = self._step(images, targets, epoch, group_size, last_in_group)
+        except Exception as e:  # noqa: BLE001 - any compiler error; a real model error recurs in eager mode
+            if self.main:
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                log.warning(f"--compile: torch.compile could not compile {self.cfg.method} on "
+                            f"{self.cfg.model.backbone} ({type(e).__name__}: {first}); continuing in eager mode "
+                            "(pass --no-compile to skip the attempt).")
+            self.model = self.eager_model
+            self.compile_pending = False
+            self.optimizer.zero_grad(set_to_none=True)  # the run's first micro-batch: no other gradients yet
+            return self._step(images, targets, epoch, group_size, last_in_group)
+        self.compile_pending = False
+        return result
+
+    def _step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, group_size: int,
+              last_in_group: bool) -> dict[str, torch.Tensor] | None:
         model, method = self.model, self.method
         sync = contextlib.nullcontext()
         if self.info.enabled and not last_in_group and hasattr(model, "no_sync"):
@@ -516,12 +539,17 @@ class Trainer:
     def _log_start(self) -> None:
         cfg, data = self.cfg, self.data
         what = "resuming" if self.start_epoch else "training"
+        paths = [f"amp {self.amp_dtype}" + (" + GradScaler" if self.scaler.is_enabled() else "")] \
+            if self.amp_dtype else []  # the accelerator paths this run takes (benchmarks/gpu_check.py reads them)
+        paths += [name for name, on in (("channels_last", self.channels_last), ("compile", cfg.model.compile),
+                                        ("cudnn.benchmark", self.device.type == "cuda"
+                                         and torch.backends.cudnn.benchmark)) if on]
         log.info(f"{what} {cfg.method} on {cfg.model.backbone} | data {data.info['name']} "
                  f"({len(data.classes)} classes, {data.info['num_train']} train / {data.val_count} val) | "
                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size} x {self.info.world_size} process(es)"
                  f"{f' x {cfg.train.accum_steps} accum' if cfg.train.accum_steps > 1 else ''} | "
                  f"img {data.preprocess.img_size} | device {self.device}"
-                 f"{f' | amp {self.amp_dtype}' if self.amp_dtype else ''} | run {self.run_dir}")
+                 f"{''.join(f' | {p}' for p in paths)} | run {self.run_dir}")
         if self.data.val_loader is None:
             log.warning("no validation split: best.pt will not be written. Set data.val_fraction > 0.")
 

@@ -96,6 +96,12 @@ class Method(nn.Module):
         return self.fuse(self(images))
 
     @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """True when this configuration leaves some parameters without a gradient in every step (a loss term
+        switched off); the engine then tells DDP (`fgcli.engine.distributed.ddp_options`)."""
+        return False
+
+    @property
     def input_size(self) -> int | None:
         """A fixed input size required by the model (token-mixing layers, Swin), or None if any size works."""
         return None

@@ -40,7 +40,7 @@ class Baseline(Method):
         return {"cls": self.classifier(self.dropout(pooled))}
 
     def fuse(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return outputs["cls"]
+        return outputs["cls"].float()  # fp32 also when the head ran under autocast
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -23,6 +23,7 @@ from fgcli.methods.herbs.combiner import GCNCombiner
 from fgcli.methods.herbs.neck import BottomUp, TokenClassifier, TopDown
 from fgcli.methods.herbs.selector import Selection, select_tokens
 from fgcli.methods.herbs.taps import TokenTaps, probe_shapes
+from fgcli.methods.precision import full_precision
 
 STAGES = 4
 HEADS = tuple(f"td{i}" for i in range(1, STAGES + 1)) + tuple(f"bu{i}" for i in range(1, STAGES + 1)) + ("comb",)
@@ -154,9 +155,10 @@ class Herbs(Method):
     def fuse(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """log of the mean of the 9 heads' softmaxes (default), or the summed logits (`herbs.fusion=logit_sum`)."""
         logits = torch.stack([outputs[name].float() for name in HEADS], dim=0)
-        if self.cfg.herbs.fusion == "logit_sum":
-            return logits.sum(0)
-        return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(len(HEADS))
+        with full_precision(logits.device.type):  # fp32 also when called under autocast
+            if self.cfg.herbs.fusion == "logit_sum":
+                return logits.sum(0)
+            return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(len(HEADS))
 
     # ---------------------------------------------------------------- loss
     def temperature(self, epoch: int) -> float:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fgcli.methods.precision import FullPrecisionLinear
+
 
 def token_mlp(c_in: int, c_hidden: int, c_out: int) -> nn.Sequential:
     """Linear -> ReLU -> Linear over the last axis (the same as two 1x1 convs)."""
@@ -22,14 +24,15 @@ class TokenClassifier(nn.Module):
 
     A kernel-1 Conv1d over B x D x S is a Linear over the tokens of B x S x D (same default initialisation),
     and BatchNorm1d over B x D x S normalises each channel over B·S positions, which BatchNorm1d does on the
-    flattened (B·S) x D tokens. `forward`: B x S x D -> B x S x C.
+    flattened (B·S) x D tokens. `forward`: B x S x D -> B x S x C. The last layer computes in fp32 also under
+    autocast (`FullPrecisionLinear`): its logits are ranked by the selector, and bf16 / fp16 logits would tie.
     """
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
         self.bn = nn.BatchNorm1d(dim)
-        self.fc2 = nn.Linear(dim, num_classes)
+        self.fc2 = FullPrecisionLinear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape

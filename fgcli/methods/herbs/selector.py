@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fgcli.methods.precision import full_precision
+
 
 @dataclass
 class Selection:
@@ -86,13 +88,15 @@ def select_tokens(
 
     `features` B x S x D (bottom-up features N_i), `logits` B x S x C (Y^bu_i). `cls` overrides the predicted
     class (the ground-truth option of `herbs.select_class`); by default it is the stage's own prediction.
+    The class, scores and order are computed in fp32 with autocast off (`full_precision`), under AMP too.
     """
     num_tokens = logits.shape[1]
     if not 1 <= num_select <= num_tokens:
         raise ValueError(f"num_select={num_select} must be in [1, {num_tokens}] (the stage's token count)")
-    pred = predicted_class(logits) if cls is None else cls
-    rank_key, prob = rank_scores(logits, pred, key)
-    order = descending_order(rank_key)
+    with full_precision(logits.device.type):
+        pred = predicted_class(logits) if cls is None else cls
+        rank_key, prob = rank_scores(logits, pred, key)
+        order = descending_order(rank_key)
     keep, drop = order[:, :num_select], order[:, num_select:]
     if num_select < num_tokens:
         threshold = prob.gather(1, order[:, num_select:num_select + 1]).squeeze(1)

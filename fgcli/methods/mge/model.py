@@ -23,6 +23,7 @@ from fgcli.methods import register_method
 from fgcli.methods.base import Method
 from fgcli.methods.mge import crops
 from fgcli.methods.mge.config import MgeConfig
+from fgcli.methods.precision import full_precision
 
 CONCAT_SCALE = 10.0  # u_e = [10 * f / |f| ; 10 * h / |h|] (official)
 L2_EPS = 1e-12
@@ -60,7 +61,9 @@ class GateHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, pooled: Tensor) -> Tensor:
-        return torch.softmax(self.mlp(pooled), dim=1)
+        logits = self.mlp(pooled)
+        with full_precision(logits.device.type):  # CPU autocast would keep a bf16 softmax
+            return torch.softmax(logits.float(), dim=1)
 
 
 @dataclass
@@ -134,7 +137,6 @@ class MGE(Method):
         return crops.class_activation_map(features, weights)
 
     def _run(self, images: Tensor, classes: Tensor | None) -> _Pass:
-        size = (int(images.shape[-2]), int(images.shape[-1]))
         result = _Pass()
         x = images
         for e in range(self.num_experts):
@@ -147,9 +149,8 @@ class MGE(Method):
             result.pooled.append(out["pooled"])
             if e + 1 < self.num_experts:
                 k = self._cam_class(e, out, classes)
-                cam = crops.upsample_cam(self._cam(e, stage4, k), size)
-                box = crops.cam_box(cam, self.opts.box_threshold, self.opts.box_end == "exclusive")
-                x = crops.crop_and_zoom(x, box, size).to(images.dtype)
+                box, x = self._zoom(e, stage4, k, x)
+                x = x.to(images.dtype)
                 result.classes.append(k)
                 result.boxes.append(box)
         if self.opts.share_backbone:
@@ -158,9 +159,20 @@ class MGE(Method):
             gate_pooled = self._trunk(self.num_experts)(images)[-1].mean(dim=(2, 3))
         gate = self.gate_head(gate_pooled)
         concat = torch.stack([result.heads[f"c{e + 1}"].detach() for e in range(self.num_experts)], dim=2)
-        result.heads["gate"] = (concat * gate[:, None, :]).sum(dim=2)
+        with full_precision(images.device.type):  # the fused output: fp32 also under autocast
+            result.heads["gate"] = (concat.float() * gate[:, None, :]).sum(dim=2)
         result.gate = gate
         return result
+
+    def _zoom(self, e: int, features: Tensor, classes: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Expert e's CAM of `classes` on its stage-4 `features` -> box -> zoomed crop of its input `x`:
+        (box B x 4, crop B x 3 x H x W), all in fp32 with autocast off (a bf16 / fp16 CAM or box would move
+        the crop; spec §2.3)."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        with full_precision(x.device.type):
+            cam = crops.upsample_cam(self._cam(e, features, classes), size)
+            box = crops.cam_box(cam, self.opts.box_threshold, self.opts.box_end == "exclusive")
+            return box, crops.crop_and_zoom(x, box, size)
 
     def forward(self, images: Tensor, targets: Tensor | None = None) -> dict[str, Tensor]:
         """The 10 head logits (B x C) plus `gate_weights` (B x E) and `boxes` (B x (E-1) x 4)."""
@@ -192,12 +204,12 @@ class MGE(Method):
         for e in range(1, self.num_experts + 1):
             for kind, weight in (("g", o.lambda_global), ("p", o.lambda_part), ("c", o.lambda_concat)):
                 specs.append((f"ce_{kind}{e}", weight, f"{kind}{e}", e,
-                              lambda h=f"{kind}{e}": F.cross_entropy(outputs[h], targets)))
+                              lambda h=f"{kind}{e}": F.cross_entropy(outputs[h].float(), targets)))
             if e > 1 and o.diversity != "off":
                 specs.append((f"div{e}", o.lambda_div, f"c{e}", e,
                               lambda e=e: divergence(outputs[f"c{e}"], outputs[f"c{e - 1}"], targets)))
         specs.append(("ce_gate", o.lambda_gate, "gate", self.num_experts,
-                      lambda: F.cross_entropy(outputs["gate"], targets)))
+                      lambda: F.cross_entropy(outputs["gate"].float(), targets)))
 
         total = outputs["gate"].new_zeros((), dtype=torch.float32)
         terms: dict[str, Tensor] = {}
@@ -277,7 +289,7 @@ def diversity_official(current: Tensor, previous: Tensor, targets: Tensor) -> Te
 
     q = softmax(previous).detach(), ℓ = log_softmax(current); 0 log 0 = 0 (kl_div, reduction "none").
     """
-    keep = 1.0 - F.one_hot(targets, current.shape[1]).to(current.dtype)
+    keep = 1.0 - F.one_hot(targets, current.shape[1]).float()
     q = torch.softmax(previous.detach().float(), dim=1) * keep
     log_p = torch.log_softmax(current.float(), dim=1) * keep
     return torch.exp(-F.kl_div(log_p, q, reduction="none")).mean()
