@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import run  # noqa: E402
 
 
 def checkpoints(sources: list[Path]) -> list[tuple[str, Path]]:
@@ -44,14 +46,6 @@ def checkpoints(sources: list[Path]) -> list[tuple[str, Path]]:
     return found
 
 
-def run(cmd: list[str], log: Path) -> None:
-    """Run a CLI command, its output kept in `log`; raise with the tail of the log on failure."""
-    print("$", " ".join(cmd), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{log.read_text()[-2000:]}")
 
 
 def measure(label: str, best: Path, work: Path, data: str | None, device: str, refit: bool) -> dict:

@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import run  # noqa: E402
 
 from fgcli.engine.rundir import read_results_csv
 
@@ -57,14 +59,6 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 QUICK = ["data.img_size=64", "train.epochs=1"]
 
 
-def run(cmd: list[str], log: Path) -> None:
-    """Run a CLI command, its output kept in `log`; raise with the tail of the log on failure."""
-    print("$", " ".join(cmd), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{log.read_text()[-2000:]}")
 
 
 def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[str]) -> dict:

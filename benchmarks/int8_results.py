@@ -27,12 +27,13 @@ import argparse
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import run  # noqa: E402
 
 #: what is evaluated on the test split: (label, file, provider, OpenVINO precision)
 VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx", "cpu", None),
@@ -41,15 +42,6 @@ VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx
 METHOD_NAMES = {"baseline": "baseline", "herbs": "HERBS", "mge": "MGE-CNN"}
 
 
-def run(cmd: list[str], log: Path, threads: int) -> None:
-    """Run a CLI command with `threads` threads everywhere, its output kept in `log`; raise with the log's tail."""
-    print("$", " ".join(cmd), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{log.read_text()[-2000:]}")
 
 
 def eval_top1(fgcli: list[str], model: Path, data: Path, split: str, provider: str, precision: str | None,
