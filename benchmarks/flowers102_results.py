@@ -49,6 +49,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # twice the budget: HERBS' new layers (neck, selector, combiner) are still improving at 6 epochs
     "baseline_12ep": ("baseline_lite0_128", ["train.epochs=12"]),
     "herbs_12ep": ("herbs_lite0_128", ["train.epochs=12"]),
+    # head-first (LP-FT): the same 12 epochs, the backbone fixed for the first 4 while the method's new layers
+    # learn on the ImageNet features, then fine-tuned (one cosine schedule over the run)
+    "baseline_head_first": ("baseline_lite0_128", ["train.epochs=12", "model.freeze_epochs=4"]),
+    "herbs_head_first": ("herbs_lite0_128", ["train.epochs=12", "model.freeze_epochs=4"]),
     # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
     "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
     # ... and at the fine-tuned recipe's 1e-3: AdamW at 1e-2 is a large step for HERBS' MLP neck

@@ -70,6 +70,9 @@ class ModelConfig:
     # the old booleans still load: true = auto, false = never
     channels_last: str = "auto"
     freeze: str = "none"  # "backbone": pretrained trunk(s) fixed (no gradient, batch-norm statistics frozen)
+    # head-first (LP-FT): the trunk(s) fixed for the first N epochs while the method's own layers learn on the
+    # pretrained features, then fine-tuned at optim.backbone_lr_scale for the rest (one schedule for the run)
+    freeze_epochs: int = 0
     compile: bool = False  # torch.compile the training step; falls back to eager with a warning if it fails
 
 
@@ -306,6 +309,10 @@ def validate(cfg: Config) -> None:
         (cfg.optim.backbone_lr_scale is None or cfg.optim.backbone_lr_scale >= 0,
          "optim.backbone_lr_scale must be >= 0 (or null for the method's default)"),
         (cfg.model.freeze in ("none", "backbone"), "model.freeze must be 'none' or 'backbone'"),
+        (0 <= cfg.model.freeze_epochs < cfg.train.epochs,
+         "model.freeze_epochs must be >= 0 and below train.epochs (the epochs before the backbone trains)"),
+        (cfg.model.freeze_epochs == 0 or cfg.model.freeze == "none",
+         "model.freeze_epochs needs model.freeze: none (with 'backbone' the trunk never trains)"),
         (cfg.model.channels_last in ("auto", "always", "never"),
          "model.channels_last must be auto (CUDA only), always or never"),
         (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),

@@ -186,6 +186,8 @@ DDP_CASES = {  # the plain baseline is tests/test_engine_ddp.py
     "herbs-lambda_s0": ("herbs", ["--set", "herbs.lambda_s=0"]),  # the default: every parameter used
     "herbs-lambda_r0": ("herbs", ["--set", "herbs.lambda_r=0"]),  # td heads unused: find_unused_parameters
     "mge-staged": ("mge", ["--set", "mge.schedule=staged", "--set", "mge.stage_epochs=1"]),
+    # head-first: the trunk has no gradients in epoch 1, then joins the graph
+    "herbs-freeze_epochs": ("herbs", ["--set", "model.freeze_epochs=1"]),
 }
 
 

@@ -1,12 +1,18 @@
-"""model.freeze and optim.backbone_lr_scale on every method: groups, frozen weights and BN statistics."""
+"""model.freeze, model.freeze_epochs and optim.backbone_lr_scale on every method: groups, frozen weights and BN
+statistics, and the head-first schedule through the CLI."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fgcli.config import from_dict, resolve_config
 from fgcli.engine.optim import build_optimizer
+from fgcli.engine.rundir import read_results_csv
 from fgcli.errors import UserError
 from fgcli.methods import build_method
 
@@ -70,6 +76,10 @@ def test_frozen_backbone_does_not_change_in_training(method: str) -> None:
 def test_bad_freeze_value_and_scale_are_user_errors() -> None:
     with pytest.raises(UserError, match="model.freeze must be 'none' or 'backbone'"):
         resolve_config(None, None, None, ["model.freeze=all"])
+    with pytest.raises(UserError, match=r"model.freeze_epochs must be >= 0 and below train.epochs.*\(got 3\)"):
+        resolve_config(None, None, None, ["train.epochs=3", "model.freeze_epochs=3"])
+    with pytest.raises(UserError, match="model.freeze_epochs needs model.freeze: none"):
+        resolve_config(None, None, None, ["train.epochs=3", "model.freeze_epochs=1", "model.freeze=backbone"])
     with pytest.raises(UserError, match="optim.backbone_lr_scale must be >= 0"):
         resolve_config(None, None, None, ["optim.backbone_lr_scale=-1"])
 
@@ -80,3 +90,54 @@ def test_old_mge_backbone_lr_scale_key_still_loads() -> None:
     assert cfg.optim.backbone_lr_scale == 0.3 and cfg.mge.experts == 2
     cfg = from_dict({"mge": {"backbone_lr_scale": 0.3}, "optim": {"backbone_lr_scale": 0.5}})
     assert cfg.optim.backbone_lr_scale == 0.5
+
+
+def test_unfreeze_restores_exactly_what_was_trainable() -> None:
+    _, model = _model("baseline")
+    trunk = model.backbones()[0]
+    kept_fixed = next(iter(trunk.parameters()))
+    kept_fixed.requires_grad_(False)  # fixed by the user before: must stay fixed
+    trainable = [p.requires_grad for p in model.parameters()]
+    model.train()
+    model.freeze_backbones()
+    assert model.backbones_frozen and not any(p.requires_grad for p in trunk.parameters())
+    assert not trunk.training and model.training
+    model.unfreeze_backbones()
+    assert not model.backbones_frozen and trunk.training
+    assert [p.requires_grad for p in model.parameters()] == trainable
+
+
+TINY_CLI = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "6", "--lr", "0.01",
+            "--device", "cpu", "--workers", "0", "--set", "data.demo_size=32", "--set", "data.demo_classes=3",
+            "--set", "data.demo_per_class=6", "--set", "data.val_fraction=0.34", "--set", "sched.name=none",
+            "--set", "optim.name=adamw"]
+
+
+def _cli_train(tmp: Path, name: str, *args: str) -> Path:
+    herbs = [item for s in TINY["herbs"] for item in ("--set", s)]
+    cmd = [sys.executable, "-m", "fgcli", "--quiet", "train", "--method", "herbs", *TINY_CLI, *herbs, "--seed", "0",
+           "--project", str(tmp), "--name", name, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp / name
+
+
+def _trunk(run: Path) -> dict[str, torch.Tensor]:
+    weights = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    return {k: v for k, v in weights.items() if ".backbone." in f".{k}"}
+
+
+def test_head_first_schedule_from_the_cli(tmp_path: Path) -> None:
+    """`model.freeze_epochs=1`: epoch 1 is exactly a frozen-backbone epoch (same losses and val top-1 as a
+    `model.freeze=backbone` run of the same seed, trunk untouched), and from epoch 2 the trunk trains."""
+    frozen = _cli_train(tmp_path, "frozen", "--epochs", "1", "--set", "model.freeze=backbone")
+    head_first = _cli_train(tmp_path, "head_first", "--epochs", "2", "--set", "model.freeze_epochs=1")
+    timing = ("time", "epoch_time", "train_img_s", "lr")
+    first = [{k: v for k, v in read_results_csv(run / "results.csv")[0].items() if k not in timing}
+             for run in (frozen, head_first)]
+    assert first[0] == first[1]
+    fixed, trained = _trunk(frozen), _trunk(head_first)
+    assert fixed, "no backbone keys in the checkpoint"
+    assert any(not torch.equal(fixed[k], trained[k]) for k in fixed if fixed[k].is_floating_point())
+    log = (head_first / "log.txt").read_text()
+    assert "Epoch 2: the backbone trains from now on (model.freeze_epochs=1)" in log

@@ -147,8 +147,9 @@ class Trainer:
         if self.info.enabled:
             if cfg.train.sync_bn:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = D.wrap_ddp(model, self.device, **D.ddp_options(self.method.ddp_find_unused_parameters,
-                                                                   cfg.train.find_unused_parameters))
+            # head-first epochs leave the trunk without gradients: DDP must be told those parameters go unused
+            leaves_unused = self.method.ddp_find_unused_parameters or cfg.model.freeze_epochs > 0
+            model = D.wrap_ddp(model, self.device, **D.ddp_options(leaves_unused, cfg.train.find_unused_parameters))
         self.eager_model = model
         # torch.compile is lazy: it compiles in the first step, which falls back to eager if that fails
         self.compile_pending = bool(cfg.model.compile)
@@ -224,6 +225,19 @@ class Trainer:
             if improved:
                 save_checkpoint(self.weights / "best.pt", ckpt)
             save_checkpoint(self.weights / "last.pt", ckpt)
+
+    def _apply_freeze_schedule(self, epoch: int) -> None:
+        """`model.freeze_epochs`: the trunk(s) fixed before that epoch, trained from it on (also on resume).
+        The optimizer holds the trunk's parameters from the start; while they have no gradient it skips them."""
+        if self.cfg.model.freeze_epochs <= 0:
+            return
+        if epoch < self.cfg.model.freeze_epochs:
+            self.method.freeze_backbones()
+        else:
+            if self.method.backbones_frozen and self.main:
+                log.info(f"Epoch {epoch + 1}: the backbone trains from now on (model.freeze_epochs="
+                         f"{self.cfg.model.freeze_epochs}).")
+            self.method.unfreeze_backbones()
 
     # ---- one epoch ----
     def train_one_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
@@ -423,6 +437,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     if self.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(self.device)
+                    self._apply_freeze_schedule(epoch)
                     stats = self.train_one_epoch(epoch, progress)
                     acc = self.validate(self.eval_model(), progress=progress,
                                         title=f"validation {epoch + 1}/{cfg.train.epochs}")

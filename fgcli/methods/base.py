@@ -25,7 +25,8 @@ class Method(nn.Module):
         `lr * optim.backbone_lr_scale`, everything else at `lr`; weight decay is split by the engine).
 
     The backbone(s) are found as the `Backbone` submodules; `model.freeze: backbone` fixes them (no
-    gradient, batch-norm statistics frozen: they stay in eval mode during training).
+    gradient, batch-norm statistics frozen: they stay in eval mode during training), `model.freeze_epochs: N`
+    fixes them for the first N epochs only (head-first: the engine calls `unfreeze_backbones` at epoch N).
     """
 
     name: str = "method"
@@ -65,10 +66,30 @@ class Method(nn.Module):
 
     def freeze_backbones(self) -> None:
         """Fix the backbone(s): no gradient, and `train()` keeps them in eval mode (frozen BN statistics)."""
+        if getattr(self, "_frozen", False):
+            return
+        # remember what was trainable, so that unfreezing restores exactly that
+        self._unfrozen_params = [p for trunk in self.backbones() for p in trunk.parameters() if p.requires_grad]
+        for p in self._unfrozen_params:
+            p.requires_grad_(False)
         for trunk in self.backbones():
-            trunk.requires_grad_(False)
             trunk.eval()
         self._frozen = True
+
+    def unfreeze_backbones(self) -> None:
+        """Undo `freeze_backbones`: the backbone(s) train again (gradients, batch-norm statistics updated)."""
+        if not getattr(self, "_frozen", False):
+            return
+        for p in self._unfrozen_params:
+            p.requires_grad_(True)
+        self._frozen = False
+        for trunk in self.backbones():
+            trunk.train(self.training)
+
+    @property
+    def backbones_frozen(self) -> bool:
+        """Whether the backbone(s) are fixed now (`model.freeze`, or the first `model.freeze_epochs`)."""
+        return bool(getattr(self, "_frozen", False))
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)
