@@ -73,6 +73,9 @@ class ModelConfig:
     # head-first (LP-FT): the trunk(s) fixed for the first N epochs while the method's own layers learn on the
     # pretrained features, then fine-tuned at optim.backbone_lr_scale for the rest (one schedule for the run)
     freeze_epochs: int = 0
+    # the trunk's batch-norm layers keep their pretrained running statistics (eval mode) while every weight
+    # trains: for small per-process batches, where batch statistics are noisy and differ from the pretrained ones
+    freeze_bn_stats: bool = False
     compile: bool = False  # torch.compile the training step; falls back to eager with a warning if it fails
 
 

@@ -107,6 +107,33 @@ def test_unfreeze_restores_exactly_what_was_trainable() -> None:
     assert [p.requires_grad for p in model.parameters()] == trainable
 
 
+@pytest.mark.parametrize("method", list(TINY))
+def test_frozen_bn_statistics_keep_running_stats_while_weights_train(method: str) -> None:
+    torch.manual_seed(0)
+    cfg, model = _model(method, "model.freeze_bn_stats=true", "optim.name=sgd", "optim.lr=0.5")
+    bns = [m for trunk in model.backbones() for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns, "test_resnet has batch norm"
+    stats = [(m.running_mean.clone(), m.running_var.clone(), m.weight.clone()) for m in bns]
+    optimizer = build_optimizer(model, cfg)
+    model.train()
+    assert model.training and all(m.training for trunk in model.backbones() for m in trunk.modules()
+                                  if not isinstance(m, torch.nn.BatchNorm2d))
+    images, targets = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    total, _ = model.loss(model(images, targets), targets, 0)
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    for m, (mean, var, _) in zip(bns, stats, strict=True):
+        assert not m.training and torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert any(not torch.equal(m.weight, w) for m, (_, _, w) in zip(bns, stats, strict=True)), "BN weights fixed"
+    model.freeze_backbones()
+    model.unfreeze_backbones()  # back from head-first epochs: the statistics stay fixed
+    assert not any(m.training for m in bns)
+    model.eval()
+    model.train()
+    assert not any(m.training for m in bns)
+
+
 TINY_CLI = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "6", "--lr", "0.01",
             "--device", "cpu", "--workers", "0", "--set", "data.demo_size=32", "--set", "data.demo_classes=3",
             "--set", "data.demo_per_class=6", "--set", "data.val_fraction=0.34", "--set", "sched.name=none",

@@ -26,7 +26,8 @@ class Method(nn.Module):
 
     The backbone(s) are found as the `Backbone` submodules; `model.freeze: backbone` fixes them (no
     gradient, batch-norm statistics frozen: they stay in eval mode during training), `model.freeze_epochs: N`
-    fixes them for the first N epochs only (head-first: the engine calls `unfreeze_backbones` at epoch N).
+    fixes them for the first N epochs only (head-first: the engine calls `unfreeze_backbones` at epoch N), and
+    `model.freeze_bn_stats` keeps only their batch-norm statistics fixed while their weights train.
     """
 
     name: str = "method"
@@ -83,8 +84,7 @@ class Method(nn.Module):
         for p in self._unfrozen_params:
             p.requires_grad_(True)
         self._frozen = False
-        for trunk in self.backbones():
-            trunk.train(self.training)
+        self.train(self.training)
 
     @property
     def backbones_frozen(self) -> bool:
@@ -96,6 +96,13 @@ class Method(nn.Module):
         if getattr(self, "_frozen", False):
             for trunk in self.backbones():
                 trunk.eval()
+        elif mode and self.cfg.model.freeze_bn_stats:
+            # the trunk's batch-norm layers normalise with (and keep) their pretrained running statistics;
+            # their scale and shift still train
+            for trunk in self.backbones():
+                for module in trunk.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         return self
 
     def backbone_lr_scale(self, cfg: Config) -> float:
