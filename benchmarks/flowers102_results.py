@@ -57,6 +57,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # at the head-first rows' unfreeze, switching batch norm to batch-16 statistics cost 8-15 val points at once
     "baseline_12ep_bn_frozen": ("baseline_lite0_128", ["train.epochs=12", "model.freeze_bn_stats=true"]),
     "herbs_12ep_bn_frozen": ("herbs_lite0_128", ["train.epochs=12", "model.freeze_bn_stats=true"]),
+    # ... and at the recipes' own 6 epochs, every method
+    "baseline_bn_frozen": ("baseline_lite0_128", ["model.freeze_bn_stats=true"]),
+    "herbs_bn_frozen": ("herbs_lite0_128", ["model.freeze_bn_stats=true"]),
+    "mge_bn_frozen": ("mge_lite0_128", ["model.freeze_bn_stats=true"]),
     # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
     "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
     # ... and at the fine-tuned recipe's 1e-3: AdamW at 1e-2 is a large step for HERBS' MLP neck
