@@ -1,8 +1,8 @@
 """Linear probe vs. baseline vs. HERBS vs. MGE-CNN on Oxford 102 Flowers (official splits), on the CPU.
 
-Every row trains through the fgcli CLI from a shipped recipe (same backbone, ImageNet weights, resolution,
-epochs, batch, optimizer, augmentation), picks `best.pt` on the official val split, and is evaluated on the
-official test split (6,149 images). For each row and seed it records fused test top-1 / top-5, the single
+Every row trains through the fgcli CLI from a shipped recipe, as shipped or with the `--set` overrides that
+row names (same backbone, ImageNet weights, resolution, batch, optimizer, augmentation), picks `best.pt` on
+the official val split, and is evaluated on the official test split (6,149 images). For each row and seed it records fused test top-1 / top-5, the single
 head chosen on val and its test top-1, training time (validation included) and training img/s; the table
 gives the mean over seeds and the spread (min-max). No number is picked on the test split.
 
@@ -12,7 +12,7 @@ stopped when given the same `--work` folder. If any run fails, no table is print
 Needs the EfficientNet-Lite0 weights package (a core dependency) and ../shared/data/flowers102.
 
     python benchmarks/flowers102_results.py --work /tmp/f102            # the README table (hours on 2 cores)
-    python benchmarks/flowers102_results.py --quick                     # smoke test: minutes
+    python benchmarks/flowers102_results.py --quick                     # smoke test of the shipped rows
     python benchmarks/flowers102_results.py --rows linear_probe herbs_frozen --seeds 0 1
     python benchmarks/flowers102_results.py --work /tmp/f102 --report   # the table of what has been measured
 """
@@ -35,48 +35,58 @@ from fgcli.engine.rundir import read_results_csv
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 
-# row name -> (recipe, extra --set overrides). Frozen rows train only the method's own layers on the fixed
-# ImageNet features; fine-tuned rows train the backbone too, at a tenth of the heads' learning rate.
+# row name -> (recipe, extra --set overrides). The first rows are the shipped recipes as they are; the rest
+# change one or two of their choices, to show what each is worth. Frozen rows train only the method's own
+# layers on the fixed ImageNet features; fine-tuned rows train the backbone too, at a tenth of the heads' rate.
+MAIN_ROWS = ["linear_probe", "baseline", "herbs", "mge", "mge_frozen"]
+BN_TRAIN = "model.freeze_bn_stats=false"  # batch norm on each batch's statistics (timm's default)
 ROWS: dict[str, tuple[str, list[str]]] = {
     "linear_probe": ("linear_probe_lite0_128", []),  # lr 1e-2, chosen on val against:
     "linear_probe_lr1e-3": ("linear_probe_lite0_128", ["optim.lr=0.001"]),
+    # fine-tuned, 12 epochs (MGE-CNN: 6, four trunks), the backbone's batch-norm statistics kept at ImageNet's
     "baseline": ("baseline_lite0_128", []),
     "herbs": ("herbs_lite0_128", []),
     "mge": ("mge_lite0_128", []),
-    # fine-tuned with the method's layers at the linear probe's better rate, the backbone at the same 1e-4
-    "baseline_lr1e-2": ("baseline_lite0_128", ["optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
-    "herbs_lr1e-2": ("herbs_lite0_128", ["optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
-    # twice the budget: HERBS' new layers (neck, selector, combiner) are still improving at 6 epochs
-    "baseline_12ep": ("baseline_lite0_128", ["train.epochs=12"]),
-    "herbs_12ep": ("herbs_lite0_128", ["train.epochs=12"]),
-    # head-first (LP-FT): the same 12 epochs, the backbone fixed for the first 4 while the method's new layers
-    # learn on the ImageNet features, then fine-tuned (one cosine schedule over the run)
-    "baseline_head_first": ("baseline_lite0_128", ["train.epochs=12", "model.freeze_epochs=4"]),
-    "herbs_head_first": ("herbs_lite0_128", ["train.epochs=12", "model.freeze_epochs=4"]),
-    # 12 epochs with the backbone's batch-norm statistics kept at their ImageNet values (weights still train):
-    # at the head-first rows' unfreeze, switching batch norm to batch-16 statistics cost 8-15 val points at once
-    "baseline_12ep_bn_frozen": ("baseline_lite0_128", ["train.epochs=12", "model.freeze_bn_stats=true"]),
-    "herbs_12ep_bn_frozen": ("herbs_lite0_128", ["train.epochs=12", "model.freeze_bn_stats=true"]),
-    # ... and at the recipes' own 6 epochs, every method
-    "baseline_bn_frozen": ("baseline_lite0_128", ["model.freeze_bn_stats=true"]),
-    "herbs_bn_frozen": ("herbs_lite0_128", ["model.freeze_bn_stats=true"]),
-    "mge_bn_frozen": ("mge_lite0_128", ["model.freeze_bn_stats=true"]),
-    # on fixed features the method's layers train at the linear probe's better rate (chosen on val)
-    "herbs_frozen": ("herbs_lite0_128", ["model.freeze=backbone", "optim.lr=0.01"]),
-    # ... and at the fine-tuned recipe's 1e-3: AdamW at 1e-2 is a large step for HERBS' MLP neck
-    "herbs_frozen_lr1e-3": ("herbs_lite0_128", ["model.freeze=backbone"]),
     # frozen trunks are identical copies: one shared trunk computes exactly the same, with a quarter of the memory
     "mge_frozen": ("mge_frozen_lite0_128", []),
+    # the same at 6 epochs
+    "baseline_6ep": ("baseline_lite0_128", ["train.epochs=6"]),
+    "herbs_6ep": ("herbs_lite0_128", ["train.epochs=6"]),
+    # batch norm on batch statistics (batch 16), at 12 and 6 epochs
+    "baseline_bn_train": ("baseline_lite0_128", [BN_TRAIN]),
+    "herbs_bn_train": ("herbs_lite0_128", [BN_TRAIN]),
+    "baseline_6ep_bn_train": ("baseline_lite0_128", ["train.epochs=6", BN_TRAIN]),
+    "herbs_6ep_bn_train": ("herbs_lite0_128", ["train.epochs=6", BN_TRAIN]),
+    "mge_bn_train": ("mge_lite0_128", [BN_TRAIN]),
+    # head-first (LP-FT): the backbone fixed for the first 4 of the 12 epochs while the method's new layers learn
+    # on the ImageNet features, then fine-tuned (one cosine schedule over the run); batch statistics as above
+    "baseline_head_first": ("baseline_lite0_128", [BN_TRAIN, "model.freeze_epochs=4"]),
+    "herbs_head_first": ("herbs_lite0_128", [BN_TRAIN, "model.freeze_epochs=4"]),
+    # 6 epochs, the method's layers at the linear probe's better rate, the backbone at the same 1e-4
+    "baseline_lr1e-2": ("baseline_lite0_128", ["train.epochs=6", BN_TRAIN, "optim.lr=0.01",
+                                               "optim.backbone_lr_scale=0.01"]),
+    "herbs_lr1e-2": ("herbs_lite0_128", ["train.epochs=6", BN_TRAIN, "optim.lr=0.01", "optim.backbone_lr_scale=0.01"]),
+    # HERBS on fixed features, 6 epochs, at the linear probe's rate (chosen on val) and at the recipe's 1e-3
+    "herbs_frozen": ("herbs_lite0_128", ["train.epochs=6", "model.freeze=backbone", "optim.lr=0.01"]),
+    "herbs_frozen_lr1e-3": ("herbs_lite0_128", ["train.epochs=6", "model.freeze=backbone"]),
 }
-QUICK = ["data.img_size=64", "train.epochs=1"]
+QUICK = ["data.img_size=64", "train.epochs=2"]  # head-first rows: 1 of the 2 epochs
 
 
 
 
-def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[str]) -> dict:
-    """One row and seed: train (best.pt and the head choice from the val split), then evaluate on test."""
+def quick_sets(sets: list[str]) -> list[str]:
+    """A row's overrides for the smoke test: QUICK added, a head-first row's backbone fixed for 1 epoch only."""
+    return [*("model.freeze_epochs=1" if s.startswith("model.freeze_epochs=") else s for s in sets), *QUICK]
+
+
+def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[str], quick: bool = False) -> dict:
+    """One row and seed: train (best.pt and the head choice from the val split), then evaluate on test.
+    `quick`: the smoke test's 2 epochs at 64 px (head-first rows fix the backbone for 1), in its own folders."""
     recipe, sets = ROWS[row]
-    name = f"{row}-s{seed}"
+    name = f"{row}-s{seed}{'-quick' if quick else ''}"
+    if quick:
+        sets = quick_sets(sets)
     overrides = [s for item in (*sets, *extra) for s in ("--set", item)]
     fgcli = [sys.executable, "-m", "fgcli", "--quiet"]
     run([*fgcli, "train", "--recipe", recipe, "--data", str(data), "--seed", str(seed), "--device", "cpu",
@@ -124,11 +134,13 @@ def table(results: list[dict], rows: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=None, choices=list(ROWS),
+                        help=f"default: every row ({', '.join(MAIN_ROWS)} with --quick)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--data", type=Path, default=FLOWERS, help="the flowers102 root (official layout)")
     parser.add_argument("--work", type=Path, default=None, help="run folders and per-run results (reused)")
-    parser.add_argument("--quick", action="store_true", help="1 epoch at 64 px, seed 0: a smoke test")
+    parser.add_argument("--quick", action="store_true",
+                        help="the shipped recipes' rows, 2 epochs at 64 px, seed 0: a smoke test")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
     parser.add_argument("--report", action="store_true",
                         help="print the table from the saved runs in --work only (train nothing; list what is missing)")
@@ -137,7 +149,9 @@ def main() -> None:
         sys.exit(f"{args.data} is not the flowers102 layout (setid.mat missing)")
     work = args.work or Path(tempfile.mkdtemp(prefix="fgcli-flowers102-"))
     seeds = [0] if args.quick else args.seeds
-    extra = [*args.extra, *(QUICK if args.quick else [])]
+    extra = list(args.extra)
+    if args.rows is None:
+        args.rows = MAIN_ROWS if args.quick else list(ROWS)
     prepared = work / "flowers102_prepared"
     if not args.report and not (prepared / "dataset.yaml").is_file():
         run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "flowers102", str(args.data),
@@ -155,7 +169,7 @@ def main() -> None:
                 continue
             start = time.time()
             try:
-                result = train_and_evaluate(row, seed, prepared, work, extra)
+                result = train_and_evaluate(row, seed, prepared, work, extra, args.quick)
             except RuntimeError as e:
                 failures.append(f"{row} seed {seed}: {e}")
                 print(f"FAILED {row} seed {seed}", flush=True)

@@ -49,7 +49,7 @@ def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, 
     (work / "results" / "linear_probe-s0.json").write_text(json.dumps(_result("linear_probe", 0, 70.0)))
     calls = []
 
-    def fake(row, seed, data, work_dir, extra):
+    def fake(row, seed, data, work_dir, extra, quick=False):
         calls.append((row, seed))
         if row == "herbs":
             raise RuntimeError("exit 1: boom")
@@ -64,3 +64,31 @@ def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, 
     assert calls == [("baseline", 0), ("herbs", 0)]  # linear_probe came from its saved result
     assert "| method |" not in capsys.readouterr().out
     assert (work / "results" / "baseline-s0.json").is_file()  # what finished is kept for the next call
+
+
+def test_quick_mode_is_short_and_keeps_its_own_folders(bench, tmp_path, monkeypatch) -> None:
+    """--quick: 2 epochs at 64 px; a head-first row fixes the backbone for 1 of them (its 4 would not fit)."""
+    commands = []
+    monkeypatch.setattr(bench, "run", lambda cmd, log: commands.append(cmd))
+    monkeypatch.setattr(bench, "read_results_csv", lambda path: [{"epoch": "1", "val/top1": "50", "epoch_time": "1",
+                                                                   "train_img_s": "2"}])
+    out = tmp_path / "eval" / "herbs_head_first-s0-quick-test"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"top1": 40.0, "top5": 60.0, "heads": {}}))
+    bench.train_and_evaluate("herbs_head_first", 0, tmp_path / "data", tmp_path, [], quick=True)
+    train = commands[0]
+    sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
+    assert "model.freeze_epochs=1" in sets and "model.freeze_epochs=4" not in sets
+    assert sets[-2:] == ["data.img_size=64", "train.epochs=2"]
+    assert train[train.index("--name") + 1] == "herbs_head_first-s0-quick"
+    assert set(bench.MAIN_ROWS) <= set(bench.ROWS)
+
+
+def test_every_row_is_a_valid_config_also_in_quick_mode(bench) -> None:
+    from fgcli.config import resolve_config
+
+    for row, (recipe, sets) in bench.ROWS.items():
+        cfg = resolve_config(recipe, None, None, list(sets))
+        assert cfg.model.pretrained_file == "efficientnet-lite0", row
+        assert resolve_config(recipe, None, None, bench.quick_sets(sets)).train.epochs == 2, row
+    assert resolve_config("herbs_lite0_128", None, None, []).model.freeze_bn_stats
