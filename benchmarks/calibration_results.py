@@ -46,8 +46,6 @@ def checkpoints(sources: list[Path]) -> list[tuple[str, Path]]:
     return found
 
 
-
-
 def measure(label: str, best: Path, work: Path, data: str | None, device: str, refit: bool) -> dict:
     """Copy, calibrate on val when needed, evaluate on test with flip TTA; the numbers of the table row."""
     slug = label.replace("/", "__")

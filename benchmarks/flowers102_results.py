@@ -2,9 +2,9 @@
 
 Every row trains through the fgcli CLI from a shipped recipe, as shipped or with the `--set` overrides that
 row names (same backbone, ImageNet weights, resolution, batch, optimizer, augmentation), picks `best.pt` on
-the official val split, and is evaluated on the official test split (6,149 images). For each row and seed it records fused test top-1 / top-5, the single
-head chosen on val and its test top-1, training time (validation included) and training img/s; the table
-gives the mean over seeds and the spread (min-max). No number is picked on the test split.
+the official val split, and is evaluated on the official test split (6,149 images). For each row and seed it
+records fused test top-1 / top-5, the single head chosen on val and its test top-1, training time (validation
+included) and training img/s; the table gives the mean over seeds and the spread (min-max). No number is picked on the test split.
 
 Results are kept per run (`<work>/results/<row>-s<seed>.json`), so an interrupted benchmark resumes where it
 stopped when given the same `--work` folder. If any run fails, no table is printed and the exit code is 1.
@@ -71,8 +71,6 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "herbs_frozen_lr1e-3": ("herbs_lite0_128", ["train.epochs=6", "model.freeze=backbone"]),
 }
 QUICK = ["data.img_size=64", "train.epochs=2"]  # head-first rows: 1 of the 2 epochs
-
-
 
 
 def quick_sets(sets: list[str]) -> list[str]:
@@ -149,7 +147,6 @@ def main() -> None:
         sys.exit(f"{args.data} is not the flowers102 layout (setid.mat missing)")
     work = args.work or Path(tempfile.mkdtemp(prefix="fgcli-flowers102-"))
     seeds = [0] if args.quick else args.seeds
-    extra = list(args.extra)
     if args.rows is None:
         args.rows = MAIN_ROWS if args.quick else list(ROWS)
     prepared = work / "flowers102_prepared"
@@ -169,7 +166,7 @@ def main() -> None:
                 continue
             start = time.time()
             try:
-                result = train_and_evaluate(row, seed, prepared, work, extra, args.quick)
+                result = train_and_evaluate(row, seed, prepared, work, args.extra, args.quick)
             except RuntimeError as e:
                 failures.append(f"{row} seed {seed}: {e}")
                 print(f"FAILED {row} seed {seed}", flush=True)

@@ -42,8 +42,6 @@ VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx
 METHOD_NAMES = {"baseline": "baseline", "herbs": "HERBS", "mge": "MGE-CNN"}
 
 
-
-
 def eval_top1(fgcli: list[str], model: Path, data: Path, split: str, provider: str, precision: str | None,
               out: Path, threads: int) -> float:
     """`fgcli eval MODEL.onnx` on a split (reused when `out/metrics.json` exists): fused top-1, percent."""

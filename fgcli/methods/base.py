@@ -67,7 +67,7 @@ class Method(nn.Module):
 
     def freeze_backbones(self) -> None:
         """Fix the backbone(s): no gradient, and `train()` keeps them in eval mode (frozen BN statistics)."""
-        if getattr(self, "_frozen", False):
+        if self.backbones_frozen:
             return
         # remember what was trainable, so that unfreezing restores exactly that
         self._unfrozen_params = [p for trunk in self.backbones() for p in trunk.parameters() if p.requires_grad]
@@ -79,7 +79,7 @@ class Method(nn.Module):
 
     def unfreeze_backbones(self) -> None:
         """Undo `freeze_backbones`: the backbone(s) train again (gradients, batch-norm statistics updated)."""
-        if not getattr(self, "_frozen", False):
+        if not self.backbones_frozen:
             return
         for p in self._unfrozen_params:
             p.requires_grad_(True)
@@ -93,7 +93,7 @@ class Method(nn.Module):
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)
-        if getattr(self, "_frozen", False):
+        if self.backbones_frozen:
             for trunk in self.backbones():
                 trunk.eval()
         elif mode and self.cfg.model.freeze_bn_stats:
