@@ -127,7 +127,7 @@ class TrainConfig:
     name: str = "exp"
     exist_ok: bool = False
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
-    sync_bn: bool = False
+    sync_bn: bool = False  # DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
     find_unused_parameters: bool = False  # DDP: for methods whose heads skip parameters in some steps
     quiet: bool = False
 

@@ -64,6 +64,30 @@ def ddp_options(method_leaves_unused: bool, find_unused_parameters: bool) -> dic
     return {"find_unused_parameters": bool(method_leaves_unused or find_unused_parameters), "static_graph": False}
 
 
+#: device types whose tensors torch's SyncBatchNorm can synchronise (it refuses CPU tensors)
+SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+
+
+def check_sync_bn(device: torch.device) -> None:
+    """`train.sync_bn` under torchrun: refuse devices whose tensors SyncBatchNorm cannot synchronise (before any
+    work, instead of a ValueError at the first training step)."""
+    if device.type not in SYNC_BN_DEVICES:
+        raise UserError(f"train.sync_bn=true needs GPUs: torch's SyncBatchNorm cannot synchronise {device.type} "
+                        "tensors. Drop --set train.sync_bn=true (each process then normalises its own batch).")
+
+
+def convert_sync_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """`train.sync_bn`: every batch-norm layer of `model` synchronised across the processes (in place).
+
+    timm's converter, not torch's: torch's turns timm's BatchNormAct2d (norm + activation in one layer, e.g. in
+    EfficientNet) into a plain SyncBatchNorm and silently drops the activation; timm's keeps it
+    (SyncBatchNormAct). Parameters and buffers are the same tensors, so optimizer and state-dict keys stay valid.
+    """
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False,
              static_graph: bool = False) -> torch.nn.Module:
     """`model` in DistributedDataParallel with the device ids of `backend_for(device)`."""

@@ -98,6 +98,8 @@ class Trainer:
     # ---- setup ----
     def setup(self) -> None:
         cfg = self.cfg
+        if self.info.enabled and cfg.train.sync_bn:
+            D.check_sync_bn(self.device)
         configure_determinism(cfg, self.device)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank and every resume
         from fgcli.data.transforms import resolve_preprocess
@@ -146,7 +148,7 @@ class Trainer:
         model: nn.Module = self.method
         if self.info.enabled:
             if cfg.train.sync_bn:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = D.convert_sync_bn(model)
             # head-first epochs leave the trunk without gradients: DDP must be told those parameters go unused
             leaves_unused = self.method.ddp_find_unused_parameters or cfg.model.freeze_epochs > 0
             model = D.wrap_ddp(model, self.device, **D.ddp_options(leaves_unused, cfg.train.find_unused_parameters))
