@@ -3,10 +3,11 @@
 Every test that injects a fault does it inside `faults.inject(kind, name)`: the fault is counted as injected
 when the block starts and as survived only when the block ends without an exception, i.e. after the test has
 verified that nothing was lost (checkpoints load, outputs are complete or absent, the message is clear).
-A test that skips inside the block (the fault could not be injected, e.g. the run ended before the signal)
-is not counted.
-`pytest_terminal_summary` prints the counts per kind; with FGCLI_FAULTS_REPORT=FILE it also writes them as a
-Markdown table (the one in the README's "Reliability" section).
+Every fault is injected at a fixed point (tests/faults/faultrun.py fires signals from inside the code, never
+after a delay), so the count does not depend on timing; a test that skips inside the block anyway is listed as
+not injected, in red, and left out of the table.
+`pytest_terminal_summary` prints the counts per kind and a summary line; with FGCLI_FAULTS_REPORT=FILE it also
+writes them as a Markdown table (the one in the README's "Reliability" section).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Fault:
     name: str
     test: str
     survived: bool = False
+    skipped: bool = False  # the test skipped inside the block: the fault was not injected
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Faults:
         try:
             yield fault
         except pytest.skip.Exception:
-            self._log.faults.remove(fault)  # the fault never hit (e.g. the run ended before the signal)
+            fault.skipped = True
             raise
         fault.survived = True
 
@@ -99,10 +101,14 @@ def faults(request: pytest.FixtureRequest) -> Faults:
     return Faults(_log(request.config), request.node.nodeid)
 
 
+def injected(log: FaultLog) -> list[Fault]:
+    return [f for f in log.faults if not f.skipped]
+
+
 def summary_rows(log: FaultLog) -> list[tuple[str, str, int, int]]:
     rows = []
     for kind, text in KINDS.items():
-        mine = [f for f in log.faults if f.kind == kind]
+        mine = [f for f in injected(log) if f.kind == kind]
         if mine:
             rows.append((kind, text, len(mine), sum(f.survived for f in mine)))
     return rows
@@ -127,11 +133,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr.write_line(f"{'kind':<12} {'what is injected':<{width}} {'injected':>8} {'survived':>8}")
     for kind, text, n, ok in summary_rows(log):
         tr.write_line(f"{kind:<12} {text:<{width}} {n:>8} {ok:>8}", red=ok < n)
-    total, ok = len(log.faults), sum(f.survived for f in log.faults)
+    done = injected(log)
+    total, ok = len(done), sum(f.survived for f in done)
     tr.write_line(f"{'total':<12} {'':<{width}} {total:>8} {ok:>8}", bold=True, red=ok < total)
-    lost = [f for f in log.faults if not f.survived]
-    for f in lost[:20]:
+    for f in [f for f in done if not f.survived][:20]:
         tr.write_line(f"  NOT survived: [{f.kind}] {f.name} ({f.test})", red=True)
+    skipped = [f for f in log.faults if f.skipped]
+    for f in skipped:
+        tr.write_line(f"  NOT injected (the test skipped): [{f.kind}] {f.name} ({f.test})", red=True)
+    tr.write_line(f"{total} faults injected, {ok} survived with nothing lost, {len(skipped)} not injected",
+                  bold=True, red=ok < total or bool(skipped))
     report = os.environ.get("FGCLI_FAULTS_REPORT")
     if report:
         Path(report).write_text(markdown_table(log), encoding="utf-8")

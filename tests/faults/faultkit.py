@@ -4,11 +4,10 @@ checks that every file a run left behind is whole, and a method whose loss / gra
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -47,35 +46,12 @@ def run(cmd: list[str], point: str | None = None, timeout: float = 300) -> subpr
     return subprocess.run(cmd, env=env(**extra), capture_output=True, text=True, timeout=timeout)
 
 
-def start(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def start_until(args: list[str], line: str, **kwargs: Any) -> tuple[subprocess.Popen, str]:
-    """Start `fgcli ARGS` with its log lines on (no --quiet) and read its output until `line` appears or it
-    exits; returns the process and what it printed so far (to prepend to the rest)."""
-    proc = start([c for c in fgcli_cmd(*args) if c != "--quiet"], **kwargs)
-    seen = ""
-    while line not in seen and proc.poll() is None:
-        seen += proc.stdout.readline()
-    return proc, seen
-
-
-def wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Block until results.csv has `rows` rows (an epoch finished and is being saved)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        csv = run_dir / "results.csv"
-        if csv.is_file():
-            try:
-                if len(read_results_csv(csv)) >= rows:
-                    return
-            except (OSError, ValueError):
-                pass
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for an epoch")
+def sigint_latency(proc: subprocess.CompletedProcess, ended: float) -> float:
+    """Seconds from faultrun's SIGINT (its "faultrun: SIGINT at POINT t=TIME" line) to `ended`; fails when
+    the signal was never sent (the fault point was not reached)."""
+    found = re.search(r"^faultrun: SIGINT at \S+ t=([0-9.]+)$", proc.stderr, re.MULTILINE)
+    assert found, f"the SIGINT point was not reached:\n{proc.stdout}{proc.stderr}"
+    return ended - float(found.group(1))
 
 
 def state(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Run `fgcli ARGS...` with one fault armed, then SIGKILL this very process when the fault point is reached.
+"""Run `fgcli ARGS...` with one fault armed: SIGKILL (or SIGINT) this very process when the fault point is reached.
 
     FGCLI_FAULT=<point> python tests/faults/faultrun.py train ...
 
@@ -9,6 +9,14 @@ Points (epochs and batches are 1-based; k counts writes of that file name in thi
   rename:NAME:K     after the K-th write of NAME is complete in its temp file, before the rename
   after:NAME:K      right after the K-th write of NAME was renamed into place
   rank:R:E:B        like step:E:B, but only in the process with RANK == R (torchrun)
+  calls:N           at the N-th Python function call made in fgcli's own code (a "random moment" that is
+                    reproducible; `count:FILE` tells how many calls a run makes)
+  call:MODULE:ATTR:K   on entering the K-th call of MODULE.ATTR (ATTR may be Class.method)
+  pool:K            in prepare-data's image-check pool, while the main process waits for result K + 1
+  sigint:POINT      send SIGINT instead of SIGKILL at POINT (step, val, call, pool) and carry on, as if Ctrl-C
+                    was pressed right there; prints "faultrun: SIGINT at POINT t=UNIX_TIME" to stderr
+  count:FILE        kill nothing: count fgcli's calls (as for calls:N) and append "NAME CALL" to FILE on each
+                    write, CALL being the count when the write began
 Writes are those of fgcli.io.atomic_open (checkpoints, results.csv/png, args.yaml, manifests, ONNX files).
 """
 
@@ -18,23 +26,44 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+
+_SIGNAL = {"sig": signal.SIGKILL, "point": ""}
 
 
 def die() -> None:
+    """Fire the armed signal: SIGKILL ends the process here; SIGINT raises KeyboardInterrupt in the main thread
+    at its next bytecode (or is deferred by the code that runs, as a real Ctrl-C would be)."""
+    if _SIGNAL["sig"] == signal.SIGINT:
+        print(f"faultrun: SIGINT at {_SIGNAL['point']} t={time.time():.3f}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), _SIGNAL["sig"])
 
 
 def arm(point: str) -> None:
     kind, *args = point.split(":")
+    if kind == "sigint":
+        if args[0] not in ("step", "val", "call", "pool"):
+            raise SystemExit(f"faultrun: SIGINT is not supported at {point!r}")
+        _SIGNAL.update(sig=signal.SIGINT, point=":".join(args))
+        kind, *args = args
     if kind in ("step", "rank"):
         _arm_step(*args) if kind == "step" else _arm_step(*args[1:], rank=int(args[0]))
     elif kind == "val":
+        _track_trainer()
         _arm_val(int(args[0]))
     elif kind in ("write", "rename", "after"):
         _arm_write(kind, args[0], int(args[1]))
+    elif kind == "call":
+        _arm_call(args[0], args[1], int(args[2]))
+    elif kind == "pool":
+        _arm_pool(int(args[0]))
+    elif kind == "calls":
+        _count_calls(stop_at=int(args[0]))
+    elif kind == "count":
+        _count_writes(Path(":".join(args)), _count_calls())
     else:
         raise SystemExit(f"faultrun: unknown fault point {point!r}")
 
@@ -56,11 +85,8 @@ def _arm_val(epoch: int) -> None:
     from fgcli.engine import trainer
 
     real = trainer.evaluate_model
-    calls = {"n": 0}
 
     def evaluate(model, loader, *args, **kwargs):
-        calls["n"] += 1
-
         def batches():
             for batch in loader:
                 yield batch
@@ -132,10 +158,86 @@ def _arm_write(kind: str, name: str, k: int) -> None:
     io.atomic_open = atomic_open
 
 
+def _arm_call(module: str, attr: str, k: int) -> None:
+    import functools
+    import importlib
+
+    *owner_path, name = attr.split(".")
+    owner = importlib.import_module(module)
+    for part in owner_path:
+        owner = getattr(owner, part)
+    real = getattr(owner, name)
+    seen = {"n": 0}
+
+    @functools.wraps(real)  # the same signature (torch.export binds a forward's arguments by name)
+    def call(*args, **kwargs):
+        seen["n"] += 1
+        if seen["n"] == k:
+            die()
+        return real(*args, **kwargs)
+
+    setattr(owner, name, call)
+
+
+def _arm_pool(k: int) -> None:
+    from fgcli.data import checks
+
+    class Pool(checks.ProcessPoolExecutor):
+        def map(self, *args, **kwargs):
+            results = super().map(*args, **kwargs)
+
+            def after_k():
+                for i, result in enumerate(results):
+                    yield result
+                    if i + 1 == k:
+                        die()  # the main process is about to wait for the next result; the queue is full
+
+            return after_k()
+
+    checks.ProcessPoolExecutor = Pool
+
+
+def _count_calls(stop_at: int | None = None) -> dict[str, int]:
+    """Count the calls made in fgcli's own code in this (main) thread; die at call `stop_at`."""
+    import fgcli
+
+    root = str(Path(fgcli.__file__).resolve().parent) + os.sep
+    count = {"n": 0}
+    ours: dict[object, bool] = {}  # code object -> whether it is fgcli's (a lookup instead of a path test)
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        code = frame.f_code
+        mine = ours.get(code)
+        if mine is None:
+            mine = ours[code] = code.co_filename.startswith(root)
+        if mine:
+            count["n"] += 1
+            if count["n"] == stop_at:
+                sys.setprofile(None)
+                die()
+
+    sys.setprofile(profile)
+    return count
+
+
+def _count_writes(out: Path, count: dict[str, int]) -> None:
+    from fgcli import io
+
+    real = io.atomic_open
+
+    def atomic_open(path, mode="w", **kwargs):
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(f"{Path(path).name} {count['n']}\n")
+        return real(path, mode, **kwargs)
+
+    io.atomic_open = atomic_open
+
+
 def main() -> None:
     point = os.environ.get("FGCLI_FAULT")
     if point:
-        _track_trainer()
         arm(point)
     from fgcli.cli import main as fgcli_main
 

@@ -4,13 +4,12 @@ last.pt of the last completed epoch; export and prepare-data leave nothing new a
 from __future__ import annotations
 
 import importlib
-import signal
 import time
 from pathlib import Path
 
 import pytest
 from exportkit import make_checkpoint_file
-from faultkit import TRAIN, assert_run_whole, fgcli_cmd, start, start_until, wait_rows
+from faultkit import TRAIN, assert_run_whole, fgcli_cmd, run, sigint_latency
 from imagekit import _jpeg
 from typer.testing import CliRunner
 
@@ -24,21 +23,17 @@ def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
 
 
-# -- training --------------------------------------------------------------------------------------------
-@pytest.mark.slow
+# -- training ---------------------------------------------------------------------------------------------
 def test_ctrl_c_during_training_exits_130_and_keeps_the_last_completed_epoch(tmp_path, faults) -> None:
-    with faults.inject("interrupt", "SIGINT during training (real signal)"):
-        proc = start(fgcli_cmd("train", *TRAIN, "--epochs", "4", "--project", str(tmp_path), "--name", "exp"))
-        wait_rows(tmp_path / "exp", 1, proc)
-        time.sleep(0.3)
-        t0 = time.time()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+    with faults.inject("interrupt", "SIGINT during training, in epoch 2's second optimizer step (real signal)"):
+        proc = run(fgcli_cmd("train", *TRAIN, "--epochs", "3", "--project", str(tmp_path), "--name", "exp",
+                             fault=True), "sigint:step:2:2")
+        out = proc.stdout + proc.stderr
         assert proc.returncode == 130, out
         # a hang guard, not a speed target: the step in flight, then out without the interpreter's teardown
-        assert time.time() - t0 < 15, "Ctrl-C took long to stop the training"
+        assert sigint_latency(proc, time.time()) < 15, "Ctrl-C took long to stop the training"
         ckpts = assert_run_whole(tmp_path / "exp")
-        assert ckpts["last.pt"]["epoch"] == len(read_results_csv(tmp_path / "exp" / "results.csv")) >= 1
+        assert ckpts["last.pt"]["epoch"] == len(read_results_csv(tmp_path / "exp" / "results.csv")) == 1
         assert "Interrupted" in out and "--resume" in out
         assert not list((tmp_path / "exp").rglob(".*.tmp"))
 
@@ -77,20 +72,16 @@ def test_ctrl_c_during_export_leaves_no_new_file(tmp_path, monkeypatch, faults, 
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-@pytest.mark.slow
 def test_real_sigint_during_export(tmp_path, faults) -> None:
     ckpt = make_checkpoint_file(tmp_path)
-    with faults.inject("interrupt", "SIGINT during export (real signal)"):
-        # tracing starts after the "exporting" line
-        proc, seen = start_until(["export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx")],
-                                 "exporting")
-        time.sleep(1.0)  # inside tracing (about 3 s here); a fixed delay from the start raced the exit
-        proc.send_signal(signal.SIGINT)
-        out = seen + proc.communicate(timeout=120)[0]
-        if proc.returncode == 0:
-            pytest.skip("the export finished before the signal")
-        assert proc.returncode == 130, out
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"], out
+    # forward 1 is the dry run, forward 2 runs inside torch.onnx.export's graph capture
+    point = "sigint:call:fgcli.exporting.onnx_export:FusedModel.forward:2"
+    with faults.inject("interrupt", "SIGINT during export, inside the exporter's trace (real signal)"):
+        proc = run(fgcli_cmd("export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx"),
+                             fault=True), point)
+        assert proc.returncode == 130, proc.stdout + proc.stderr
+        assert sigint_latency(proc, time.time()) < 15, "Ctrl-C took long to stop the export"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"], proc.stdout + proc.stderr
 
 
 # -- prepare-data ----------------------------------------------------------------------------------------
@@ -121,26 +112,20 @@ def test_ctrl_c_during_prepare_data_demo_leaves_nothing(tmp_path, monkeypatch, f
         assert runner.invoke(app, [*args[:-1], "6"]).exit_code == 0  # and it can be run again
 
 
-@pytest.mark.slow
 def test_real_sigint_during_prepare_data_image_checks(tmp_path, faults) -> None:
     src = tmp_path / "src"
     jpegs = [_jpeg(size=(1200, 800), color=(k * 30, 20, 20)) for k in range(8)]
     for c in ("a", "b"):
         (src / c).mkdir(parents=True)
-        for k in range(400):  # large enough that the 2 workers check for seconds (300 x 200 took 0.6 s)
+        for k in range(400):  # 799 checks still queued when the signal arrives (all 800 take seconds)
             (src / c / f"{k}.jpg").write_bytes(jpegs[k % len(jpegs)])
     out = tmp_path / "out"
     with faults.inject("interrupt", "SIGINT during prepare-data image checks in a worker pool (real signal)"):
-        # the checks start after the "images in 2 classes" line
-        proc, seen = start_until(["prepare-data", "imagefolder", str(src), "--out", str(out), "--workers", "2"],
-                                 "images in 2 classes", start_new_session=True)
-        time.sleep(1.0)  # the spawned workers are up and checking
-        t0 = time.time()
-        proc.send_signal(signal.SIGINT)
-        out_text = seen + proc.communicate(timeout=60)[0]
-        if proc.returncode == 0:
-            pytest.skip("prepare-data finished before the signal")
+        # the main process has the first result and waits for the next one
+        proc = run(fgcli_cmd("prepare-data", "imagefolder", str(src), "--out", str(out), "--workers", "2",
+                             fault=True), "sigint:pool:1")
+        out_text = proc.stdout + proc.stderr
         assert proc.returncode == 130, out_text
-        assert time.time() - t0 < 20, "Ctrl-C waited for the queued image checks"
+        assert sigint_latency(proc, time.time()) < 20, "Ctrl-C waited for the queued image checks"
         assert not out.exists(), _files(out)
         assert "Traceback" not in out_text, out_text

@@ -5,11 +5,11 @@ uninterrupted run; after every kill, last.pt and best.pt load."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
-import time
 
 import pytest
-from faultkit import TRAIN, assert_identical, assert_run_whole, fgcli_cmd, run, start, state, strip_times
+from faultkit import TRAIN, assert_identical, assert_run_whole, fgcli_cmd, run, state, strip_times
 
 from fgcli.engine.rundir import read_results_csv
 
@@ -45,23 +45,29 @@ def test_sigkill_at_every_point_then_resume_is_bit_identical(tmp_path, faults) -
             assert proc.returncode == -signal.SIGKILL, f"{point}: {proc.returncode}\n{proc.stdout}{proc.stderr}"
             loaded = assert_run_whole(run_dir)
             assert loaded["last.pt"]["epoch"] == epoch_after, point
-    # two more kills from outside, at random (seeded) moments of a resumed process
+    # two more kills at random (seeded) moments of a resumed process: at its N-th call in fgcli's own code, N drawn
+    # between the end of its setup (args.yaml written) and its epoch's last.pt write, as counted on a copy
+    before = state(run_dir / "weights" / "last.pt")["epoch"]
+    assert before < EPOCHS
+    probe = tmp_path / "probe"
+    shutil.copytree(run_dir, probe)
+    marks = tmp_path / "calls.txt"
+    counted = run(fgcli_cmd("train", "--resume", str(probe), fault=True), f"count:{marks}")
+    assert counted.returncode == 0, counted.stdout + counted.stderr
+    writes = [line.split() for line in marks.read_text().splitlines()]
+    first = next(int(n) for name, n in writes if name == "args.yaml")
+    last = next(int(n) for name, n in writes if name == "last.pt")
     rng = random.Random(10)
     for _ in range(2):
-        before = state(run_dir / "weights" / "last.pt")["epoch"]
-        if before >= EPOCHS:
-            break
-        proc = start(fgcli_cmd("train", "--resume", str(run_dir)))
-        time.sleep(rng.uniform(4.0, 8.0))
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
-        if proc.returncode == -signal.SIGKILL:
-            with faults.inject("kill", "SIGKILL at a random moment"):
-                assert assert_run_whole(run_dir)["last.pt"]["epoch"] >= before
+        call = rng.randint(first + 1, last)
+        with faults.inject("kill", f"SIGKILL at a random moment (call {call - first} of {last - first} between setup "
+                                   "and last.pt)"):
+            proc = run(fgcli_cmd("train", "--resume", str(run_dir), fault=True), f"calls:{call}")
+            assert proc.returncode == -signal.SIGKILL, f"call {call}: {proc.returncode}\n{proc.stdout}{proc.stderr}"
+            assert assert_run_whole(run_dir)["last.pt"]["epoch"] == before
     with faults.inject("kill", "resume after all kills: same final state as the uninterrupted run"):
-        if state(run_dir / "weights" / "last.pt")["epoch"] < EPOCHS:
-            done = run(fgcli_cmd("train", "--resume", str(run_dir)))
-            assert done.returncode == 0, done.stdout + done.stderr
+        done = run(fgcli_cmd("train", "--resume", str(run_dir)))
+        assert done.returncode == 0, done.stdout + done.stderr
         assert_identical(reference, state(run_dir / "weights" / "last.pt"))
         assert_identical(state(tmp_path / "full" / "weights" / "best.pt"), state(run_dir / "weights" / "best.pt"))
         assert strip_times(read_results_csv(run_dir / "results.csv")) == \
