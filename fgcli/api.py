@@ -113,17 +113,20 @@ def evaluate(model: str | Path, data: str | None = None, *, split: str = "test",
              device: str = "auto", out: str | Path | None = None, workers: int | None = None,
              ema: bool = True, calibration: bool = True, tta: str | None = None,
              providers: Sequence[str] | None = None, precision: str | None = None,
-             threads: int | None = None) -> EvalRun:
+             threads: int | None = None, ood: str | Path | None = None, confusions: int = 5) -> EvalRun:
     """`fgcli eval MODEL`: a `.pt` (fused output and every head) or an `.onnx` (fused) on a data split; writes
-    the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`). `tta` 'flip': also
-    the mirrored image, its effect reported; `calibration` False: the selective line from raw probabilities.
-    `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO). `threads`: the
-    runtime's intra-op threads (default: its own)."""
+    the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`, `.confusions`, `.ood`).
+    `tta` 'flip': also the mirrored image, its effect reported; `calibration` False: the selective line from raw
+    probabilities. `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO).
+    `threads`: the runtime's intra-op threads (default: its own). `ood`: a folder of images of other classes (or
+    a prepared data set): AUROC / FPR at 95 % TPR of each out-of-distribution score in `.ood`. `confusions`: the
+    most-confused class pairs listed and drawn in confusions.html (0: none)."""
     from fgcli.evaluation import eval_checkpoint
 
     return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
                            workers=workers, use_ema=ema, calibration=calibration, tta=tta,
-                           providers=list(providers) if providers else None, precision=precision, threads=threads)
+                           providers=list(providers) if providers else None, precision=precision, threads=threads,
+                           ood=ood, confusions=confusions)
 
 
 def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int | None = None,
