@@ -171,13 +171,15 @@ class Model:
         return self.predictor(images)
 
     def predict(self, images: str | Path | Sequence[str | Path], *, topk: int = 5, batch_size: int = 32,
-                workers: int = 4) -> PredictResult:
-        """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`."""
+                workers: int = 4, reject: bool = False) -> PredictResult:
+        """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`.
+        `reject`: a prediction below the model's rejection threshold is marked (`.rejected`, `.decision` is
+        'unknown')."""
         from fgcli.prediction import collect_images, predict_paths
 
         sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
         return predict_paths(self.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
-                             workers=workers, model=self.path)
+                             workers=workers, model=self.path, reject=reject)
 
     def __repr__(self) -> str:
         info = self.info
@@ -202,8 +204,9 @@ def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path]
             batch_size: int = 32, out: str | Path | None = None, device: str = "auto",
             providers: Sequence[str] | None = None, threads: int | None = None, workers: int = 4,
             ema: bool = True, progress: Any = None, calibration: bool = True, tta: str | None = None,
-            precision: str | None = None) -> PredictResult:
-    """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`)."""
+            precision: str | None = None, reject: bool = False) -> PredictResult:
+    """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`); `reject`:
+    'unknown' (`.rejected`) below the model's rejection threshold."""
     from fgcli.prediction import collect_images, predict_paths, write_output
 
     loaded = model if isinstance(model, Model) else load(model, device=device, providers=providers,
@@ -211,7 +214,7 @@ def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path]
                                                          tta=tta, precision=precision)
     sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
     result = predict_paths(loaded.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
-                           workers=workers, model=loaded.path, progress=progress)
+                           workers=workers, model=loaded.path, progress=progress, reject=reject)
     if out is not None:
         write_output(result, out)
     return result
@@ -251,10 +254,11 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
 
 def calibrate(checkpoint: str | Path, data: str | None = None, *, split: str = "val", batch_size: int = 64,
               device: str = "auto", workers: int | None = None, ema: bool = True,
-              out: str | Path | None = None) -> CalibrateResult:
-    """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature on the val split and write it
-    into the checkpoint (or `out`) atomically; returns the fit (`.record`) and the one it replaced."""
+              out: str | Path | None = None, reject_recall: float | None = None) -> CalibrateResult:
+    """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature and the rejection threshold
+    keeping `reject_recall` of the val images on the val split and write them into the checkpoint (or `out`)
+    atomically; returns the fit (`.record`, the threshold in `.record["reject"]`) and the one it replaced."""
     from fgcli.calibrating import calibrate_checkpoint
 
     return calibrate_checkpoint(checkpoint, data=data, split=split, batch_size=batch_size, device=device,
-                                workers=workers, use_ema=ema, out=out)
+                                workers=workers, use_ema=ema, out=out, reject_recall=reject_recall)
