@@ -43,9 +43,12 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
                  strict: bool = False, workers: int | None = None, min_size: int = 16,
                  max_pixels: int | None = None, demo_size: int = 64, demo_classes: int = 10,
                  demo_per_class: int = 150, download: bool = False, url: Sequence[str] | None = None,
-                 md5: str | None = None, sha256: str | None = None) -> PreparedDataset:
+                 md5: str | None = None, sha256: str | None = None, classes: str | Path | None = None,
+                 exclude_classes: str | Path | None = None) -> PreparedDataset:
     """`fgcli prepare-data FORMAT SRC [--download]`: (download,) check a data set and write its manifest;
-    returns the prepared data set (`fgcli.data.pipeline.summary_table(ds)` renders the command's table)."""
+    returns the prepared data set (`fgcli.data.pipeline.summary_table(ds)` renders the command's table).
+    `classes` / `exclude_classes`: text files with one class name per line to keep / to drop."""
+    from fgcli.data.classes import read_class_list
     from fgcli.data.demo import DemoParams
     from fgcli.data.images import DEFAULT_MAX_PIXELS
     from fgcli.data.prepare import PrepareOptions, prepare_dataset
@@ -54,7 +57,11 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
         raise UserError("--url, --md5 and --sha256 only apply with --download.")
     options = PrepareOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict,
                              workers=workers, level=level, min_size=min_size,
-                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+                             classes=read_class_list(classes, "--classes") if classes is not None else None,
+                             exclude_classes=(read_class_list(exclude_classes, "--exclude-classes")
+                                              if exclude_classes is not None else None),
+                             classes_file=str(classes or ""), exclude_classes_file=str(exclude_classes or ""))
     demo = DemoParams(seed=seed, size=demo_size, classes=demo_classes, per_class=demo_per_class)
     if download:
         from fgcli.data.download import download_dataset

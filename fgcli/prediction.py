@@ -202,9 +202,8 @@ def write_output(result: PredictResult, out: str | Path) -> Path:
 
 def results_table(result: PredictResult, limit: int = 50) -> Any:
     """A rich table: one row per image with its top-k classes and probabilities (first `limit` images)."""
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     rejecting = result.reject_threshold is not None
     table = Table(title=f"Predictions ({result.backend}, {result.device})")
