@@ -13,7 +13,8 @@ TOP_PAIRS = 5
 def confused_pairs(confusion: Any, classes: list[str], top: int = TOP_PAIRS) -> list[dict[str, Any]]:
     """The `top` unordered class pairs with the most mistakes between them (both directions added), largest first.
 
-    Each pair: `a` (the class mistaken for the other more often; ties: the lower index), `b`, their indices,
+    Each pair: `a` (the class mistaken for the other more often, then: by the larger share of its images; then
+    the lower index), `b`, their indices,
     `a_as_b` (images of a predicted as b) and `a_as_b_share` (of a's images), the same for `b_as_a`, and `total`.
     Pairs the model never confuses are left out; ties in `total` go by the larger share, then by class index.
     """
