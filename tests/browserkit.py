@@ -41,15 +41,24 @@ _PROBE = """<script>(function () {
   });
   window.addEventListener('load', function () {
     var images = Array.prototype.slice.call(document.images);
-    var root = document.documentElement;
-    var result = {images: images.length, problems: problems,
-                  undecoded: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
-                                   .map(function (i) { return (i.getAttribute('alt') || i.src).slice(0, 80); }),
-                  viewport: window.innerWidth, width: Math.max(root.scrollWidth, document.body.scrollWidth)};
-    var out = parent.document.createElement('pre');
-    out.id = 'fgcli-browser-check';
-    out.textContent = JSON.stringify(result);
-    parent.document.body.appendChild(out);
+    // lazy images below the fold load only when scrolled to: ask for every one now, then wait until each has
+    // loaded or failed (img.decode() never settles in headless --dump-dom for some files, so events and a time limit)
+    images.forEach(function (i) { i.loading = 'eager'; });
+    Promise.all(images.map(function (i) {
+      return i.complete ? null : new Promise(function (done) {
+        i.addEventListener('load', done); i.addEventListener('error', done); setTimeout(done, 5000);
+      });
+    })).then(function () {
+        var root = document.documentElement;
+        var result = {images: images.length, problems: problems,
+                      undecoded: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                                       .map(function (i) { return (i.getAttribute('alt') || i.src).slice(0, 80); }),
+                      viewport: window.innerWidth, width: Math.max(root.scrollWidth, document.body.scrollWidth)};
+        var out = parent.document.createElement('pre');
+        out.id = 'fgcli-browser-check';
+        out.textContent = JSON.stringify(result);
+        parent.document.body.appendChild(out);
+      });
   });
 })();</script>"""
 
