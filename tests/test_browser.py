@@ -65,3 +65,15 @@ def test_the_check_catches_a_broken_page(tmp_path) -> None:
     assert result["console"] and result["width"] > PHONE
     with pytest.raises(AssertionError):
         assert_clean(result, page)
+
+
+def test_without_chromium_the_checks_fail_on_ci_and_skip_elsewhere(monkeypatch) -> None:
+    import browserkit
+
+    monkeypatch.setattr(browserkit.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        browserkit.chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        browserkit.chromium()
