@@ -60,7 +60,8 @@ def predict_command(
         threshold = loaded.predictor.reject_threshold()  # no threshold: one line before any image is read
         recall = (loaded.predictor.reject or {}).get("recall")
         err_console.print(f"--reject: 'unknown' below top-1 probability {threshold:.4f}"
-                          + (f" (keeps {100 * recall:g}% of the validation images)" if recall else ""), soft_wrap=True)
+                          + (f" (chosen on the validation split to keep {100 * recall:g}% of its images)" if recall
+                             else ""), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
         result = api.predict(loaded, [str(p) for p in paths], topk=topk, batch_size=batch_size, workers=workers,
