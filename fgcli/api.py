@@ -43,9 +43,12 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
                  strict: bool = False, workers: int | None = None, min_size: int = 16,
                  max_pixels: int | None = None, demo_size: int = 64, demo_classes: int = 10,
                  demo_per_class: int = 150, download: bool = False, url: Sequence[str] | None = None,
-                 md5: str | None = None, sha256: str | None = None) -> PreparedDataset:
+                 md5: str | None = None, sha256: str | None = None, classes: str | Path | None = None,
+                 exclude_classes: str | Path | None = None) -> PreparedDataset:
     """`fgcli prepare-data FORMAT SRC [--download]`: (download,) check a data set and write its manifest;
-    returns the prepared data set (`fgcli.data.pipeline.summary_table(ds)` renders the command's table)."""
+    returns the prepared data set (`fgcli.data.pipeline.summary_table(ds)` renders the command's table).
+    `classes` / `exclude_classes`: text files with one class name per line to keep / to drop."""
+    from fgcli.data.classes import read_class_list
     from fgcli.data.demo import DemoParams
     from fgcli.data.images import DEFAULT_MAX_PIXELS
     from fgcli.data.prepare import PrepareOptions, prepare_dataset
@@ -54,7 +57,11 @@ def prepare_data(format: str, src: str | Path | None = None, out: str | Path | N
         raise UserError("--url, --md5 and --sha256 only apply with --download.")
     options = PrepareOptions(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, strict=strict,
                              workers=workers, level=level, min_size=min_size,
-                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+                             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+                             classes=read_class_list(classes, "--classes") if classes is not None else None,
+                             exclude_classes=(read_class_list(exclude_classes, "--exclude-classes")
+                                              if exclude_classes is not None else None),
+                             classes_file=str(classes or ""), exclude_classes_file=str(exclude_classes or ""))
     demo = DemoParams(seed=seed, size=demo_size, classes=demo_classes, per_class=demo_per_class)
     if download:
         from fgcli.data.download import download_dataset
@@ -113,17 +120,20 @@ def evaluate(model: str | Path, data: str | None = None, *, split: str = "test",
              device: str = "auto", out: str | Path | None = None, workers: int | None = None,
              ema: bool = True, calibration: bool = True, tta: str | None = None,
              providers: Sequence[str] | None = None, precision: str | None = None,
-             threads: int | None = None) -> EvalRun:
+             threads: int | None = None, ood: str | Path | None = None, confusions: int = 5) -> EvalRun:
     """`fgcli eval MODEL`: a `.pt` (fused output and every head) or an `.onnx` (fused) on a data split; writes
-    the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`). `tta` 'flip': also
-    the mirrored image, its effect reported; `calibration` False: the selective line from raw probabilities.
-    `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO). `threads`: the
-    runtime's intra-op threads (default: its own)."""
+    the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`, `.confusions`, `.ood`).
+    `tta` 'flip': also the mirrored image, its effect reported; `calibration` False: the selective line from raw
+    probabilities. `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO).
+    `threads`: the runtime's intra-op threads (default: its own). `ood`: a folder of images of other classes (or
+    a prepared data set): AUROC / FPR at 95 % TPR of each out-of-distribution score in `.ood`. `confusions`: the
+    most-confused class pairs listed and drawn in confusions.html (0: none)."""
     from fgcli.evaluation import eval_checkpoint
 
     return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
                            workers=workers, use_ema=ema, calibration=calibration, tta=tta,
-                           providers=list(providers) if providers else None, precision=precision, threads=threads)
+                           providers=list(providers) if providers else None, precision=precision, threads=threads,
+                           ood=ood, confusions=confusions)
 
 
 def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int | None = None,
@@ -168,13 +178,15 @@ class Model:
         return self.predictor(images)
 
     def predict(self, images: str | Path | Sequence[str | Path], *, topk: int = 5, batch_size: int = 32,
-                workers: int = 4) -> PredictResult:
-        """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`."""
+                workers: int = 4, reject: bool = False) -> PredictResult:
+        """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`.
+        `reject`: a prediction below the model's rejection threshold is marked (`.rejected`, `.decision` is
+        'unknown')."""
         from fgcli.prediction import collect_images, predict_paths
 
         sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
         return predict_paths(self.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
-                             workers=workers, model=self.path)
+                             workers=workers, model=self.path, reject=reject)
 
     def __repr__(self) -> str:
         info = self.info
@@ -199,8 +211,9 @@ def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path]
             batch_size: int = 32, out: str | Path | None = None, device: str = "auto",
             providers: Sequence[str] | None = None, threads: int | None = None, workers: int = 4,
             ema: bool = True, progress: Any = None, calibration: bool = True, tta: str | None = None,
-            precision: str | None = None) -> PredictResult:
-    """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`)."""
+            precision: str | None = None, reject: bool = False) -> PredictResult:
+    """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`); `reject`:
+    'unknown' (`.rejected`) below the model's rejection threshold."""
     from fgcli.prediction import collect_images, predict_paths, write_output
 
     loaded = model if isinstance(model, Model) else load(model, device=device, providers=providers,
@@ -208,7 +221,7 @@ def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path]
                                                          tta=tta, precision=precision)
     sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
     result = predict_paths(loaded.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
-                           workers=workers, model=loaded.path, progress=progress)
+                           workers=workers, model=loaded.path, progress=progress, reject=reject)
     if out is not None:
         write_output(result, out)
     return result
@@ -248,10 +261,11 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
 
 def calibrate(checkpoint: str | Path, data: str | None = None, *, split: str = "val", batch_size: int = 64,
               device: str = "auto", workers: int | None = None, ema: bool = True,
-              out: str | Path | None = None) -> CalibrateResult:
-    """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature on the val split and write it
-    into the checkpoint (or `out`) atomically; returns the fit (`.record`) and the one it replaced."""
+              out: str | Path | None = None, reject_recall: float | None = None) -> CalibrateResult:
+    """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature and the rejection threshold
+    keeping `reject_recall` of the val images on the val split and write them into the checkpoint (or `out`)
+    atomically; returns the fit (`.record`, the threshold in `.record["reject"]`) and the one it replaced."""
     from fgcli.calibrating import calibrate_checkpoint
 
     return calibrate_checkpoint(checkpoint, data=data, split=split, batch_size=batch_size, device=device,
-                                workers=workers, use_ema=ema, out=out)
+                                workers=workers, use_ema=ema, out=out, reject_recall=reject_recall)

@@ -1,5 +1,5 @@
-"""`fgcli calibrate`: fit (or refit) the temperature of a checkpoint's fused prediction on the validation split
-and write it back into the checkpoint atomically. Training does the same at its end; this is for checkpoints
+"""`fgcli calibrate`: fit (or refit) the temperature of a checkpoint's fused prediction and its rejection threshold
+on the validation split and write them back into the checkpoint atomically. Training does the same at its end; this is for checkpoints
 trained before calibration existed, or to calibrate on other validation data.
 """
 
@@ -34,9 +34,16 @@ class CalibrateResult:
                       f"{100 * r['top1']:.2f}")
         table.add_row("[bold]calibrated[/]", f"[bold]{r['temperature']:.3f}[/]", f"{r['nll_after']:.4f}",
                       f"{100 * r['ece_after']:.2f}", f"{100 * r['top1']:.2f}")
+        caption = []
+        reject = r.get("reject")
+        if isinstance(reject, dict):
+            caption.append(f"rejection threshold {reject['threshold']:.4f} on the calibrated top-1 probability: keeps "
+                           f"{100 * reject['val_recall']:.1f}% of these images (asked {100 * reject['recall']:g}%); "
+                           "`fgcli predict --reject` answers unknown below it")
         if self.previous is not None:
-            table.caption = (f"replaces temperature {float(self.previous['temperature']):.3f} "
-                             f"(fitted on {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
+            caption.append(f"replaces temperature {float(self.previous['temperature']):.3f} "
+                           f"(fitted on {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
+        table.caption = "\n".join(caption) or None
         return table
 
 
@@ -65,12 +72,21 @@ def check_split(split: str) -> None:
                         "biased; use --split val.")
 
 
+def check_recall(recall: float | None) -> None:
+    """--reject-recall is a share of in-distribution images in (0, 1]."""
+    if recall is not None and not 0.0 < recall <= 1.0:
+        raise UserError(f"--reject-recall {recall} must be in (0, 1]: the share of in-distribution (val) images the "
+                        "rejection threshold keeps, e.g. 0.95.")
+
+
 def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str = "val", batch_size: int = 64,
                          device: str = "auto", workers: int | None = None, use_ema: bool = True,
-                         out: str | Path | None = None) -> CalibrateResult:
+                         out: str | Path | None = None, reject_recall: float | None = None) -> CalibrateResult:
     """Fit the temperature of the checkpoint's fused prediction on `split` of `data` (default: the run's own
-    data and the split it validated on) and store it in the checkpoint (or `out`), atomically: an error or a
-    kill during the write leaves the old file intact."""
+    data and the split it validated on) and the rejection threshold keeping `reject_recall` of those images
+    (default: the share the checkpoint's threshold was fitted for, else the run's `train.reject_recall`), and
+    store both in the checkpoint (or `out`), atomically: an error or a kill during the write leaves the old file
+    intact."""
     from fgcli.data.select import resolve_split_data, run_data
     from fgcli.engine.calibration import CHECKPOINT_KEY, ScoreBook, fit_record, stored_calibration
     from fgcli.engine.checkpoint import load_model, save_checkpoint
@@ -78,6 +94,7 @@ def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str
     from fgcli.engine.signals import defer_sigint
 
     check_split(split)
+    check_recall(reject_recall)
     path = resolve_checkpoint(target)
     loaded = load_model(path, device=device, use_ema=use_ema)
     if data is None:
@@ -96,7 +113,12 @@ def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str
         raise UserError(f"--split {split} of {data} gave no images to fit on.")
     ckpt = loaded.checkpoint
     previous = stored_calibration(ckpt)
-    record = fit_record(logits[0], targets, split=split, weights=loaded.weights, source="calibrate")
+    if reject_recall is None:
+        before = (previous or {}).get("reject")
+        reject_recall = float(before["recall"]) if isinstance(before, dict) and before.get("recall") else \
+            float(loaded.config.train.reject_recall)
+    record = fit_record(logits[0], targets, split=split, weights=loaded.weights, source="calibrate",
+                        reject_recall=reject_recall)
     ckpt[CHECKPOINT_KEY] = record
     written = Path(out) if out is not None else path
     with defer_sigint():

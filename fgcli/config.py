@@ -130,6 +130,9 @@ class TrainConfig:
     sync_bn: bool = False  # DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
     find_unused_parameters: bool = False  # DDP: for methods whose heads skip parameters in some steps
     quiet: bool = False
+    # the share of val images the rejection threshold (fitted with the temperature at the end) keeps:
+    # `predict --reject` answers "unknown" below it
+    reject_recall: float = 0.95
 
 
 @dataclass
@@ -309,6 +312,7 @@ def validate(cfg: Config) -> None:
          "sched.cosine_period must be 'after_warmup' or 'whole_run'"),
         (cfg.sched.warmup >= 0, "sched.warmup must be >= 0"),
         (cfg.train.amp_dtype in ("auto", "fp16", "bf16"), "train.amp_dtype must be auto, fp16 or bf16"),
+        (0.0 < cfg.train.reject_recall <= 1.0, "train.reject_recall must be in (0, 1]"),
         (cfg.optim.backbone_lr_scale is None or cfg.optim.backbone_lr_scale >= 0,
          "optim.backbone_lr_scale must be >= 0 (or null for the method's default)"),
         (cfg.model.freeze in ("none", "backbone"), "model.freeze must be 'none' or 'backbone'"),

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fgcli.console import log, progress_bar
+from fgcli.engine.confusions import TOP_PAIRS
 from fgcli.engine.evaluate import EvalResult, evaluate, results_table, write_report
 from fgcli.engine.rundir import default_out_dir
 from fgcli.errors import UserError
@@ -26,6 +27,8 @@ class EvalRun:
     title: str = ""
     device: str = ""
     calibration: Any = None  # fgcli.engine.calibration.CalibrationReport
+    confusions: list[dict[str, Any]] = field(default_factory=list)  # fgcli.engine.confusions.confused_pairs
+    ood: dict[str, Any] | None = None  # metrics.json's `ood` section (fgcli.ood.ood_section), with --ood
 
     def table(self) -> Any:
         """The rich table of the fused output and each head."""
@@ -35,14 +38,32 @@ class EvalRun:
         """The rich table of the fused prediction's reliability before / after calibration (and with TTA)."""
         return calibration_table(self.calibration) if self.calibration is not None else None
 
+    def confusions_table(self) -> Any:
+        """The rich table of the most-confused class pairs."""
+        from fgcli.engine.confusions import pairs_table
+
+        return pairs_table(self.confusions)
+
+    def ood_table(self) -> Any:
+        """The rich table of the --ood separation scores (None without --ood)."""
+        from fgcli.ood import ood_table
+
+        return ood_table(self.ood) if self.ood is not None else None
+
 
 def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", batch_size: int = 64,
                     device: str = "auto", out: str | Path | None = None, workers: int | None = None,
                     use_ema: bool = True, calibration: bool = True, tta: str | None = None,
                     providers: list[str] | None = None, precision: str | None = None,
-                    threads: int | None = None) -> EvalRun:
+                    threads: int | None = None, ood: str | Path | None = None,
+                    confusions: int = TOP_PAIRS) -> EvalRun:
     """Evaluate a `.pt` or `.onnx` on a data split and write metrics.json, per_class_accuracy.csv,
-    confusion_matrix.png and reliability.png into `out` (default runs/eval/<run name>).
+    confusion_matrix.png, reliability.png and confusions.html into `out` (default runs/eval/<run name>).
+
+    `confusions`: how many of the most-confused class pairs go into metrics.json (`confusions`), the printed
+    report and confusions.html (0: none, no page). `ood`: a folder of images of other classes (or a prepared
+    data set, its test split): how well each score separates the split from them (metrics.json `ood`,
+    fgcli.ood).
 
     The fused prediction's calibration (ECE, MCE, NLL, Brier before / after the model's fitted temperature,
     selective accuracy / coverage) goes into metrics.json's `calibration` section; `tta` 'flip' adds the
@@ -57,11 +78,18 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     """
     from fgcli.config import from_dict
     from fgcli.data.select import resolve_split_data, run_data
-    from fgcli.engine.calibration import ScoreBook, stored_temperature
+    from fgcli.engine.calibration import ScoreBook, stored_reject, stored_temperature
     from fgcli.engine.fused import check_tta
 
     path = Path(checkpoint)
     tta = check_tta(tta)
+    if confusions < 0:
+        raise UserError(f"--confusions {confusions} must be >= 0 (0: no confused pairs, no confusions.html).")
+    ood_images = None
+    if ood is not None:  # bad --ood input fails before the long pass over the split
+        from fgcli.ood import find_images
+
+        ood_images = find_images(ood)
     if path.suffix.lower() == ".onnx":  # an exported model: onnxruntime feeds the same metrics and report
         from fgcli.inference import OnnxPredictor
 
@@ -73,6 +101,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         if len(model.session.get_providers()) > 1:
             log.info(f"{model.device}: {model.placement_line()}")
         temperature = model.temperature
+        reject = None if model.reject is None else {**model.reject, "split": "val"}
         if model.graph_tta is not None:
             if tta is not None:
                 log.info(f"{path.name} was exported with --tta {model.graph_tta}: its outputs already average the "
@@ -102,6 +131,9 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         loaded = load_model(path, device=device, use_ema=use_ema)
         model, info, torch_device, data_cfg = loaded.model, loaded.info, loaded.device, loaded.config.data
         temperature = stored_temperature(loaded.checkpoint)
+        reject = stored_reject(loaded.checkpoint)
+        if reject is not None:
+            reject = {**reject, "split": loaded.checkpoint["calibration"].get("split", "val")}
         where = str(torch_device)
         if data is None:
             data = run_data(loaded.config, "--data PATH")
@@ -126,11 +158,74 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     extra = {**extra, "data": str(data), "split": split, "method": info.method, "backbone": info.backbone,
              "device": where, "seconds": round(time.perf_counter() - t0, 3)}
     report = _calibration(book, temperature, tta, calibration) if result.num_samples else None
+    more: dict[str, Any] = {"calibration": report.to_dict()} if report is not None else {}
+    pairs = _pairs(result, info.classes, confusions)
+    more["confusions"] = pairs
+    section = None
+    if ood_images is not None and result.num_samples:
+        section = _ood(model, ood_images, book, info, temperature, reject, split, batch_size,
+                       data_cfg.workers if workers is None else workers, torch_device)
+        more["ood"] = section
     files = write_report(result, info.classes, out_dir, extra={**extra, "tta": tta or "none"}, title=report_title,
-                         more={"calibration": report.to_dict()} if report is not None else None)
+                         more=more)
     if report is not None:
         files["reliability"] = _plot_reliability(report, out_dir / "reliability.png", report_title)
-    return EvalRun(result, out_dir, files, title=f"{title} on {data} [{split}]", device=where, calibration=report)
+    if confusions and result.num_samples:
+        files["confusions_html"] = _confusions_page(
+            out_dir / "confusions.html", pairs, book, chosen, info, temperature,
+            None if torch_device is None else model, torch_device, title=f"What {title} confuses",
+            meta=[f"{path} on the {split} split of {data}: {result.num_samples} images, top-1 {result.top1:.2f}%",
+                  "confidence: " + ("calibrated" if temperature else "uncalibrated (no fitted temperature)")
+                  + " probability of the predicted class"])
+    return EvalRun(result, out_dir, files, title=f"{title} on {data} [{split}]", device=where, calibration=report,
+                   confusions=pairs, ood=section)
+
+
+def _pairs(result: EvalResult, classes: list[str], top: int) -> list[dict[str, Any]]:
+    from fgcli.engine.confusions import confused_pairs
+
+    return confused_pairs(result.confusion, classes, top) if top and result.num_samples else []
+
+
+def _ood(model: Any, images: Any, book: Any, info: Any, temperature: float | None, reject: dict[str, Any] | None,
+         split: str, batch_size: int, workers: int, device: Any) -> dict[str, Any]:
+    """Score the --ood images and compare them with the split's (fgcli.ood)."""
+    from fgcli.ood import ood_section, score_images
+
+    log.info(f"--ood: scoring {len(images.paths)} images of {images.where}")
+    with progress_bar() as bar:
+        task = bar.add_task("eval --ood", total=len(images.paths))
+        scored = score_images(model, images, info.preprocess, len(info.classes), batch_size=batch_size,
+                              workers=workers, device=device, progress=lambda n: bar.advance(task, n))
+    section = ood_section(book, scored, temperature=temperature, reject=reject, classes=info.classes, split=split)
+    for warning in section["warnings"]:
+        log.warning(f"--ood: {warning}")
+    return section
+
+
+def _confusions_page(path: Path, pairs: list[dict[str, Any]], book: Any, chosen: Any, info: Any,
+                     temperature: float | None, model: Any, device: Any, title: str, meta: list[str]) -> Path:
+    """confusions.html: the split's images of each pair with their predictions (and attention maps for a .pt)."""
+    import numpy as np
+
+    from fgcli.data.dataset import ManifestDataset
+    from fgcli.engine.calibration import calibrated_probs
+    from fgcli.viz.confusions import write_page
+
+    logits, probs, targets = book.arrays()
+    shown = probs[0] if probs is not None else calibrated_probs(logits[0], temperature or 1.0)
+    preds = np.asarray(logits[0]).argmax(axis=1)
+    top = np.asarray(shown)[np.arange(len(preds)), preds]
+    samples = chosen.samples[:len(preds)]
+    failed = set(getattr(chosen.loader.dataset, "failed_paths", []))
+    usable = np.array([s.path not in failed for s in samples], dtype=bool)
+    source = ManifestDataset(samples, chosen.dataset.source_root, crop_bottom=int(chosen.dataset.crop_bottom or 0))
+    note = "" if model is not None else ("no attention maps: an exported .onnx file holds only the fused "
+                                         "prediction; evaluate the .pt checkpoint to see where the model looks")
+    return write_page(path, pairs, labels=np.asarray(targets), preds=preds, probs=top, usable=usable,
+                      names=[s.path for s in samples], load=source.load, classes=info.classes,
+                      pre=info.preprocess, title=title, meta=meta, model=model, method=info.method, device=device,
+                      temperature=temperature or 1.0, note=note)
 
 
 def _calibration(book: Any, temperature: float | None, tta: str | None, calibration: bool) -> Any:

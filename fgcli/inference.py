@@ -319,6 +319,10 @@ class Predictor:
     tta: str | None = None
     #: the inference precision (fp32; bf16 on OpenVINO when asked)
     precision: str = "fp32"
+    #: the stored rejection threshold on the top-1 calibrated probability (threshold, recall, ...) or None, and
+    #: why there is none (the one-line error `--reject` gives)
+    reject: dict[str, Any] | None = None
+    reject_missing: str = ""
 
     @property
     def device(self) -> str:
@@ -332,6 +336,12 @@ class Predictor:
     def calibration_note(self) -> str:
         """One line saying which probabilities are shown (see `fgcli.engine.fused`)."""
         return calibration_note(self.temperature, self.calibrated, self.tta)
+
+    def reject_threshold(self) -> float:
+        """The stored rejection threshold; a one-line error saying how to fit one when there is none."""
+        if self.reject is None:
+            raise UserError(self.reject_missing or "this model has no rejection threshold.")
+        return float(self.reject["threshold"])
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.float32)
@@ -387,6 +397,14 @@ class OnnxPredictor(Predictor):
         self.calibrated = bool(calibration and self.temperature)
         self.graph_tta = check_tta(self.info.extra.get("tta"))
         self._raw = not calibration and self.temperature is not None  # the graph's probs are calibrated
+        stored = self.info.extra.get("reject_threshold")
+        record = {"threshold": float(stored), "recall": _float(self.info.extra.get("reject_recall"))} \
+            if stored else None
+        self.reject, self.reject_missing = reject_state(
+            record, self.calibrated, self.temperature,
+            f"{self.path} has no rejection threshold in its metadata: fit one on the validation split with `fgcli "
+            "calibrate CHECKPOINT` (--reject-recall sets the share of in-distribution images kept), then export "
+            "again.")
         self._extra_views = check_tta(tta) if self.graph_tta is None else None
         self.tta = self.graph_tta or self._extra_views
 
@@ -440,7 +458,7 @@ class TorchPredictor(Predictor):
         uncalibrated probabilities; `tta` 'flip': average the image and its mirror (fgcli.engine.fused)."""
         import torch
 
-        from fgcli.engine.calibration import stored_temperature
+        from fgcli.engine.calibration import stored_reject, stored_temperature
         from fgcli.engine.checkpoint import load_model
         from fgcli.engine.fused import FusedPrediction
 
@@ -456,6 +474,10 @@ class TorchPredictor(Predictor):
         self.calibrated = bool(calibration and self.temperature)
         self.fused = FusedPrediction(self.model, self.temperature if self.calibrated else 1.0, tta)
         self.tta = self.fused.tta
+        self.reject, self.reject_missing = reject_state(
+            stored_reject(self.ckpt), self.calibrated, self.temperature,
+            f"{self.path} has no rejection threshold: fit one on the validation split with `fgcli calibrate "
+            f"{self.path}` (--reject-recall sets the share of in-distribution images kept, default 0.95).")
 
     @property
     def device(self) -> str:
@@ -468,6 +490,26 @@ class TorchPredictor(Predictor):
             x = torch.from_numpy(images).to(self.torch_device)
             logits, probs = self.fused(x)
         return logits.float().cpu().numpy(), probs.float().cpu().numpy()
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def reject_state(record: dict[str, Any] | None, calibrated: bool, temperature: float | None,
+                 missing: str) -> tuple[dict[str, Any] | None, str]:
+    """(the rejection threshold in use, or None; why there is none). The threshold was chosen on calibrated
+    probabilities, so it applies only when they are shown."""
+    if record is None:
+        return None, missing
+    if not calibrated:
+        why = ("--no-calibration" if temperature else "the model has no fitted temperature")
+        return None, (f"--reject compares the calibrated top-1 probability with the stored threshold, but {why}: "
+                      "drop --no-calibration (or refit with `fgcli calibrate`).")
+    return dict(record), ""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -25,12 +25,23 @@ from fgcli.inference import Predictor
 _GLOB_CHARS = set("*?[")
 
 
+#: what `--reject` answers for an image whose top-1 probability is below the model's rejection threshold
+UNKNOWN = "unknown"
+
+
 @dataclass
 class Prediction:
-    """The top-k classes of one image: (class name, class index, probability), most likely first."""
+    """The top-k classes of one image: (class name, class index, probability), most likely first; `rejected`:
+    its top-1 probability is below the model's rejection threshold (only with `reject`)."""
 
     path: str
     top: list[tuple[str, int, float]]
+    rejected: bool = False
+
+    @property
+    def decision(self) -> str:
+        """The answer: the top-1 class, or 'unknown' when rejected."""
+        return UNKNOWN if self.rejected else self.top[0][0]
 
 
 @dataclass
@@ -43,6 +54,7 @@ class PredictResult:
     topk: int
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    reject_threshold: float | None = None  # with `reject`: the stored threshold the top-1 probability is held to
 
 
 def _is_image(path: Path) -> bool:
@@ -105,16 +117,20 @@ def _try(load: Callable[[Path], np.ndarray], path: Path) -> tuple[np.ndarray | N
 
 
 def predict_paths(predictor: Predictor, paths: Sequence[Path], topk: int = 5, batch_size: int = 32,
-                  workers: int = 4, model: str = "",
-                  progress: Callable[[int], None] | None = None) -> PredictResult:
-    """Classify `paths` in batches; decoding runs on `workers` threads; unreadable files go to `skipped`."""
+                  workers: int = 4, model: str = "", progress: Callable[[int], None] | None = None,
+                  reject: bool = False) -> PredictResult:
+    """Classify `paths` in batches; decoding runs on `workers` threads; unreadable files go to `skipped`.
+    `reject`: an image whose top-1 probability is below the model's stored rejection threshold is marked
+    `rejected` (its answer is 'unknown'; its probabilities stay listed)."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be >= 1.")
     if topk < 1:
         raise UserError(f"--topk {topk} must be >= 1.")
+    threshold = predictor.reject_threshold() if reject else None
     classes = predictor.info.classes
     k = min(topk, len(classes))
-    result = PredictResult(model=model, backend=predictor.backend, device=predictor.device, topk=k)
+    result = PredictResult(model=model, backend=predictor.backend, device=predictor.device, topk=k,
+                           reject_threshold=threshold)
     load = make_loader(predictor)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
@@ -131,22 +147,26 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], topk: int = 5, ba
                 order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
                 for path, row, idx in zip(ok, probs, order, strict=True):
                     result.predictions.append(Prediction(str(path), [(classes[i], int(i), float(row[i]))
-                                                                     for i in idx]))
+                                                                     for i in idx],
+                                                         rejected=bool(threshold is not None
+                                                                       and row[idx[0]] < threshold)))
             if progress is not None:
                 progress(len(chunk))
     return result
 
 
 def to_csv(result: PredictResult) -> str:
-    """path, class_1, prob_1, ..., class_k, prob_k (one row per readable image)."""
+    """path, [decision,] class_1, prob_1, ..., class_k, prob_k (one row per readable image; `decision`, the top-1
+    class or 'unknown', only with --reject)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    header = ["path"]
+    rejecting = result.reject_threshold is not None
+    header = ["path"] + (["decision"] if rejecting else [])
     for i in range(1, result.topk + 1):
         header += [f"class_{i}", f"prob_{i}"]
     writer.writerow(header)
     for p in result.predictions:
-        row: list[Any] = [p.path]
+        row: list[Any] = [p.path] + ([p.decision] if rejecting else [])
         for name, _, prob in p.top:
             row += [name, f"{prob:.6f}"]
         writer.writerow(row)
@@ -154,11 +174,17 @@ def to_csv(result: PredictResult) -> str:
 
 
 def to_json(result: PredictResult) -> str:
-    """The whole result (model, backend, predictions with class indices, skipped files) as JSON."""
-    data = {"model": result.model, "backend": result.backend, "device": result.device, "topk": result.topk,
-            "predictions": [{"path": p.path, "top": [{"class": n, "index": i, "prob": round(pr, 6)}
-                                                     for n, i, pr in p.top]} for p in result.predictions],
-            "skipped": [{"path": path, "error": reason} for path, reason in result.skipped]}
+    """The whole result (model, backend, predictions with class indices, skipped files; with --reject the
+    threshold and each image's decision) as JSON."""
+    rejecting = result.reject_threshold is not None
+    data: dict[str, Any] = {"model": result.model, "backend": result.backend, "device": result.device,
+                            "topk": result.topk}
+    if rejecting:
+        data["reject_threshold"] = result.reject_threshold
+    data["predictions"] = [{"path": p.path, **({"decision": p.decision} if rejecting else {}),
+                            "top": [{"class": n, "index": i, "prob": round(pr, 6)} for n, i, pr in p.top]}
+                           for p in result.predictions]
+    data["skipped"] = [{"path": path, "error": reason} for path, reason in result.skipped]
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -176,14 +202,24 @@ def write_output(result: PredictResult, out: str | Path) -> Path:
 
 def results_table(result: PredictResult, limit: int = 50) -> Any:
     """A rich table: one row per image with its top-k classes and probabilities (first `limit` images)."""
+    from rich.markup import escape
     from rich.table import Table
 
+    rejecting = result.reject_threshold is not None
     table = Table(title=f"Predictions ({result.backend}, {result.device})")
     table.add_column("image", overflow="fold")
+    if rejecting:
+        table.add_column("answer")
     for i in range(1, result.topk + 1):
         table.add_column(f"top-{i}" if result.topk > 1 else "class")
     for p in result.predictions[:limit]:
-        table.add_row(p.path, *[f"{name} [dim]{100 * prob:.1f}%[/]" for name, _, prob in p.top])
+        answer = [f"[bold red]{UNKNOWN}[/]" if p.rejected else escape(p.decision)] if rejecting else []
+        table.add_row(p.path, *answer, *[f"{escape(name)} [dim]{100 * prob:.1f}%[/]" for name, _, prob in p.top])
     more = len(result.predictions) - limit
-    table.caption = f"{len(result.predictions)} images" + (f" ({more} more not shown: use --out)" if more > 0 else "")
+    caption = f"{len(result.predictions)} images" + (f" ({more} more not shown: use --out)" if more > 0 else "")
+    if rejecting:
+        unknown = sum(p.rejected for p in result.predictions)
+        caption += (f"; {unknown} answered {UNKNOWN}: top-1 probability below the rejection threshold "
+                    f"{result.reject_threshold:.4f} (chosen on the validation split)")
+    table.caption = caption
     return table

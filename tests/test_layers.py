@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inference", ("fgcli.inference", "fgcli.timing")),
     # a method's viz panels live in its folder but belong to the viz layer
     ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction", "fgcli.methods.*.viz",
-               "fgcli.calibrating")),
+               "fgcli.calibrating", "fgcli.ood")),
     ("bench", ("fgcli.benchmark",)),
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),

@@ -20,21 +20,25 @@ def calibrate_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Loader workers (default: the run's)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Fit for the EMA weights when the checkpoint has them."),
+    reject_recall: float | None = typer.Option(None, "--reject-recall", min=0.0, max=1.0,
+                                               help="Share of the val images the rejection threshold keeps (default: "
+                                                    "the checkpoint's, else the run's train.reject_recall, 0.95)."),
 ) -> None:
-    """Fit the temperature of a checkpoint's fused prediction on the val split; store it in the checkpoint.
+    """Fit the temperature of a checkpoint's fused prediction and its rejection threshold on the val split; store them in the checkpoint.
 
-    The write is atomic. predict, eval, export and viz then show calibrated probabilities. Training does this at its end; use it for checkpoints trained before, or to refit on other data.
+    The write is atomic. predict, eval, export and viz then show calibrated probabilities; `predict --reject` answers unknown below the threshold. Training does this at its end; use it for checkpoints trained before, to refit on other data or for another --reject-recall.
 
     Examples:
       fgcli calibrate runs/train/exp
       fgcli calibrate old/best.pt --data ./CUB_200_2011 --split val
       fgcli calibrate best.pt --out best.calibrated.pt
+      fgcli calibrate best.pt --reject-recall 0.99
     """
     from fgcli import api
     from fgcli.console import console
 
     result = api.calibrate(target, data, split=split, batch_size=batch_size, device=device, workers=workers,
-                           ema=ema, out=out)
+                           ema=ema, out=out, reject_recall=reject_recall)
     console.print(result.table())
     console.print(f"wrote {result.written}  next: fgcli eval {result.written}  |  fgcli export {result.written} "
                   "--onnx")

@@ -27,10 +27,17 @@ def eval_command(
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="Intra-op threads of onnxruntime / OpenVINO (.onnx) or torch (.pt); "
                                             "default: the runtime's own."),
+    ood: str | None = typer.Option(None, "--ood", metavar="DIR",
+                                   help="Images of classes the model was not trained on (a folder, searched "
+                                        "recursively, or a prepared data set: its test split): AUROC and FPR at 95% "
+                                        "TPR of each score separating them from the split."),
+    confusions: int = typer.Option(5, "--confusions", min=0,
+                                   help="Most-confused class pairs to report and draw in confusions.html (0: "
+                                        "none)."),
 ) -> None:
     """Evaluate a checkpoint on a split: top-1/top-5 fused and per head, per-class accuracy, confusion matrix.
 
-    Also the fused prediction's calibration: ECE / MCE / NLL / Brier before and after, reliability.png, selective prediction.
+    Also the fused prediction's calibration: ECE / MCE / NLL / Brier before and after, reliability.png, selective prediction; the most-confused class pairs, drawn in confusions.html (test images, predictions, attention maps); with --ood, how well the model tells its classes from others.
 
     Examples:
       fgcli eval runs/train/exp/weights/best.pt                      # the data it was trained on
@@ -38,6 +45,7 @@ def eval_command(
       fgcli eval runs/train/exp/weights/best.pt --data ./CUB_200_2011 --split test --out reports/cub
       fgcli eval best.pt --tta flip
       fgcli eval best.onnx --data ./flowers102 --providers openvino --precision bf16
+      fgcli eval best.pt --ood ./photos_of_other_species/
     """
     from fgcli import api
     from fgcli.console import console
@@ -45,9 +53,14 @@ def eval_command(
     run = api.evaluate(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
                        workers=workers, ema=ema, calibration=calibration, tta=tta,
                        providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-                       precision=precision, threads=threads)
+                       precision=precision, threads=threads, ood=ood, confusions=confusions)
     console.print(run.table())
     if run.calibration is not None:
         console.print(run.calibration_table())
-    files = [run.files[k] for k in ("metrics", "per_class", "confusion", "reliability") if k in run.files]
+    if confusions:
+        console.print(run.confusions_table())
+    if run.ood is not None:
+        console.print(run.ood_table())
+    files = [run.files[k] for k in ("metrics", "per_class", "confusion", "reliability", "confusions_html")
+             if k in run.files]
     console.print(f"report: {', '.join(str(f) for f in files)}")

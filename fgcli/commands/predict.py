@@ -27,6 +27,10 @@ def predict_command(
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and its "
                                                  "mirror, after calibration). An .onnx exported with --tta flip "
                                                  "already does it."),
+    reject: bool = typer.Option(False, "--reject",
+                                help="Answer 'unknown' (probabilities still shown) when the top-1 probability is below "
+                                     "the model's rejection threshold (fitted on val by training or `fgcli "
+                                     "calibrate --reject-recall`)."),
 ) -> None:
     """Classify images with a checkpoint or an .onnx file: a table of top-k classes, optional CSV / JSON.
 
@@ -37,6 +41,7 @@ def predict_command(
       fgcli predict best.pt 'photos/**/*.jpg' --topk 3 --out predictions.csv
       fgcli predict best.pt bird.jpg --tta flip --no-calibration
       fgcli predict best.onnx photos/ --providers openvino --precision bf16
+      fgcli predict best.onnx field_photos/ --reject --out answers.csv
     """
     from fgcli import api
     from fgcli.console import console, err_console, progress_bar
@@ -51,10 +56,16 @@ def predict_command(
     if provider_list and hasattr(loaded.predictor, "placement_line"):
         err_console.print(loaded.predictor.placement_line(), soft_wrap=True)
     err_console.print(loaded.predictor.calibration_note(), soft_wrap=True)
+    if reject:
+        threshold = loaded.predictor.reject_threshold()  # no threshold: one line before any image is read
+        recall = (loaded.predictor.reject or {}).get("recall")
+        err_console.print(f"--reject: 'unknown' below top-1 probability {threshold:.4f}"
+                          + (f" (chosen on the validation split to keep {100 * recall:g}% of its images)" if recall
+                             else ""), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
         result = api.predict(loaded, [str(p) for p in paths], topk=topk, batch_size=batch_size, workers=workers,
-                             out=out, progress=lambda n: bar.advance(task, n))
+                             out=out, progress=lambda n: bar.advance(task, n), reject=reject)
     if result.predictions:
         console.print(results_table(result))
     for path, reason in result.skipped:

@@ -11,6 +11,7 @@ _SPLITS = "Splits"
 _CHECKS = "Image checks"
 _DEMO = "Demo data set"
 _DOWNLOAD = "Download"
+_CLASSES = "Classes"
 
 
 @handle_errors
@@ -54,6 +55,11 @@ def prepare_data_command(
                                       help="Expected MD5 of the file given with --url (replaces the published one)."),
     sha256: str | None = typer.Option(None, "--sha256", rich_help_panel=_DOWNLOAD,
                                          help="Expected SHA-256 of the file given with --url."),
+    classes: str | None = typer.Option(None, "--classes", metavar="FILE", rich_help_panel=_CLASSES,
+                                       help="Keep only the classes named in FILE (one name per line)."),
+    exclude_classes: str | None = typer.Option(None, "--exclude-classes", metavar="FILE", rich_help_panel=_CLASSES,
+                                               help="Drop the classes named in FILE (one name per line), e.g. to keep "
+                                                    "them as images the model never saw (eval --ood)."),
 ) -> None:
     """Check a data set and write its manifest: dataset.yaml, train/val/test.csv, bad_images.csv.
 
@@ -66,6 +72,7 @@ def prepare_data_command(
       fgcli prepare-data imagefolder ./my_photos --out ./my_photos_prepared
       fgcli prepare-data csv ./labels.csv --val-fraction 0.2
       fgcli prepare-data demo ./demo_data
+      fgcli prepare-data cub ./CUB_200_2011 --exclude-classes held_out.txt --out ./cub_known
     """
     from fgcli import api
 
@@ -73,7 +80,7 @@ def prepare_data_command(
                                 level=level, strict=strict, workers=workers, min_size=min_size,
                                 max_pixels=max_pixels, demo_size=demo_size, demo_classes=demo_classes,
                                 demo_per_class=demo_per_class, download=download, url=url, md5=md5,
-                                sha256=sha256)
+                                sha256=sha256, classes=classes, exclude_classes=exclude_classes)
     if not settings.quiet:
         from fgcli.data.pipeline import summary_table
 

@@ -49,6 +49,10 @@ class PrepareOptions:
     level: str | None = None  # aircraft: variant | family | manufacturer
     min_size: int = DEFAULT_MIN_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    classes: list[str] | None = None  # keep only these classes (fgcli.data.classes); None = all
+    exclude_classes: list[str] | None = None  # drop these classes
+    classes_file: str = ""  # where the two lists came from (for messages only)
+    exclude_classes_file: str = ""
 
     def validate(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -65,8 +69,11 @@ class PrepareOptions:
     def identity(self) -> dict[str, Any]:
         """The options that change the output (workers and strictness do not)."""
         d = asdict(self)
-        for key in ("workers", "strict"):
+        for key in ("workers", "strict", "classes_file", "exclude_classes_file"):
             d.pop(key)
+        for key in ("classes", "exclude_classes"):  # older fingerprints (no selection) stay valid
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
@@ -112,7 +119,12 @@ def prepare_demo(target: Path, params: DemoParams, options: PrepareOptions, fing
 
 
 def finish(raw: RawDataset, out: Path, options: PrepareOptions, fingerprint: str | None = None) -> PreparedDataset:
-    """Check images, make the splits and write the prepared folder for an already-read data set."""
+    """Check images, make the splits and write the prepared folder for an already-read data set (only the classes
+    `options` keeps, when it names some)."""
+    from fgcli.data.classes import select_classes
+
+    raw = select_classes(raw, options.classes, options.exclude_classes, options.classes_file,
+                         options.exclude_classes_file)
     _check_out(raw, out)
     splits = _dedupe(raw)
     paths = sorted({s.path for samples in splits.values() for s in samples})

@@ -62,6 +62,10 @@ def resolve_split(dataset: Any, split: str, data: str) -> list:
     """The samples of `split`, with a clear error listing the splits that exist."""
     available = [k for k, v in getattr(dataset, "splits", {}).items() if v]
     samples = list(dataset.splits.get(split) or [])
+    if not samples and split == "val":
+        raise UserError(f"--split val: the data at {data} has no validation split (splits: "
+                        f"{', '.join(available) or '(none)'}), and the temperature and rejection threshold are never "
+                        "fitted on test. Prepare it with one: `fgcli prepare-data FORMAT SRC --val-fraction 0.1`.")
     if not samples:
         raise UserError(f"--split {split}: the data at {data} has no '{split}' images. Available splits: "
                         f"{', '.join(available) or '(none)'}.")

@@ -23,6 +23,8 @@ import numpy as np
 BINS = 15
 THRESHOLDS = (0.5, 0.8, 0.9)
 LOG_T_BOUNDS = (-6.0, 6.0)  # T in [0.0025, 403]
+#: the share of validation images the stored rejection threshold keeps, unless asked otherwise
+REJECT_RECALL = 0.95
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -168,31 +170,53 @@ def stored_temperature(ckpt: dict[str, Any]) -> float | None:
     return None if record is None else float(record["temperature"])
 
 
-def fit_record(logits: Any, targets: Any, *, split: str, weights: str = "", source: str = "") -> dict[str, Any]:
+def fit_record(logits: Any, targets: Any, *, split: str, weights: str = "", source: str = "",
+               reject_recall: float | None = REJECT_RECALL) -> dict[str, Any]:
     """Fit T on the fused logits of `split` and describe the fit: the checkpoint's `calibration` entry.
 
     Keys: temperature, split, num_images, weights (ema / model), source (train / calibrate), nll_before,
-    nll_after, ece_before, ece_after, top1 (fraction, the same before and after), date.
+    nll_after, ece_before, ece_after, top1 (fraction, the same before and after), date, and `reject` (the
+    rejection threshold on the max calibrated probability that keeps `reject_recall` of these images:
+    fgcli.engine.ood.fit_reject; absent when `reject_recall` is None).
     """
     import datetime as _dt
+
+    from fgcli.engine.ood import fit_reject
 
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(targets, dtype=np.int64)
     temperature = fit_temperature(z, y)
+    calibrated = calibrated_probs(z, temperature)
     before = reliability(calibrated_probs(z, 1.0), y)
-    after = reliability(calibrated_probs(z, temperature), y)
-    return {"temperature": float(temperature), "split": str(split), "num_images": int(len(y)),
-            "weights": str(weights), "source": str(source),
-            "nll_before": before.nll, "nll_after": after.nll, "ece_before": before.ece, "ece_after": after.ece,
-            "top1": before.accuracy,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    after = reliability(calibrated, y)
+    record = {"temperature": float(temperature), "split": str(split), "num_images": int(len(y)),
+              "weights": str(weights), "source": str(source),
+              "nll_before": before.nll, "nll_after": after.nll, "ece_before": before.ece, "ece_after": after.ece,
+              "top1": before.accuracy,
+              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if reject_recall is not None:
+        record["reject"] = fit_reject(calibrated, reject_recall)
+    return record
+
+
+def stored_reject(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's rejection threshold (`reject` of its calibration record), or None when it has none."""
+    record = stored_calibration(ckpt)
+    reject = record.get("reject") if record is not None else None
+    return reject if isinstance(reject, dict) and reject.get("threshold") is not None else None
 
 
 def record_line(record: dict[str, Any]) -> str:
-    """One line: 'T 1.234 on 1020 val images: NLL 0.91 -> 0.62, ECE 12.3% -> 2.1%'."""
-    return (f"T {record['temperature']:.3f} on {record['num_images']} {record['split']} images: NLL "
+    """One line: 'T 1.234 on 1020 val images: NLL 0.91 -> 0.62, ECE 12.3% -> 2.1%; reject below 0.41 (keeps
+    95.0%)'."""
+    line = (f"T {record['temperature']:.3f} on {record['num_images']} {record['split']} images: NLL "
             f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {100 * record['ece_before']:.2f}% -> "
             f"{100 * record['ece_after']:.2f}%")
+    reject = record.get("reject")
+    if isinstance(reject, dict):
+        line += (f"; rejection threshold {reject['threshold']:.4f} (keeps {100 * reject['val_recall']:.1f}% of "
+                 f"them, asked {100 * reject['recall']:g}%)")
+    return line
 
 
 # -- the scores of an evaluation pass, kept for calibration ----------------------------------------------
@@ -215,17 +239,23 @@ class ScoreBook:
         self._logits: list[list[np.ndarray]] = []  # per view, one chunk per batch
         self._probs: list[list[np.ndarray]] | None = None
         self._targets: list[np.ndarray] = []
+        self._extra: dict[str, list[np.ndarray]] = {}  # per-image values of the plain view (head agreement, ...)
 
-    def add(self, logits: list[Any], targets: Any, probs: list[Any] | None = None) -> None:
-        """One batch: `logits` (and `probs`) hold one B x C array per view."""
+    def add(self, logits: list[Any], targets: Any, probs: list[Any] | None = None,
+            extra: dict[str, Any] | None = None) -> None:
+        """One batch: `logits` (and `probs`) hold one B x C array per view; `extra` one B-vector per name
+        (every batch gives the same names)."""
         if not self._logits:
             self._logits = [[] for _ in logits]
             self._probs = [[] for _ in logits] if probs is not None else None
+            self._extra = {name: [] for name in extra or {}}
         for chunks, view in zip(self._logits, logits, strict=True):
             chunks.append(_np(view).astype(np.float32))
         if self._probs is not None and probs is not None:
             for chunks, view in zip(self._probs, probs, strict=True):
                 chunks.append(_np(view).astype(np.float32))
+        for name, chunks in self._extra.items():
+            chunks.append(_np((extra or {})[name]).astype(np.float64).reshape(-1))
         self._targets.append(_np(targets).astype(np.int64).reshape(-1))
 
     @property
@@ -239,17 +269,22 @@ class ScoreBook:
         """Plain arrays (to gather from several processes and `extend` one book with the others)."""
         return {"logits": [np.concatenate(c) for c in self._logits] if len(self) else [],
                 "probs": [np.concatenate(c) for c in self._probs] if self._probs is not None and len(self) else None,
-                "targets": np.concatenate(self._targets) if self._targets else np.zeros(0, dtype=np.int64)}
+                "targets": np.concatenate(self._targets) if self._targets else np.zeros(0, dtype=np.int64),
+                "extra": {name: np.concatenate(c) for name, c in self._extra.items()} if len(self) else {}}
 
     def extend(self, state: dict[str, Any]) -> None:
         """Add another book's `state()`."""
         if len(state["targets"]):
-            self.add(state["logits"], state["targets"], state["probs"])
+            self.add(state["logits"], state["targets"], state["probs"], state.get("extra") or None)
 
     def arrays(self) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
         """(raw logits per view, calibrated probabilities per view or None, targets)."""
         s = self.state()
         return s["logits"], s["probs"], s["targets"]
+
+    def extras(self) -> dict[str, np.ndarray]:
+        """The per-image values added with `extra` (e.g. fgcli.engine.ood.head_scores), by name."""
+        return self.state()["extra"]
 
 
 def _summary(rel: Reliability) -> dict[str, float]:

@@ -139,9 +139,11 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable, device: torch.devic
     metrics are kept only for methods with more than one head (a single head is the fused output). Pass
     `heads` (the names) so that every process of a distributed run builds the same accumulator. `scores`
     (a `calibration.ScoreBook`) also keeps every image's fused logits, of each view of `tta` ('flip' adds the
-    mirrored image; the metrics counted here are those of the plain view).
+    mirrored image; the metrics counted here are those of the plain view), and with several heads their
+    agreement with the fused prediction (`fgcli.engine.ood.head_scores`, plain view).
     """
     from fgcli.engine.checkpoint import unwrap_model
+    from fgcli.engine.ood import head_scores
 
     method = unwrap_model(model)
     was_training = model.training
@@ -157,11 +159,12 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable, device: torch.devic
                                 enabled=amp_dtype is not None):
                 outputs = model(images)
             fused = method.fuse(outputs).float()
-            if scores is not None:
-                scores.add([fused, *_other_views(model, method, images, tta, device, amp_dtype)], targets)
             head_logits = {k: v.float() for k, v in method.heads(outputs).items()}
             if len(head_logits) < 2:
                 head_logits = {}
+            if scores is not None:
+                scores.add([fused, *_other_views(model, method, images, tta, device, amp_dtype)], targets,
+                           extra=head_scores(fused, head_logits) if head_logits else None)
             if acc is None:
                 acc = MetricAccumulator(num_classes, heads=list(head_logits))
             acc.update(fused, targets, head_logits)

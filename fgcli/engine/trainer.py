@@ -498,8 +498,9 @@ class Trainer:
                                             f"{self.cfg.data.val_split} split")
             self._calibrate(result, scores)
         elif self.main and self.data.val_loader is None:
-            log.warning("no validation split: the model's probabilities stay uncalibrated (no temperature fitted). "
-                        "Set data.val_fraction > 0, or run `fgcli calibrate` with data that has a val split.")
+            log.warning("no validation split: the model's probabilities stay uncalibrated (no temperature and no "
+                        "rejection threshold fitted). Set data.val_fraction > 0, or run `fgcli calibrate` with data "
+                        "that has a val split.")
         if self.main and self.trackers is not None:
             self.trackers.finish(self.run_dir)
         # Leave together: a rank that tears its gloo group down while rank 0 still prints can make the peer's
@@ -528,7 +529,8 @@ class Trainer:
                 merged = ScoreBook()
                 for state in states:
                     merged.extend(state)
-                record = store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"))
+                record = store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"),
+                                           reject_recall=self.cfg.train.reject_recall)
                 if path == result.best:
                     result.calibration = record
 
@@ -583,9 +585,11 @@ class Trainer:
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
 
 
-def store_calibration(path: Path, scores: Any, split: str, source: str = "train") -> dict[str, Any] | None:
-    """Fit the temperature of the fused logits in `scores` and write it into the checkpoint at `path`
-    (atomically); returns the record, or None (with a warning) when there is nothing to fit on."""
+def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
+                      reject_recall: float | None = 0.95) -> dict[str, Any] | None:
+    """Fit the temperature of the fused logits in `scores` (and the rejection threshold keeping `reject_recall`
+    of those images) and write it into the checkpoint at `path` (atomically); returns the record, or None (with
+    a warning) when there is nothing to fit on."""
     from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
     from fgcli.engine.checkpoint import load_checkpoint
 
@@ -594,7 +598,8 @@ def store_calibration(path: Path, scores: Any, split: str, source: str = "train"
         log.warning(f"no validation images were scored: {path.name} stays uncalibrated")
         return None
     ckpt = load_checkpoint(path)
-    record = fit_record(logits[0], targets, split=split, weights="ema" if ckpt.get("ema") else "model", source=source)
+    record = fit_record(logits[0], targets, split=split, weights="ema" if ckpt.get("ema") else "model", source=source,
+                        reject_recall=reject_recall)
     ckpt[CHECKPOINT_KEY] = record
     with defer_sigint():
         save_checkpoint(path, ckpt)

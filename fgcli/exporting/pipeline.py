@@ -225,7 +225,8 @@ def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
 
 def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None) -> dict[str, str]:
     """Metadata keys: `temperature` (only when `probs` are calibrated), `calibration` (the checkpoint's fit, JSON),
-    `tta` (none / flip) and `outputs` (what logits and probs are)."""
+    `reject_threshold` / `reject_recall` (the stored rejection threshold on the top-1 of `probs`, only when they
+    are calibrated), `tta` (none / flip) and `outputs` (what logits and probs are)."""
     from fgcli.engine.calibration import stored_calibration
 
     record = stored_calibration(ckpt)
@@ -234,6 +235,11 @@ def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None
     if calibrated and record is not None:
         out["temperature"] = repr(float(record["temperature"]))
         out["calibration"] = json.dumps(record)
+        reject = record.get("reject")
+        if isinstance(reject, dict) and reject.get("threshold") is not None:
+            # `predict --reject` answers "unknown" when the top-1 of `probs` is below it (chosen on val)
+            out["reject_threshold"] = repr(float(reject["threshold"]))
+            out["reject_recall"] = repr(float(reject["recall"]))
         probs = f"softmax(fused / temperature){flip}, averaged over the views" if tta else \
             "softmax(logits / temperature), calibrated"
     else:

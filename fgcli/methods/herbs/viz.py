@@ -14,6 +14,9 @@ from fgcli.viz.maps import ImageMaps, maxnorm, minmax, to_numpy
 from fgcli.viz.panels import heat_panel, input_panel
 from fgcli.viz.render import Canvas, ImageInfo, Panel, _short, topk_panel
 
+#: the one map eval's confusions.html shows per image: the product of the stage score maps
+SUMMARY_MAP = "score_prod"
+
 
 def herbs_stages(out: dict[str, torch.Tensor]) -> list[int]:
     """The stage numbers present in a HERBS attention output (1..4)."""
