@@ -9,6 +9,7 @@ Points (epochs and batches are 1-based; k counts writes of that file name in thi
   rename:NAME:K     after the K-th write of NAME is complete in its temp file, before the rename
   after:NAME:K      right after the K-th write of NAME was renamed into place
   rank:R:E:B        like step:E:B, but only in the process with RANK == R (torchrun)
+  epoch:RUN:E       right after epoch E of the run whose folder is named RUN is saved (e.g. a tune trial_001)
 Writes are those of fgcli.io.atomic_open (checkpoints, results.csv/png, args.yaml, manifests, ONNX files).
 """
 
@@ -33,6 +34,8 @@ def arm(point: str) -> None:
         _arm_step(*args) if kind == "step" else _arm_step(*args[1:], rank=int(args[0]))
     elif kind == "val":
         _arm_val(int(args[0]))
+    elif kind == "epoch":
+        _arm_epoch(args[0], int(args[1]))
     elif kind in ("write", "rename", "after"):
         _arm_write(kind, args[0], int(args[1]))
     else:
@@ -70,6 +73,19 @@ def _arm_val(epoch: int) -> None:
         return real(model, batches() if _current_epoch() == epoch else loader, *args, **kwargs)
 
     trainer.evaluate_model = evaluate
+
+
+def _arm_epoch(run: str, epoch: int) -> None:
+    from fgcli.engine.trainer import Trainer
+
+    real = Trainer._save_epoch
+
+    def save(self, e, improved):
+        real(self, e, improved)
+        if e == epoch and self.run_dir.name == run:
+            die()
+
+    Trainer._save_epoch = save
 
 
 _TRAINER = {}
