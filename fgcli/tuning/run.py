@@ -230,12 +230,12 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
         raise UserError(f"--heartbeat must be >= 1 second, got {heartbeat}.")
     recipe = starting_recipe(method, recipe, config_file, flags, overrides)
     base = base_config(recipe, config_file, flags, overrides)
-    data_line = check_data(base, need_test=need_test)
     method_cls = get_method(base.method)
     declared = load_space_file(space_file) if space_file else list(method_cls.search_space)
     source = f"--space {space_file}" if space_file else f"the default search space of {base.method}"
     space = resolve(declared, base, source=source, fixed_by=fixed_by, epochs_high=max_epochs,
                     defaults={"optim.backbone_lr_scale": method_cls.default_backbone_lr_scale})
+    data_line = check_data(base, need_test=need_test)  # after the cheap checks: it may prepare raw data
     arm = arm or (Path(recipe).stem if recipe else base.method)
     data_name = slug(Path(str(base.data.path)).name or "data")
     study = study or slug(f"{arm}-{data_name}")
@@ -256,9 +256,12 @@ def run_study(plan: StudyPlan) -> TuneResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for line in plan.lines():
         log.info(line)
+    from fgcli.data.locking import folder_lock
+
     plan.tune_dir.mkdir(parents=True, exist_ok=True)
-    _claim_folder(plan)
-    storage = open_storage(plan.storage_url, plan.heartbeat)
+    with folder_lock(plan.tune_dir):  # workers on this machine create the tables one at a time
+        _claim_folder(plan)
+        storage = open_storage(plan.storage_url, plan.heartbeat)
     spec = StudySpec(plan.study, plan.method, plan.space.as_list(),
                      {k: _encode(v) for k, v in plan.space.start.items()}, plan.trials)
     study = open_study(storage, spec, optuna.samplers.TPESampler(), make_pruner(plan.pruner, plan.trials),

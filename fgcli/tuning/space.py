@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -336,9 +337,10 @@ def _check_values(dim: Dim, base: Config, source: str) -> None:
         try:
             validate(from_dict(_nest({dim.key: shown}), base, source=source))
         except UserError as e:
-            reason = str(e).split(". Fix it in")[0].removeprefix(f"{source}: ")
-            raise UserError(f"{source}: {dim.key} {what} {yaml_scalar(shown)} is outside the key's valid values "
-                            f"({reason}). Fix the range.") from None
+            reason = re.sub(r" \(got .*\)$", "", str(e).split(". Fix it in")[0].removeprefix(f"{source}: "))
+            text = f"{shown:g}" if isinstance(shown, float) else yaml_scalar(shown)
+            raise UserError(f"{source}: {dim.key} {what} {text} is outside the key's valid values ({reason}). "
+                            "Fix the range.") from None
 
 
 def apply(base: Config, values: dict[str, Any], source: str) -> Config:

@@ -42,6 +42,16 @@ def redact(url: str) -> str:
 def open_storage(url: str, heartbeat: int) -> Any:
     """An RDBStorage with heartbeats every `heartbeat` s; a trial silent for 3x that is taken as killed,
     failed and queued again (up to MAX_RETRY times). One UserError when the URL cannot be used."""
+    scheme = url.split("://", 1)[0].split("+")[0]
+    try:
+        return _open(url, scheme, heartbeat)
+    except UserError:
+        raise
+    except Exception as e:  # sqlalchemy's OperationalError / ArgumentError, a bad port, a missing driver
+        raise _connect_error(url, scheme, e) from None
+
+
+def _open(url: str, scheme: str, heartbeat: int) -> Any:
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -49,25 +59,49 @@ def open_storage(url: str, heartbeat: int) -> Any:
     if "://" not in url:
         raise UserError(f"{where} is not a database URL: give e.g. sqlite:///study.db or "
                         "postgresql://user:password@host:5432/db.")
-    scheme = url.split("://", 1)[0].split("+")[0]
+    url = _with_driver(url, scheme)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if scheme == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": 60}  # several local workers queue for the write lock
     elif scheme in ("postgresql", "mysql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                              grace_period=3 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    except ModuleNotFoundError as e:
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                  grace_period=3 * heartbeat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        except ImportError:
+            raise
+        except Exception as e:  # new workers on several machines creating the tables at once: retry
+            attempt += 1
+            if attempt > 3 or not any(s in str(e) for s in ("already exists", "duplicate key")):
+                raise
+            time.sleep(attempt)
+
+
+def _with_driver(url: str, scheme: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; with only psycopg2 installed (the `postgres`
+    extra), name that driver instead."""
+    import importlib.util
+
+    if not url.startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _connect_error(url: str, scheme: str, e: BaseException) -> UserError:
+    where = f"--storage {redact(url)}"
+    if isinstance(e, ImportError):
         extra = ' (pip install "fgcli[postgres]")' if scheme == "postgresql" else ""
-        raise UserError(f"{where}: its database driver '{e.name}' is not installed{extra}.") from None
-    except Exception as e:  # sqlalchemy's OperationalError / ArgumentError, a bad port, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{where} cannot be reached ({type(e).__name__}: {first}). Check the URL, that the "
-                        "server runs and that this machine may connect to it.") from None
+        return UserError(f"{where}: its database driver is not installed{extra} ({e}).")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UserError(f"{where} cannot be reached ({type(e).__name__}: {first}). Check the URL, that the server "
+                     "runs and that this machine may connect to it.")
 
 
 @dataclass

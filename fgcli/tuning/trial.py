@@ -62,7 +62,7 @@ def run_trial(setup: TrialSetup, trial: Any, frozen: Any) -> float:
     cfg.train.project, cfg.train.name, cfg.train.exist_ok, cfg.train.quiet = str(setup.trials_dir), run_dir.name, \
         True, True
     trial.set_user_attr("fgcli_run_dir", str(run_dir.resolve()))
-    trial.set_user_attr("fgcli_host", socket.gethostname())
+    trial.set_user_attr("fgcli_worker", f"{socket.gethostname()}:{os.getpid()}")
     report = Reporter(setup, trial, number, cfg.train.epochs)
     if resume is not None and report.replay(resume.get("history") or []):
         _record(trial, resume.get("history") or [], cfg)

@@ -10,6 +10,7 @@ Points (epochs and batches are 1-based; k counts writes of that file name in thi
   after:NAME:K      right after the K-th write of NAME was renamed into place
   rank:R:E:B        like step:E:B, but only in the process with RANK == R (torchrun)
   epoch:RUN:E       right after epoch E of the run whose folder is named RUN is saved (e.g. a tune trial_001)
+  pause:S           no kill: sleep S seconds after every saved epoch (keeps concurrent tune workers overlapping)
 Writes are those of fgcli.io.atomic_open (checkpoints, results.csv/png, args.yaml, manifests, ONNX files).
 """
 
@@ -36,6 +37,8 @@ def arm(point: str) -> None:
         _arm_val(int(args[0]))
     elif kind == "epoch":
         _arm_epoch(args[0], int(args[1]))
+    elif kind == "pause":
+        _arm_pause(float(args[0]))
     elif kind in ("write", "rename", "after"):
         _arm_write(kind, args[0], int(args[1]))
     else:
@@ -84,6 +87,20 @@ def _arm_epoch(run: str, epoch: int) -> None:
         real(self, e, improved)
         if e == epoch and self.run_dir.name == run:
             die()
+
+    Trainer._save_epoch = save
+
+
+def _arm_pause(seconds: float) -> None:
+    import time
+
+    from fgcli.engine.trainer import Trainer
+
+    real = Trainer._save_epoch
+
+    def save(self, e, improved):
+        real(self, e, improved)
+        time.sleep(seconds)
 
     Trainer._save_epoch = save
 
