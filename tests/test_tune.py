@@ -129,6 +129,23 @@ def test_ctrl_c_mid_trial_then_rerun_resumes_it_from_its_last_pt(tmp_path: Path,
     assert fgcli.tune("baseline", "demo", **args).ran_here == 0
 
 
+def test_a_budget_starts_no_trial_after_it_is_spent(tmp_path: Path) -> None:
+    result = fgcli.tune("baseline", "demo", budget=0.5, epochs=1, project=str(tmp_path), set=TINY_DATA, **TINY)
+    assert result.ran_here == 1 and [r.state for r in result.rows] == ["complete"]  # the recipe, then time is up
+
+
+def test_the_default_pruners_are_optunas_on_epochs() -> None:
+    from fgcli.tuning.run import make_pruner
+
+    median = make_pruner("median", 20)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (5, 2)  # epoch 1 is never pruned
+    assert isinstance(make_pruner("halving", 20), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("none", 20), optuna.pruners.NopPruner)
+    with pytest.raises(UserError, match="unknown --pruner 'hyperband'"):
+        make_pruner("hyperband", 20)
+
+
 def test_an_existing_study_with_another_method_or_space_is_refused(tmp_path: Path) -> None:
     args = dict(trials=1, epochs=1, project=str(tmp_path), study="s", set=TINY_DATA, **TINY)
     fgcli.tune("baseline", "demo", **args)

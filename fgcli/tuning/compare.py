@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgcli.config import from_dict
+from fgcli.config import from_dict, resolve_config
 from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.io import atomic_write_text
-from fgcli.tuning.run import StudyPlan, TuneResult, base_config, plan_study, run_study, slug, starting_recipe
+from fgcli.tuning.run import StudyPlan, TuneResult, plan_study, run_study, slug, starting_recipe
 from fgcli.tuning.storage import default_url
 
 
@@ -77,7 +77,7 @@ def compare(*, recipes: list[str], methods: list[str], seeds: int, dry_run: bool
         for _, method, recipe in arms:
             arm_flags = {**flags, **({"method": method} if method else {})}
             start = starting_recipe(method, recipe, config_file, arm_flags, overrides)
-            starts.append(base_config(start, config_file, arm_flags, overrides).train.epochs)
+            starts.append(resolve_config(start, config_file, arm_flags, overrides).train.epochs)
         max_epochs = 2 * max(starts)
     data_name = slug(Path(str(data or "demo")).name)
     name = name or slug(f"{'-vs-'.join(a[0] for a in arms)}-{data_name}")[:120]

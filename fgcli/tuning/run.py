@@ -20,7 +20,7 @@ from fgcli.tuning.report import (
     write_plots,
     write_trials_csv,
 )
-from fgcli.tuning.space import Space, load_space_file, resolve, yaml_scalar
+from fgcli.tuning.space import Space, encode, load_space_file, resolve, yaml_scalar
 from fgcli.tuning.storage import StudySpec, default_url, open_storage, open_study, origin_of, redact
 
 PRUNERS = ("median", "halving", "none")
@@ -189,11 +189,6 @@ def starting_recipe(method: str | None, recipe: str | None, config_file: str | N
     return get_method(method).tune_recipe
 
 
-def base_config(recipe: str | None, config_file: str | None, flags: dict[str, Any],
-                overrides: list[str] | None) -> Config:
-    return resolve_config(recipe, config_file, flags, overrides)
-
-
 def check_data(cfg: Config, need_test: bool = False) -> str:
     """Refuse data without a validation split (or, for a comparison, without a test split); a summary line."""
     from fgcli.data.prepare import resolve_data
@@ -229,7 +224,7 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
     if heartbeat < 1:
         raise UserError(f"--heartbeat must be >= 1 second, got {heartbeat}.")
     recipe = starting_recipe(method, recipe, config_file, flags, overrides)
-    base = base_config(recipe, config_file, flags, overrides)
+    base = resolve_config(recipe, config_file, flags, overrides)
     method_cls = get_method(base.method)
     declared = load_space_file(space_file) if space_file else list(method_cls.search_space)
     source = f"--space {space_file}" if space_file else f"the default search space of {base.method}"
@@ -250,25 +245,28 @@ def run_study(plan: StudyPlan) -> TuneResult:
     """Create or resume the study, run trials here until it (or the budget) is done, then report it."""
     import optuna
 
+    from fgcli.data.locking import folder_lock
     from fgcli.tuning.trial import TrialSetup, run_trial
     from fgcli.tuning.worker import work
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for line in plan.lines():
-        log.info(line)
-    from fgcli.data.locking import folder_lock
-
     plan.tune_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.tune_dir):  # workers on this machine create the tables one at a time
         _claim_folder(plan)
-        storage = open_storage(plan.storage_url, plan.heartbeat)
-    spec = StudySpec(plan.study, plan.method, plan.space.as_list(),
-                     {k: _encode(v) for k, v in plan.space.start.items()}, plan.trials)
-    study = open_study(storage, spec, optuna.samplers.TPESampler(), make_pruner(plan.pruner, plan.trials),
-                       plan.tune_dir)
-    handler = add_file_log(plan.tune_dir / "log.txt")
-    deadline = time.monotonic() + plan.budget_s if plan.budget_s else None
+        handler = add_file_log(plan.tune_dir / "log.txt")
+        try:
+            for line in plan.lines():
+                log.info(line)
+            storage = open_storage(plan.storage_url, plan.heartbeat)
+        except BaseException:
+            _close(handler)
+            raise
     try:
+        spec = StudySpec(plan.study, plan.method, plan.space.as_list(),
+                         {k: encode(v) for k, v in plan.space.start.items()}, plan.trials)
+        study = open_study(storage, spec, optuna.samplers.TPESampler(), make_pruner(plan.pruner, plan.trials),
+                           plan.tune_dir)
+        deadline = time.monotonic() + plan.budget_s if plan.budget_s else None
         with _TrialBar(study, plan.trials) as bar:
             setup = TrialSetup(base=plan.base, space=plan.space, trials_dir=plan.tune_dir / "trials",
                                explicit=plan.explicit, pruner=pruner_name(plan.pruner), on_epoch=bar.epoch)
@@ -285,14 +283,12 @@ def run_study(plan: StudyPlan) -> TuneResult:
         result.ran_here = ran
         return result
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        _close(handler)
 
 
-def _encode(value: Any) -> Any:
-    from fgcli.tuning.space import encode
-
-    return encode(value)
+def _close(handler: Any) -> None:
+    log.removeHandler(handler)
+    handler.close()
 
 
 def _claim_folder(plan: StudyPlan) -> None:

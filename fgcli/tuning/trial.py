@@ -56,8 +56,11 @@ def run_trial(setup: TrialSetup, trial: Any, frozen: Any) -> float:
     if number != frozen.number and last.is_file():
         resume = load_checkpoint(last)
         cfg = from_dict(resume["config"], source=f"{last} (its config)")  # the run continues exactly
+        # ... on this machine's device, loader workers and data path (what a resume may change)
+        cfg.train.device, cfg.data.workers = setup.base.train.device, setup.base.data.workers
+        cfg.data.path = setup.base.data.path
         log.info(f"trial #{trial.number} continues trial #{number} from {last} (epoch {resume['epoch']})")
-    elif run_dir.exists():
+    elif run_dir.exists() and number == frozen.number:
         _move_aside(run_dir)
     cfg.train.project, cfg.train.name, cfg.train.exist_ok, cfg.train.quiet = str(setup.trials_dir), run_dir.name, \
         True, True
