@@ -168,6 +168,7 @@ def test_an_unreachable_storage_is_one_line(tmp_path: Path, url: str, shown: str
     message = str(info.value)
     assert f"--storage {shown}" in message and "cannot be reached" in message
     assert "secret" not in message and "\n" not in message
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() -> None:

@@ -103,8 +103,8 @@ def compare(*, recipes: list[str], methods: list[str], seeds: int, dry_run: bool
     result = CompareResult(name=name, folder=folder, plan=lines, dry_run=dry_run)
     if dry_run:
         return result
-    for line in lines[:1]:
-        log.info(line)
+    log.info(lines[0])
+    folder.mkdir(parents=True, exist_ok=True)  # the arms' shared study file lives here by default
     result.arms = [ArmResult(p.arm, run_study(p)) for p in plans]
     for plan, arm in zip(plans, result.arms, strict=True):
         arm.seeds = confirm(plan, arm.tune, seeds)

@@ -185,7 +185,7 @@ def starting_recipe(method: str | None, recipe: str | None, config_file: str | N
     from fgcli.methods import get_method
 
     if (flags.get("data.path") or Config().data.path) == "demo":
-        return str(demo_recipe(method))
+        return demo_recipe(method).stem  # checks it is installed; by name, as the plan shows it
     return get_method(method).tune_recipe
 
 
@@ -250,6 +250,8 @@ def run_study(plan: StudyPlan) -> TuneResult:
     from fgcli.tuning.worker import work
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    own_file = plan.storage_url == default_url(plan.tune_dir)
+    storage = None if own_file else open_storage(plan.storage_url, plan.heartbeat)  # refused before any write
     plan.tune_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.tune_dir):  # workers on this machine create the tables one at a time
         _claim_folder(plan)
@@ -257,7 +259,7 @@ def run_study(plan: StudyPlan) -> TuneResult:
         try:
             for line in plan.lines():
                 log.info(line)
-            storage = open_storage(plan.storage_url, plan.heartbeat)
+            storage = storage or open_storage(plan.storage_url, plan.heartbeat)
         except BaseException:
             _close(handler)
             raise
