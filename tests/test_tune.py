@@ -154,8 +154,10 @@ def test_an_existing_study_with_another_method_or_space_is_refused(tmp_path: Pat
         fgcli.tune("herbs", "demo", storage=storage, **{**args, "set": [*TINY_DATA, "herbs.fpn_size=8"]})
     space = tmp_path / "space.yaml"
     space.write_text("optim.lr: {low: 0.001, high: 0.1, log: true}\n")
-    with pytest.raises(UserError, match="was made with another search space .*rerun with the same --space"):
+    with pytest.raises(UserError, match="was made with another search space .*rerun with the same recipe, --space and flags"):
         fgcli.tune("baseline", "demo", space=space, storage=storage, **args)
+    with pytest.raises(UserError, match=r"was made with another fixed settings \(differs in train.epochs\)"):
+        fgcli.tune("baseline", "demo", storage=storage, **{**args, "epochs": 2})
     with pytest.raises(UserError, match="holds study 's'; pass --name"):
         fgcli.tune("baseline", "demo", **{**args, "study": "other", "name": "s"})
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgcli.config import Config, resolve_config
+from fgcli.config import Config, flatten, resolve_config
 from fgcli.console import add_file_log, log, progress_bar
 from fgcli.errors import UserError, unknown_choice
 from fgcli.tuning.report import (
@@ -265,7 +265,7 @@ def run_study(plan: StudyPlan) -> TuneResult:
             raise
     try:
         spec = StudySpec(plan.study, plan.method, plan.space.as_list(),
-                         {k: encode(v) for k, v in plan.space.start.items()}, plan.trials)
+                         {k: encode(v) for k, v in plan.space.start.items()}, plan.trials, fixed=fixed_settings(plan))
         study = open_study(storage, spec, optuna.samplers.TPESampler(), make_pruner(plan.pruner, plan.trials),
                            plan.tune_dir)
         deadline = time.monotonic() + plan.budget_s if plan.budget_s else None
@@ -286,6 +286,18 @@ def run_study(plan: StudyPlan) -> TuneResult:
         return result
     finally:
         _close(handler)
+
+
+def fixed_settings(plan: StudyPlan) -> dict[str, Any]:
+    """The starting config's keys a study keeps fixed, flat, without what may differ between the machines of
+    one study (data path, device, loader workers, where runs go)."""
+    import json
+
+    from fgcli.tuning.trial import recipe_dict
+
+    flat = flatten(recipe_dict(plan.base))
+    flat.pop("data.path", None)
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in plan.space.keys()}))
 
 
 def _close(handler: Any) -> None:

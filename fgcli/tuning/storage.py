@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ class StudySpec:
     space: list[dict[str, Any]]
     start: dict[str, Any]  # trial 0's parameters (encoded)
     slots: int | None  # --trials (None: only a --budget)
+    fixed: dict[str, Any] = field(default_factory=dict)  # the starting config's other keys (flat), as JSON
 
 
 def open_study(storage: Any, spec: StudySpec, sampler: Any, pruner: Any, lock_dir: Path) -> Any:
@@ -134,6 +135,7 @@ def open_study(storage: Any, spec: StudySpec, sampler: Any, pruner: Any, lock_di
             return study
         study.set_user_attr(ATTR + "method", spec.method)
         study.set_user_attr(ATTR + "space", spec.space)
+        study.set_user_attr(ATTR + "fixed", spec.fixed)
         study.enqueue_trial(spec.start, user_attrs={ATTR + "origin": "recipe"})
         for _ in range((spec.slots or 1) - 1):
             study.enqueue_trial({})
@@ -156,18 +158,21 @@ def _wait_ready(study: Any, spec: StudySpec, timeout: float = 120.0) -> None:
 
 
 def _check_same(study: Any, spec: StudySpec, storage: Any) -> None:
+    """Refuse a study made for another method, space or fixed settings (its trials would not compare)."""
     attrs = study.user_attrs
-    method, space = attrs.get(ATTR + "method"), attrs.get(ATTR + "space")
+    method = attrs.get(ATTR + "method")
     where = f"study '{spec.name}' in {redact(storage.url)}"
     if method != spec.method:
         raise UserError(f"{where} was made for method {method}, not {spec.method}; pass another --study (or "
                         "--name) to start a new one.")
-    if space != spec.space:
-        old = {d["key"]: d for d in space or []}
-        new = {d["key"]: d for d in spec.space}
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UserError(f"{where} was made with another search space (differs in {', '.join(diff)}); rerun with "
-                        "the same --space and flags to resume it, or pass another --study to start a new one.")
+    for what, old_items, new_items in (
+            ("search space", {d["key"]: d for d in attrs.get(ATTR + "space") or []}, {d["key"]: d for d in spec.space}),
+            ("fixed settings", attrs.get(ATTR + "fixed") or {}, spec.fixed)):
+        diff = sorted(k for k in set(old_items) | set(new_items) if old_items.get(k) != new_items.get(k))
+        if diff:
+            raise UserError(f"{where} was made with another {what} (differs in {', '.join(diff[:6])}"
+                            f"{', ...' if len(diff) > 6 else ''}); rerun with the same recipe, --space and flags "
+                            "to resume it, or pass another --study to start a new one.")
 
 
 def _add_slots(study: Any, spec: StudySpec) -> None:
