@@ -107,12 +107,12 @@ def write_best_recipe(study: Any, path: Path, header: list[str]) -> bool:
 def write_plots(study: Any, out_dir: Path) -> dict[str, Path]:
     """Optuna's optimization history and (with 2+ complete trials and searched keys) parameter importances,
     as PNGs; a plot that cannot be drawn is a warning, never an error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as vis
+
+    from fgcli.engine.plots import _pyplot, _save
+
+    plt = _pyplot()  # the engine's headless backend
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     plots: dict[str, Any] = {"history": ("optimization_history.png", vis.plot_optimization_history)}
@@ -126,16 +126,10 @@ def write_plots(study: Any, out_dir: Path) -> dict[str, Path]:
                 ax = plot(study)
             figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             figure.tight_layout()
-            _save_png(figure, out_dir / filename)
+            _save(figure, out_dir / filename)
             plt.close(figure)
             written[name] = out_dir / filename
         except Exception as e:  # e.g. every trial has the same value: no importance to compute
             log.warning(f"could not draw {filename}: {type(e).__name__}: {e}")
     return written
 
-
-def _save_png(figure: Any, path: Path) -> None:
-    from fgcli.io import atomic_open
-
-    with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=110)
