@@ -123,7 +123,7 @@ def write_plots(study: Any, out_dir: Path) -> dict[str, Path]:
         try:
             with warnings.catch_warnings():  # experimental API; equal importances on a tiny study
                 warnings.simplefilter("ignore")
-                ax = plot(study)
+                ax = plot(study, target_name="val top-1 %")
             figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             figure.tight_layout()
             _save(figure, out_dir / filename)
