@@ -33,9 +33,12 @@ if TYPE_CHECKING:
     from fgcli.exporting.pipeline import ExportResult
     from fgcli.inference import Predictor
     from fgcli.prediction import PredictResult
+    from fgcli.tuning.compare import CompareResult
+    from fgcli.tuning.run import TuneResult
     from fgcli.viz.run import VizResult
 
-__all__ = ["Model", "attention_viz", "bench", "calibrate", "evaluate", "export", "load", "predict", "prepare_data", "train"]
+__all__ = ["Model", "attention_viz", "bench", "calibrate", "evaluate", "export", "load", "predict", "prepare_data", "train",
+           "tune"]
 
 
 def prepare_data(format: str, src: str | Path | None = None, out: str | Path | None = None, *,
@@ -103,6 +106,67 @@ def train(method: str | None = None, data: str | None = None, *, recipe: str | N
     values = {"method": method, "data": data, **flags}
     return run_train(recipe=recipe, config_file=config, flags={TRAIN_FLAGS[k]: v for k, v in values.items()},
                      overrides=_overrides(set), resume=resume)
+
+
+def tune(method: str | None = None, data: str | None = None, *, recipe: str | None = None,
+         config: str | None = None, trials: int | None = None, budget: str | float | None = None,
+         space: str | Path | None = None, storage: str | None = None, study: str | None = None,
+         pruner: Any = "median", max_epochs: int | None = None, heartbeat: int = 10, dry_run: bool = False,
+         recipes: Sequence[str] | None = None, methods: Sequence[str] | None = None, seeds: int = 3,
+         set: Sequence[str] | dict[str, Any] | None = None, **flags: Any) -> TuneResult | CompareResult:
+    """`fgcli tune`: an Optuna search on the validation split, from a recipe (trial 0 is the recipe as given).
+
+    One study (`method` and/or `recipe`): `trials` and/or `budget` ('2h', '90m' or seconds); `space` a YAML
+    file that replaces the method's default search space; `storage` any Optuna database URL (default: a SQLite
+    file in the tune folder; several workers may share one study); `pruner` median, halving, none, or an
+    Optuna pruner object (it sees each epoch's val top-1 at step = epoch). Returns a
+    TuneResult (`.rows`, `.best`, `.files["best_recipe"]`, plots). `dry_run`: the plan only, nothing runs.
+
+    A comparison (`recipes` or `methods`, several arms): one study per arm with the same `trials`, pruner and
+    maximum epochs, then each arm's best recipe trained with `seeds` seeds and evaluated once on the test
+    split. Returns a CompareResult (`.arms`, `.best`, `.shown`).
+
+    `flags` are train()'s keywords (backbone, epochs, lr, img_size, ...): fixed for every trial, and a key
+    given by a flag or `set` is not searched. `project` / `name` place the tune folder (default
+    runs/tune/<study>).
+    """
+    from fgcli.config import flatten, parse_overrides
+    from fgcli.engine.runconfig import explicit_keys
+    from fgcli.tuning.run import parse_duration
+
+    unknown = sorted(k for k in flags if k not in TRAIN_FLAGS)
+    if unknown:
+        from fgcli.errors import closest
+
+        raise UserError(f"tune() got unknown option {unknown[0]!r}.{closest(unknown[0], list(TRAIN_FLAGS))} "
+                        "Pass any other config key with set={'section.key': value}.")
+    project, name = flags.pop("project", None), flags.pop("name", None)
+    flags.pop("exist_ok", None)
+    values = {"method": method, "data": data, **flags}
+    config_flags = {TRAIN_FLAGS[k]: v for k, v in values.items() if v is not None}
+    overrides = _overrides(set)
+    fixed_by = {TRAIN_FLAGS[k]: f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None}
+    fixed_by.update({key: "--set" for key in flatten(parse_overrides(overrides))})
+    common = dict(config_file=config, flags=config_flags, overrides=overrides, fixed_by=fixed_by,
+                  explicit=explicit_keys(config_flags, overrides), trials=trials, budget_s=parse_duration(budget),
+                  space_file=str(space) if space is not None else None, storage=storage, pruner=pruner,
+                  max_epochs=max_epochs, heartbeat=heartbeat, project=project, name=name)
+    if recipes or methods:
+        from fgcli.tuning.compare import compare
+
+        if recipe is not None or method is not None or study is not None:
+            raise UserError("--recipes / --methods compare several arms; drop --recipe, --method and --study.")
+        if recipes and methods:
+            raise UserError("give --recipes or --methods, not both.")
+        return compare(recipes=list(recipes or []), methods=list(methods or []), seeds=seeds, dry_run=dry_run,
+                       **common)
+    from fgcli.tuning.run import TuneResult, plan_study, run_study
+
+    plan = plan_study(method=method, recipe=recipe, study=study, **common)
+    if dry_run:
+        return TuneResult(study=plan.study, storage=plan.storage_url, tune_dir=plan.tune_dir, method=plan.method,
+                          plan=plan.lines(), keys=plan.space.keys(), dry_run=True)
+    return run_study(plan)
 
 
 def _overrides(items: Sequence[str] | dict[str, Any] | None) -> list[str] | None:

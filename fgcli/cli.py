@@ -12,7 +12,7 @@ from fgcli.console import settings
 app = typer.Typer(
     name="fgcli",
     help="Fine-grained visual classification: prepare data, train HERBS / MGE-CNN / baseline on any timm "
-    "backbone, evaluate honestly, visualise attention, export to ONNX.",
+    "backbone, tune them on validation, evaluate honestly, visualise attention, export to ONNX.",
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -23,6 +23,7 @@ app = typer.Typer(
 COMMANDS: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("prepare-data", "prepare_data", "prepare_data_command", ()),
     ("train", "train", "train_command", ()),
+    ("tune", "tune", "tune_command", ()),
     ("eval", "eval", "eval_command", ()),
     ("calibrate", "calibrate", "calibrate_command", ()),
     ("export", "export", "export_command", ()),

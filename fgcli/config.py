@@ -306,6 +306,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.decoder in ("pil", "torchvision"), "data.decoder must be 'pil' or 'torchvision'"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (0.0 <= cfg.optim.momentum < 1.0, "optim.momentum must be in [0, 1)"),
+        (0.0 <= cfg.data.hflip <= 1.0, "data.hflip must be in [0, 1] (a probability)"),
         (cfg.sched.name in ("cosine", "step", "none"), "sched.name must be one of cosine, step, none"),
         (cfg.sched.warmup_unit in ("epochs", "steps"), "sched.warmup_unit must be 'epochs' or 'steps'"),
         (cfg.sched.cosine_period in ("after_warmup", "whole_run"),

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 #: lowest first; a module belongs to the layer of its longest matching prefix (`*` matches one name)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.modelinfo")),
-    ("config", ("fgcli.config", "fgcli.methods.*.config")),  # each method's config section lives in its folder
+    # each method's config section (and its default search space) lives in its folder
+    ("config", ("fgcli.config", "fgcli.searchspace", "fgcli.methods.*.config")),
     ("data and backbones", ("fgcli.data", "fgcli.backbones", "fgcli.pretrained")),
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),
@@ -25,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction", "fgcli.methods.*.viz",
                "fgcli.calibrating", "fgcli.ood")),
     ("bench", ("fgcli.benchmark",)),
+    ("tune", ("fgcli.tuning",)),  # searches drive the engine and confirm on test with the evaluation task
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),
     ("cli", ("fgcli.cli", "fgcli.__main__")),

@@ -87,3 +87,29 @@ def handle_errors(fn: F | None = None, *, fast_exit: bool = False) -> Any:
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def share_options(source: Callable[..., Any], drop: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give the decorated command every option of command `source` too (but `drop`), declared once, in
+    `source`. The decorated function takes them as `**kwargs`; its own parameters win on a name clash."""
+    import inspect
+
+    def decorate(fn: F) -> F:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        names = {p.name for p in own}
+        shared = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                  for p in inspect.signature(source, eval_str=True).parameters.values()
+                  if p.name not in names and p.name not in drop]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            return fn(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer must read the merged signature, not fn's
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

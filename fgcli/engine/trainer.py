@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,12 @@ class NonFiniteStop(UserError):
     """Too many consecutive non-finite steps: the run stops, last.pt keeps the last good epoch."""
 
 
+#: called on rank 0 after each epoch is saved, with the epoch (1-based) and its results.csv row; a string
+#: return stops the run there (cleanly: the epoch's files are written) and is logged as the reason (after the
+#: last epoch it is ignored: the run is complete)
+EpochEnd = Callable[[int, dict[str, Any]], str | None]
+
+
 @dataclass
 class TrainResult:
     """What a finished (or stopped) run produced."""
@@ -62,6 +69,7 @@ class TrainResult:
     val_split: str = ""
     is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
     calibration: dict[str, Any] | None = None  # best.pt's temperature fit (fgcli.engine.calibration.fit_record)
+    stopped: str | None = None  # why an on_epoch_end callback stopped the run before its last epoch
 
     @property
     def last(self) -> Path:
@@ -77,8 +85,10 @@ class Trainer:
     """Owns the model, optimizer, schedule, EMA, loaders and the run folder for one `fgcli train`."""
 
     def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
-                 explicit: frozenset[str] = frozenset()) -> None:
+                 explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> None:
         self.cfg = cfg
+        self.on_epoch_end = on_epoch_end
+        self.stopped: str | None = None
         self.explicit = explicit  # keys the user set by flag / --set (they are never adjusted to fit the run)
         self.resume_ckpt = resume
         self.requested_run_dir = run_dir
@@ -467,6 +477,8 @@ class Trainer:
                             from fgcli.engine.trackers import group_lrs
 
                             self.trackers.log_epoch(epoch + 1, row, group_lrs(self.optimizer))
+                    if self._stop_requested(epoch + 1, row):
+                        break
         except KeyboardInterrupt:
             if self.main:
                 done = self.history[-1]["epoch"] if self.history else 0
@@ -476,13 +488,29 @@ class Trainer:
             raise
         return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history,
                            config=self.cfg, classes=list(self.data.classes), val_split=str(self.data.info["val_split"]),
-                           is_main=self.main)
+                           is_main=self.main, stopped=self.stopped)
+
+    def _stop_requested(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Tell the on_epoch_end callback (rank 0) about `epoch` and whether it asks to stop there; every rank
+        gets the answer. After the last epoch there is nothing left to stop."""
+        if self.on_epoch_end is None:
+            return False
+        reason = self.on_epoch_end(epoch, row) if self.main else None
+        reason = D.broadcast_object(reason, self.info)
+        if reason is None or epoch >= self.cfg.train.epochs:
+            return False
+        self.stopped = str(reason)
+        if self.main:
+            log.info(f"stopping after epoch {epoch} of {self.cfg.train.epochs}: {reason}. {self.weights} holds "
+                     "this epoch's checkpoints.")
+        return True
 
     def finish(self, result: TrainResult) -> None:
         """Confusion matrix of best.pt on the val split, the calibration of best.pt / last.pt, then the summary
         (rank 0 prints)."""
         D.barrier(self.info)  # rank 0 may still be writing best.pt: every rank must see it before deciding
-        if self.data.val_loader is not None and result.best.is_file():
+        # a run stopped early on purpose (a pruned search trial) gets no confusion matrix and no calibration
+        if result.stopped is None and self.data.val_loader is not None and result.best.is_file():
             from fgcli.engine.calibration import ScoreBook
             from fgcli.engine.checkpoint import load_model
             from fgcli.engine.plots import plot_confusion_matrix
@@ -616,10 +644,11 @@ def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
 
 
 def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
-          explicit: frozenset[str] = frozenset()) -> TrainResult:
+          explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> TrainResult:
     """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are. `explicit`:
-    the config keys the user set directly (flags, --set), which are never adjusted to fit a short run."""
-    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit)
+    the config keys the user set directly (flags, --set), which are never adjusted to fit a short run.
+    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`)."""
+    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit, on_epoch_end=on_epoch_end)
     try:
         trainer.setup()
         result = trainer.fit()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fgcli.config import Config
+from fgcli.searchspace import COMMON_SPACE, Param
 
 
 class Method(nn.Module):
@@ -35,6 +36,10 @@ class Method(nn.Module):
     aux_keys: tuple[str, ...] = ()
     #: the backbone lr scale used when `optim.backbone_lr_scale` is null
     default_backbone_lr_scale: float = 1.0
+    #: `fgcli tune`'s default search space (declared beside the method's config: `<method>/config.py`)
+    search_space: tuple[Param, ...] = COMMON_SPACE
+    #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)
+    tune_recipe: str | None = None
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

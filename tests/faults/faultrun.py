@@ -17,6 +17,8 @@ Points (epochs and batches are 1-based; k counts writes of that file name in thi
                     was pressed right there; prints "faultrun: SIGINT at POINT t=UNIX_TIME" to stderr
   count:FILE        kill nothing: count fgcli's calls (as for calls:N) and append "NAME CALL" to FILE on each
                     write, CALL being the count when the write began
+  epoch:RUN:E       right after epoch E of the run whose folder is named RUN is saved (e.g. a tune trial_001)
+  pause:S           no kill: sleep S seconds after every saved epoch (keeps concurrent tune workers overlapping)
 Writes are those of fgcli.io.atomic_open (checkpoints, results.csv/png, args.yaml, manifests, ONNX files).
 """
 
@@ -54,6 +56,10 @@ def arm(point: str) -> None:
     elif kind == "val":
         _track_trainer()
         _arm_val(int(args[0]))
+    elif kind == "epoch":
+        _arm_epoch(args[0], int(args[1]))
+    elif kind == "pause":
+        _arm_pause(float(args[0]))
     elif kind in ("write", "rename", "after"):
         _arm_write(kind, args[0], int(args[1]))
     elif kind == "call":
@@ -96,6 +102,33 @@ def _arm_val(epoch: int) -> None:
         return real(model, batches() if _current_epoch() == epoch else loader, *args, **kwargs)
 
     trainer.evaluate_model = evaluate
+
+
+def _arm_epoch(run: str, epoch: int) -> None:
+    from fgcli.engine.trainer import Trainer
+
+    real = Trainer._save_epoch
+
+    def save(self, e, improved):
+        real(self, e, improved)
+        if e == epoch and self.run_dir.name == run:
+            die()
+
+    Trainer._save_epoch = save
+
+
+def _arm_pause(seconds: float) -> None:
+    import time
+
+    from fgcli.engine.trainer import Trainer
+
+    real = Trainer._save_epoch
+
+    def save(self, e, improved):
+        real(self, e, improved)
+        time.sleep(seconds)
+
+    Trainer._save_epoch = save
 
 
 _TRAINER = {}

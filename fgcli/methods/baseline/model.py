@@ -14,11 +14,15 @@ from fgcli.backbones import build_backbone
 from fgcli.config import Config
 from fgcli.methods import register_method
 from fgcli.methods.base import Method
+from fgcli.methods.baseline import config as baseline_config
 
 
 @register_method("baseline")
 class Baseline(Method):
     """Backbone + GAP + dropout + Linear; one head named `cls`, which is also the fused output."""
+
+    search_space = baseline_config.SEARCH_SPACE
+    tune_recipe = baseline_config.TUNE_RECIPE
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

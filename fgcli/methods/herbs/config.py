@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fgcli.searchspace import COMMON_SPACE, Param
+
 SECTION = "herbs"  # the config section: `herbs.*` in recipes, args.yaml and --set
+#: the recipe `fgcli tune --method herbs` starts from (on `--data demo`: herbs_demo_cpu)
+TUNE_RECIPE = "herbs_lite0_128"
 
 
 @dataclass
@@ -46,4 +50,18 @@ def checks(c: HerbsConfig) -> list[tuple[bool, str]]:
          "herbs.num_selects must be 4 positive numbers (counts, or fractions of each stage's tokens)"),
         (c.temp_step >= 1, "herbs.temp_step must be >= 1"),
         (c.fpn_size >= 1, "herbs.fpn_size must be >= 1"),
+        (0.0 <= c.combiner_dropout < 1.0, "herbs.combiner_dropout must be in [0, 1)"),
+        (c.temperature > 0, "herbs.temperature must be > 0"),
     ]
+
+
+#: `fgcli tune`'s default search space for this method (fgcli.searchspace): the shares of tokens each stage
+#: keeps (the paper's shares, and 1/16 ... 1/2 of every stage), the neck width around the recipe's and how
+#: often the refinement temperature halves
+SEARCH_SPACE: tuple[Param, ...] = (
+    *COMMON_SPACE,
+    Param("herbs.num_selects", choices=((0.11, 0.22, 0.44, 0.22), (0.0625,) * 4, (0.125,) * 4, (0.25,) * 4,
+                                        (0.5,) * 4)),
+    Param("herbs.fpn_size", 0.5, 2.0, log=True, relative=True),
+    Param("herbs.temp_step", 1, 10),
+)

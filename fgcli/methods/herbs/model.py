@@ -18,6 +18,7 @@ from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.methods import register_method
 from fgcli.methods.base import Method
+from fgcli.methods.herbs import config as herbs_config
 from fgcli.methods.herbs import losses
 from fgcli.methods.herbs.combiner import GCNCombiner
 from fgcli.methods.herbs.neck import BottomUp, TokenClassifier, TopDown
@@ -70,6 +71,8 @@ class Herbs(Method):
     """HERBS: high-temperature refinement and background suppression (arXiv 2303.06442)."""
 
     aux_keys = tuple(f"{p}{i}" for p in AUX_PREFIXES for i in range(1, STAGES + 1))
+    search_space = herbs_config.SEARCH_SPACE
+    tune_recipe = herbs_config.TUNE_RECIPE
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fgcli.searchspace import COMMON_SPACE, Param
+
 SECTION = "mge"  # the config section: `mge.*` in recipes, args.yaml and --set
+#: the recipe `fgcli tune --method mge` starts from (on `--data demo`: mge_demo_cpu)
+TUNE_RECIPE = "mge_frozen_lite0_128"
 
 
 @dataclass
@@ -43,3 +47,12 @@ def checks(c: MgeConfig) -> list[tuple[bool, str]]:
         (c.part_padding >= 0 and c.part_mult >= 1 and c.gate_hidden >= 1,
          "mge.part_padding must be >= 0, mge.part_mult and mge.gate_hidden >= 1"),
     ]
+
+
+#: `fgcli tune`'s default search space for this method (fgcli.searchspace): the CAM threshold that draws each
+#: expert's box, and one trunk shared by the experts and the gate or a copy each
+SEARCH_SPACE: tuple[Param, ...] = (
+    *COMMON_SPACE,
+    Param("mge.box_threshold", 0.1, 0.5),
+    Param("mge.share_backbone", choices=(False, True)),
+)

@@ -21,6 +21,7 @@ from fgcli.config import Config
 from fgcli.errors import UserError
 from fgcli.methods import register_method
 from fgcli.methods.base import Method
+from fgcli.methods.mge import config as mge_config
 from fgcli.methods.mge import crops
 from fgcli.methods.mge.config import MgeConfig
 from fgcli.methods.precision import full_precision
@@ -85,6 +86,8 @@ class MGE(Method):
 
     aux_keys = ("gate_weights", "boxes")
     default_backbone_lr_scale = 0.1  # paper: backbones 1e-3, heads 1e-2
+    search_space = mge_config.SEARCH_SPACE
+    tune_recipe = mge_config.TUNE_RECIPE
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

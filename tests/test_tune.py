@@ -1,0 +1,214 @@
+"""`fgcli tune` end to end on tiny runs (test_resnet, 32 px, 4 demo classes): the trials, pruning, the start
+trial, resume after Ctrl-C, the best recipe training again, a study's refusals, and no trial ever opening the
+test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+import fgcli
+from fgcli.config import flatten, resolve_config
+from fgcli.engine.checkpoint import load_checkpoint
+from fgcli.engine.rundir import read_results_csv
+from fgcli.errors import UserError
+from fgcli.tuning.trial import RUN_KEYS
+
+TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu"}
+TINY_DATA = ["data.demo_size=32", "data.demo_classes=4", "data.demo_per_class=8", "data.val_fraction=0.25"]
+
+
+class PruneLaterTrials(optuna.pruners.BasePruner):
+    """Stops every trial but the first after its second epoch (a deterministic stand-in for the median)."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number > 0 and (trial.last_step or 0) >= 2
+
+
+@pytest.fixture
+def no_test_split(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail if anything asks the data set for its test split; record every image a loader opens."""
+    from fgcli.data.dataset import ManifestDataset
+    from fgcli.data.manifest import PreparedDataset
+
+    opened: list[str] = []
+    real_load, real_split = ManifestDataset.load, PreparedDataset.split
+
+    def load(self, index):
+        opened.append(str(self.source_root / self.samples[index].path))
+        return real_load(self, index)
+
+    def split(self, name):
+        assert name != "test", "a trial asked for the test split"
+        return real_split(self, name)
+
+    monkeypatch.setattr(ManifestDataset, "load", load)
+    monkeypatch.setattr(PreparedDataset, "split", split)
+    return opened
+
+
+def _flat_args(run_dir: Path) -> dict:
+    return flatten(yaml.safe_load((run_dir / "args.yaml").read_text()))
+
+
+def test_a_tiny_study_prunes_starts_from_the_recipe_and_never_reads_test(tmp_path: Path, no_test_split) -> None:
+    result = fgcli.tune("baseline", "demo", trials=3, epochs=3, pruner=PruneLaterTrials(), project=str(tmp_path),
+                        set=TINY_DATA, **TINY)
+    trials = result.tune_dir / "trials"
+    assert [(r.number, r.state, r.epochs) for r in result.rows] == [(0, "complete", 3), (1, "pruned", 2),
+                                                                     (2, "pruned", 2)]
+    # a pruned trial stopped cleanly after its second epoch: two rows, last.pt at epoch 2, no calibration pass
+    assert len(read_results_csv(trials / "trial_001" / "results.csv")) == 2
+    assert load_checkpoint(trials / "trial_001" / "weights" / "last.pt")["epoch"] == 2
+    assert not (trials / "trial_001" / "confusion_matrix.png").exists()
+    assert (trials / "trial_000" / "confusion_matrix.png").is_file()
+    # trial 0 is the recipe as given: every searched key holds the starting config's value (a null backbone lr
+    # scale stands for the method's default, 1.0 for the baseline)
+    base = resolve_config(None, None, {"method": "baseline", "model.backbone": "test_resnet", "train.epochs": 3,
+                                       "data.img_size": 32, "train.batch_size": 8}, TINY_DATA)
+    expected = {k: _get(base, k) for k in result.keys}
+    assert expected.pop("optim.backbone_lr_scale") is None
+    ran = _flat_args(trials / "trial_000")
+    assert ran["optim.backbone_lr_scale"] == 1.0 and all(ran[k] == v for k, v in expected.items()), ran
+    assert "train.epochs" not in result.keys  # given by --epochs: fixed
+    assert result.best is not None and result.best.number == 0
+    # no loader ever opened a test image
+    from fgcli.data.prepare import resolve_data
+
+    dataset = resolve_data(base.data)
+    test_images = {str(dataset.source_root / s.path) for s in dataset.splits["test"]}
+    assert no_test_split and test_images and not test_images & set(no_test_split)
+    # the outputs
+    rows = (result.tune_dir / "trials.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("trial,state,val_top1,")
+    assert result.files["history"].is_file() and result.files["history"].stat().st_size > 1000
+    # the best recipe trains with `fgcli train --recipe` and reproduces the best trial's config
+    recipe = result.files["best_recipe"]
+    assert "chosen on the validation split" in recipe.read_text()
+    again = fgcli.train(recipe=str(recipe), project=str(tmp_path / "again"), workers=0, device="cpu")
+    mine, theirs = _flat_args(again.run_dir), _flat_args(trials / "trial_000")
+    assert {k: v for k, v in mine.items() if k not in RUN_KEYS and not k.startswith("log.")} == \
+        {k: v for k, v in theirs.items() if k not in RUN_KEYS and not k.startswith("log.")}
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_ctrl_c_mid_trial_then_rerun_resumes_it_from_its_last_pt(tmp_path: Path, monkeypatch) -> None:
+    from fgcli.engine.trainer import Trainer
+
+    real = Trainer._save_epoch
+    fired = []
+
+    def save(self, epoch, improved):
+        real(self, epoch, improved)
+        if self.run_dir.name == "trial_001" and epoch == 1 and not fired:
+            fired.append(epoch)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_epoch", save)
+    args = dict(trials=3, epochs=2, pruner="none", project=str(tmp_path), set=TINY_DATA, heartbeat=1, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        fgcli.tune("baseline", "demo", **args)
+    folder = next(tmp_path.iterdir()) / "trials"
+    first_row = read_results_csv(folder / "trial_001" / "results.csv")
+    assert len(first_row) == 1
+    result = fgcli.tune("baseline", "demo", **args)
+    assert [(r.number, r.state) for r in result.rows] == [(0, "complete"), (1, "complete"), (2, "complete")]
+    assert "resumed as #3" in result.rows[1].note
+    rows = read_results_csv(folder / "trial_001" / "results.csv")
+    assert len(rows) == 2 and rows[0] == first_row[0]  # continued (a rerun would have another time column)
+    assert sorted(p.name for p in folder.iterdir()) == ["trial_000", "trial_001", "trial_002"]
+    # the same command once more finds nothing left to do
+    assert fgcli.tune("baseline", "demo", **args).ran_here == 0
+
+
+def test_a_budget_starts_no_trial_after_it_is_spent(tmp_path: Path) -> None:
+    result = fgcli.tune("baseline", "demo", budget=0.5, epochs=1, project=str(tmp_path), set=TINY_DATA, **TINY)
+    assert result.ran_here == 1 and [r.state for r in result.rows] == ["complete"]  # the recipe, then time is up
+
+
+def test_the_default_pruners_are_optunas_on_epochs() -> None:
+    from fgcli.tuning.run import make_pruner
+
+    median = make_pruner("median", 20)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (5, 2)  # epoch 1 is never pruned
+    assert isinstance(make_pruner("halving", 20), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("none", 20), optuna.pruners.NopPruner)
+    with pytest.raises(UserError, match="unknown --pruner 'hyperband'"):
+        make_pruner("hyperband", 20)
+
+
+def test_an_existing_study_with_another_method_or_space_is_refused(tmp_path: Path) -> None:
+    args = dict(trials=1, epochs=1, project=str(tmp_path), study="s", set=TINY_DATA, **TINY)
+    fgcli.tune("baseline", "demo", **args)
+    storage = f"sqlite:///{tmp_path / 's' / 'study.db'}"
+    with pytest.raises(UserError, match="study 's' in sqlite:///.*was made for method baseline, not herbs"):
+        fgcli.tune("herbs", "demo", storage=storage, **{**args, "set": [*TINY_DATA, "herbs.fpn_size=8"]})
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 0.001, high: 0.1, log: true}\n")
+    with pytest.raises(UserError, match="was made with another search space .*rerun with the same recipe, --space and flags"):
+        fgcli.tune("baseline", "demo", space=space, storage=storage, **args)
+    with pytest.raises(UserError, match=r"was made with another fixed settings \(differs in train.epochs\)"):
+        fgcli.tune("baseline", "demo", storage=storage, **{**args, "epochs": 2})
+    with pytest.raises(UserError, match="holds study 's'; pass --name"):
+        fgcli.tune("baseline", "demo", **{**args, "study": "other", "name": "s"})
+
+
+@pytest.mark.parametrize("url,shown", [("postgresql://fgcli:secret@127.0.0.1:9/none", "postgresql://fgcli:***@"),
+                                       ("sqlite:////no/such/folder/study.db", "sqlite:////no/such")])
+def test_an_unreachable_storage_is_one_line(tmp_path: Path, url: str, shown: str) -> None:
+    with pytest.raises(UserError) as info:
+        fgcli.tune("baseline", "demo", trials=1, epochs=1, storage=url, project=str(tmp_path), set=TINY_DATA, **TINY)
+    message = str(info.value)
+    assert f"--storage {shown}" in message and "cannot be reached" in message
+    assert "secret" not in message and "\n" not in message
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() -> None:
+    from fgcli.tuning.compare import ArmResult, CompareResult, SeedRun, _verdict
+    from fgcli.tuning.run import TuneResult
+
+    def arm(name: str, tests: list[float]) -> ArmResult:
+        tune = TuneResult(study=name, storage="", tune_dir=Path(), method="baseline", plan=[])
+        return ArmResult(name, tune, [SeedRun(i, Path(), 50.0, t) for i, t in enumerate(tests)])
+
+    shown = CompareResult("c", Path(), [], arms=[arm("a", [80, 82, 81]), arm("b", [75, 79.5, 77])])
+    _verdict(shown)
+    assert shown.best == "a" and shown.shown and shown.verdict.endswith(": shown")
+    overlap = CompareResult("c", Path(), [], arms=[arm("a", [80, 85, 81]), arm("b", [75, 80.5, 77]),
+                                                  arm("c", [60, 61, 62])])
+    _verdict(overlap)
+    assert overlap.best == "a" and not overlap.shown and "overlaps that of b: not shown" in overlap.verdict
+    assert arm("a", [80, 85, 81]).stats("test") == pytest.approx((82.0, 80.0, 85.0))
+
+
+@pytest.mark.slow
+def test_an_equal_budget_comparison_confirms_each_best_recipe_on_test(tmp_path: Path) -> None:
+    recipes = []
+    for name, lr in (("tiny_a", 0.05), ("tiny_b", 0.01)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"method: baseline\nmodel: {{backbone: test_resnet}}\noptim: {{lr: {lr}}}\n"
+                        "train: {epochs: 2, batch_size: 8}\ndata: {img_size: 32, workers: 0}\n")
+        recipes.append(str(path))
+    result = fgcli.tune(data="demo", recipes=recipes, trials=2, seeds=2, project=str(tmp_path / "runs"),
+                        set=TINY_DATA, device="cpu", workers=0)
+    assert [a.arm for a in result.arms] == ["tiny_a", "tiny_b"]
+    for arm in result.arms:
+        assert [r.state for r in arm.tune.rows] == ["complete", "complete"]
+        assert [s.seed for s in arm.seeds] == [1, 2]  # seeds the search (seed 0) did not use
+        for run in arm.seeds:
+            metrics = yaml.safe_load((run.run_dir / "test" / "metrics.json").read_text())
+            assert metrics["split"] == "test" and metrics["top1"] == pytest.approx(run.test_top1, abs=1e-3)
+            assert int(_flat_args(run.run_dir)["train.epochs"]) <= 4  # the same maximum: 2x the recipes' 2
+    assert result.best in ("tiny_a", "tiny_b") and result.verdict.endswith("shown")
+    table = result.files["markdown"].read_text()
+    assert "| tiny_a | 2 / 0 |" in table and "Verdict:" in table
