@@ -1,4 +1,5 @@
-"""Run setup shared by the trainer and the benchmarks: seeding, determinism, AMP, and the data loaders."""
+"""Run setup shared by the trainer and the benchmarks: seeding, determinism and the data loaders (AMP and
+channels_last: fgcli.engine.speed)."""
 
 from __future__ import annotations
 
@@ -52,27 +53,6 @@ def configure_determinism(cfg: Config, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = True
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def amp_settings(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler)."""
-    enabled = cfg.train.amp if cfg.train.amp is not None else device.type == "cuda"
-    if not enabled:
-        return None, False
-    want = cfg.train.amp_dtype
-    if device.type != "cuda":
-        if want == "fp16":
-            raise UserError("--amp with train.amp_dtype=fp16 needs CUDA; on CPU use bf16 or --no-amp.")
-        return torch.bfloat16, False
-    if want == "bf16" or (want == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """`model.channels_last`: auto = on CUDA only (where cuDNN is faster in NHWC), always, never."""
-    mode = cfg.model.channels_last
-    return mode == "always" or (mode == "auto" and device.type == "cuda")
 
 
 # -- data ------------------------------------------------------------------------------------------------
