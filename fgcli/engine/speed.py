@@ -14,7 +14,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,10 +229,11 @@ def probe_cached(cfg: Config, method: nn.Module, device: torch.device, img_size:
 
 
 def cache_file() -> Path:
-    """Where measured choices are remembered: $FGCLI_CACHE_DIR, else $XDG_CACHE_HOME/fgcli, else ~/.cache/fgcli."""
-    root = os.environ.get("FGCLI_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME")
-                                                         or Path.home() / ".cache") / "fgcli")
-    return Path(root) / "speed.json"
+    """Where measured choices are remembered: `speed.json` in fgcli's cache ($FGCLI_CACHE, else
+    $XDG_CACHE_HOME/fgcli, else ~/.cache/fgcli)."""
+    from fgcli.data.pipeline import cache_dir
+
+    return cache_dir() / "speed.json"
 
 
 def _cache_key(cfg: Config, img_size: int, num_classes: int, candidates: list[Candidate]) -> str:
