@@ -32,7 +32,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def set_loader_epoch(loader: Any, seed: int, epoch: int) -> None:
-    """Make the loader's shuffling and worker seeds a function of (seed, epoch) only."""
+    """Make the loader's shuffling and each sample's augmentation a function of (seed, epoch) only."""
     for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -42,6 +42,9 @@ def set_loader_epoch(loader: Any, seed: int, epoch: int) -> None:
     gen = getattr(loader, "generator", None)
     if isinstance(gen, torch.Generator):
         gen.manual_seed(epoch_seed(seed, epoch))
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "aug_seed"):  # per-sample augmentation seeds: independent of workers and processes
+        dataset.aug_seed = epoch_seed(seed, epoch)
 
 
 def configure_determinism(cfg: Config, device: torch.device) -> None:
