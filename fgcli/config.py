@@ -66,8 +66,8 @@ class ModelConfig:
     pretrained_strict: bool = True
     drop_path: float | None = None  # None = timm default
     output_stride: int | None = None  # timm's dilated last stages (8 or 16): finer maps; None = the model's 32
-    # NHWC memory format: "auto" (on CUDA only), "always" (every device, e.g. to test it on CPU), "never";
-    # the old booleans still load: true = auto, false = never
+    # NHWC memory format: "auto" (on CUDA; on a CPU where measured faster for this model, fgcli/engine/speed.py),
+    # "always", "never"; the old booleans still load: true = auto, false = never
     channels_last: str = "auto"
     freeze: str = "none"  # "backbone": pretrained trunk(s) fixed (no gradient, batch-norm statistics frozen)
     # head-first (LP-FT): the trunk(s) fixed for the first N epochs while the method's own layers learn on the
@@ -117,7 +117,11 @@ class TrainConfig:
     batch_size: int = 32
     accum_steps: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool | None = None  # None = on for CUDA, off on CPU
+    amp: bool | None = None  # None = auto: on for CUDA; bf16 on a CPU with AVX-512 BF16 / AMX where measured faster
+    # under CPU bf16 autocast, depthwise convolutions compute in fp32 (oneDNN's bf16 depthwise backward is slow);
+    # None = auto (on)
+    depthwise_fp32: bool | None = None
+    threads: int | None = None  # torch intra-op threads; None = torch's default (the physical cores)
     amp_dtype: str = "auto"  # auto (bf16 if supported else fp16) | fp16 | bf16
     ema: bool = False
     ema_decay: float = 0.9998
@@ -323,7 +327,8 @@ def validate(cfg: Config) -> None:
         (cfg.model.freeze_epochs == 0 or cfg.model.freeze == "none",
          "model.freeze_epochs needs model.freeze: none (with 'backbone' the trunk never trains)"),
         (cfg.model.channels_last in ("auto", "always", "never"),
-         "model.channels_last must be auto (CUDA only), always or never"),
+         "model.channels_last must be auto, always or never"),
+        (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be >= 1 (or null for all cores)"),
         (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),
     ]
     for section in METHOD_SECTIONS:

@@ -51,23 +51,11 @@ def check_precision(precision: str | None) -> str:
     return name
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS, Windows)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return set()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return flags
-
-
 def bf16_supported() -> bool:
     """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), so OpenVINO can run a model in bf16."""
-    return bool(cpu_flags() & set(_BF16_FLAGS))
+    from fgcli.cpu import cpu_info
+
+    return cpu_info().native_bf16
 
 
 def effective_precision(precision: str | None, openvino: bool) -> str:

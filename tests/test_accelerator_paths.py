@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fgcli.config import Config, resolve_config
 from fgcli.engine import distributed as D
-from fgcli.engine.setup import amp_settings, use_channels_last
+from fgcli.engine.speed import plan_speed
 from fgcli.errors import UserError
 from fgcli.methods import build_method
 
@@ -193,12 +193,15 @@ def test_mge_boxes_are_identical_to_fp32_on_a_clear_cam() -> None:
 
 def test_amp_settings_cpu_bf16_and_clear_fp16_error() -> None:
     cpu = torch.device("cpu")
-    assert amp_settings(tiny_config("baseline", "train.amp=true", "train.amp_dtype=bf16"), cpu) == (torch.bfloat16,
-                                                                                                     False)
-    assert amp_settings(tiny_config("baseline", "train.amp=true"), cpu) == (torch.bfloat16, False)  # auto
-    assert amp_settings(tiny_config("baseline"), cpu) == (None, False)  # off on CPU by default
+
+    def amp(*sets: str) -> torch.dtype | None:
+        return plan_speed(tiny_config("baseline", *sets), cpu).amp_dtype
+
+    assert amp("train.amp=true", "train.amp_dtype=bf16") == amp("train.amp=true") == torch.bfloat16
+    assert amp("train.amp=false") is None
+    assert amp() is None  # auto with nothing to measure: fp32 (fgcli.engine.speed measures in a real run)
     with pytest.raises(UserError, match="fp16 needs CUDA"):
-        amp_settings(tiny_config("baseline", "train.amp=true", "train.amp_dtype=fp16"), cpu)
+        plan_speed(tiny_config("baseline", "train.amp=true", "train.amp_dtype=fp16"), cpu)
 
 
 # -- channels_last ----------------------------------------------------------------------------------------
@@ -228,7 +231,9 @@ def test_channels_last_switch_and_old_boolean_configs() -> None:
                                          ("true", "auto", False, True), ("false", "never", False, False)):
         cfg = tiny_config("baseline", f"model.channels_last={value}")
         assert cfg.model.channels_last == mode
-        assert use_channels_last(cfg, cpu) is on_cpu and use_channels_last(cfg, cuda) is on_cuda
+        assert plan_speed(cfg, cpu).channels_last is on_cpu  # auto on CPU is measured: none here (no model)
+        cfg.train.amp = False  # (no CUDA here to ask about bf16)
+        assert plan_speed(cfg, cuda).channels_last is on_cuda  # CUDA: on unless switched off
     from fgcli.config import from_dict
 
     assert from_dict({"model": {"channels_last": True}}).model.channels_last == "auto"  # an old args.yaml

@@ -24,7 +24,6 @@ from fgcli.inference import (
     OnnxPredictor,
     Placement,
     check_precision,
-    cpu_flags,
     create_session,
     effective_precision,
     node_placement,
@@ -67,13 +66,15 @@ def test_precision_names():
         check_precision("f16")
 
 
-def test_cpu_flags_and_bf16_support(tmp_path, monkeypatch):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\n")
-    assert {"amx_bf16", "avx512f"} <= cpu_flags(info) and cpu_flags(tmp_path / "missing") == set()
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+def test_bf16_support_follows_the_cpu(monkeypatch):
+    from fgcli import cpu
+
+    def with_flags(*flags):
+        return cpu.CpuInfo(model="test CPU", flags=frozenset(flags), physical_cores=2, mhz=2000.0)
+
+    monkeypatch.setattr(cpu, "cpu_info", lambda: with_flags("avx512f", "avx512_bf16"))
     assert inference.bf16_supported()
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    monkeypatch.setattr(cpu, "cpu_info", lambda: with_flags("avx512f", "avx512_vnni"))
     assert not inference.bf16_supported()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,10 @@ class ManifestDataset(Dataset):
     manifest order, so runs stay deterministic; `failed_count` / `failed_paths` say how many were replaced.
     The failure flags live in shared memory, so they are seen across DataLoader worker processes.
     With `return_index`, the index is that of the sample actually returned.
+
+    With `aug_seed` set (the training loader sets it each epoch), the random transform of sample i is seeded
+    from (aug_seed, i) alone: the same augmentation whatever the number of loader workers or DDP processes,
+    and the caller's random streams are left as they were.
     """
 
     def __init__(self, samples: Sequence[Sample], source_root: str | Path, transform: Callable | None = None,
@@ -39,6 +45,7 @@ class ManifestDataset(Dataset):
         self.crop_bottom = int(crop_bottom)
         self.return_index = return_index
         self._failed = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
+        self.aug_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,6 +57,22 @@ class ManifestDataset(Dataset):
     @property
     def failed_paths(self) -> list[str]:
         return [self.samples[i].path for i in torch.nonzero(self._failed).flatten().tolist()]
+
+    @contextlib.contextmanager
+    def _seeded(self, index: int) -> Iterator[None]:
+        """torch's and python's random streams seeded from (aug_seed, index) inside, restored after."""
+        if self.aug_seed is None:
+            yield
+            return
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            seed = (self.aug_seed * 1_000_003 + 7_919 * index) % (2 ** 63 - 1)
+            torch.manual_seed(seed)
+            random.seed(seed)
+            try:
+                yield
+            finally:
+                random.setstate(state)
 
     def load(self, index: int) -> Image.Image | torch.Tensor:
         """The RGB image of sample `index` (a PIL image, or a 3 x H x W uint8 tensor with the torchvision
@@ -77,7 +100,8 @@ class ManifestDataset(Dataset):
                 log.warning(f"could not load {self.source_root / self.samples[j].path} ({type(e).__name__}: "
                             f"{e}); using another image in its place. Re-run prepare-data to list bad files.")
                 continue
-            tensor = self.transform(image) if self.transform is not None else image
+            with self._seeded(j):
+                tensor = self.transform(image) if self.transform is not None else image
             label = self.samples[j].label
             return (tensor, label, j) if self.return_index else (tensor, label)
         raise UserError(f"none of the {n} images under {self.source_root} could be loaded. Check the data folder "

@@ -2,7 +2,8 @@
 
 Keys (format_version 1): format_version, fgcli_version, date, method, backbone, config (nested dict), classes,
 preprocess, model (unwrapped state dict), ema (state dict or None), optimizer, scheduler, scaler, epoch
-(completed epochs), global_step, best_metric, best_epoch, rng, dataset, plus `history` (results.csv rows).
+(completed epochs), global_step, best_metric, best_epoch, rng, dataset, plus `history` (results.csv rows) and
+`speed` (the run's bf16 / channels_last choice).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def make_checkpoint(
     scheduler: Any = None,
     scaler: Any = None,
     history: list[dict[str, Any]] | None = None,
+    speed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the checkpoint dict (see the module docstring for the keys)."""
     from fgcli.config import to_dict
@@ -127,6 +129,7 @@ def make_checkpoint(
         "rng": capture_rng(),
         "dataset": dict(dataset),
         "history": list(history or []),
+        "speed": dict(speed or {}),  # the run's bf16 / channels_last choice (fgcli.engine.speed), kept on resume
     }
 
 

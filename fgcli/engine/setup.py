@@ -1,4 +1,5 @@
-"""Run setup shared by the trainer and the benchmarks: seeding, determinism, AMP, and the data loaders."""
+"""Run setup shared by the trainer and the benchmarks: seeding, determinism and the data loaders (AMP and
+channels_last: fgcli.engine.speed)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def set_loader_epoch(loader: Any, seed: int, epoch: int) -> None:
-    """Make the loader's shuffling and worker seeds a function of (seed, epoch) only."""
+    """Make the loader's shuffling and each sample's augmentation a function of (seed, epoch) only."""
     for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -41,6 +42,9 @@ def set_loader_epoch(loader: Any, seed: int, epoch: int) -> None:
     gen = getattr(loader, "generator", None)
     if isinstance(gen, torch.Generator):
         gen.manual_seed(epoch_seed(seed, epoch))
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "aug_seed"):  # per-sample augmentation seeds: independent of workers and processes
+        dataset.aug_seed = epoch_seed(seed, epoch)
 
 
 def configure_determinism(cfg: Config, device: torch.device) -> None:
@@ -52,27 +56,6 @@ def configure_determinism(cfg: Config, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = True
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def amp_settings(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler)."""
-    enabled = cfg.train.amp if cfg.train.amp is not None else device.type == "cuda"
-    if not enabled:
-        return None, False
-    want = cfg.train.amp_dtype
-    if device.type != "cuda":
-        if want == "fp16":
-            raise UserError("--amp with train.amp_dtype=fp16 needs CUDA; on CPU use bf16 or --no-amp.")
-        return torch.bfloat16, False
-    if want == "bf16" or (want == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """`model.channels_last`: auto = on CUDA only (where cuDNN is faster in NHWC), always, never."""
-    mode = cfg.model.channels_last
-    return mode == "always" or (mode == "auto" and device.type == "cuda")
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
 from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr, fit_warmup
 from fgcli.engine.rundir import increment_path, write_results_csv
 from fgcli.engine.setup import (
-    amp_settings,
     backbone_defaults,
     build_data,
     configure_determinism,
@@ -39,7 +38,6 @@ from fgcli.engine.setup import (
     load_dataset,
     seed_everything,
     set_loader_epoch,
-    use_channels_last,
 )
 from fgcli.engine.signals import defer_sigint
 from fgcli.errors import UserError
@@ -108,8 +106,13 @@ class Trainer:
     # ---- setup ----
     def setup(self) -> None:
         cfg = self.cfg
+<<<<<<< HEAD
         if self.info.enabled and cfg.train.sync_bn:
             D.check_sync_bn(self.device)
+=======
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+>>>>>>> speed
         configure_determinism(cfg, self.device)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank and every resume
         from fgcli.data.transforms import resolve_preprocess
@@ -128,9 +131,14 @@ class Trainer:
             raise UserError(f"method '{cfg.method}' on backbone '{cfg.model.backbone}' needs {fixed}x{fixed} inputs, "
                             f"but the preprocessing gives {preprocess.img_size}. Use --img-size {fixed}.")
         self.data = build_data(cfg, dataset, preprocess, self.info)
-        self.amp_dtype, use_scaler = amp_settings(cfg, self.device)
-        self.channels_last = use_channels_last(cfg, self.device)
         self.method.to(self.device)
+        self.speed = self._plan_speed(preprocess.img_size, len(dataset.classes))
+        self.amp_dtype, use_scaler = self.speed.amp_dtype, self.speed.use_scaler
+        self.channels_last = self.speed.channels_last
+        if self.speed.amp_dtype is not None and self.speed.depthwise_fp32:
+            from fgcli.methods.precision import keep_depthwise_fp32
+
+            keep_depthwise_fp32(self.method)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.ema = None
@@ -167,6 +175,19 @@ class Trainer:
         self.compile_pending = bool(cfg.model.compile)
         self.model = torch.compile(model) if cfg.model.compile else model
         self._setup_run_dir()
+
+    def _plan_speed(self, img_size: int, num_classes: int) -> Any:
+        """bf16 / channels_last / depthwise policy (fgcli.engine.speed): rank 0 decides (measuring on a CPU where
+        the config says auto), every rank follows."""
+        from fgcli.engine.speed import SpeedPlan, plan_speed
+
+        record = None
+        if self.main:
+            previous = (self.resume_ckpt or {}).get("speed")
+            plan = plan_speed(self.cfg, self.device, self.method, img_size, num_classes, previous=previous)
+            record = plan.record()
+        record = D.broadcast_object(record, self.info)
+        return SpeedPlan.from_record(record)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.method.load_state_dict(ckpt["model"])
@@ -219,7 +240,8 @@ class Trainer:
             model=self.method, cfg=self.cfg, classes=self.data.classes, preprocess=self.data.preprocess,
             dataset=self.data.info, epoch=epoch, global_step=self.global_step, best_metric=self.best_metric,
             best_epoch=self.best_epoch, ema=self.ema.module if self.ema is not None else None,
-            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, history=self.history)
+            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, history=self.history,
+            speed=self.speed.record())
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         """results.csv/png first, then best.pt, then last.pt: a kill between them is repaired by resume."""
@@ -586,9 +608,8 @@ class Trainer:
     def _log_start(self) -> None:
         cfg, data = self.cfg, self.data
         what = "resuming" if self.start_epoch else "training"
-        paths = [f"amp {self.amp_dtype}" + (" + GradScaler" if self.scaler.is_enabled() else "")] \
-            if self.amp_dtype else []  # the accelerator paths this run takes (benchmarks/gpu_check.py reads them)
-        paths += [name for name, on in (("channels_last", self.channels_last), ("compile", cfg.model.compile),
+        paths = self.speed.paths()  # the accelerator paths this run takes (benchmarks/gpu_check.py reads them)
+        paths += [name for name, on in (("compile", cfg.model.compile),
                                         ("cudnn.benchmark", self.device.type == "cuda"
                                          and torch.backends.cudnn.benchmark)) if on]
         log.info(f"{what} {cfg.method} on {cfg.model.backbone} | data {data.info['name']} "
@@ -597,6 +618,11 @@ class Trainer:
                  f"{f' x {cfg.train.accum_steps} accum' if cfg.train.accum_steps > 1 else ''} | "
                  f"img {data.preprocess.img_size} | device {self.device}"
                  f"{''.join(f' | {p}' for p in paths)} | run {self.run_dir}")
+        for reason in self.speed.reasons:
+            if reason.startswith("warning: "):
+                log.warning(reason[len("warning: "):])
+            else:
+                log.info(f"speed: {reason}")
         if self.data.val_loader is None:
             log.warning("no validation split: best.pt will not be written. Set data.val_fraction > 0.")
 
@@ -610,14 +636,33 @@ class Trainer:
         parts.append(f"lr {row['lr']:.2e}")
         parts.append(f"{stats['train_images_per_s']:.1f} img/s")
         parts.append(f"{row['epoch_time']:.1f}s")
+        remaining = self.cfg.train.epochs - row["epoch"]
+        if remaining > 0:  # the cost of the run, visible from its first epoch on
+            per_epoch = row["time"] / max(len(self.history), 1) if len(self.history) > 1 else row["epoch_time"]
+            parts.append(f"run ~{format_duration(row['time'] + remaining * per_epoch)} "
+                         f"({format_duration(remaining * per_epoch)} left)")
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
 
 
+<<<<<<< HEAD
 def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
                       reject_recall: float | None = 0.95) -> dict[str, Any] | None:
     """Fit the temperature of the fused logits in `scores` (and the rejection threshold keeping `reject_recall`
     of those images) and write it into the checkpoint at `path` (atomically); returns the record, or None (with
     a warning) when there is nothing to fit on."""
+=======
+def format_duration(seconds: float) -> str:
+    """1h02m, 12m05s, 42s."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def store_calibration(path: Path, scores: Any, split: str, source: str = "train") -> dict[str, Any] | None:
+    """Fit the temperature of the fused logits in `scores` and write it into the checkpoint at `path`
+    (atomically); returns the record, or None (with a warning) when there is nothing to fit on."""
+>>>>>>> speed
     from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
     from fgcli.engine.checkpoint import load_checkpoint
 

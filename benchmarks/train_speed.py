@@ -1,0 +1,264 @@
+"""Training speed of each method's shipped Lite0 recipe, every speed switch side by side in one run.
+
+For each method and image size, one fgcli Trainer per row (the real training step: loader, autocast, loss,
+backward, AdamW step, EMA hook, schedule) trains on the same data; rows take turns for `--rounds` rounds of
+`--steps` batches (the first round is warm-up), so that load on the machine affects every row alike. Printed per
+row: training img/s (median of the rounds), the ratio to the `fp32` row (fp32, contiguous, 1 thread: fgcli's
+CPU default before `train.amp` / `model.channels_last` became measured choices), the achieved GFLOP/s (from
+`torch.utils.flop_counter`: 3x the forward FLOPs) against the CPU's nominal peak at that precision, and the
+start-up time of the row's first step (compile).
+
+    python benchmarks/train_speed.py                                 # baseline, herbs, mge at 128 and 224 px
+    python benchmarks/train_speed.py --methods baseline --sizes 128 --rows fp32 channels_last auto
+    python benchmarks/train_speed.py --emulate avx2                  # PyTorch and oneDNN capped to AVX2, fp32
+    python benchmarks/train_speed.py --quick                         # tiny timm model, 2 rows, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
+RECIPES = {"baseline": "baseline_lite0_128", "herbs": "herbs_lite0_128", "mge": "mge_lite0_128"}
+EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting: config overrides, threads (0 = physical cores) and loader workers."""
+
+    name: str
+    sets: tuple[str, ...]
+    threads: int = 1
+    workers: int = 0
+    batch: int | None = None  # None = the recipe's
+
+
+FP32 = ("train.amp=false", "model.channels_last=never")
+ROWS = {
+    "fp32": Row("fp32", FP32),
+    "channels_last": Row("channels_last", ("train.amp=false", "model.channels_last=always")),
+    "compile": Row("compile", (*FP32, "model.compile=true")),
+    "bf16": Row("bf16", ("train.amp=true", "train.amp_dtype=bf16", "model.channels_last=never",
+                         "train.depthwise_fp32=false")),
+    "bf16_dw_fp32": Row("bf16_dw_fp32", ("train.amp=true", "train.amp_dtype=bf16", "model.channels_last=never",
+                                         "train.depthwise_fp32=true")),
+    "bf16_dw_fp32_cl": Row("bf16_dw_fp32_cl", ("train.amp=true", "train.amp_dtype=bf16",
+                                               "model.channels_last=always", "train.depthwise_fp32=true")),
+    "auto": Row("auto", ()),  # fgcli's default now: measured per CPU and model
+    "auto_batch32": Row("auto_batch32", (), batch=32),
+    "auto_batch64": Row("auto_batch64", (), batch=64),
+    "auto_workers1": Row("auto_workers1", (), workers=1),
+    "auto_workers2": Row("auto_workers2", (), workers=2),
+    "auto_threads": Row("auto_threads", (), threads=0),
+    "auto_threads_workers1": Row("auto_threads_workers1", (), threads=0, workers=1),
+}
+DEFAULT_ROWS = list(ROWS)
+EMULATED_ROWS = ["fp32", "channels_last", "compile", "auto", "auto_threads"]
+
+
+@dataclass
+class Result:
+    method: str
+    size: int
+    row: str
+    rates: list[float] = field(default_factory=list)
+    startup_s: float = 0.0
+    gflop_per_img: float = 0.0
+    precision: str = "fp32"
+    threads: int = 1
+    batch: int = 0
+    paths: str = ""
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+
+class _Batches:
+    """The first `count` batches of a loader, from one persistent iterator (workers start once, not per call)."""
+
+    def __init__(self, loader: Any, count: int) -> None:
+        self.loader, self.count, self._it = loader, count, iter(loader)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Any:
+        for _ in range(self.count):
+            try:
+                yield next(self._it)
+            except StopIteration:
+                self._it = iter(self.loader)
+                yield next(self._it)
+
+
+def build_trainer(method: str, size: int, row: Row, data: str, steps: int, project: Path, quick: bool) -> Any:
+    """A set-up fgcli Trainer for one row; its epoch is `steps` batches."""
+    import torch
+
+    from fgcli.engine.runconfig import train_config
+    from fgcli.engine.trainer import Trainer
+
+    threads = physical_cores() if row.threads == 0 else row.threads
+    torch.set_num_threads(threads)
+    flags = {"data.path": data, "data.img_size": size, "data.workers": row.workers, "train.project": str(project),
+             "train.name": f"{method}-{size}-{row.name}", "train.exist_ok": True, "train.quiet": True,
+             "train.epochs": 1000}
+    if row.batch:
+        flags["train.batch_size"] = row.batch
+    sets = list(row.sets)
+    if quick:
+        flags.update({"model.backbone": "test_efficientnet", "model.pretrained_file": None, "method": method})
+        sets += ["data.demo_per_class=8", "sched.warmup=0"]
+        if method == "herbs":
+            sets += ["herbs.fpn_size=16", "herbs.num_selects=[8,4,2,1]"]
+        recipe = None
+    else:
+        recipe = RECIPES[method]
+    cfg = train_config(recipe, None, flags, sets)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer.data.train_loader = _Batches(trainer.data.train_loader, steps)
+    trainer.micro_per_epoch = steps
+    return trainer
+
+
+def flops_per_image(trainer: Any) -> float:
+    """Training FLOPs per image: 3 x the forward FLOPs counted by `torch.utils.flop_counter` (the backward pass
+    costs about twice the forward: 2.93x measured on resnet18; the counter's own backward count treats grouped
+    convolutions as dense, 41x the forward on EfficientNet-Lite0, so it is not used)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    method = trainer.method
+    size = trainer.data.preprocess.img_size
+    images = torch.randn(2, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
+        method.eval()
+        method(images)
+    method.train()
+    return 3 * counter.get_total_flops() / 2
+
+
+def physical_cores() -> int:
+    from fgcli.cpu import cpu_info
+
+    return cpu_info().physical_cores
+
+
+def measure(methods: list[str], sizes: list[int], rows: list[Row], data: str, steps: int, rounds: int,
+            quick: bool) -> list[Result]:
+    """Every row of every (method, size), rows taking turns round by round."""
+    import torch
+
+    from fgcli.console import setup_logging
+
+    setup_logging(quiet=True)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="fgcli-train-speed-") as tmp:
+        for method in methods:
+            for size in sizes:
+                trainers: dict[str, Any] = {}
+                entries: dict[str, Result] = {}
+                for row in rows:
+                    print(f"  setting up {method} {size}px {row.name} ...", file=sys.stderr, flush=True)
+                    trainer = build_trainer(method, size, row, data, steps, Path(tmp), quick)
+                    trainers[row.name] = trainer
+                    entries[row.name] = Result(method, size, row.name, threads=torch.get_num_threads(),
+                                               batch=trainer.cfg.train.batch_size,
+                                               precision="bf16" if trainer.amp_dtype is not None else "fp32",
+                                               paths=", ".join(trainer.speed.paths()) or "fp32")
+                flop = flops_per_image(trainers[rows[0].name])
+                for round_index in range(rounds):
+                    for row in rows:
+                        torch.set_num_threads(entries[row.name].threads)
+                        start = time.perf_counter()
+                        stats = trainers[row.name].train_one_epoch(0, None)
+                        if round_index == 0:
+                            entries[row.name].startup_s = time.perf_counter() - start
+                        else:
+                            entries[row.name].rates.append(stats["train_images_per_s"])
+                for entry in entries.values():
+                    entry.gflop_per_img = flop / 1e9
+                    results.append(entry)
+                for trainer in trainers.values():
+                    trainer.close()
+    return results
+
+
+def report(results: list[Result], emulated: str | None) -> str:
+    """The README table: one block per (method, size)."""
+    from fgcli.cpu import cpu_info
+
+    info = cpu_info()
+    fp32_peak, bf16_peak = info.fp32_peak_gflops_per_core, info.bf16_peak_gflops_per_core
+    lines = [f"CPU: {info.describe()}" + (f" [emulated {emulated.upper()}]" if emulated else ""),
+             f"nominal peak per core: fp32 {fp32_peak or 0:.0f} GFLOP/s"
+             + (f", bf16 {bf16_peak:.0f} GFLOP/s" if bf16_peak else ""), ""]
+    lines.append("| method | px | row | paths | threads | batch | img/s | vs fp32 | GFLOP/s | % of peak | "
+                 "first step s |")
+    lines.append("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key in dict.fromkeys((r.method, r.size) for r in results):
+        block = [r for r in results if (r.method, r.size) == key]
+        ref = next((r.rate for r in block if r.row == "fp32"), block[0].rate)
+        for r in block:
+            achieved = r.rate * r.gflop_per_img
+            peak = (bf16_peak if r.precision == "bf16" and bf16_peak else fp32_peak or 0.0) * r.threads
+            share = f"{100 * achieved / peak:.1f}" if peak else "?"
+            lines.append(f"| {r.method} | {r.size} | {r.row} | {r.paths} | {r.threads} | {r.batch} | {r.rate:.1f} | "
+                         f"{r.rate / ref if ref else 0:.2f}x | {achieved:.1f} | {share} | {r.startup_s:.1f} |")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
+    p.add_argument("--rows", nargs="+", default=None, choices=list(ROWS), help="default: all (emulated: a subset)")
+    p.add_argument("--data", default=None, help="data to train on (default: ../shared/data/flowers102, else demo)")
+    p.add_argument("--steps", type=int, default=6, help="batches per row per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; the first is warm-up")
+    p.add_argument("--emulate", choices=list(EMULATE), default=None,
+                   help="re-run with PyTorch / oneDNN capped to this ISA (rows labelled emulated)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--quick", action="store_true", help="tiny timm model on demo data, rows fp32 and auto")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.emulate and not os.environ.get("FGCLI_EMULATED"):
+        env = dict(os.environ, FGCLI_EMULATED=args.emulate, **EMULATE[args.emulate])
+        return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
+    emulated = os.environ.get("FGCLI_EMULATED")
+    names = args.rows or (["fp32", "auto"] if args.quick else EMULATED_ROWS if emulated else DEFAULT_ROWS)
+    rows = [ROWS[n] for n in names]
+    data = args.data or ("demo" if args.quick or not FLOWERS.is_dir() else str(FLOWERS))
+    sizes = [32] if args.quick else args.sizes
+    steps, rounds = (2, 2) if args.quick else (args.steps, args.rounds)
+    results = measure(args.methods, sizes, rows, data, steps, rounds, args.quick)
+    text = report(results, emulated)
+    print(text)
+    print(f"\n{'python benchmarks/train_speed.py ' + ' '.join(argv if argv is not None else sys.argv[1:])}  "
+          f"({time.strftime('%Y-%m-%d')}; data {data}; {steps} batches x {rounds - 1} rounds per row after a "
+          "warm-up round)")
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ | {"rate": r.rate} for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
