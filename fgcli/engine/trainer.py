@@ -106,13 +106,10 @@ class Trainer:
     # ---- setup ----
     def setup(self) -> None:
         cfg = self.cfg
-<<<<<<< HEAD
         if self.info.enabled and cfg.train.sync_bn:
             D.check_sync_bn(self.device)
-=======
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
->>>>>>> speed
         configure_determinism(cfg, self.device)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank and every resume
         from fgcli.data.transforms import resolve_preprocess
@@ -644,13 +641,6 @@ class Trainer:
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
 
 
-<<<<<<< HEAD
-def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
-                      reject_recall: float | None = 0.95) -> dict[str, Any] | None:
-    """Fit the temperature of the fused logits in `scores` (and the rejection threshold keeping `reject_recall`
-    of those images) and write it into the checkpoint at `path` (atomically); returns the record, or None (with
-    a warning) when there is nothing to fit on."""
-=======
 def format_duration(seconds: float) -> str:
     """1h02m, 12m05s, 42s."""
     seconds = max(int(round(seconds)), 0)
@@ -659,10 +649,11 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def store_calibration(path: Path, scores: Any, split: str, source: str = "train") -> dict[str, Any] | None:
-    """Fit the temperature of the fused logits in `scores` and write it into the checkpoint at `path`
-    (atomically); returns the record, or None (with a warning) when there is nothing to fit on."""
->>>>>>> speed
+def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
+                      reject_recall: float | None = 0.95) -> dict[str, Any] | None:
+    """Fit the temperature of the fused logits in `scores` (and the rejection threshold keeping `reject_recall`
+    of those images) and write it into the checkpoint at `path` (atomically); returns the record, or None (with
+    a warning) when there is nothing to fit on."""
     from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
     from fgcli.engine.checkpoint import load_checkpoint
 
