@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (dataclasses in the script look their module up)
     spec.loader.exec_module(module)
     return module
 
@@ -115,3 +116,19 @@ def test_speed_table_rows(speed):
     row = text.splitlines()[2]
     assert row.startswith("| baseline | 1 | 12.0 | 3.0 | 1.5 | — | 2.0 | — | cpu int8 | 8.00× |")
     assert "68.00 (-0.20) | met |" in row and len(text.splitlines()) == 3  # no batch-8 row: not timed
+
+
+def test_train_speed_quick_prints_every_row_with_its_ratio(capsys, monkeypatch, tmp_path):
+    """benchmarks/train_speed.py --quick: a tiny model trained by the real Trainer, fp32 and auto side by side."""
+    monkeypatch.setenv("FGCLI_CACHE", str(tmp_path))
+    train_speed = _load("train_speed")
+    out = tmp_path / "rows.json"
+    assert train_speed.main(["--quick", "--methods", "baseline", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "CPU: " in text and "nominal peak per core: fp32" in text
+    rows = [line for line in text.splitlines() if line.startswith("| baseline | 32 |")]
+    assert [r.split(" | ")[2] for r in rows] == ["fp32", "auto"]
+    assert rows[0].split(" | ")[7] == "1.00x"
+    saved = json.loads(out.read_text())
+    assert [r["row"] for r in saved] == ["fp32", "auto"] and all(r["rate"] > 0 and r["gflop_per_img"] > 0
+                                                                 for r in saved)
