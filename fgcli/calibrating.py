@@ -32,11 +32,12 @@ class CalibrateResult:
             table.add_column(name, justify="left" if not name else "right")
         table.add_row("uncalibrated", "1.000", f"{r['nll_before']:.4f}", f"{100 * r['ece_before']:.2f}",
                       f"{100 * r['top1']:.2f}")
-        table.add_row("[bold]calibrated[/]", f"[bold]{r['temperature']:.3f}[/]", f"{r['nll_after']:.4f}",
+        how = {"kept": " (kept at 1)", "bounded": " (not fitted)"}.get(r.get("fit", ""), "")
+        table.add_row(f"[bold]calibrated[/]{how}", f"[bold]{r['temperature']:.3f}[/]", f"{r['nll_after']:.4f}",
                       f"{100 * r['ece_after']:.2f}", f"{100 * r['top1']:.2f}")
         if self.previous is not None:
             table.caption = (f"replaces temperature {float(self.previous['temperature']):.3f} "
-                             f"(fitted on {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
+                             f"(from {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
         return table
 
 
@@ -97,6 +98,8 @@ def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str
     ckpt = loaded.checkpoint
     previous = stored_calibration(ckpt)
     record = fit_record(logits[0], targets, split=split, weights=loaded.weights, source="calibrate")
+    if record["reason"]:
+        log.warning(record["reason"])
     ckpt[CHECKPOINT_KEY] = record
     written = Path(out) if out is not None else path
     with defer_sigint():

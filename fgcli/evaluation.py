@@ -57,7 +57,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     """
     from fgcli.config import from_dict
     from fgcli.data.select import resolve_split_data, run_data
-    from fgcli.engine.calibration import ScoreBook, stored_temperature
+    from fgcli.engine.calibration import ScoreBook, stored_calibration, stored_temperature
     from fgcli.engine.fused import check_tta
 
     path = Path(checkpoint)
@@ -73,6 +73,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         if len(model.session.get_providers()) > 1:
             log.info(f"{model.device}: {model.placement_line()}")
         temperature = model.temperature
+        fit = json.loads(info.extra["calibration"]) if info.extra.get("calibration") else None
         if model.graph_tta is not None:
             if tta is not None:
                 log.info(f"{path.name} was exported with --tta {model.graph_tta}: its outputs already average the "
@@ -102,6 +103,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         loaded = load_model(path, device=device, use_ema=use_ema)
         model, info, torch_device, data_cfg = loaded.model, loaded.info, loaded.device, loaded.config.data
         temperature = stored_temperature(loaded.checkpoint)
+        fit = stored_calibration(loaded.checkpoint)
         where = str(torch_device)
         if data is None:
             data = run_data(loaded.config, "--data PATH")
@@ -125,7 +127,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     out_dir = Path(out) if out is not None else default_out_dir(path)
     extra = {**extra, "data": str(data), "split": split, "method": info.method, "backbone": info.backbone,
              "device": where, "seconds": round(time.perf_counter() - t0, 3)}
-    report = _calibration(book, temperature, tta, calibration) if result.num_samples else None
+    report = _calibration(book, temperature, tta, calibration, fit) if result.num_samples else None
     files = write_report(result, info.classes, out_dir, extra={**extra, "tta": tta or "none"}, title=report_title,
                          more={"calibration": report.to_dict()} if report is not None else None)
     if report is not None:
@@ -133,10 +135,11 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     return EvalRun(result, out_dir, files, title=f"{title} on {data} [{split}]", device=where, calibration=report)
 
 
-def _calibration(book: Any, temperature: float | None, tta: str | None, calibration: bool) -> Any:
+def _calibration(book: Any, temperature: float | None, tta: str | None, calibration: bool,
+                 fit: dict[str, Any] | None = None) -> Any:
     from fgcli.engine.calibration import calibration_report
 
-    return calibration_report(book, temperature, tta=tta, calibrated=calibration)
+    return calibration_report(book, temperature, tta=tta, calibrated=calibration, fit=fit)
 
 
 def _plot_reliability(report: Any, path: Path, title: str) -> Path:
@@ -172,6 +175,8 @@ def calibration_table(report: Any) -> Any:
     if report.tta_after is not None:
         change = 100 * (report.tta_after.accuracy - report.after.accuracy)
         caption.append(f"{report.tta} TTA changes top-1 by {change:+.2f} points")
+    if report.fit and report.fit.get("reason"):
+        caption.append(report.fit["reason"])
     table.caption = "\n".join(caption)
     return table
 

@@ -25,13 +25,15 @@ METHOD_SETTINGS = {
 
 def make_checkpoint_file(folder: Path, method: str = "baseline", backbone: str = "test_resnet", size: int = SIZE,
                          data: str = "/nonexistent/fgcli-data", seed: int = 0, ema: bool = False,
-                         name: str = "model.pt", classes: list[str] | None = None) -> Path:
+                         name: str = "model.pt", classes: list[str] | None = None,
+                         settings: tuple[str, ...] = ()) -> Path:
     """Build a randomly initialised Method and save it as an fgcli checkpoint (sharpened head: confident,
-    well-separated predictions so that fp16 / int8 top-1 comparisons are meaningful)."""
+    well-separated predictions so that fp16 / int8 top-1 comparisons are meaningful). `settings`: more config
+    overrides (e.g. the demo data's `data.demo_*` and `data.val_fraction`)."""
     torch.manual_seed(seed)
     classes = list(classes or CLASSES)
     cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={size}",
-                                    f"data.path={data}", *METHOD_SETTINGS[method]])
+                                    f"data.path={data}", *METHOD_SETTINGS[method], *settings])
     model = build_method(cfg, len(classes)).eval()
     pre = Preprocess(img_size=size, resize=int(size / 0.875), resize_mode="shorter", mean=(0.485, 0.456, 0.406),
                      std=(0.229, 0.224, 0.225))

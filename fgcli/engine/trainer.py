@@ -520,13 +520,15 @@ class Trainer:
             targets.append((result.last, last_scores))
         else:
             targets.append((result.last, best_scores))
+        warned: set[str] = set()  # best.pt and last.pt often get the same reason: say it once
         for path, scores in targets:
             states = D.gather_objects(scores.state(), self.info)
             if self.main and path.is_file():
                 merged = ScoreBook()
                 for state in states:
                     merged.extend(state)
-                record = store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"))
+                record = store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"),
+                                           warned=warned)
                 if path == result.best:
                     result.calibration = record
 
@@ -581,9 +583,11 @@ class Trainer:
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
 
 
-def store_calibration(path: Path, scores: Any, split: str, source: str = "train") -> dict[str, Any] | None:
+def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
+                      warned: set[str] | None = None) -> dict[str, Any] | None:
     """Fit the temperature of the fused logits in `scores` and write it into the checkpoint at `path`
-    (atomically); returns the record, or None (with a warning) when there is nothing to fit on."""
+    (atomically); returns the record, or None (with a warning) when there is nothing to fit on. A temperature
+    that could not be fitted (too few val errors) is warned about once per reason in `warned`."""
     from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
     from fgcli.engine.checkpoint import load_checkpoint
 
@@ -597,6 +601,10 @@ def store_calibration(path: Path, scores: Any, split: str, source: str = "train"
     with defer_sigint():
         save_checkpoint(path, ckpt)
     log.info(f"calibrated {path.name}: {record_line(record)}")
+    warned = set() if warned is None else warned
+    if record["reason"] and record["reason"] not in warned:
+        warned.add(record["reason"])
+        log.warning(f"{path.name}: {record['reason']}")
     return record
 
 
