@@ -51,6 +51,17 @@ def make_checkpoint_file(folder: Path, method: str = "baseline", backbone: str =
     return path
 
 
+def make_demo_checkpoint(folder: Path, val_fraction: float, method: str = "baseline", size: int = 32,
+                         per_class: int = 12) -> Path:
+    """A checkpoint whose run data is a tiny demo (3 classes, `per_class` train images each, a third as many
+    test images) with `val_fraction` of train carved as val, so that export finds the run's data."""
+    from fgcli.data.demo import class_names
+
+    return make_checkpoint_file(folder, method, size=size, data="demo", classes=class_names(3),
+                                settings=(f"data.demo_size={size}", "data.demo_classes=3",
+                                          f"data.demo_per_class={per_class}", f"data.val_fraction={val_fraction}"))
+
+
 def write_images(folder: Path, count: int, size: int = 80, seed: int = 0, ext: str = ".png") -> list[Path]:
     """`count` random RGB images of `size`² under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)

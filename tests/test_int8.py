@@ -3,14 +3,17 @@ that keeps more of them when val top-1 drops, calibration on the train split onl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
-from exportkit import SIZE, make_checkpoint_file
+from exportkit import SIZE, make_checkpoint_file, make_demo_checkpoint
+from typer.testing import CliRunner
 
+from fgcli.cli import app
 from fgcli.errors import UserError
 from fgcli.exporting import pipeline
 from fgcli.exporting.graph import finite_infinities, fp32_island_nodes
@@ -153,3 +156,51 @@ def test_unknown_calibration_method_is_one_line(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
     with pytest.raises(UserError, match="--calib-method kl: choose one of minmax, percentile, entropy"):
         export_checkpoint(ckpt, ExportOptions(int8=True, calib_method="kl"))
+
+
+# -- the real path: which split the int8 search judges on -----------------------------------------------------
+def _spy_splits(monkeypatch) -> list[str]:
+    """Record every split the export reads images from (the real reader still runs)."""
+    import fgcli.exporting.rundata as rundata
+
+    read: list[str] = []
+    real = rundata.iter_split
+
+    def iter_split(dataset, split, *args, **kwargs):
+        read.append(split)
+        return real(dataset, split, *args, **kwargs)
+
+    monkeypatch.setattr(rundata, "iter_split", iter_split)
+    return read
+
+
+def test_int8_search_without_a_val_split_is_refused_and_nothing_is_lost(tmp_path, monkeypatch):
+    ckpt = make_demo_checkpoint(tmp_path, val_fraction=0)
+    older = tmp_path / "model.onnx"
+    older.write_bytes(b"an earlier export")
+    read = _spy_splits(monkeypatch)
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--calib-images", "4"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "has no val split" in text and "--val-fraction" in text and "never on test" in text
+    assert older.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt"]  # no int8 file, no temp file
+    assert read == []  # refused before reading any image
+    # no search asked (Python API): quantized once, compared on random inputs, never on test
+    report = export_checkpoint(ckpt, ExportOptions(int8=True, int8_max_drop=None, calib_images=4,
+                                                   out=tmp_path / "api.onnx", bench_iters=1,
+                                                   bench_batches=(1,))).int8
+    assert report.eval_source == "random inputs" and report.top1_fp32 is None
+    assert "test" not in read and "train" in read
+
+
+def test_int8_search_judges_on_the_val_split(tmp_path, monkeypatch):
+    """demo: 36 train images, 9 carved as val, 12 test; the int8 comparison scores the 9 val images."""
+    ckpt = make_demo_checkpoint(tmp_path, val_fraction=0.25)
+    read = _spy_splits(monkeypatch)
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--calib-images", "4"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "int8: comparing with fp32 on the val split of demo" in text and "test split" not in text
+    assert re.search(r"agreement with fp32 [0-9.]+% on 9 images", text)
+    assert "test" not in read and set(read) == {"train", "val"}  # calibration on train, parity and int8 on val
