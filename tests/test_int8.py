@@ -220,8 +220,8 @@ def test_quantizer_chatter_becomes_debug_records_of_the_fgcli_log(fp32_files, ca
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append  # type: ignore[method-assign]
-    level, root_handlers = log.level, logging.getLogger().handlers[:]
-    log.addHandler(handler)
+    level, handlers, root_handlers = log.level, log.handlers[:], logging.getLogger().handlers[:]
+    log.handlers = [handler]  # only this one: an earlier CLI test may have added the terminal's
     log.setLevel(logging.DEBUG)
     try:
         calib = [np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)]
@@ -229,7 +229,7 @@ def test_quantizer_chatter_becomes_debug_records_of_the_fgcli_log(fp32_files, ca
         quantize_int8(onnx.load(str(fp32_files["herbs"])), calib, "random")
         out, err = capfd.readouterr()
     finally:
-        log.removeHandler(handler)
+        log.handlers = handlers
         log.setLevel(level)
     assert not any(text in out + err for text in CHATTER), out + err
     debug = "\n".join(r.getMessage() for r in records if r.levelno == logging.DEBUG)
