@@ -68,6 +68,7 @@ def measure(label: str, best: Path, work: Path, data: str | None, device: str, r
     cal = metrics["calibration"]
     return {"label": label, "method": ckpt["method"], "backbone": ckpt["backbone"], "epoch": ckpt["epoch"],
             "data": ckpt["dataset"].get("name", ""), "source": str(best), "temperature": record["temperature"],
+            "fit": record.get("fit", "fitted"),  # fitted / kept (T = 1) / bounded: too few val errors to fit
             "fitted_by": "fgcli calibrate" if fitted_here else record.get("source", ""),
             "val_images": record["num_images"], "test_images": metrics["num_samples"], "top1": metrics["top1"],
             "ece_before": cal["uncalibrated"]["ece"], "ece_after": cal["calibrated"]["ece"],
@@ -77,12 +78,18 @@ def measure(label: str, best: Path, work: Path, data: str | None, device: str, r
             "selective": cal["selective"]}
 
 
+def _fit_note(row: dict) -> str:
+    """' (kept)' / ' (bounded)' when the temperature was not fitted (fewer than 10 val errors)."""
+    fit = row.get("fit", "fitted")
+    return "" if fit == "fitted" else f" ({fit})"
+
+
 def table(results: list[dict]) -> str:
     lines = ["| run | method | data (test images) | T (val) | test top-1 % | ECE % before → after | "
              "NLL before → after | top-1 % with --tta flip | ECE % with flip |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['label']} | {r['method']} | {r['data']} ({r['test_images']}) | {r['temperature']:.3f} | "
+        lines.append(f"| {r['label']} | {r['method']} | {r['data']} ({r['test_images']}) | {r['temperature']:.3f}{_fit_note(r)} | "
                      f"{r['top1']:.2f} | {100 * r['ece_before']:.2f} → {100 * r['ece_after']:.2f} | "
                      f"{r['nll_before']:.3f} → {r['nll_after']:.3f} | {r['tta_top1']:.2f} "
                      f"({r['tta_top1'] - r['top1']:+.2f}) | {100 * r['tta_ece']:.2f} |")

@@ -32,7 +32,8 @@ class CalibrateResult:
             table.add_column(name, justify="left" if not name else "right")
         table.add_row("uncalibrated", "1.000", f"{r['nll_before']:.4f}", f"{100 * r['ece_before']:.2f}",
                       f"{100 * r['top1']:.2f}")
-        table.add_row("[bold]calibrated[/]", f"[bold]{r['temperature']:.3f}[/]", f"{r['nll_after']:.4f}",
+        how = {"kept": " (kept at 1)", "bounded": " (not fitted)"}.get(r.get("fit", ""), "")
+        table.add_row(f"[bold]calibrated[/]{how}", f"[bold]{r['temperature']:.3f}[/]", f"{r['nll_after']:.4f}",
                       f"{100 * r['ece_after']:.2f}", f"{100 * r['top1']:.2f}")
         caption = []
         reject = r.get("reject")
@@ -42,7 +43,7 @@ class CalibrateResult:
                            "`fgcli predict --reject` answers unknown below it")
         if self.previous is not None:
             caption.append(f"replaces temperature {float(self.previous['temperature']):.3f} "
-                           f"(fitted on {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
+                           f"(from {self.previous.get('split', '?')}, {self.previous.get('date', '')})")
         table.caption = "\n".join(caption) or None
         return table
 
@@ -119,6 +120,8 @@ def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str
             float(loaded.config.train.reject_recall)
     record = fit_record(logits[0], targets, split=split, weights=loaded.weights, source="calibrate",
                         reject_recall=reject_recall)
+    if record["reason"]:
+        log.warning(record["reason"])
     ckpt[CHECKPOINT_KEY] = record
     written = Path(out) if out is not None else path
     with defer_sigint():

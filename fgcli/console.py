@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import warnings
 from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import TypeVar
@@ -82,3 +85,62 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+class _LinesToLog:
+    """A text stream whose lines (split at newlines and carriage returns, as progress bars write) become
+    DEBUG records of the fgcli log, prefixed with `source`."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self._pending = source, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = re.split(r"[\r\n]", self._pending + text)
+        for line in lines:
+            if line.strip():
+                log.debug(f"{self.source}: {line.rstrip()}")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            log.debug(f"{self.source}: {self._pending.rstrip()}")
+        self._pending = ""
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _RecordsToLog(logging.Handler):
+    """Re-emits another logger's records as DEBUG records of the fgcli log."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.source = source
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == log.name or record.name.startswith(log.name + "."):
+            return  # fgcli's own records (when its logger propagates, as before setup_logging)
+        log.debug(f"{self.source}: {record.levelname}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def library_output(source: str) -> Iterator[None]:
+    """Route a library's chatter to the fgcli log at DEBUG level (shown with --debug, never on the terminal
+    otherwise): its print()s to stdout, its Python warnings and its records to the root logger (onnxruntime's
+    quantizer calls `logging.warning`, which would also install a stderr handler on the root logger).
+    stderr is left alone: fgcli's own progress bars draw there."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [_RecordsToLog(source)]
+    lines = _LinesToLog(source)
+    try:
+        with contextlib.redirect_stdout(lines), warnings.catch_warnings(record=True) as caught:  # type: ignore[type-var]
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                for w in caught:
+                    log.debug(f"{source}: {w.category.__name__}: {w.message}")
+    finally:
+        lines.flush()
+        root.handlers = saved

@@ -78,7 +78,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     """
     from fgcli.config import from_dict
     from fgcli.data.select import resolve_split_data, run_data
-    from fgcli.engine.calibration import ScoreBook, stored_reject, stored_temperature
+    from fgcli.engine.calibration import ScoreBook, stored_calibration, stored_reject, stored_temperature
     from fgcli.engine.fused import check_tta
 
     path = Path(checkpoint)
@@ -102,6 +102,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
             log.info(f"{model.device}: {model.placement_line()}")
         temperature = model.temperature
         reject = None if model.reject is None else {**model.reject, "split": "val"}
+        fit = json.loads(info.extra["calibration"]) if info.extra.get("calibration") else None
         if model.graph_tta is not None:
             if tta is not None:
                 log.info(f"{path.name} was exported with --tta {model.graph_tta}: its outputs already average the "
@@ -134,6 +135,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         reject = stored_reject(loaded.checkpoint)
         if reject is not None:
             reject = {**reject, "split": loaded.checkpoint["calibration"].get("split", "val")}
+        fit = stored_calibration(loaded.checkpoint)
         where = str(torch_device)
         if data is None:
             data = run_data(loaded.config, "--data PATH")
@@ -157,7 +159,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     out_dir = Path(out) if out is not None else default_out_dir(path)
     extra = {**extra, "data": str(data), "split": split, "method": info.method, "backbone": info.backbone,
              "device": where, "seconds": round(time.perf_counter() - t0, 3)}
-    report = _calibration(book, temperature, tta, calibration) if result.num_samples else None
+    report = _calibration(book, temperature, tta, calibration, fit) if result.num_samples else None
     more: dict[str, Any] = {"calibration": report.to_dict()} if report is not None else {}
     pairs = _pairs(result, info.classes, confusions)
     more["confusions"] = pairs
@@ -228,10 +230,11 @@ def _confusions_page(path: Path, pairs: list[dict[str, Any]], book: Any, chosen:
                       temperature=temperature or 1.0, note=note)
 
 
-def _calibration(book: Any, temperature: float | None, tta: str | None, calibration: bool) -> Any:
+def _calibration(book: Any, temperature: float | None, tta: str | None, calibration: bool,
+                 fit: dict[str, Any] | None = None) -> Any:
     from fgcli.engine.calibration import calibration_report
 
-    return calibration_report(book, temperature, tta=tta, calibrated=calibration)
+    return calibration_report(book, temperature, tta=tta, calibrated=calibration, fit=fit)
 
 
 def _plot_reliability(report: Any, path: Path, title: str) -> Path:
@@ -267,6 +270,8 @@ def calibration_table(report: Any) -> Any:
     if report.tta_after is not None:
         change = 100 * (report.tta_after.accuracy - report.after.accuracy)
         caption.append(f"{report.tta} TTA changes top-1 by {change:+.2f} points")
+    if report.fit and report.fit.get("reason"):
+        caption.append(report.fit["reason"])
     table.caption = "\n".join(caption)
     return table
 

@@ -25,13 +25,15 @@ METHOD_SETTINGS = {
 
 def make_checkpoint_file(folder: Path, method: str = "baseline", backbone: str = "test_resnet", size: int = SIZE,
                          data: str = "/nonexistent/fgcli-data", seed: int = 0, ema: bool = False,
-                         name: str = "model.pt", classes: list[str] | None = None) -> Path:
+                         name: str = "model.pt", classes: list[str] | None = None,
+                         settings: tuple[str, ...] = ()) -> Path:
     """Build a randomly initialised Method and save it as an fgcli checkpoint (sharpened head: confident,
-    well-separated predictions so that fp16 / int8 top-1 comparisons are meaningful)."""
+    well-separated predictions so that fp16 / int8 top-1 comparisons are meaningful). `settings`: more config
+    overrides (e.g. the demo data's `data.demo_*` and `data.val_fraction`)."""
     torch.manual_seed(seed)
     classes = list(classes or CLASSES)
     cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={size}",
-                                    f"data.path={data}", *METHOD_SETTINGS[method]])
+                                    f"data.path={data}", *METHOD_SETTINGS[method], *settings])
     model = build_method(cfg, len(classes)).eval()
     pre = Preprocess(img_size=size, resize=int(size / 0.875), resize_mode="shorter", mean=(0.485, 0.456, 0.406),
                      std=(0.229, 0.224, 0.225))
@@ -47,6 +49,17 @@ def make_checkpoint_file(folder: Path, method: str = "baseline", backbone: str =
     path = folder / name
     save_checkpoint(path, ckpt)
     return path
+
+
+def make_demo_checkpoint(folder: Path, val_fraction: float, method: str = "baseline", size: int = 32,
+                         per_class: int = 12) -> Path:
+    """A checkpoint whose run data is a tiny demo (3 classes, `per_class` train images each, a third as many
+    test images) with `val_fraction` of train carved as val, so that export finds the run's data."""
+    from fgcli.data.demo import class_names
+
+    return make_checkpoint_file(folder, method, size=size, data="demo", classes=class_names(3),
+                                settings=(f"data.demo_size={size}", "data.demo_classes=3",
+                                          f"data.demo_per_class={per_class}", f"data.val_fraction={val_fraction}"))
 
 
 def write_images(folder: Path, count: int, size: int = 80, seed: int = 0, ext: str = ".png") -> list[Path]:

@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from fgcli.engine.calibration import calibrated_probs, fit_temperature, plot_reliability, reliability
+from fgcli.engine.calibration import (
+    MIN_EVENTS,
+    accuracy_interval,
+    calibrated_probs,
+    choose_temperature,
+    fit_record,
+    fit_temperature,
+    plot_reliability,
+    record_line,
+    reliability,
+)
 
 
 @pytest.mark.parametrize("true_t", [0.5, 1.0, 3.0])
@@ -82,3 +92,95 @@ def test_reliability_diagram_is_written(tmp_path) -> None:
     before, after = reliability(calibrated_probs(z, 3.0), y), reliability(calibrated_probs(z, 1.0), y)
     path = plot_reliability(before, tmp_path / "reliability.png", after, title="test")
     assert path.stat().st_size > 10_000
+
+
+# -- too few errors to fit a temperature ---------------------------------------------------------------------
+Y100 = np.arange(100) % 5  # 100 images, 5 classes
+LO100 = 0.025 ** (1 / 100)  # Clopper-Pearson 95 % lower end for 100 / 100 right: 0.025^(1/n)
+
+
+def test_accuracy_interval_by_hand() -> None:
+    assert accuracy_interval(100, 100) == (pytest.approx(LO100), 1.0)
+    assert accuracy_interval(0, 20) == (0.0, pytest.approx(1 - 0.025 ** (1 / 20)))
+    lo, hi = accuracy_interval(95, 100)  # the exact binomial tails: P(X >= 95 | lo) = P(X <= 95 | hi) = 2.5 %
+    from scipy.stats import binom
+
+    assert binom.sf(94, 100, lo) == pytest.approx(0.025) and binom.cdf(95, 100, hi) == pytest.approx(0.025)
+
+
+def test_all_right_and_confident_keeps_t_at_one() -> None:
+    """Every image right: the plain fit runs off to a tiny T (the NLL falls as T shrinks until float64 gives
+    0); the chosen temperature is 1, said in the record."""
+    z = 10.0 * np.eye(5)[Y100]  # confidence e^10 / (e^10 + 4) = 0.99982, inside [0.9638, 1]
+    assert fit_temperature(z, Y100) < 0.1  # the artefact
+    record = fit_record(z, Y100, split="val")
+    assert record["temperature"] == 1.0 and record["fit"] == "kept" and record["errors"] == 0
+    assert record["accuracy_interval"] == [pytest.approx(LO100), 1.0]
+    assert record["nll_after"] == record["nll_before"]
+    assert "kept at 1: 0 of the 100 val images misclassified" in record["reason"]
+    assert "(kept at 1: 0 errors)" in record_line(record)
+
+
+def test_all_right_but_under_confident_is_sharpened_only_into_the_interval() -> None:
+    """Flat but right (HERBS' fused softmax): T such that the mean confidence reaches the interval's lower end,
+    e^(0.5/T) / (e^(0.5/T) + 4) = lo, i.e. T = 0.5 / ln(4 lo / (1 - lo)) = 0.1071."""
+    z = 0.5 * np.eye(5)[Y100]
+    choice = choose_temperature(z, Y100)
+    assert choice.fit == "bounded" and choice.temperature == pytest.approx(0.5 / math.log(4 * LO100 / (1 - LO100)))
+    assert calibrated_probs(z, choice.temperature).max(1).mean() == pytest.approx(LO100)
+    record = fit_record(z, Y100, split="val")
+    assert record["nll_after"] < record["nll_before"] and "sharpened only to 96.4%" in record["reason"]
+
+
+def test_the_rejection_threshold_is_fitted_at_the_chosen_temperature() -> None:
+    """The same flat, all-right logits: at the bounded T every top-1 probability is LO100, so the threshold keeping
+    95 % is LO100 (ties kept: all 100 images); at the plain fit's T (< 0.01) it would be ~1."""
+    z = 0.5 * np.eye(5)[Y100]
+    assert calibrated_probs(z, fit_temperature(z, Y100)).max(1).min() > 0.999
+    record = fit_record(z, Y100, split="val", reject_recall=0.95)
+    assert record["fit"] == "bounded"
+    assert record["reject"]["threshold"] == pytest.approx(LO100) and record["reject"]["val_recall"] == 1.0
+    line = record_line(record)
+    assert "(bounded: 0 errors)" in line and f"rejection threshold {LO100:.4f} (keeps 100.0% of them" in line
+
+
+def test_few_errors_and_over_confident_is_softened_only_into_the_interval() -> None:
+    """5 errors out of 100 at confidence ~1: soften to the upper end hi of the 95/100 interval,
+    T = 20 / ln(4 hi / (1 - hi)); the plain fit would soften further, and the NLL falls."""
+    pred = Y100.copy()
+    pred[:5] = (Y100[:5] + 1) % 5
+    z = 20.0 * np.eye(5)[pred]
+    hi = accuracy_interval(95, 100)[1]
+    choice = choose_temperature(z, Y100)
+    assert choice.fit == "bounded" and choice.errors == 5
+    assert choice.temperature == pytest.approx(20 / math.log(4 * hi / (1 - hi)))
+    assert 1.0 < choice.temperature < fit_temperature(z, Y100)
+    record = fit_record(z, Y100, split="val")
+    assert record["nll_after"] < record["nll_before"] and "softened only to" in record["reason"]
+
+
+def test_never_moves_against_the_nll() -> None:
+    """Under-confident by the mean confidence but the NLL optimum is softer: T stays 1."""
+    y = np.arange(40) % 4
+    pred = y.copy()
+    pred[:2] = (y[:2] + 1) % 4  # 2 errors
+    margin = np.where(pred == y, 0.3, 6.0)  # right answers flat, the 2 errors very confident
+    z = np.eye(4)[pred] * margin[:, None]
+    assert calibrated_probs(z, 1.0).max(1).mean() < accuracy_interval(38, 40)[0]
+    assert fit_temperature(z, y) > 1.0
+    choice = choose_temperature(z, y)
+    assert choice.fit == "kept" and choice.temperature == 1.0
+    assert "does not improve in that direction" in fit_record(z, y, split="val")["reason"]
+
+
+@pytest.mark.parametrize("true_t", [0.5, 3.0])
+def test_enough_errors_fit_the_same_temperature_as_before(true_t: float) -> None:
+    rng = np.random.default_rng(5)
+    z = rng.normal(0.0, 4.0, size=(3000, 10))
+    p = calibrated_probs(z, true_t)
+    y = (p.cumsum(axis=1) < rng.random((len(p), 1))).sum(axis=1)
+    assert (z.argmax(1) != y).sum() >= MIN_EVENTS
+    record = fit_record(z, y, split="val")
+    assert record["fit"] == "fitted" and record["reason"] == "" and record["accuracy_interval"] is None
+    assert record["temperature"] == fit_temperature(z, y)
+    assert record_line(record).startswith(f"T {record['temperature']:.3f} on 3000 val images: NLL")

@@ -76,8 +76,12 @@ def test_training_stores_the_fitted_temperature_in_best_and_last(run) -> None:
         assert record["split"] == "val" and record["num_images"] == 8 and record["source"] == "train"
         assert record["weights"] == "ema" and record["temperature"] > 0
         assert record["nll_after"] <= record["nll_before"] + 1e-9
-        assert set(record) >= {"ece_before", "ece_after", "top1", "date"}
-    assert "calibrated best.pt: T " in (run / "log.txt").read_text()
+        assert set(record) >= {"ece_before", "ece_after", "top1", "date", "errors", "accuracy_interval"}
+        # 8 val images can never hold 10 errors and 10 right answers: T is not fitted, and the record says why
+        assert record["fit"] in ("kept", "bounded") and "too few (< 10) to fit one" in record["reason"]
+        assert record["errors"] == round(8 * (1 - record["top1"]))
+    log_txt = (run / "log.txt").read_text()
+    assert "calibrated best.pt: T " in log_txt and "WARNING best.pt: temperature " in log_txt
     summary = (run.parent.parent / "train-output.txt").read_text()
     assert _says(summary, "calibration (best.pt)") and _says(summary, "val images: NLL")
 
@@ -101,6 +105,54 @@ def test_calibrate_fits_an_old_checkpoint_and_prints_before_after(run, tmp_path)
     trained = load_checkpoint(run / "weights" / "best.pt")[CHECKPOINT_KEY]
     assert record["temperature"] == pytest.approx(trained["temperature"], rel=1e-3)
     assert _says(result.output, "uncalibrated") and _says(result.output, f"{record['temperature']:.3f}")
+
+
+def _all_right_data(ckpt, root, count=30):
+    """An ImageFolder whose val images are labelled with the model's own predictions (every one is right);
+    train/ holds one image per class (only there for the class list)."""
+    from PIL import Image
+
+    from fgcli.data.transforms import eval_transform
+
+    pred = TorchPredictor(ckpt, device="cpu")
+    transform = eval_transform(pred.info.preprocess)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)) for _ in range(count)]
+    logits, _ = pred(np.stack([transform(im).numpy() for im in images]))
+    for i, (image, label) in enumerate(zip(images, logits.argmax(1), strict=True)):
+        folder = root / "val" / pred.info.classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i}.png")
+    for name in pred.info.classes:
+        (root / "train" / name).mkdir(parents=True, exist_ok=True)
+        images[0].save(root / "train" / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("scale", [100.0, 1.0])
+def test_calibrate_with_every_val_image_right_does_not_fit(tmp_path, scale) -> None:
+    """No errors to fit on: a confident model keeps T = 1 (scale 100 on its classifier) and a flat one is
+    sharpened only until its mean confidence reaches the accuracy's 95 % lower end 0.025^(1/30); one warning."""
+    ckpt_path = make_checkpoint_file(tmp_path, "baseline", seed=3)
+    ckpt = load_checkpoint(ckpt_path)
+    for key in ("classifier.weight", "classifier.bias"):
+        ckpt["model"][key] = ckpt["model"][key] * scale
+    save_checkpoint(ckpt_path, ckpt)
+    data = _all_right_data(ckpt_path, tmp_path / "allright")
+    result = runner.invoke(app, ["calibrate", str(ckpt_path), "--data", str(data), "--split", "val", "--device", "cpu",
+                                 "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    record = load_checkpoint(ckpt_path)[CHECKPOINT_KEY]
+    assert record["errors"] == 0 and record["num_images"] == 30 and record["top1"] == 1.0
+    assert record["accuracy_interval"] == [pytest.approx(0.025 ** (1 / 30)), 1.0]
+    if scale > 1:
+        assert record["fit"] == "kept" and record["temperature"] == 1.0
+        assert _says(result.output, "temperature kept at 1: 0 of the 30 val images misclassified")
+    else:
+        assert record["fit"] == "bounded" and record["temperature"] < 1.0
+        assert record["nll_after"] < record["nll_before"]
+        assert _says(result.output, f"sharpened only to {100 * 0.025 ** (1 / 30):.1f}%")
+    assert result.output.count("WARNING") == 1
 
 
 def test_calibrate_refuses_the_test_split(run, tmp_path) -> None:
@@ -240,12 +292,13 @@ def test_eval_reports_calibration_reliability_and_flip_tta(run, tmp_path) -> Non
     assert (out / "reliability.png").is_file() and (out / "confusion_matrix.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     cal = metrics["calibration"]
-    t = load_checkpoint(run / "weights" / "best.pt")[CHECKPOINT_KEY]["temperature"]
-    assert cal["temperature"] == pytest.approx(t) and cal["bins"] == 15
+    stored = load_checkpoint(run / "weights" / "best.pt")[CHECKPOINT_KEY]
+    assert cal["temperature"] == pytest.approx(stored["temperature"]) and cal["bins"] == 15
+    assert cal["fit"]["fit"] == stored["fit"] and cal["fit"]["reason"] == stored["reason"]  # how T was decided
     for key in ("uncalibrated", "calibrated"):
         assert set(cal[key]) >= {"top1", "ece", "mce", "nll", "brier"}
         assert cal[key]["top1"] == pytest.approx(metrics["top1"], abs=1e-3)  # calibration keeps every prediction
-    # fitted on this very split: the calibrated NLL is the lowest any temperature gives
+    # chosen on this very split, between 1 and the NLL optimum: never above the uncalibrated NLL
     assert cal["calibrated"]["nll"] <= cal["uncalibrated"]["nll"] + 1e-6
     assert [row["threshold"] for row in cal["selective"]] == [0.5, 0.8, 0.9]
     assert cal["tta"]["mode"] == "flip" and "top1_change" in cal["tta"]

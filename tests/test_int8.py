@@ -3,14 +3,17 @@ that keeps more of them when val top-1 drops, calibration on the train split onl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
-from exportkit import SIZE, make_checkpoint_file
+from exportkit import SIZE, make_checkpoint_file, make_demo_checkpoint
+from typer.testing import CliRunner
 
+from fgcli.cli import app
 from fgcli.errors import UserError
 from fgcli.exporting import pipeline
 from fgcli.exporting.graph import finite_infinities, fp32_island_nodes
@@ -153,3 +156,126 @@ def test_unknown_calibration_method_is_one_line(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
     with pytest.raises(UserError, match="--calib-method kl: choose one of minmax, percentile, entropy"):
         export_checkpoint(ckpt, ExportOptions(int8=True, calib_method="kl"))
+
+
+# -- the real path: which split the int8 search judges on -----------------------------------------------------
+def _spy_splits(monkeypatch) -> list[str]:
+    """Record every split the export reads images from (the real reader still runs)."""
+    import fgcli.exporting.rundata as rundata
+
+    read: list[str] = []
+    real = rundata.iter_split
+
+    def iter_split(dataset, split, *args, **kwargs):
+        read.append(split)
+        return real(dataset, split, *args, **kwargs)
+
+    monkeypatch.setattr(rundata, "iter_split", iter_split)
+    return read
+
+
+def test_int8_search_without_a_val_split_is_refused_and_nothing_is_lost(tmp_path, monkeypatch):
+    ckpt = make_demo_checkpoint(tmp_path, val_fraction=0)
+    older = tmp_path / "model.onnx"
+    older.write_bytes(b"an earlier export")
+    read = _spy_splits(monkeypatch)
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--calib-images", "4"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "has no val split" in text and "--val-fraction" in text and "never on test" in text
+    assert older.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt"]  # no int8 file, no temp file
+    assert read == []  # refused before reading any image
+    # no search asked (Python API): quantized once, compared on random inputs, never on test
+    report = export_checkpoint(ckpt, ExportOptions(int8=True, int8_max_drop=None, calib_images=4,
+                                                   out=tmp_path / "api.onnx", bench_iters=1,
+                                                   bench_batches=(1,))).int8
+    assert report.eval_source == "random inputs" and report.top1_fp32 is None
+    assert "test" not in read and "train" in read
+
+
+def test_int8_search_judges_on_the_val_split(tmp_path, monkeypatch):
+    """demo: 36 train images, 9 carved as val, 12 test; the int8 comparison scores the 9 val images."""
+    ckpt = make_demo_checkpoint(tmp_path, val_fraction=0.25)
+    read = _spy_splits(monkeypatch)
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--calib-images", "4"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "int8: comparing with fp32 on the val split of demo" in text and "test split" not in text
+    assert re.search(r"agreement with fp32 [0-9.]+% on 9 images", text)
+    assert "test" not in read and set(read) == {"train", "val"}  # calibration on train, parity and int8 on val
+
+
+# -- onnxruntime's chatter goes to fgcli's log (debug), not the terminal ---------------------------------------
+CHATTER = ("Collecting tensor data", "Number of tensors", "histogram bins", "out-of-range", "WARNING:root")
+
+
+def test_quantizer_chatter_becomes_debug_records_of_the_fgcli_log(fp32_files, capfd):
+    """HERBS' graph makes the quantizer print its progress and `logging.warning` "Axis 1 is out-of-range" on
+    the root logger: none of it reaches stdout / stderr, all of it reaches fgcli's log at DEBUG level."""
+    import logging
+
+    from fgcli.console import log
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    level, handlers, root_handlers = log.level, log.handlers[:], logging.getLogger().handlers[:]
+    log.handlers = [handler]  # only this one: an earlier CLI test may have added the terminal's
+    log.setLevel(logging.DEBUG)
+    try:
+        calib = [np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)]
+        capfd.readouterr()
+        quantize_int8(onnx.load(str(fp32_files["herbs"])), calib, "random")
+        out, err = capfd.readouterr()
+    finally:
+        log.handlers = handlers
+        log.setLevel(level)
+    assert not any(text in out + err for text in CHATTER), out + err
+    debug = "\n".join(r.getMessage() for r in records if r.levelno == logging.DEBUG)
+    assert "onnxruntime.quantization: Collecting tensor data" in debug
+    assert "onnxruntime.quantization: WARNING: Axis 1 is out-of-range" in debug
+    assert logging.getLogger().handlers == root_handlers  # the root logger is left as it was
+
+
+def _export_cli(ckpt, *flags):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "fgcli", *flags, "export", str(ckpt), "--onnx", "--int8",
+                           "--calib-images", "4", "--int8-max-drop", "100", "--no-verify"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_clean(normal: str, quiet_out: str, quiet_err: str) -> None:
+    assert "int8: comparing with fp32 on the val split" in normal and "model.int8.onnx" in normal
+    assert not any(text in normal for text in CHATTER), normal
+    assert quiet_err == ""  # no log line, no warning, no library output
+    assert not any(text in quiet_out for text in (*CHATTER, "INFO", "int8: comparing"))
+    assert "ONNX export: " in quiet_out  # the command's result table
+
+
+def test_int8_export_prints_fgcli_lines_only_and_nothing_with_quiet(tmp_path):
+    """A normal export (in-process: print()s would land in the output) prints fgcli's lines and none of the
+    quantizer's; `--quiet` in a subprocess (its real stdout and stderr) prints only the result table."""
+    ckpt = make_demo_checkpoint(tmp_path, val_fraction=0.25)
+    normal = CliRunner().invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--calib-images", "4",
+                                      "--int8-max-drop", "100", "--no-verify"])
+    assert normal.exit_code == 0, normal.output
+    quiet = _export_cli(ckpt, "--quiet")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    _assert_clean(" ".join(normal.output.split()), quiet.stdout, quiet.stderr)
+
+
+@pytest.mark.slow
+def test_herbs_int8_export_in_a_subprocess_prints_no_library_chatter(tmp_path):
+    """HERBS' graph also makes the quantizer warn on the root logger ("Axis 1 is out-of-range", which
+    `logging` would print to stderr): both runs as a user starts them."""
+    ckpt = make_demo_checkpoint(tmp_path, val_fraction=0.25, method="herbs", size=64, per_class=8)
+    normal = _export_cli(ckpt)
+    assert normal.returncode == 0, normal.stdout + normal.stderr
+    quiet = _export_cli(ckpt, "--quiet")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    _assert_clean(" ".join((normal.stdout + normal.stderr).split()), quiet.stdout, quiet.stderr)

@@ -72,8 +72,12 @@ def test_training_fits_the_rejection_threshold_on_the_val_split(run) -> None:
     assert record["split"] == "val" and reject["score"] == "msp" and reject["recall"] == 0.75
     val = _split_scores(best, "val")
     assert len(val) == record["num_images"] == 8
+    # 8 val images are too few to fit T (fgcli.engine.calibration.choose_temperature): the threshold is fitted on
+    # the probabilities at the temperature chosen instead, here near-uniform ones (a 2-epoch model on 4 classes),
+    # which this recomputation reproduces to ~1e-8, not bit for bit
+    assert record["fit"] in ("kept", "bounded") and record["reason"]
     assert reject["threshold"] == pytest.approx(threshold_at_recall(val, 0.75), abs=1e-6)
-    assert reject["val_recall"] == pytest.approx(np.mean(val >= reject["threshold"] - 1e-9))
+    assert reject["val_recall"] == pytest.approx(np.mean(val >= reject["threshold"] - 1e-6))
 
 
 def test_calibrate_refits_the_threshold_for_another_recall(run, tmp_path) -> None:

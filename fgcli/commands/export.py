@@ -38,9 +38,11 @@ def export_command(
     int8_max_drop: float = typer.Option(0.5, "--int8-max-drop", min=0.0, rich_help_panel=_VARIANTS,
                                         help="When int8 loses more top-1 points than this on the validation split, "
                                              "keep the first weight layers in fp32 (1, 2, 4, ...) until it does "
-                                             "not."),
+                                             "not. Never judged on test: refused when the run's data has no val "
+                                             "split."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
-                                help="Compare onnxruntime with torch on the run's validation images (else random): "
+                                help="Compare onnxruntime with torch on the run's validation images (else "
+                                     "training images, else random; never test): "
                                      "max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for fp16."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights when the checkpoint has them."),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration",

@@ -9,6 +9,14 @@ Measures, all on the top-1 prediction: expected calibration error (ECE, 15 equal
 weighted by bin size), maximum calibration error (MCE, the largest bin gap), NLL, the multi-class Brier
 score (mean over images of sum_c (p_c - y_c)^2), and selective prediction (accuracy and coverage when only
 predictions above a confidence threshold are kept).
+
+A temperature needs errors to be estimated: when every validation image is right, the NLL keeps falling as
+T shrinks and the "fit" is wherever the search or float64 stops. So T is fitted only when the split holds
+at least MIN_EVENTS misclassified images (and as many right ones): about 10 events per fitted parameter, the
+usual minimum for a logistic model (Peduzzi et al., 1996); temperature scaling is a one-parameter one.
+Below that, `choose_temperature` keeps T = 1 unless the raw mean confidence lies outside the 95 %
+(Clopper-Pearson) interval of the split's accuracy; then T moves from 1 towards the NLL optimum only until
+the mean confidence reaches the interval's nearest end (the NLL is convex in 1/T, so it never rises).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import numpy as np
 BINS = 15
 THRESHOLDS = (0.5, 0.8, 0.9)
 LOG_T_BOUNDS = (-6.0, 6.0)  # T in [0.0025, 403]
+MIN_EVENTS = 10  # misclassified (and correctly classified) images needed to fit T
+INTERVAL_LEVEL = 0.95
 #: the share of validation images the stored rejection threshold keeps, unless asked otherwise
 REJECT_RECALL = 0.95
 
@@ -51,6 +61,73 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     result = minimize_scalar(lambda log_t: _nll(z / math.exp(log_t), y), bounds=LOG_T_BOUNDS, method="bounded",
                              options={"xatol": 1e-5})
     return float(math.exp(result.x))
+
+
+def accuracy_interval(correct: int, total: int, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """The Clopper-Pearson (exact binomial) interval of an accuracy of `correct` / `total`."""
+    from scipy.stats import beta
+
+    tail = (1.0 - level) / 2
+    lo = 0.0 if correct == 0 else float(beta.ppf(tail, correct, total - correct + 1))
+    hi = 1.0 if correct == total else float(beta.ppf(1.0 - tail, correct + 1, total - correct))
+    return lo, hi
+
+
+def mean_confidence(logits: Any, temperature: float = 1.0) -> float:
+    """The mean top-1 probability of softmax(logits / T)."""
+    return float(calibrated_probs(logits, temperature).max(axis=1).mean())
+
+
+@dataclass
+class TemperatureChoice:
+    """The temperature to use and how it was decided (see the module docstring)."""
+
+    temperature: float
+    fit: str  # fitted (the NLL minimum) | kept (T = 1) | bounded (moved only into the accuracy interval)
+    errors: int
+    num_images: int
+    confidence: float  # raw mean top-1 confidence (T = 1)
+    interval: tuple[float, float] | None = None  # of the accuracy; None when fitted
+
+
+def choose_temperature(logits: Any, targets: Any, min_events: int = MIN_EVENTS) -> TemperatureChoice:
+    """`fit_temperature` when the images hold at least `min_events` errors and as many right answers, else
+    T = 1, or the T closest to 1 (towards the NLL optimum) whose mean confidence is within the accuracy's
+    95 % interval."""
+    from scipy.optimize import brentq
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.int64)
+    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
+        raise ValueError(f"need N x C logits and N targets, got {z.shape} and {y.shape}")
+    z = np.where(np.isfinite(z), z, -1e4)
+    n = len(y)
+    correct = int((z.argmax(axis=1) == y).sum())
+    errors = n - correct
+    confidence = mean_confidence(z)
+    if min(errors, correct) >= min_events:
+        return TemperatureChoice(fit_temperature(z, y), "fitted", errors, n, confidence)
+    lo, hi = accuracy_interval(correct, n)
+    if lo <= confidence <= hi:
+        return TemperatureChoice(1.0, "kept", errors, n, confidence, (lo, hi))
+    target = lo if confidence < lo else hi
+    bounds = LOG_T_BOUNDS
+
+    def gap(log_t: float) -> float:  # decreasing in T: a softer softmax is less confident
+        return mean_confidence(z, math.exp(log_t)) - target
+
+    if gap(bounds[0]) <= 0:
+        log_t = bounds[0]
+    elif gap(bounds[1]) >= 0:
+        log_t = bounds[1]
+    else:
+        log_t = brentq(gap, *bounds, xtol=1e-8)
+    # never past the NLL optimum (none exists without errors, or without right answers)
+    optimum = bounds[0] if errors == 0 else bounds[1] if correct == 0 else math.log(fit_temperature(z, y))
+    log_t = min(max(log_t, min(0.0, optimum)), max(0.0, optimum))
+    temperature = math.exp(log_t)
+    return TemperatureChoice(temperature, "kept" if temperature == 1.0 else "bounded", errors, n, confidence,
+                             (lo, hi))
 
 
 @dataclass
@@ -172,12 +249,15 @@ def stored_temperature(ckpt: dict[str, Any]) -> float | None:
 
 def fit_record(logits: Any, targets: Any, *, split: str, weights: str = "", source: str = "",
                reject_recall: float | None = REJECT_RECALL) -> dict[str, Any]:
-    """Fit T on the fused logits of `split` and describe the fit: the checkpoint's `calibration` entry.
+    """Choose T on the fused logits of `split` (`choose_temperature`) and describe it: the checkpoint's
+    `calibration` entry.
 
-    Keys: temperature, split, num_images, weights (ema / model), source (train / calibrate), nll_before,
+    Keys: temperature, fit (fitted / kept / bounded), errors (misclassified images), reason (why T was not
+    fitted; "" when it was), accuracy_interval ([lo, hi] of the split's accuracy, when not fitted),
+    mean_confidence_before, split, num_images, weights (ema / model), source (train / calibrate), nll_before,
     nll_after, ece_before, ece_after, top1 (fraction, the same before and after), date, and `reject` (the
-    rejection threshold on the max calibrated probability that keeps `reject_recall` of these images:
-    fgcli.engine.ood.fit_reject; absent when `reject_recall` is None).
+    rejection threshold on the max probability, calibrated with the chosen T, that keeps `reject_recall` of
+    these images: fgcli.engine.ood.fit_reject; absent when `reject_recall` is None).
     """
     import datetime as _dt
 
@@ -185,12 +265,15 @@ def fit_record(logits: Any, targets: Any, *, split: str, weights: str = "", sour
 
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(targets, dtype=np.int64)
-    temperature = fit_temperature(z, y)
-    calibrated = calibrated_probs(z, temperature)
+    choice = choose_temperature(z, y)
+    calibrated = calibrated_probs(z, choice.temperature)
     before = reliability(calibrated_probs(z, 1.0), y)
     after = reliability(calibrated, y)
-    record = {"temperature": float(temperature), "split": str(split), "num_images": int(len(y)),
-              "weights": str(weights), "source": str(source),
+    record = {"temperature": float(choice.temperature), "fit": choice.fit, "errors": int(choice.errors),
+              "reason": choice_reason(choice, str(split)),
+              "accuracy_interval": list(choice.interval) if choice.interval is not None else None,
+              "mean_confidence_before": choice.confidence,
+              "split": str(split), "num_images": int(len(y)), "weights": str(weights), "source": str(source),
               "nll_before": before.nll, "nll_after": after.nll, "ece_before": before.ece, "ece_after": after.ece,
               "top1": before.accuracy,
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -206,10 +289,34 @@ def stored_reject(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     return reject if isinstance(reject, dict) and reject.get("threshold") is not None else None
 
 
+def choice_reason(choice: TemperatureChoice, split: str) -> str:
+    """Why T was not fitted, in one sentence ("" when it was)."""
+    if choice.fit == "fitted" or choice.interval is None:
+        return ""
+    n, errors = choice.num_images, choice.errors
+    few = (f"{errors} of the {n} {split} images misclassified" if errors <= n - errors
+           else f"only {n - errors} of the {n} {split} images right")
+    lo, hi = choice.interval
+    conf = 100 * choice.confidence
+    side = "within" if lo <= choice.confidence <= hi else "below" if choice.confidence < lo else "above"
+    what = "kept at 1" if choice.fit == "kept" else f"{choice.temperature:.3f} instead of a fit"
+    text = (f"temperature {what}: {few}, too few (< {MIN_EVENTS}) to fit one, and the raw mean confidence "
+            f"({conf:.1f}%) is {side} the 95% interval of the {split} accuracy ({100 * lo:.1f}-{100 * hi:.1f}%)")
+    if choice.fit == "bounded":
+        end = lo if side == "below" else hi
+        text += f": {'sharpened' if side == 'below' else 'softened'} only to {100 * end:.1f}%"
+    elif side != "within":
+        text += ", but the NLL does not improve in that direction"
+    return text + ". A larger val split allows a fit (fgcli calibrate --data)."
+
+
 def record_line(record: dict[str, Any]) -> str:
-    """One line: 'T 1.234 on 1020 val images: NLL 0.91 -> 0.62, ECE 12.3% -> 2.1%; reject below 0.41 (keeps
-    95.0%)'."""
-    line = (f"T {record['temperature']:.3f} on {record['num_images']} {record['split']} images: NLL "
+    """One line: 'T 1.234 on 1020 val images: NLL 0.91 -> 0.62, ECE 12.3% -> 2.1%; rejection threshold 0.4100
+    (keeps 95.0% of them, asked 95%)' (a T that was not fitted says so: 'T 1.000 (kept at 1: 0 errors) on ...')."""
+    fit = record.get("fit", "fitted")
+    how = "" if fit == "fitted" else \
+        f" ({'kept at 1' if fit == 'kept' else 'bounded'}: {record.get('errors', '?')} errors)"
+    line = (f"T {record['temperature']:.3f}{how} on {record['num_images']} {record['split']} images: NLL "
             f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {100 * record['ece_before']:.2f}% -> "
             f"{100 * record['ece_after']:.2f}%")
     reject = record.get("reject")
@@ -303,6 +410,7 @@ class CalibrationReport:
     tta_before: Reliability | None = None
     tta_after: Reliability | None = None
     calibrated: bool = True  # whether the shown probabilities (selective line) are the calibrated ones
+    fit: dict[str, Any] | None = None  # the model's calibration record (see `fit_record`), when it has one
 
     @property
     def shown(self) -> Reliability:
@@ -318,7 +426,8 @@ class CalibrationReport:
                                "selective": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                               for k, v in row.items()} for row in self.shown.selective],
                                "selective_probabilities": ("calibrated" if self.calibrated else "uncalibrated")
-                               + (f", {self.tta} TTA" if self.tta_after is not None else "")}
+                               + (f", {self.tta} TTA" if self.tta_after is not None else ""),
+                               "fit": fit_summary(self.fit)}
         if self.tta_after is not None and self.tta_before is not None:
             out["tta"] = {"mode": self.tta, "uncalibrated": _summary(self.tta_before),
                           "calibrated": _summary(self.tta_after),
@@ -334,10 +443,19 @@ class CalibrationReport:
         return "selective prediction (keep confidence " + " | ".join(parts) + ")"
 
 
+def fit_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How a record's temperature was decided (metrics.json `calibration.fit`); None without a record."""
+    if not record:
+        return None
+    return {"fit": record.get("fit", "fitted"), "reason": record.get("reason", ""), "errors": record.get("errors"),
+            "split": record.get("split"), "num_images": record.get("num_images")}
+
+
 def calibration_report(book: ScoreBook, temperature: float | None, *, tta: str | None = None,
-                       calibrated: bool = True) -> CalibrationReport:
+                       calibrated: bool = True, fit: dict[str, Any] | None = None) -> CalibrationReport:
     """Reliability of the book's fused prediction: raw, calibrated with `temperature` (the model's own
-    probabilities when it gave them), and the flip-TTA average of each when the book holds two views."""
+    probabilities when it gave them), and the flip-TTA average of each when the book holds two views. `fit`:
+    the model's calibration record, reported with the numbers."""
     logits, probs, targets = book.arrays()
     if not len(targets):
         raise ValueError("no images were scored")
@@ -346,7 +464,7 @@ def calibration_report(book: ScoreBook, temperature: float | None, *, tta: str |
     cal = [np.asarray(p, dtype=np.float64) for p in probs] if probs is not None else \
         [calibrated_probs(z, t) for z in logits]
     report = CalibrationReport(temperature, reliability(raw[0], targets), reliability(cal[0], targets),
-                               calibrated=calibrated)
+                               calibrated=calibrated, fit=fit)
     if len(raw) > 1:
         report.tta = tta or "flip"
         report.tta_before = reliability(average_views(raw), targets)

@@ -570,6 +570,7 @@ class Trainer:
             targets.append((result.last, last_scores))
         else:
             targets.append((result.last, best_scores))
+        warned: set[str] = set()  # best.pt and last.pt often get the same reason: say it once
         for path, scores in targets:
             states = D.gather_objects(scores.state(), self.info)
             if self.main and path.is_file():
@@ -577,7 +578,7 @@ class Trainer:
                 for state in states:
                     merged.extend(state)
                 record = store_calibration(path, merged, split=str(self.data.info.get("val_split") or "val"),
-                                           reject_recall=self.cfg.train.reject_recall)
+                                           reject_recall=self.cfg.train.reject_recall, warned=warned)
                 if path == result.best:
                     result.calibration = record
 
@@ -650,10 +651,11 @@ def format_duration(seconds: float) -> str:
 
 
 def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
-                      reject_recall: float | None = 0.95) -> dict[str, Any] | None:
-    """Fit the temperature of the fused logits in `scores` (and the rejection threshold keeping `reject_recall`
-    of those images) and write it into the checkpoint at `path` (atomically); returns the record, or None (with
-    a warning) when there is nothing to fit on."""
+                      reject_recall: float | None = 0.95, warned: set[str] | None = None) -> dict[str, Any] | None:
+    """Choose the temperature of the fused logits in `scores` (and fit the rejection threshold keeping
+    `reject_recall` of those images, on the probabilities calibrated with it) and write both into the checkpoint
+    at `path` (atomically); returns the record, or None (with a warning) when there is nothing to fit on. A
+    temperature that could not be fitted (too few val errors) is warned about once per reason in `warned`."""
     from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
     from fgcli.engine.checkpoint import load_checkpoint
 
@@ -668,6 +670,10 @@ def store_calibration(path: Path, scores: Any, split: str, source: str = "train"
     with defer_sigint():
         save_checkpoint(path, ckpt)
     log.info(f"calibrated {path.name}: {record_line(record)}")
+    warned = set() if warned is None else warned
+    if record["reason"] and record["reason"] not in warned:
+        warned.add(record["reason"])
+        log.warning(f"{path.name}: {record['reason']}")
     return record
 
 

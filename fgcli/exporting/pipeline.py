@@ -164,6 +164,13 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
     fp32_path = Path(opts.out) if opts.out is not None else path.with_suffix(".onnx")
     if fp32_path.suffix.lower() != ".onnx":
         raise UserError(f"--out {fp32_path} must end in .onnx.")
+    dataset = None
+    if opts.verify or opts.int8:
+        from fgcli.data.select import reachable_run_data
+
+        dataset = reachable_run_data(cfg)
+    if opts.int8:
+        check_int8_data(dataset, opts, cfg.data.path)
     log.info(f"exporting {info.method} / {info.backbone} ({info.extra['weights']} weights, {len(info.classes)} "
              f"classes) at {pre.img_size}x{pre.img_size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, "
              f"exporter: {opts.exporter}")
@@ -174,16 +181,12 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
     log.info(f"wrote {fp32_path} ({result.sizes['fp32'] / 1e6:.1f} MB, opset {info.extra['opset']}); "
              "onnx.checker passed")
 
-    dataset = None
-    if opts.verify or opts.int8:
-        from fgcli.data.select import reachable_run_data
-
-        dataset = reachable_run_data(cfg)
     samples = None
     if opts.verify:
         from fgcli.exporting.rundata import load_batches
 
-        samples = load_batches(dataset, ("val", "test"), pre, opts.verify_images, where=cfg.data.path)
+        # a pass / fail check of the numerics: any real images do, and the test split stays untouched
+        samples = load_batches(dataset, ("val", "train"), pre, opts.verify_images, where=cfg.data.path)
 
     fp32_pred = _session(stage(fp32_path), opts)
     result.provider = fp32_pred.provider
@@ -200,6 +203,17 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
         result.sizes["int8"] = stage(int8_path).stat().st_size
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def check_int8_data(dataset: Any | None, opts: ExportOptions, where: str) -> None:
+    """The int8 search (`int8_max_drop`) chooses on the run's val split, never on test: refuse it when the
+    run's data is here but has no val split (checked before anything is written)."""
+    if dataset is None or opts.int8_max_drop is None or dataset.splits.get("val"):
+        return
+    raise UserError(f"--int8: the run's data ({where}) has no val split, and --int8-max-drop chooses on val images "
+                    "only, never on test; a val split carved from train now would hold training images. Train with "
+                    "one (`fgcli prepare-data --val-fraction 0.1`, or --set data.val_fraction=0.1) and export that "
+                    "run.")
 
 
 def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
@@ -381,12 +395,16 @@ class _Recorded:
 
 def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, opts: ExportOptions, where: str,
                 quant: Any, scored: dict[str, Any] | None = None) -> Int8Report:
-    """Top-1 of both files on the run's val (else test) split with `evaluate()`, and their agreement; random
-    inputs (agreement only) when the data is not reachable. `scored` keeps the fp32 file's score between calls."""
+    """Top-1 of both files on the run's val split with `evaluate()`, and their agreement; random inputs
+    (agreement only) when the data is not reachable or has no val split (never the test split: the search
+    chooses on this). `scored` keeps the fp32 file's score between calls."""
     from fgcli.engine.evaluate import evaluate
     from fgcli.exporting.rundata import first_split, iter_split, load_batches
 
-    split = first_split(dataset, ("val", "test")) if dataset is not None else None
+    split = first_split(dataset, ("val",)) if dataset is not None else None
+    if dataset is not None and split is None:
+        log.info("int8: the run's data has no val split; comparing with fp32 on random inputs only (the test "
+                 "split is never used)")
     if split is not None:
         def batches() -> Any:
             return iter_split(dataset, split, pre, batch_size=16, limit=opts.int8_eval_images)

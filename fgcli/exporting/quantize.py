@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from fgcli.console import log, track
+from fgcli.console import library_output, log, settings, track
 from fgcli.errors import UserError
 from fgcli.exporting.graph import (
     drop_initializer_value_info,
@@ -80,6 +80,7 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
     """Quantize an fp32 `onnx.ModelProto`: static QDQ with `calibration` batches, or dynamic without them;
     `keep_first` weight layers from the input stay fp32 (besides the fp32 islands)."""
     import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -89,7 +90,10 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
     )
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    with tempfile.TemporaryDirectory(prefix="fgcli-int8-") as tmp:
+    if not settings.debug:
+        ort.set_default_logger_severity(3)  # the calibration sessions' C++ warnings (errors still show)
+    # the quantizer's progress print()s and root-logger warnings go to the log (debug), not the terminal
+    with tempfile.TemporaryDirectory(prefix="fgcli-int8-") as tmp, library_output("onnxruntime.quantization"):
         raw, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         onnx.save(fp32_model, str(raw))
         _pre_process(raw, pre)
