@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 from pathlib import Path
+from time import monotonic
 
 #: /proc/cpuinfo flag -> how the tables name it (the instruction sets that select different CPU kernels)
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
@@ -71,20 +71,19 @@ class CpuShare:
     """Measures, over a run, how many cores other work kept busy on the CPUs this process may use: the busy time
     of those CPUs (/proc/stat) minus this process's own and its finished children's CPU time."""
 
-    def __init__(self, stat: str | Path = "/proc/stat") -> None:
+    def __init__(self, stat: str | Path = "/proc/stat", cpus: set[int] | None = None) -> None:
         self.stat = stat
-        try:
-            self.cpus: set[int] | None = set(os.sched_getaffinity(0))
-        except AttributeError:
-            self.cpus = None
-        self.start_wall = time.monotonic()
+        self.cpus = cpus
+        if cpus is None and hasattr(os, "sched_getaffinity"):
+            self.cpus = set(os.sched_getaffinity(0))
+        self.start_wall = monotonic()
         self.start_busy = _busy_seconds(stat, self.cpus)
         self.start_own = _own_seconds()
 
     def other_load(self) -> float | None:
         """Mean cores used by other work since the start (None where /proc/stat cannot be read)."""
         busy = _busy_seconds(self.stat, self.cpus)
-        wall = time.monotonic() - self.start_wall
+        wall = monotonic() - self.start_wall
         if busy is None or self.start_busy is None or wall <= 0:
             return None
         others = (busy - self.start_busy) - (_own_seconds() - self.start_own)

@@ -254,9 +254,8 @@ def measured_line(command: str, runs: str, summaries: list[dict[str, Any]]) -> s
 
 
 def table_summaries(table: Table, rows: list[Row], get: Lookup) -> list[dict[str, Any]]:
-    """Every summary the table's rows read (for the line under it)."""
-    found = (get(table.name, row.name, seed) for row in rows for seed in row.seeds)
-    return [s for s in found if s is not None]
+    """The summaries of the rows the table prints (those with every seed measured), for the line under it."""
+    return [s for row in rows for s in runs_of(row, get, table.name) or []]
 
 
 def report(table: Table, rows: list[Row], get: Lookup, command: str) -> str:
