@@ -37,12 +37,17 @@ def recording() -> Iterator[list[str]]:
         _RECORDERS.remove(ran)
 
 
+def note(cmd: list[str]) -> None:
+    """Record a command that does what this process measures in-process (for its summary)."""
+    for recorder in _RECORDERS:
+        recorder.append(shown(cmd))
+
+
 def run(cmd: list[str], log: Path, threads: int | None = None) -> None:
     """Run a CLI command, its output kept in `log` (with `threads`: OMP/MKL threads); raise with the log's tail
     on failure."""
     print("$", " ".join(cmd), flush=True)
-    for recorder in _RECORDERS:
-        recorder.append(shown(cmd))
+    note(cmd)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with log.open("w") as out:

@@ -184,7 +184,8 @@ def prepared(data: Path, work: Path) -> Path:
     out = work / "flowers102_prepared"
     if not (out / "dataset.yaml").is_file():
         if not (data / "setid.mat").is_file():
-            raise RuntimeError(f"{data} is not the flowers102 layout (setid.mat missing): give --data")
+            raise RuntimeError(f"{data} is not the flowers102 layout (setid.mat missing); give its folder with "
+                               "--data (readme_results.py: --data flowers102=PATH)")
         run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "flowers102", str(data), "--out", str(out)],
             work / "logs" / "prepare.txt")
     return out

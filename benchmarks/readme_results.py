@@ -155,8 +155,8 @@ def main() -> None:
                         continue
                     try:
                         ensure(ctx, name, row.name, seed)
-                    except (RuntimeError, OSError) as e:
-                        failures.append(f"{name}/{row.name} seed {seed}: {e}")
+                    except Exception as e:  # one failed run must not stop the others
+                        failures.append(f"{name}/{row.name} seed {seed}: {type(e).__name__}: {e}")
                         print(f"FAILED {name}/{row.name} seed {seed}", flush=True)
     get = lookup(summaries)
     for name in chosen:
