@@ -1,0 +1,277 @@
+"""The README's results tables: their rows, one summary per measured run, and the markdown they print.
+
+A `Table` names its rows and the seeds of each (`rows`), measures one row and seed through the fgcli CLI
+(`measure`) and renders its markdown from the summaries alone (`render`). Each measured run leaves one small
+JSON summary, `<summaries>/<table>/<row>-s<seed>.json`: the table's numbers (`config`, `val`, `test`, ...) and
+how they were measured (`time_s`, `cpu`, `cpus`, `threads`, `other_load`, `cpu_shared`, `date`, `command`,
+`fgcli`). A run whose summary exists is never measured again, so an interrupted regeneration continues where it
+stopped; a row with a missing summary reads `missing`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import ROOT, recording, run  # noqa: E402
+from _machine import SHARED_LOAD, CpuShare, cpu_count, cpu_line  # noqa: E402
+
+SUMMARIES = ROOT / "benchmarks" / "results"
+WORK = ROOT / "runs" / "readme_results"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MISSING = "missing"
+#: --quick: a tiny timm backbone without pretrained weights at 64 px, small method settings, batch 8 (1 epoch)
+TOY_MODEL = ["model.backbone=test_resnet", "model.pretrained_file=null", "data.img_size=64", "data.resize=64",
+             "data.workers=0", "train.batch_size=8", "herbs.fpn_size=16", "mge.part_mult=2", "mge.gate_hidden=16"]
+TOY_SETS = [*TOY_MODEL, "train.epochs=1"]
+#: --quick data: a demo with 5 classes (top-5 exists), 9 train / 3 val / 4 test images per class
+TOY_DEMO = {"demo_classes": 5, "demo_per_class": 12, "val_fraction": 0.25}
+
+Lookup = Callable[[str, str, int], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: measured once per seed. `needs`: (table, row) pairs measured first at the same seed
+    (the trained run this row reuses); `minutes`: CPU minutes per run where known; `before`: a caption row."""
+
+    name: str
+    label: str
+    seeds: tuple[int, ...] = (0,)
+    needs: tuple[tuple[str, str], ...] = ()
+    minutes: float | None = None
+    before: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A README results table. `runs`: what each run does, in commands (printed under the table); `artifact`:
+    the file or folder of a measured run that other tables reuse (a checkpoint, an export folder)."""
+
+    name: str
+    title: str
+    runs: str
+    rows: Callable[[bool], list[Row]]
+    measure: Callable[[Row, int, Context], dict[str, Any]]
+    render: Callable[[list[Row], Lookup], list[str]]
+    artifact: Callable[[Row, int, Context], Path] | None = None
+
+    def row(self, name: str) -> Row:
+        for quick in (False, True):
+            for row in self.rows(quick):
+                if row.name == name:
+                    return row
+        raise KeyError(f"{self.name} has no row {name}")
+
+
+@dataclass
+class Context:
+    """Where a regeneration works: run folders and exports under `work` (not committed), summaries under
+    `summaries`; `quick`: toy scale; `tables`: every table by name (for rows that reuse another's runs)."""
+
+    work: Path
+    summaries: Path
+    quick: bool = False
+    threads: int = 1
+    tables: dict[str, Table] = field(default_factory=dict)
+    data: dict[str, Path] = field(default_factory=dict)
+    failed: dict[tuple[str, str, int], str] = field(default_factory=dict)  # runs not tried again in this call
+
+    def folder(self, table: str) -> Path:
+        return self.work / table
+
+    def data_root(self, name: str) -> Path:
+        """A shared data set's folder (`--data NAME=PATH` overrides ../shared/data/NAME)."""
+        return self.data.get(name, SHARED_DATA / name)
+
+    def summary(self, table: str, row: str, seed: int) -> dict[str, Any] | None:
+        return read_summary(summary_path(self.summaries, table, row, seed))
+
+    def artifact(self, table: str, row: str, seed: int) -> Path:
+        entry = self.tables[table]
+        if entry.artifact is None:
+            raise KeyError(f"{table} keeps nothing that other tables reuse")
+        return entry.artifact(entry.row(row), seed, self)
+
+    def toy_data(self) -> Path:
+        """The prepared toy demo every --quick table but the demo's trains on (made once)."""
+        folder = self.work / "data" / "toy_demo"
+        if not (folder / "dataset.yaml").is_file():
+            run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "demo", str(folder), "--demo-classes",
+                 str(TOY_DEMO["demo_classes"]), "--demo-per-class", str(TOY_DEMO["demo_per_class"]),
+                 "--val-fraction", str(TOY_DEMO["val_fraction"])], self.work / "data" / "toy_demo.txt")
+        return folder
+
+
+def summary_path(summaries: Path, table: str, row: str, seed: int) -> Path:
+    return summaries / table / f"{row}-s{seed}.json"
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A run's summary, or None when it was not measured (or the file is not a summary: it is measured again)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def lookup(summaries: Path) -> Lookup:
+    """(table, row, seed) -> that run's summary under `summaries`, or None."""
+    return lambda table, row, seed: read_summary(summary_path(summaries, table, row, seed))
+
+
+def fgcli_version() -> str:
+    import subprocess
+
+    from fgcli import __version__
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    return f"{__version__} ({commit})" if commit else __version__
+
+
+def describe_run(record: dict[str, Any], commands: list[str], share: CpuShare, seconds: float, threads: int,
+                 quick: bool) -> dict[str, Any]:
+    """A measurement's record with how it was measured added: the summary that is written."""
+    load = share.other_load()
+    return {**record, "quick": quick, "time_s": round(seconds, 1), "cpu": cpu_line(), "cpus": cpu_count(),
+            "threads": threads, "other_load": None if load is None else round(load, 2),
+            "cpu_shared": None if load is None else load >= SHARED_LOAD,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": commands,
+            "fgcli": fgcli_version()}
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    from fgcli.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
+
+
+def measured(fn: Callable[..., dict[str, Any]], *args: Any, threads: int, quick: bool) -> dict[str, Any]:
+    """Run one measurement `fn(*args)` and return its summary (its record, the commands it ran, time, CPU,
+    other work's load)."""
+    share, start = CpuShare(), time.monotonic()
+    with recording() as commands:
+        record = fn(*args)
+    return describe_run(record, commands, share, time.monotonic() - start, threads, quick)
+
+
+def ensure(ctx: Context, table: str, row: str, seed: int) -> dict[str, Any]:
+    """The summary of (table, row, seed), measured first when it is missing, or when the run folder other tables
+    reuse is gone (then it is measured again and its summary replaced, so that every table describes the same
+    model)."""
+    entry = ctx.tables[table]
+    if (table, row, seed) in ctx.failed:
+        raise RuntimeError(f"{table}/{row} seed {seed} failed earlier: {ctx.failed[table, row, seed]}")
+    path = summary_path(ctx.summaries, table, row, seed)
+    summary = read_summary(path)
+    if summary is not None and (entry.artifact is None or entry.artifact(entry.row(row), seed, ctx).exists()):
+        return summary
+    spec = entry.row(row)
+    for need_table, need_row in spec.needs:
+        ensure(ctx, need_table, need_row, seed)
+    if summary is not None:
+        print(f"{table}/{row} seed {seed}: measured again (its run folder in {ctx.work} is gone); its summary "
+              "is replaced", flush=True)
+    try:
+        summary = measured(entry.measure, spec, seed, ctx, threads=ctx.threads, quick=ctx.quick)
+    except Exception as e:
+        ctx.failed[table, row, seed] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise
+    summary = {"table": table, "row": row, "seed": seed, **summary}
+    write_summary(path, summary)
+    print(f"{table}/{row} seed {seed}: done ({summary['time_s'] / 60:.1f} min) -> {path}", flush=True)
+    return summary
+
+
+# -- markdown ------------------------------------------------------------------------------------------------
+def spread(values: list[float], digits: int = 2) -> str:
+    """'mean' for one value, 'mean (min-max)' for several."""
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def runs_of(row: Row, get: Lookup, table: str) -> list[dict[str, Any]] | None:
+    """The summaries of every seed of `row`, or None when any is missing (the row then reads `missing`)."""
+    found = [get(table, row.name, seed) for seed in row.seeds]
+    return None if any(s is None for s in found) else found  # type: ignore[return-value]
+
+
+def missing_row(label: str, columns: int, seeds: list[int] | tuple[int, ...] = ()) -> str:
+    """A row whose summaries are not all there: its first cell reads `missing` (with the seeds that are, when
+    only some are), the others stay empty."""
+    first = f"{MISSING} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if seeds else MISSING
+    return "| " + " | ".join([label, first, *[""] * (columns - 1)]) + " |"
+
+
+def missing_seeds(row: Row, get: Lookup, table: str) -> list[int]:
+    """The seeds of `row` without a summary, when some of its seeds have one (else [])."""
+    gone = [seed for seed in row.seeds if get(table, row.name, seed) is None]
+    return gone if len(gone) < len(row.seeds) else []
+
+
+def caption_row(text: str, columns: int) -> str:
+    return "| " + " | ".join([text, *[""] * columns]) + " |"
+
+
+def regenerate_command(name: str, quick: bool = False) -> str:
+    return f"python benchmarks/readme_results.py --tables {name}{' --quick' if quick else ''}"
+
+
+def measured_line(command: str, runs: str, summaries: list[dict[str, Any]]) -> str:
+    """The line under a table: the command, the dates, the CPU and its flags, threads, and whether other work
+    shared the CPU, from the summaries the table was built from."""
+    command = f"`{command}` ({runs})"
+    if not summaries:
+        return f"{command}: not measured yet."
+    dates = sorted(s["date"][:10] for s in summaries)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    machines = sorted({f"{s['cpu']}, {s['cpus']} CPUs" for s in summaries})
+    threads = sorted({int(s["threads"]) for s in summaries})
+    per_run = f"{threads[0]}" if len(threads) == 1 else f"{threads[0]}-{threads[-1]}"
+    known = [s for s in summaries if s.get("cpu_shared") is not None]
+    shared = sum(bool(s["cpu_shared"]) for s in known)
+    if not known:
+        sharing = "whether other work shared the CPU was not measured"
+    elif shared == 0:
+        sharing = f"no other work shared the CPU ({len(known)} runs)"
+    else:
+        sharing = f"other work shared the CPU during {shared} of {len(known)} runs (times are upper bounds)"
+    return (f"{command}: measured {when} on {'; '.join(machines)}, {per_run} thread{'s' if per_run != '1' else ''} "
+            f"per run; {sharing}.")
+
+
+def table_summaries(table: Table, rows: list[Row], get: Lookup) -> list[dict[str, Any]]:
+    """The summaries of the rows the table prints (those with every seed measured), for the line under it."""
+    return [s for row in rows for s in runs_of(row, get, table.name) or []]
+
+
+def report(table: Table, rows: list[Row], get: Lookup, command: str) -> str:
+    """The table in the README's markdown, and the line under it (`command`: what regenerates it)."""
+    lines = table.render(rows, get)
+    return "\n".join([*lines, "", measured_line(command, table.runs, table_summaries(table, rows, get))])
+
+
+def script_command() -> str:
+    """How a standalone benchmark script was called (for the line under its table)."""
+    import shlex
+
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def threads_in_use() -> int:
+    """The thread count the fgcli commands of a standalone script run with (OMP_NUM_THREADS, else the CPUs)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() else cpu_count()
