@@ -15,25 +15,22 @@ SHARED_LOAD = 0.25
 
 
 def cpu_line(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """'Intel(R) Xeon(R) Processor (AVX2, AVX-512, AVX512-BF16, AMX-BF16)': the CPU model and its relevant flags.
+    """'Intel(R) Xeon(R) Processor (AVX2, AVX-512, AVX512-BF16, AMX-BF16)': the CPU model and its relevant flags
+    as the numeric libraries see them (`fgcli.cpu`: an `ONEDNN_MAX_CPU_ISA` / `ATEN_CPU_CAPABILITY` cap removes
+    flags and is named, e.g. '(AVX2, emulated by ONEDNN_MAX_CPU_ISA=AVX2)'). The one place tables describe the CPU."""
+    from fgcli.cpu import apply_isa_caps, parse_cpuinfo
 
-    The one place the tables describe the CPU (to become `fgcli.cpu.cpu_info().describe()`)."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         import platform
 
         return platform.processor() or platform.machine() or "unknown CPU"
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("model name", "Model Name") and not model:
-            model = " ".join(value.split())
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
+    model, flags, _, _ = parse_cpuinfo(text)
+    flags, capped_by = apply_isa_caps(flags)
     isa = [name for flag, name in ISA_FLAGS.items() if flag in flags]
-    return f"{model or 'unknown CPU'} ({', '.join(isa) if isa else 'no AVX2'})"
+    label = ", ".join(isa) if isa else "no AVX2"
+    return f"{model} ({label}{f', emulated by {capped_by}' if capped_by else ''})"
 
 
 def cpu_count() -> int:
