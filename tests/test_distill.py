@@ -191,3 +191,27 @@ def test_a_config_that_names_a_teacher_is_not_trained_without_it() -> None:
 def test_distill_keys_are_range_checked(key: str, value: str) -> None:
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         resolve_config(overrides=[f"{key}={value}"])
+
+
+def test_a_herbs_teacher_checkpoint_distils_into_a_baseline(tmp_path) -> None:
+    """HERBS' fused output is the log of the mean of its heads' softmaxes: a valid teacher logit vector."""
+    from fgcli.distilling.teacher import load_teacher
+    from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
+
+    cfg = resolve_config(overrides=["method=herbs", "model.backbone=test_resnet", "data.img_size=64",
+                                    "herbs.num_selects=[0.125,0.125,0.125,0.125]"])
+    torch.manual_seed(0)
+    herbs = build_method(cfg, 2)
+    pre = Preprocess(64, 64, "square", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    path = tmp_path / "herbs.pt"
+    save_checkpoint(path, make_checkpoint(model=herbs, cfg=cfg, classes=["a", "b"], preprocess=pre, dataset={},
+                                          epoch=1))
+    teacher = load_teacher(path)
+    assert (teacher.method, teacher.kind, teacher.temperature, teacher.val_top1) == ("herbs", "checkpoint", None, None)
+    loss = DistillLoss(teacher, 0.5, 2.0)
+    loss.bind(device=torch.device("cpu"), classes=["a", "b"], preprocess=PRE)
+    student = _student()
+    images = torch.randn(2, 3, 32, 32)
+    total, terms = loss(student, images, student(images), torch.tensor([0, 1]), 0)
+    expected = kd_term(student.fuse(student(images)), herbs.eval().predict(adapt_batch(images, PRE, pre)), 2.0)
+    assert torch.isfinite(total) and terms["kd"].item() == pytest.approx(expected.item(), abs=1e-5)

@@ -165,6 +165,11 @@ def test_resume_continues_with_the_runs_own_teacher(student, teacher, tmp_path) 
     assert plain.exit_code == 1 and "run it with `fgcli distill`" in " ".join(plain.output.split())
     again = runner.invoke(app, ["train", "--config", str(copy / "args.yaml"), "--project", str(tmp_path / "r")])
     assert again.exit_code == 1 and "this config distils teacher" in " ".join(again.output.split())
+    # `fgcli distill --config args.yaml` reproduces the run, its teacher included
+    _ok(runner.invoke(app, ["distill", "--config", str(copy / "args.yaml"), "--project", str(tmp_path / "r"),
+                            "--name", "again"]))
+    assert torch.load(tmp_path / "r" / "again" / "weights" / "last.pt", weights_only=True)["distill"]["teacher"] == \
+        str(teacher.resolve())
 
 
 def test_the_python_api(teacher, tmp_path) -> None:

@@ -62,10 +62,12 @@ def run_distill(teacher: str | Path | None = None, *, recipe: str | None = None,
 
 def _fresh(teacher: str | Path | None, recipe: str | None, config_file: str | None, flags: dict[str, Any],
            overrides: list[str] | None) -> RunRequest:
-    """A new run: TEACHER as distill.teacher (else the --config's), under runs/distill unless --project says."""
+    """A new run: TEACHER as distill.teacher (else the --config's), under runs/distill unless --project or
+    --config says otherwise."""
     from fgcli.config import flatten, parse_overrides, resolve_config
 
-    flags.setdefault("train.project", DEFAULT_PROJECT)
+    if config_file is None:  # a --config keeps its own run folder (it reproduces that run)
+        flags.setdefault("train.project", DEFAULT_PROJECT)
     if teacher is not None:
         flags["distill.teacher"] = str(_teacher_path(teacher))
     chosen = set(flags) | set(flatten(parse_overrides(overrides)))
