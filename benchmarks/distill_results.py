@@ -15,8 +15,10 @@ training time, and the latency of one image on the fastest CPU path (`fgcli benc
 installed; the fastest median). "The distilled student beats the student alone" is claimed only when its lowest
 test top-1 over the seeds is above the highest of the student alone (the seed spread); otherwise not shown.
 
-Results are kept per run (`<work>/results/<data>-<row>-s<seed>.json`), so an interrupted benchmark resumes where
-it stopped when given the same `--work`; if any run fails, no table is printed and the exit code is 1.
+Each run leaves its summary (`<work>/results/distill/<data>-<row>-s<seed>.json`: `config`, `val`, `test`, `train`,
+`latency_ms` and `latency`, `time_s`, `date`, `command`, the keys of benchmarks/results/README.md), so an
+interrupted benchmark resumes where it stopped when given the same `--work`; if any run fails, no table is
+printed and the exit code is 1.
 
     python benchmarks/distill_results.py --work /tmp/fgcli-distill                # the README table (CPU hours)
     python benchmarks/distill_results.py --work /tmp/fgcli-distill --data cub100 --seeds 0
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import io
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SOURCES = {"flowers102": ("flowers102", SHARED / "flowers102"), "cub100": ("cub", SHARED / "cub100" / "CUB_200_2011")}
 ROWS = ["teacher", "distilled", "alone", "linear_probe"]
+TABLE = "distill"
 TITLES = {"teacher": "teacher", "distilled": "student, distilled", "alone": "student alone (same budget)",
           "linear_probe": "linear probe"}
 TEACHER_RECIPE = "herbs_lite0_128"
@@ -120,32 +125,46 @@ def fastest(bench_csv: str) -> dict:
 
 def measure(data_name: str, row: str, seed: int, data: Path, work: Path, quick: bool, threads: int | None,
             **train_args) -> dict:
-    """Train (or distil) one row, then its val / test top-1 and its fastest CPU latency."""
+    """Train (or distil) one row, then its val / test top-1 and its fastest CPU latency: the run's summary."""
     from fgcli.engine.rundir import read_results_csv
 
     name = f"{data_name}-{row}-s{seed}"
+    commands: list[str] = []
+
+    def call(cmd: list[str], log: Path) -> None:
+        commands.append(shlex.join(["fgcli", *cmd[len(FGCLI):]]))
+        run(cmd, log)
+
+    start = time.monotonic()
     teacher = run_dir(work, data_name, "teacher", seed) / "weights" / "best.pt" if row == "distilled" else None
-    run(train_command(row, data, seed, work, name, quick, teacher, **train_args), work / "logs" / f"{name}.txt")
+    train_cmd = train_command(row, data, seed, work, name, quick, teacher, **train_args)
+    call(train_cmd, work / "logs" / f"{name}.txt")
     folder = run_dir(work, data_name, row, seed)
     best = folder / "weights" / "best.pt"
     out = work / "eval" / name
-    run([*FGCLI, "eval", str(best), "--data", str(data), "--split", "test", "--device", "cpu", "--out", str(out)],
-        work / "logs" / f"{name}-test.txt")
+    call([*FGCLI, "eval", str(best), "--data", str(data), "--split", "test", "--device", "cpu", "--out", str(out)],
+         work / "logs" / f"{name}-test.txt")
     test = json.loads((out / "metrics.json").read_text())
     history = read_results_csv(folder / "results.csv")
     chosen = max(history, key=lambda r: float(r["val/top1"]))  # the epoch best.pt holds (first of equals)
     bench_csv = work / "bench" / f"{name}.csv"
-    run([*FGCLI, "bench", str(best), *BENCH, *(QUICK_BENCH if quick else []),
-         *(["--threads", str(threads)] if threads else []), "--out", str(bench_csv)], work / "logs" / f"{name}-bench.txt")
-    result = {"data": data_name, "row": row, "seed": seed, "method": test["method"], "backbone": test["backbone"],
-              "val_top1": float(chosen["val/top1"]), "best_epoch": int(chosen["epoch"]), "test_top1": test["top1"],
-              "epochs": len(history), "train_s": sum(float(r["epoch_time"]) for r in history),
-              **fastest(bench_csv.read_text())}
+    call([*FGCLI, "bench", str(best), *BENCH, *(QUICK_BENCH if quick else []),
+          *(["--threads", str(threads)] if threads else []), "--out", str(bench_csv)],
+         work / "logs" / f"{name}-bench.txt")
+    latency = fastest(bench_csv.read_text())
+    summary = {"table": TABLE, "row": f"{data_name}-{row}", "seed": seed, "data": data_name, "model": row,
+               "config": {"trained_by": commands[0], "method": test["method"], "backbone": test["backbone"]},
+               "val": {"top1": float(chosen["val/top1"]), "best_epoch": int(chosen["epoch"])},
+               "test": {"top1": test["top1"], "top5": test.get("top5")},
+               "train": {"time_s": sum(float(r["epoch_time"]) for r in history), "epochs": len(history)},
+               "latency_ms": latency.pop("latency_ms"), "latency": latency, "quick": quick,
+               "time_s": round(time.monotonic() - start, 1), "threads": latency["threads"],
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": commands}
     if row == "distilled":
         import torch
 
-        result["distill"] = torch.load(best, map_location="cpu", weights_only=True)["distill"]
-    return result
+        summary["distill"] = torch.load(best, map_location="cpu", weights_only=True)["distill"]
+    return summary
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -158,8 +177,8 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def verdict(results: list[dict], data: str) -> str:
     """Whether the distilled student beats the student alone on `data` beyond the seed spread (test top-1)."""
-    distilled = [r["test_top1"] for r in results if r["data"] == data and r["row"] == "distilled"]
-    alone = [r["test_top1"] for r in results if r["data"] == data and r["row"] == "alone"]
+    distilled = [r["test"]["top1"] for r in results if r["data"] == data and r["model"] == "distilled"]
+    alone = [r["test"]["top1"] for r in results if r["data"] == data and r["model"] == "alone"]
     if not distilled or not alone:
         return f"{data}: no verdict (the distilled student and the student alone are both needed)"
     gain = statistics.mean(distilled) - statistics.mean(alone)
@@ -174,20 +193,20 @@ def verdict(results: list[dict], data: str) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: per data set and row, mean (min-max) over seeds of val / test top-1, latency and training time."""
+    """Markdown: per data set and model, mean (min-max) over seeds of val / test top-1, latency, training time."""
     lines = ["| data | model | seeds | val top-1 % | test top-1 % | latency, batch 1 (fastest CPU path) | "
              "training time |", "|---|---|---:|---:|---:|---:|---:|"]
     for data in dict.fromkeys(r["data"] for r in results):
         for row in ROWS:
-            runs = [r for r in results if r["data"] == data and r["row"] == row]
+            runs = [r for r in results if r["data"] == data and r["model"] == row]
             if not runs:
                 continue
-            paths = sorted({r["path"] for r in runs})
-            model = f"{TITLES[row]}: {runs[0]['method']} ({runs[0]['backbone']})"
-            lines.append(f"| {data} | {model} | {len(runs)} | {spread([r['val_top1'] for r in runs])} | "
-                         f"{spread([r['test_top1'] for r in runs])} | "
+            paths = sorted({r["latency"]["path"] for r in runs})
+            model = f"{TITLES[row]}: {runs[0]['config']['method']} ({runs[0]['config']['backbone']})"
+            lines.append(f"| {data} | {model} | {len(runs)} | {spread([r['val']['top1'] for r in runs])} | "
+                         f"{spread([r['test']['top1'] for r in runs])} | "
                          f"{statistics.mean(r['latency_ms'] for r in runs):.2f} ms ({', '.join(paths)}) | "
-                         f"{statistics.mean(r['train_s'] for r in runs) / 60:.1f} min |")
+                         f"{statistics.mean(r['train']['time_s'] for r in runs) / 60:.1f} min |")
     return "\n".join(lines)
 
 
@@ -216,26 +235,26 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds:
             for row in args.rows:
                 label = f"{data}-{row}-s{seed}"
-                saved = work / "results" / f"{label}.json"
+                saved = work / "results" / TABLE / f"{label}.json"
                 if saved.is_file() and not args.fresh:
                     results.append(json.loads(saved.read_text()))
                     continue
                 if args.report:
                     print(f"not measured yet: {label}")
                     continue
-                start = time.time()
                 try:
                     result = measure(data, row, seed, sets[data], work, args.quick, args.threads, **train_args)
                 except RuntimeError as e:
                     failures.append(f"{label}: {e}")
                     print(f"FAILED {label}", flush=True)
                     continue
-                result["wall_s"] = time.time() - start
+                from fgcli.io import atomic_write_text
+
                 saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps(result, indent=1))
+                atomic_write_text(saved, json.dumps(result, indent=1) + "\n")
                 results.append(result)
-                print(f"{label}: test top-1 {result['test_top1']:.2f} %, {result['latency_ms']:.2f} ms "
-                      f"({result['wall_s'] / 60:.1f} min)", flush=True)
+                print(f"{label}: test top-1 {result['test']['top1']:.2f} %, {result['latency_ms']:.2f} ms "
+                      f"({result['time_s'] / 60:.1f} min)", flush=True)
     if failures:
         sys.exit("no table: some runs failed\n" + "\n".join(failures))
     print(f"\n{'QUICK (demo stand-ins, 1 epoch): ' if args.quick else ''}mean (min-max) over seeds; val top-1 of "

@@ -28,9 +28,10 @@ def bench():
 
 
 def _result(data: str, row: str, seed: int, test: float, latency: float = 4.0) -> dict:
-    return {"data": data, "row": row, "seed": seed, "method": "herbs" if row == "teacher" else "baseline",
-            "backbone": "tf_efficientnet_lite0", "val_top1": test + 1, "test_top1": test, "train_s": 600.0,
-            "latency_ms": latency, "path": "onnx CPU fp32"}
+    return {"table": "distill", "row": f"{data}-{row}", "seed": seed, "data": data, "model": row,
+            "config": {"method": "herbs" if row == "teacher" else "baseline", "backbone": "tf_efficientnet_lite0"},
+            "val": {"top1": test + 1}, "test": {"top1": test}, "train": {"time_s": 600.0}, "latency_ms": latency,
+            "latency": {"path": "onnx CPU fp32"}, "time_s": 700.0}
 
 
 def test_the_fastest_batch_1_path_is_taken(bench) -> None:
@@ -79,8 +80,9 @@ def test_table_rows(bench) -> None:
 
 def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, monkeypatch, capsys) -> None:
     work = tmp_path / "work"
-    (work / "results").mkdir(parents=True)
-    (work / "results" / "cub100-teacher-s0.json").write_text(json.dumps(_result("cub100", "teacher", 0, 80.0)))
+    (work / "results" / "distill").mkdir(parents=True)
+    (work / "results" / "distill" / "cub100-teacher-s0.json").write_text(json.dumps(_result("cub100", "teacher", 0,
+                                                                                            80.0)))
     monkeypatch.setattr(bench, "prepare", lambda work, names, quick=False: {n: work / n for n in names})
     calls = []
 
@@ -95,7 +97,7 @@ def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, 
         bench.main(["--work", str(work), "--data", "cub100", "--seeds", "0"])
     assert calls == ["distilled", "alone", "linear_probe"]  # the teacher came from its saved result
     assert "| data |" not in capsys.readouterr().out
-    assert (work / "results" / "cub100-distilled-s0.json").is_file()  # what finished is kept for the next call
+    assert (work / "results" / "distill" / "cub100-distilled-s0.json").is_file()  # what finished is kept for the next call
 
 
 @pytest.mark.slow
@@ -107,9 +109,10 @@ def test_quick_mode_end_to_end(bench, tmp_path, capsys, monkeypatch) -> None:
     out = capsys.readouterr().out
     assert "| flowers102 | student, distilled: baseline (test_efficientnet) | 1 |" in out
     assert "| flowers102 | teacher: baseline (test_resnet) | 1 |" in out
-    distilled = json.loads((work / "results" / "flowers102-distilled-s0.json").read_text())
+    distilled = json.loads((work / "results" / "distill" / "flowers102-distilled-s0.json").read_text())
     assert distilled["distill"]["backbone"] == "test_resnet" and distilled["distill"]["img_size"] == 48
-    assert distilled["latency_ms"] > 0 and distilled["path"]
+    assert distilled["latency_ms"] > 0 and distilled["latency"]["path"] and distilled["val"]["top1"] >= 0
+    assert distilled["command"][0].startswith("fgcli distill ") and len(distilled["command"]) == 3
 
     def refuse(*args, **kwargs):
         raise AssertionError("nothing should run again")
