@@ -140,6 +140,15 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """`fgcli distill`: a baseline student learns from a frozen teacher's calibrated probabilities and the labels."""
+
+    teacher: str | None = None  # the teacher's checkpoint (.pt) or exported .onnx; set by `fgcli distill TEACHER`
+    alpha: float = 0.5  # weight of the distillation term T^2 * KL(teacher || student); the labels' loss gets 1 - alpha
+    temperature: float = 2.0  # T, softening teacher and student alike (on top of the teacher's calibration)
+
+
+@dataclass
 class LogConfig:
     """Experiment trackers (`--logger`): TensorBoard event files in the run folder, an MLflow run."""
 
@@ -161,6 +170,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -330,6 +340,8 @@ def validate(cfg: Config) -> None:
          "model.channels_last must be auto, always or never"),
         (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be >= 1 (or null for all cores)"),
         (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),
+        (0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]"),
+        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
     ]
     for section in METHOD_SECTIONS:
         checks += section.checks(getattr(cfg, section.SECTION))

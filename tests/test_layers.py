@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inference", ("fgcli.inference", "fgcli.timing")),
     # a method's viz panels live in its folder but belong to the viz layer
     ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction", "fgcli.methods.*.viz",
-               "fgcli.calibrating", "fgcli.ood")),
+               "fgcli.calibrating", "fgcli.ood", "fgcli.distilling")),
     ("bench", ("fgcli.benchmark",)),
     ("tune", ("fgcli.tuning",)),  # searches drive the engine and confirm on test with the evaluation task
     ("api", ("fgcli.api",)),

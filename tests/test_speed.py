@@ -57,7 +57,7 @@ def on_cpu(monkeypatch, tmp_path_factory):
         monkeypatch.setattr(speed, "cpu_info", lambda: info)
         monkeypatch.setenv("FGCLI_CACHE", str(tmp_path_factory.mktemp("cache")))  # no earlier measurement
 
-        def fake_probe(method, device, img_size, num_classes, candidates, batch_size, steps=2):
+        def fake_probe(method, device, img_size, num_classes, candidates, batch_size, steps=2, step_loss=None):
             calls.append([c.label() for c in candidates])
             return {c.label(): (rates or {}).get(c.label(), 10.0) for c in candidates}
 

@@ -78,12 +78,12 @@ def train_command(
         print_summary(result)
 
 
-def print_summary(result: TrainResult) -> None:
+def print_summary(result: TrainResult, command: str = "train") -> None:
     """The run's summary table and the next commands."""
     from rich.table import Table
 
     cfg = result.config
-    table = Table(title=f"fgcli train: {cfg.method} on {cfg.model.backbone}", show_header=False)
+    table = Table(title=f"fgcli {command}: {cfg.method} on {cfg.model.backbone}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("run folder", str(result.run_dir))

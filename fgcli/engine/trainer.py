@@ -40,6 +40,7 @@ from fgcli.engine.setup import (
     set_loader_epoch,
 )
 from fgcli.engine.signals import defer_sigint
+from fgcli.engine.steploss import StepLoss
 from fgcli.errors import UserError
 
 
@@ -83,9 +84,15 @@ class Trainer:
     """Owns the model, optimizer, schedule, EMA, loaders and the run folder for one `fgcli train`."""
 
     def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
-                 explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> None:
+                 explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None,
+                 step_loss: StepLoss | None = None) -> None:
+        if cfg.distill.teacher and step_loss is None:
+            raise UserError(f"this config distils teacher {cfg.distill.teacher} (distill.teacher): run it with `fgcli "
+                            "distill` (--config / --resume take it from there), or set distill.teacher=null to train "
+                            "without the teacher.")
         self.cfg = cfg
         self.on_epoch_end = on_epoch_end
+        self.step_loss = step_loss if step_loss is not None else StepLoss()
         self.stopped: str | None = None
         self.explicit = explicit  # keys the user set by flag / --set (they are never adjusted to fit the run)
         self.resume_ckpt = resume
@@ -129,9 +136,11 @@ class Trainer:
                             f"but the preprocessing gives {preprocess.img_size}. Use --img-size {fixed}.")
         self.data = build_data(cfg, dataset, preprocess, self.info)
         self.method.to(self.device)
+        self.step_loss.bind(device=self.device, classes=list(dataset.classes), preprocess=preprocess)
         self.speed = self._plan_speed(preprocess.img_size, len(dataset.classes))
         self.amp_dtype, use_scaler = self.speed.amp_dtype, self.speed.use_scaler
         self.channels_last = self.speed.channels_last
+        self.step_loss.set_memory_format(self.channels_last)
         if self.speed.amp_dtype is not None and self.speed.depthwise_fp32:
             from fgcli.methods.precision import keep_depthwise_fp32
 
@@ -181,7 +190,8 @@ class Trainer:
         record = None
         if self.main:
             previous = (self.resume_ckpt or {}).get("speed")
-            plan = plan_speed(self.cfg, self.device, self.method, img_size, num_classes, previous=previous)
+            plan = plan_speed(self.cfg, self.device, self.method, img_size, num_classes, previous=previous,
+                              step_loss=self.step_loss)
             record = plan.record()
         record = D.broadcast_object(record, self.info)
         return SpeedPlan.from_record(record)
@@ -233,12 +243,14 @@ class Trainer:
 
     # ---- checkpoints ----
     def checkpoint(self, epoch: int) -> dict[str, Any]:
-        return make_checkpoint(
+        ckpt = make_checkpoint(
             model=self.method, cfg=self.cfg, classes=self.data.classes, preprocess=self.data.preprocess,
             dataset=self.data.info, epoch=epoch, global_step=self.global_step, best_metric=self.best_metric,
             best_epoch=self.best_epoch, ema=self.ema.module if self.ema is not None else None,
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, history=self.history,
             speed=self.speed.record())
+        ckpt.update(self.step_loss.checkpoint_entries())
+        return ckpt
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         """results.csv/png first, then best.pt, then last.pt: a kill between them is repaired by resume."""
@@ -358,7 +370,7 @@ class Trainer:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 outputs = model(images, targets)
-                total, terms = method.loss(outputs, targets, epoch)
+                total, terms = self.step_loss(method, images, outputs, targets, epoch)
             if self.head_names is None:
                 heads = list(method.heads(outputs))
                 self.head_names = heads if len(heads) > 1 else []
@@ -686,11 +698,14 @@ def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
 
 
 def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
-          explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> TrainResult:
+          explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None,
+          step_loss: StepLoss | None = None) -> TrainResult:
     """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are. `explicit`:
     the config keys the user set directly (flags, --set), which are never adjusted to fit a short run.
-    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`)."""
-    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit, on_epoch_end=on_epoch_end)
+    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`).
+    `step_loss`: the training loss when a task adds to the method's own (fgcli.engine.steploss)."""
+    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit, on_epoch_end=on_epoch_end,
+                      step_loss=step_loss)
     try:
         trainer.setup()
         result = trainer.fit()
@@ -700,19 +715,32 @@ def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | Non
         trainer.close()
 
 
-def run_train(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
-              overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
-    """`fgcli train`: resolve the config (fresh or resumed) and train."""
+@dataclass
+class RunRequest:
+    """What `train()` is called with: the resolved config, and for a resumed run its checkpoint and folder."""
+
+    cfg: Config
+    resume: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    explicit: frozenset[str] = frozenset()
+    resumed_from: Path | None = None  # the checkpoint a resumed run continues
+
+
+def resolve_run(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
+                overrides: list[str] | None = None, resume: str | None = None,
+                default_project: str | None = None) -> RunRequest:
+    """The config of a fresh run, or of a resumed one with its checkpoint (`resume`: a run folder, a .pt or auto,
+    looked up under --project, else `default_project`, else the config's default)."""
     from fgcli.engine.checkpoint import load_checkpoint
     from fgcli.engine.runconfig import explicit_keys, resume_config, train_config
     from fgcli.engine.rundir import resolve_resume_path
 
     flags = dict(flags or {})
     if resume is None:
-        return train(train_config(recipe, config_file, flags, overrides), explicit=explicit_keys(flags, overrides))
+        return RunRequest(train_config(recipe, config_file, flags, overrides), explicit=explicit_keys(flags, overrides))
     if recipe is not None or config_file is not None:
         raise UserError("--resume takes its config from the checkpoint; drop --recipe / --config.")
-    project = flags.get("train.project") or Config().train.project
+    project = flags.get("train.project") or default_project or Config().train.project
     path = resolve_resume_path(resume, project)
     ckpt = load_checkpoint(path)
     cfg = resume_config(ckpt["config"], {k: v for k, v in flags.items() if k != "train.project"}, overrides)
@@ -723,4 +751,11 @@ def run_train(*, recipe: str | None = None, config_file: str | None = None, flag
     if D.launched_rank() == 0:
         log.info(f"resuming run {run_dir or path.parent} from {path}: epoch {ckpt['epoch']} of {cfg.train.epochs} "
                  f"done, continuing with epoch {int(ckpt['epoch']) + 1}")
-    return train(cfg, resume=ckpt, run_dir=run_dir)
+    return RunRequest(cfg, resume=ckpt, run_dir=run_dir, resumed_from=path)
+
+
+def run_train(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
+              overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
+    """`fgcli train`: resolve the config (fresh or resumed) and train."""
+    run = resolve_run(recipe=recipe, config_file=config_file, flags=flags, overrides=overrides, resume=resume)
+    return train(run.cfg, resume=run.resume, run_dir=run.run_dir, explicit=run.explicit)
