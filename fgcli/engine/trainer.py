@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -122,6 +123,7 @@ class Trainer:
             check_classes(list(self.resume_ckpt["classes"]), list(dataset.classes), f"{cfg.data.path} (--resume)",
                           fix="Resume with the same data.")
         self.method = build_method(cfg, len(dataset.classes))
+        self.mixup = build_mixup(cfg, self.method, len(dataset.classes))
         preprocess = resolve_preprocess(cfg.data, backbone_defaults(self.method))
         fixed = self.method.input_size
         if fixed is not None and preprocess.img_size != fixed:
@@ -292,6 +294,8 @@ class Trainer:
         for i, batch in enumerate(self.data.train_loader):
             images = batch[0].to(self.device, non_blocking=True)
             targets = batch[1].to(self.device, non_blocking=True)
+            if self.mixup is not None:  # soft targets (B x C) from here on
+                images, targets = self._mix(images, targets, epoch, i)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             group_start = (i // accum) * accum
@@ -322,6 +326,18 @@ class Trainer:
         stats["lr"] = applied_lr  # the lr of the epoch's last update (after any warm-up steps in it)
         stats["train_images_per_s"] = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
         return stats
+
+    def _mix(self, images: torch.Tensor, targets: torch.Tensor, epoch: int,
+             index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm's Mixup / CutMix of micro-batch `index`. Its draws come from numpy's global generator, seeded here
+        from (seed, epoch, index, rank) and restored after: a resumed run mixes each batch as an uninterrupted
+        one does, whatever else used numpy."""
+        state = np.random.get_state()
+        np.random.seed((epoch_seed(self.cfg.train.seed, epoch, self.info.rank) * 1_000_003 + index) % 2 ** 32)
+        try:
+            return self.mixup(images, targets)
+        finally:
+            np.random.set_state(state)
 
     def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, group_size: int,
                           last_in_group: bool) -> dict[str, torch.Tensor] | None:
@@ -639,6 +655,22 @@ class Trainer:
             parts.append(f"run ~{format_duration(row['time'] + remaining * per_epoch)} "
                          f"({format_duration(remaining * per_epoch)} left)")
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
+
+
+def build_mixup(cfg: Config, method: Any, num_classes: int) -> Any:
+    """timm's Mixup for `train.mixup` / `train.cutmix` (None when both are 0), with the run's label smoothing
+    built into its soft targets; a method whose loss cannot take soft targets is refused with its reason."""
+    t = cfg.train
+    if not (t.mixup > 0 or t.cutmix > 0):
+        return None
+    refusal = method.soft_target_refusal()
+    if refusal:
+        raise UserError(f"train.mixup / train.cutmix: {refusal}. Set train.mixup=0 and train.cutmix=0 for "
+                        f"method '{cfg.method}'.")
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob, switch_prob=0.5, mode="batch",
+                 label_smoothing=t.label_smoothing, num_classes=num_classes)
 
 
 def format_duration(seconds: float) -> str:
