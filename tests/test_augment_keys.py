@@ -341,3 +341,41 @@ def test_every_key_trains_end_to_end(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         row = read_results_csv(tmp_path / method / "results.csv")[0]
         assert math.isfinite(float(row["train/loss"])), row
+
+
+@pytest.mark.slow
+def test_mixup_run_resumed_after_epoch_1_ends_with_the_same_weights(tmp_path: Path) -> None:
+    """With every key on (mixup / CutMix drawn in the main process), a run killed right after epoch 1 and resumed
+    ends bit-identical to an uninterrupted one (--deterministic, CPU), like the other resume-exactness tests."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    faultrun = Path(__file__).resolve().parent / "faults" / "faultrun.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    args = ["train", "--method", "baseline", *TINY, *STRONG, "--epochs", "2", "--ema", "--deterministic",
+            "--seed", "3", "--set", "sched.warmup=1", "--project", str(tmp_path)]
+
+    def run(*extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+        entry = [str(faultrun)] if fault else ["-m", "fgcli"]
+        return subprocess.run([sys.executable, *entry, "--quiet", *extra], capture_output=True, text=True,
+                              env={**env, **({"FGCLI_FAULT": fault} if fault else {})}, timeout=300)
+
+    full = run(*args, "--name", "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = run(*args, "--name", "cut", fault="epoch:cut:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert torch.load(tmp_path / "cut" / "weights" / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = run("train", "--resume", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "weights" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    # and the mixing mattered: the same run without mixup / CutMix ends elsewhere
+    plain = run(*args, "--set", "train.mixup=0", "--set", "train.cutmix=0", "--name", "plain")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    c = torch.load(tmp_path / "plain" / "weights" / "last.pt", weights_only=True)
+    assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"] if a["model"][k].is_floating_point())
