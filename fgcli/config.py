@@ -23,10 +23,12 @@ from fgcli.methods.herbs import config as herbs_config
 from fgcli.methods.herbs.config import HerbsConfig
 from fgcli.methods.mge import config as mge_config
 from fgcli.methods.mge.config import MgeConfig
+from fgcli.methods.probe import config as probe_config
+from fgcli.methods.probe.config import ProbeConfig
 
 #: each method's config section: `fgcli/methods/<method>/config.py` (its dataclass, SECTION and checks)
-METHOD_SECTIONS = (baseline_config, herbs_config, mge_config)
-__all__ = ["BaselineConfig", "Config", "HerbsConfig", "MgeConfig"]
+METHOD_SECTIONS = (baseline_config, herbs_config, mge_config, probe_config)
+__all__ = ["BaselineConfig", "Config", "HerbsConfig", "MgeConfig", "ProbeConfig"]
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Config:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     herbs: HerbsConfig = field(default_factory=HerbsConfig)
     mge: MgeConfig = field(default_factory=MgeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

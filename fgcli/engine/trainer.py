@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from fgcli.engine.checkpoint import (
 )
 from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
 from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr, fit_warmup
+from fgcli.engine.result import EpochEnd, TrainResult, store_calibration
 from fgcli.engine.rundir import increment_path, write_results_csv
 from fgcli.engine.setup import (
     backbone_defaults,
@@ -46,37 +45,6 @@ from fgcli.errors import UserError
 
 class NonFiniteStop(UserError):
     """Too many consecutive non-finite steps: the run stops, last.pt keeps the last good epoch."""
-
-
-#: called on rank 0 after each epoch is saved, with the epoch (1-based) and its results.csv row; a string
-#: return stops the run there (cleanly: the epoch's files are written) and is logged as the reason (after the
-#: last epoch it is ignored: the run is complete)
-EpochEnd = Callable[[int, dict[str, Any]], str | None]
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run produced."""
-
-    run_dir: Path
-    epochs_done: int
-    best_metric: float | None
-    best_epoch: int | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    config: Config | None = None  # the resolved config (as saved in args.yaml)
-    classes: list[str] = field(default_factory=list)
-    val_split: str = ""
-    is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
-    calibration: dict[str, Any] | None = None  # best.pt's temperature fit (fgcli.engine.calibration.fit_record)
-    stopped: str | None = None  # why an on_epoch_end callback stopped the run before its last epoch
-
-    @property
-    def last(self) -> Path:
-        return self.run_dir / "weights" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.run_dir / "weights" / "best.pt"
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -681,28 +649,6 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
-                      reject_recall: float | None = 0.95) -> dict[str, Any] | None:
-    """Fit the temperature of the fused logits in `scores` (and the rejection threshold keeping `reject_recall`
-    of those images) and write it into the checkpoint at `path` (atomically); returns the record, or None (with
-    a warning) when there is nothing to fit on."""
-    from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
-    from fgcli.engine.checkpoint import load_checkpoint
-
-    logits, _, targets = scores.arrays()
-    if not len(targets):
-        log.warning(f"no validation images were scored: {path.name} stays uncalibrated")
-        return None
-    ckpt = load_checkpoint(path)
-    record = fit_record(logits[0], targets, split=split, weights="ema" if ckpt.get("ema") else "model", source=source,
-                        reject_recall=reject_recall)
-    ckpt[CHECKPOINT_KEY] = record
-    with defer_sigint():
-        save_checkpoint(path, ckpt)
-    log.info(f"calibrated {path.name}: {record_line(record)}")
-    return record
-
-
 def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
     import torch.distributed as dist
 
@@ -715,7 +661,14 @@ def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | Non
           explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> TrainResult:
     """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are. `explicit`:
     the config keys the user set directly (flags, --set), which are never adjusted to fit a short run.
-    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`)."""
+    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`).
+    A method fitted on frozen features (`fitted_by = "probe"`) is fitted by fgcli.engine.probe instead."""
+    from fgcli.methods import get_method
+
+    if get_method(cfg.method).fitted_by == "probe":
+        from fgcli.engine.probe import train_probe
+
+        return train_probe(cfg, resume=resume, run_dir=run_dir, on_epoch_end=on_epoch_end)
     trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit, on_epoch_end=on_epoch_end)
     try:
         trainer.setup()

@@ -42,6 +42,9 @@ class Method(nn.Module):
     search_space: tuple[Param, ...] = COMMON_SPACE
     #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)
     tune_recipe: str | None = None
+    #: how `fgcli train` fits it: "loop" (the engine's training loop) or "probe" (features of the frozen backbone
+    #: computed once, its Linear head fitted to convergence: fgcli.engine.probe)
+    fitted_by: str = "loop"
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
