@@ -166,6 +166,8 @@ class _ProbeRun:
             self.confusion = res.confusion
         row["fit_time"] = fit_time
         row["time"] = row["epoch_time"] = time.perf_counter() - started
+        # training images (flipped copies included) over the whole fit, features (or the cache read) included
+        row["train_img_s"] = len(feats["train"]) * (2 if self.cfg.probe.flip else 1) / max(row["time"], 1e-9)
         self.history = [row]
         return row
 
