@@ -209,3 +209,8 @@ def test_shipped_probe_recipes_resolve() -> None:
     for recipe in ("linear_probe_lite0_128", "probe_demo_cpu"):
         cfg = resolve_config(recipe)
         assert cfg.method == "probe" and cfg.model.pretrained_file == "efficientnet-lite0", recipe
+
+
+def test_tune_refuses_a_method_without_a_search_space(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["tune", "--method", "probe", *TINY, "--trials", "2", "--project", str(tmp_path)])
+    assert result.exit_code == 1 and "method 'probe' has no search space" in result.output
