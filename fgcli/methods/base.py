@@ -43,7 +43,8 @@ class Method(nn.Module):
     #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)
     tune_recipe: str | None = None
     #: how `fgcli train` fits it: "loop" (the engine's training loop) or "probe" (features of the frozen backbone
-    #: computed once, its Linear head fitted to convergence: fgcli.engine.probe)
+    #: computed once, its Linear head fitted to convergence: fgcli.engine.probe; the method then has the
+    #: baseline's `features(images)` and `classifier`)
     fitted_by: str = "loop"
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
