@@ -45,7 +45,7 @@ def test_args_yaml_reproduces_the_config(tmp_path) -> None:
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (Path(__file__).parent.parent / "models").glob("*.yaml")))
 def test_every_shipped_recipe_resolves(recipe: str) -> None:
     cfg = train_config(recipe, None, {}, None)  # validates ranges too
-    assert cfg.method in ("baseline", "herbs", "mge")
+    assert cfg.method in ("baseline", "herbs", "mge", "probe")
 
 
 def test_demo_data_without_a_recipe_uses_the_demo_recipe() -> None:

@@ -20,7 +20,7 @@ _HW = "Hardware"
 
 @handle_errors(fast_exit=True)
 def train_command(
-    method: str | None = typer.Option(None, "--method", "-m", help="Method: baseline, herbs, mge."),
+    method: str | None = typer.Option(None, "--method", "-m", help="Method: baseline, herbs, mge, probe (linear probe: frozen backbone, converged fit)."),
     data: str | None = typer.Option(None, "--data", "-d", rich_help_panel=_DATA,
                                        help="Prepared folder, raw dataset root, ImageFolder, or 'demo'."),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="Any timm model name."),

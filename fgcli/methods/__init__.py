@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, type[Method]] = {}
 # Built-in methods (`fgcli/methods/<name>/model.py` registers the class), imported on first use so that
 # `fgcli --help` does not import torch.
-BUILTIN_MODULES = ("baseline", "herbs", "mge")
+BUILTIN_MODULES = ("baseline", "herbs", "mge", "probe")
 
 
 def register_method(name: str):

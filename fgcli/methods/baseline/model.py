@@ -15,6 +15,7 @@ from fgcli.config import Config
 from fgcli.methods import register_method
 from fgcli.methods.base import Method
 from fgcli.methods.baseline import config as baseline_config
+from fgcli.methods.targets import cross_entropy
 
 
 @register_method("baseline")
@@ -48,8 +49,11 @@ class Baseline(Method):
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = F.cross_entropy(outputs["cls"].float(), targets)
+        ce = cross_entropy(outputs["cls"], targets, self.cfg.train.label_smoothing)
         return ce, {"ce": ce}
+
+    def soft_target_refusal(self) -> str | None:
+        return None  # one cross-entropy term
 
     @torch.no_grad()
     def attention(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
