@@ -36,6 +36,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import shlex
 import statistics
 import sys
 import tempfile
@@ -165,8 +166,8 @@ def measure(plan: Plan, row: Row, seed: int, ctx: Context) -> dict:
         if source is None:
             raise RuntimeError(f"{reuse[0]}/{reuse[1]} seed {seed} has no summary")
         numbers = {"val": source["val"], "test": source["test"], "train": source["train"]}
-        config = {"reused": f"{reuse[0]}/{reuse[1]}-s{seed}", "trained_by": source["command"][:1],
-                  **source["config"]}
+        trained_by = [c for c in source["command"] if shlex.split(c)[2:3] == ["train"]]
+        config = {"reused": f"{reuse[0]}/{reuse[1]}-s{seed}", "trained_by": trained_by, **source["config"]}
     else:
         teacher = ctx.artifact(*plan.teacher(data), seed) if kind == "distilled" else None
         recipe, sets = plan.recipe(kind, ctx.quick)

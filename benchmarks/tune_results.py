@@ -117,7 +117,7 @@ def measure(budget: Budget, row: Row, seed: int, ctx: Context) -> dict:
 
 
 def _range(numbers: dict[str, float] | None) -> str:
-    return "–" if numbers is None else f"{numbers['mean']:.2f} ({numbers['min']:.2f}-{numbers['max']:.2f})"
+    return "—" if numbers is None else f"{numbers['mean']:.2f} ({numbers['min']:.2f}-{numbers['max']:.2f})"
 
 
 def _value(value: Any) -> str:
