@@ -10,6 +10,7 @@ stopped; a row with a missing summary reads `missing`.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -424,6 +425,48 @@ def report(table: Table, rows: list[Row], get: Lookup, command: str) -> str:
     """The table in the README's markdown, and the line under it (`command`: what regenerates it)."""
     lines = table.render(rows, get)
     return "\n".join([*lines, "", measured_line(command, table.runs, table_summaries(table, rows, get))])
+
+
+# -- standalone table scripts ---------------------------------------------------------------------------------
+#: data set -> the option of a standalone script that gives its folder
+DATA_OPTIONS = {"flowers102": ("--flowers102", "the flowers102 root (official layout)"),
+                "cub100": ("--cub", "the cub100 CUB_200_2011 folder")}
+
+
+def script_parser(doc: str, quick: str, data: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The options every standalone table script shares: --work, --quick (`quick`: what it does), --report, and
+    the folders of the shared data sets it uses (`data`: DATA_OPTIONS keys; default ../shared/data)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="prepared data, run folders, reports and per-run summaries (reused)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--report", action="store_true", help="print the table of what is measured; measure nothing")
+    for name in data:
+        flag, what = DATA_OPTIONS[name]
+        parser.add_argument(flag, dest=f"data_{name}", type=Path, default=None, help=what)
+    return parser
+
+
+def script_context(args: argparse.Namespace, *tables: Table, threads: int | None = None) -> Context:
+    """A standalone script's context from its options: everything under --work (a new temp folder when not
+    given), summaries in <work>/results; `tables`: its own and those whose runs it reuses."""
+    import tempfile
+
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"fgcli-{tables[0].name}-"))
+    data = {name: getattr(args, f"data_{name}") for name in DATA_OPTIONS if getattr(args, f"data_{name}", None)}
+    return Context(work=work, summaries=work / "results", quick=args.quick, threads=threads or threads_in_use(),
+                   tables={t.name: t for t in tables}, data=data)
+
+
+def run_script(ctx: Context, rows: list[Row], again: bool = False, report_only: bool = False,
+               note: str = "") -> None:
+    """A standalone script's measurement of `rows` of its table (the first of the context's): what is missing
+    (`again`: all), then `note` and the table with the line under it; no table and exit 1 when a run failed."""
+    table = next(iter(ctx.tables.values()))
+    exit_if_failed(measure_missing(ctx, {table.name: rows}, again=again, report_only=report_only))
+    if note:
+        print(f"\n{note}")
+    print(report(table, rows, lookup(ctx.summaries), script_command()))
 
 
 def script_command() -> str:

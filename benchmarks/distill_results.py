@@ -19,7 +19,7 @@ training time, and the latency of one image on the fastest CPU path (`fgcli benc
 installed; the fastest median). "The distilled student beats the student alone" is claimed only when its lowest
 test top-1 over the seeds is above the highest of the student alone (the seed spread); otherwise not shown.
 
-Each run leaves its summary (`<work>/results/distill/<data>-<row>-s<seed>.json`, the keys of
+Each run leaves its summary (`<work>/results/distill/<data>-<model>-s<seed>.json`, the keys of
 benchmarks/results/README.md), so an interrupted benchmark resumes where it stopped when given the same `--work`;
 if any run fails, no table is printed and the exit code is 1. `benchmarks/readme_results.py --tables distill`
 makes the README table (`TABLES`).
@@ -32,14 +32,12 @@ makes the README table (`TABLES`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import shlex
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
@@ -52,15 +50,12 @@ from _results import (  # noqa: E402
     Row,
     Table,
     captioned,
-    exit_if_failed,
     load_checkpoint,
-    lookup,
-    measure_missing,
     measured_rows,
-    report,
-    script_command,
+    run_script,
+    script_context,
+    script_parser,
     spread,
-    threads_in_use,
     train_and_test,
 )
 
@@ -243,16 +238,8 @@ def checkpoint(plan: Plan, row: Row, seed: int, ctx: Context) -> Path:
 TABLES = [make_table()]
 
 
-def context(work: Path, quick: bool, threads: int, data: dict[str, Path], *tables: Table) -> Context:
-    """A standalone script's context: everything under `work` (summaries in <work>/results), `tables` beside the
-    flowers102 table whose runs they reuse."""
-    known = {t.name: t for t in (f102.TABLE, *tables)}
-    return Context(work=work, summaries=work / "results", quick=quick, threads=threads, tables=known, data=data)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None, help="prepared data, runs, reports and results (reused)")
+    parser = script_parser(__doc__, "toy scale: demo stand-ins, tiny backbones, 2 epochs", ("flowers102", "cub100"))
     parser.add_argument("--data", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--rows", nargs="+", choices=KINDS, default=KINDS)
@@ -260,26 +247,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-set", action="append", default=[], help="extra --set of the teacher runs")
     parser.add_argument("--distill-set", action="append", default=[],
                         help="extra --set of the distilled runs, e.g. distill.temperature=4 (choose on val)")
-    parser.add_argument("--flowers102", type=Path, default=None, help="the flowers102 root (official layout)")
-    parser.add_argument("--cub", type=Path, default=None, help="the cub100 CUB_200_2011 folder")
     parser.add_argument("--threads", type=int, default=None, help="threads of fgcli bench (default OMP_NUM_THREADS)")
-    parser.add_argument("--quick", action="store_true", help="toy scale: demo stand-ins, tiny backbones, 2 epochs")
-    parser.add_argument("--report", action="store_true", help="print the table of the saved runs; train nothing")
     parser.add_argument("--fresh", action="store_true", help="measure this table's runs again (not those reused)")
     args = parser.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="fgcli-distill-"))
     table = make_table(Plan(args.teacher_recipe, tuple(args.teacher_set), tuple(args.distill_set)))
-    roots = {"flowers102": args.flowers102, "cub100": args.cub}
-    ctx = context(work, args.quick, args.threads or threads_in_use(),
-                  {k: v for k, v in roots.items() if v is not None}, table)
+    ctx = script_context(args, table, f102.TABLE, threads=args.threads)
     rows = [r for r in table.rows(args.quick) if split_name(r.name)[0] in args.data
             and split_name(r.name)[1] in args.rows]
     rows = captioned([dataclasses.replace(r, seeds=tuple(args.seeds)) if args.seeds else r for r in rows], caption)
-    exit_if_failed(measure_missing(ctx, {NAME: rows}, again=args.fresh, report_only=args.report))
-    print(f"\n{'QUICK (demo stand-ins, toy model): ' if args.quick else ''}mean (min-max) over seeds; val top-1 of "
-          "the epoch chosen on val; latency: median of one image on the fastest of torch / onnxruntime CPU / "
-          "OpenVINO (`fgcli bench --device cpu --providers all`)")
-    print(report(table, rows, lookup(ctx.summaries), script_command()))
+    run_script(ctx, rows, args.fresh, args.report,
+               f"{'QUICK (demo stand-ins, toy model): ' if args.quick else ''}mean (min-max) over seeds; val top-1 "
+               "of the epoch chosen on val; latency: median of one image on the fastest of torch / onnxruntime CPU "
+               "/ OpenVINO (`fgcli bench --device cpu --providers all`)")
     print(f"\nrun folders: {ctx.folder(NAME) / 'runs'}, {ctx.folder('flowers102') / 'runs'}")
 
 

@@ -28,10 +28,8 @@ so a second call prints the table at once; if any run fails, no table is printed
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +45,11 @@ from _results import (  # noqa: E402
     Row,
     Table,
     captioned,
-    exit_if_failed,
     load_checkpoint,
-    lookup,
-    measure_missing,
     measured_rows,
-    report,
-    script_command,
-    threads_in_use,
+    run_script,
+    script_context,
+    script_parser,
     toy_demo_args,
 )
 
@@ -225,31 +220,22 @@ def parse_runs(items: list[str]) -> list[tuple[str, Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None, help="prepared data, runs, reports and results (reused)")
+    parser = script_parser(__doc__, "toy scale: demo stand-ins, tiny backbone, 2 epochs", ("flowers102", "cub100"))
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--recipes", nargs="+", default=None,
                         help=f"recipes of the settings without --run (default {' '.join(RECIPES)}; --quick: the first)")
     parser.add_argument("--run", action="append", default=[], metavar="SETTING=PATH",
                         help="an already trained run for a setting (repeatable); the setting is then not trained")
-    parser.add_argument("--flowers102", type=Path, default=None, help="the flowers102 root (official layout)")
-    parser.add_argument("--cub", type=Path, default=None, help="the cub100 CUB_200_2011 folder")
-    parser.add_argument("--quick", action="store_true", help="toy scale: demo stand-ins, tiny backbone, 2 epochs")
-    parser.add_argument("--report", action="store_true", help="print the table of the saved runs; train nothing")
     parser.add_argument("--fresh", action="store_true", help="evaluate again (the models are not trained again)")
     args = parser.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="fgcli-ood-"))
     plan = Plan(tuple(args.settings), tuple(args.recipes) if args.recipes else None, tuple(parse_runs(args.run)))
-    table_ = make_table(plan)
-    roots = {"flowers102": args.flowers102, "cub100": args.cub}
-    ctx = distill.context(work, args.quick, threads_in_use(), {k: v for k, v in roots.items() if v is not None},
-                          table_, distill.TABLES[0])
-    rows = table_.rows(args.quick)
-    exit_if_failed(measure_missing(ctx, {NAME: rows}, again=args.fresh, report_only=args.report))
-    print(f"\n{'QUICK (demo stand-ins, toy model): ' if args.quick else ''}each model on its own test split against "
-          "the test split of the other data; AUROC / FPR at 95 % TPR (%); head agreement: mean probability the heads "
-          "give to the fused top-1 class (HERBS / MGE-CNN); the threshold keeps 95 % of the val images")
-    print(report(table_, rows, lookup(ctx.summaries), script_command()))
+    table = make_table(plan)
+    ctx = script_context(args, table, distill.TABLES[0], f102.TABLE)
+    run_script(ctx, table.rows(args.quick), args.fresh, args.report,
+               f"{'QUICK (demo stand-ins, toy model): ' if args.quick else ''}each model on its own test split "
+               "against the test split of the other data; AUROC / FPR at 95 % TPR (%); head agreement: mean "
+               "probability the heads give to the fused top-1 class (HERBS / MGE-CNN); the threshold keeps 95 % of "
+               "the val images")
     print(f"\nreports (metrics.json, confusions.html): {ctx.folder(NAME) / 'eval'}")
 
 

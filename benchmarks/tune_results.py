@@ -23,11 +23,9 @@ interrupted run continues where it stopped (the studies live in `study.db` in th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +39,10 @@ from _results import (  # noqa: E402
     Lookup,
     Row,
     Table,
-    exit_if_failed,
-    lookup,
-    measure_missing,
     missing_row,
-    report,
-    script_command,
-    threads_in_use,
+    run_script,
+    script_context,
+    script_parser,
 )
 
 NAME = "tune"
@@ -183,14 +178,10 @@ TABLES = [make_table()]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None, help="prepared data, the tune folder and results (reused)")
+    parser = script_parser(__doc__, "toy scale: tiny backbone, 2 trials, 2 seeds, 2 epochs", ("flowers102",))
     parser.add_argument("--methods", default=None, help=f"the arms (default {','.join(README.methods)})")
     parser.add_argument("--trials", type=int, default=None, help=f"trials per arm (default {README.trials})")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds of each best recipe (default {README.seeds})")
-    parser.add_argument("--flowers102", type=Path, default=None, help="the flowers102 root (official layout)")
-    parser.add_argument("--quick", action="store_true", help="toy scale: tiny backbone, 2 trials, 2 seeds, 2 epochs")
-    parser.add_argument("--report", action="store_true", help="print the table of the saved run; tune nothing")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else README
     arms = tuple(a.strip() for a in args.methods.split(",") if a.strip()) if args.methods else base.methods
@@ -198,14 +189,9 @@ def main(argv: list[str] | None = None) -> None:
                     base.pruner, base.max_epochs, base.sets)
     if budget.trials < 1 or budget.seeds < 1:
         parser.error("--trials and --seeds must be >= 1")
-    work = args.work or Path(tempfile.mkdtemp(prefix="fgcli-tune-"))
-    table_ = make_table(budget)
-    ctx = Context(work=work, summaries=work / "results", quick=args.quick, threads=threads_in_use(),
-                  tables={NAME: table_},
-                  data={"flowers102": args.flowers102} if args.flowers102 else {})
-    rows = table_.rows(args.quick)
-    exit_if_failed(measure_missing(ctx, {NAME: rows}, report_only=args.report))
-    print(report(table_, rows, lookup(ctx.summaries), script_command()))
+    table = make_table(budget)
+    ctx = script_context(args, table)
+    run_script(ctx, table.rows(args.quick), report_only=args.report)
     print(f"\ntune folders (trials, comparison.md, plots): {ctx.folder(NAME)}")
 
 

@@ -76,7 +76,8 @@ def test_only_the_distilled_row_has_a_teacher(bench, tmp_path) -> None:
 
 def test_a_reused_row_is_benched_not_trained_and_keeps_the_other_tables_numbers(bench, tmp_path,
                                                                                   monkeypatch) -> None:
-    ctx = bench.context(tmp_path, False, 1, {}, bench.make_table())
+    ctx = bench.Context(work=tmp_path, summaries=tmp_path / "results",
+                        tables={t.name: t for t in (bench.make_table(), bench.f102.TABLE)})
     source = {**_summary("herbs", 0, 82.0, method="herbs"), "table": "flowers102",
               "command": ["fgcli --quiet prepare-data flowers102 ...", "fgcli --quiet train --recipe herbs_lite0_128",
                           "fgcli --quiet eval ..."]}
