@@ -223,8 +223,8 @@ def ensure(ctx: Context, table: str, row: str, seed: int, again: bool = False) -
     for need_table, need_row in spec.needs:
         ensure(ctx, need_table, need_row, seed)
     if summary is not None:
-        print(f"{table}/{row} seed {seed}: measured again (its run folder in {ctx.work} is gone); its summary "
-              "is replaced", flush=True)
+        why = "as asked" if again else f"its run folder in {ctx.work} is gone"
+        print(f"{table}/{row} seed {seed}: measured again ({why}); its summary is replaced", flush=True)
     try:
         summary = measured(entry.measure, spec, seed, ctx, threads=ctx.threads, quick=ctx.quick)
     except Exception as e:
