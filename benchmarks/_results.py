@@ -443,7 +443,7 @@ def script_parser(doc: str, quick: str, data: tuple[str, ...] = ()) -> argparse.
     parser.add_argument("--report", action="store_true", help="print the table of what is measured; measure nothing")
     for name in data:
         flag, what = DATA_OPTIONS[name]
-        parser.add_argument(flag, dest=f"data_{name}", type=Path, default=None, help=what)
+        parser.add_argument(flag, dest=f"data_{name}", metavar="PATH", type=Path, default=None, help=what)
     return parser
 
 
