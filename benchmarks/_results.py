@@ -10,13 +10,14 @@ stopped; a row with a missing summary reads `missing`.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,23 @@ SUMMARIES = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "readme_results"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MISSING = "missing"
+FGCLI = [sys.executable, "-m", "fgcli", "--quiet"]
+#: the shared data sets tables prepare with `prepare-data`: name -> (format, folder under ../shared/data, a file
+#: of its layout)
+SHARED_SETS = {"flowers102": ("flowers102", "flowers102", "setid.mat"),
+               "cub100": ("cub", "cub100/CUB_200_2011", "images.txt")}
 #: --quick: a tiny timm backbone without pretrained weights at 64 px, small method settings, batch 8 (1 epoch)
 TOY_MODEL = ["model.backbone=test_resnet", "model.pretrained_file=null", "data.img_size=64", "data.resize=64",
              "data.workers=0", "train.batch_size=8", "herbs.fpn_size=16", "mge.part_mult=2", "mge.gate_hidden=16"]
 TOY_SETS = [*TOY_MODEL, "train.epochs=1"]
 #: --quick data: a demo with 5 classes (top-5 exists), 9 train / 3 val / 4 test images per class
 TOY_DEMO = {"demo_classes": 5, "demo_per_class": 12, "val_fraction": 0.25}
+
+
+def toy_demo_args(classes: int = TOY_DEMO["demo_classes"]) -> list[str]:
+    """`prepare-data demo` options of the --quick data (with `classes` demo classes)."""
+    return ["--demo-classes", str(classes), "--demo-per-class", str(TOY_DEMO["demo_per_class"]), "--val-fraction",
+            str(TOY_DEMO["val_fraction"])]
 
 Lookup = Callable[[str, str, int], "dict[str, Any] | None"]
 
@@ -90,8 +102,9 @@ class Context:
         return self.work / table
 
     def data_root(self, name: str) -> Path:
-        """A shared data set's folder (`--data NAME=PATH` overrides ../shared/data/NAME)."""
-        return self.data.get(name, SHARED_DATA / name)
+        """A shared data set's folder (`--data NAME=PATH` overrides ../shared/data/NAME; cub100: its
+        CUB_200_2011 folder)."""
+        return self.data.get(name, SHARED_DATA / SHARED_SETS.get(name, (name, name))[1])
 
     def summary(self, table: str, row: str, seed: int) -> dict[str, Any] | None:
         return read_summary(summary_path(self.summaries, table, row, seed))
@@ -102,14 +115,42 @@ class Context:
             raise KeyError(f"{table} keeps nothing that other tables reuse")
         return entry.artifact(entry.row(row), seed, self)
 
-    def toy_data(self) -> Path:
-        """The prepared toy demo every --quick table but the demo's trains on (made once)."""
-        folder = self.work / "data" / "toy_demo"
+    def toy_data(self, other: bool = False) -> Path:
+        """The prepared toy demo every --quick table but the demo's trains on (made once); `other`: a stand-in
+        with as many other classes (the next ones of a demo twice as large), e.g. cub100's beside flowers102's."""
+        name = "toy_demo_other" if other else "toy_demo"
+        folder = self.work / "data" / name
         if not (folder / "dataset.yaml").is_file():
-            run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "demo", str(folder), "--demo-classes",
-                 str(TOY_DEMO["demo_classes"]), "--demo-per-class", str(TOY_DEMO["demo_per_class"]),
-                 "--val-fraction", str(TOY_DEMO["val_fraction"])], self.work / "data" / "toy_demo.txt")
+            extra = toy_demo_args()
+            if other:
+                extra = [*toy_demo_args(2 * TOY_DEMO["demo_classes"]), "--classes", str(self.toy_classes())]
+            run([*FGCLI, "prepare-data", "demo", str(folder), *extra], self.work / "data" / f"{name}.txt")
         return folder
+
+    def toy_classes(self) -> Path:
+        """The file naming the classes of `toy_data(other=True)` (one a line)."""
+        from fgcli.data.demo import class_names
+        from fgcli.io import atomic_write_text
+
+        path = self.work / "data" / "toy_demo_other_classes.txt"
+        if not path.is_file():
+            n = TOY_DEMO["demo_classes"]
+            atomic_write_text(path, "".join(f"{c}\n" for c in class_names(2 * n)[n:]))
+        return path
+
+    def prepared(self, name: str) -> Path:
+        """A shared data set (SHARED_SETS) prepared once under <work>/data/<name>; --quick: a toy stand-in
+        (flowers102: `toy_data()`; cub100: `toy_data(other=True)`, whose classes differ)."""
+        if self.quick:
+            return self.toy_data(other=name != "flowers102")
+        fmt, _, marker = SHARED_SETS[name]
+        source, out = self.data_root(name), self.work / "data" / name
+        if not (out / "dataset.yaml").is_file():
+            if not (source / marker).is_file():
+                raise RuntimeError(f"{source} is not the {name} layout ({marker} missing); give its folder with "
+                                   f"--data {name}=PATH")
+            run([*FGCLI, "prepare-data", fmt, str(source), "--out", str(out)], self.work / "data" / f"{name}.txt")
+        return out
 
 
 def summary_path(summaries: Path, table: str, row: str, seed: int) -> Path:
@@ -166,23 +207,24 @@ def measured(fn: Callable[..., dict[str, Any]], *args: Any, threads: int, quick:
     return describe_run(record, commands, share, time.monotonic() - start, threads, quick)
 
 
-def ensure(ctx: Context, table: str, row: str, seed: int) -> dict[str, Any]:
+def ensure(ctx: Context, table: str, row: str, seed: int, again: bool = False) -> dict[str, Any]:
     """The summary of (table, row, seed), measured first when it is missing, or when the run folder other tables
     reuse is gone (then it is measured again and its summary replaced, so that every table describes the same
-    model)."""
+    model); `again`: measured again in any case (what it reuses is not)."""
     entry = ctx.tables[table]
     if (table, row, seed) in ctx.failed:
         raise RuntimeError(f"{table}/{row} seed {seed} failed earlier: {ctx.failed[table, row, seed]}")
     path = summary_path(ctx.summaries, table, row, seed)
     summary = read_summary(path)
-    if summary is not None and (entry.artifact is None or entry.artifact(entry.row(row), seed, ctx).exists()):
+    if summary is not None and not again and (entry.artifact is None
+                                              or entry.artifact(entry.row(row), seed, ctx).exists()):
         return summary
     spec = entry.row(row)
     for need_table, need_row in spec.needs:
         ensure(ctx, need_table, need_row, seed)
     if summary is not None:
-        print(f"{table}/{row} seed {seed}: measured again (its run folder in {ctx.work} is gone); its summary "
-              "is replaced", flush=True)
+        why = "as asked" if again else f"its run folder in {ctx.work} is gone"
+        print(f"{table}/{row} seed {seed}: measured again ({why}); its summary is replaced", flush=True)
     try:
         summary = measured(entry.measure, spec, seed, ctx, threads=ctx.threads, quick=ctx.quick)
     except Exception as e:
@@ -192,6 +234,102 @@ def ensure(ctx: Context, table: str, row: str, seed: int) -> dict[str, Any]:
     write_summary(path, summary)
     print(f"{table}/{row} seed {seed}: done ({summary['time_s'] / 60:.1f} min) -> {path}", flush=True)
     return summary
+
+
+def measure_missing(ctx: Context, chosen: dict[str, list[Row]], again: bool = False,
+                    report_only: bool = False) -> list[str]:
+    """Measure every run of `chosen` ({table: its rows}) whose summary is missing (`again`: every run), each
+    through `ensure` (what it reuses first); one failed run does not stop the others. `report_only`: measure
+    nothing, say what is missing. Returns the failures, one line each."""
+    failures = []
+    for name, rows in chosen.items():
+        for row in rows:
+            for seed in row.seeds:
+                if summary_path(ctx.summaries, name, row.name, seed).is_file() and not again:
+                    continue
+                if report_only:
+                    print(f"not measured yet: {name}/{row.name} seed {seed}")
+                    continue
+                try:
+                    ensure(ctx, name, row.name, seed, again)
+                except Exception as e:  # one failed run must not stop the others
+                    failures.append(f"{name}/{row.name} seed {seed}: {type(e).__name__}: {e}")
+                    print(f"FAILED {name}/{row.name} seed {seed}", flush=True)
+    return failures
+
+
+def measure_to(path: Path, key: dict[str, Any], failures: list[str], fn: Callable[..., dict[str, Any]], *args: Any,
+               threads: int, quick: bool) -> dict[str, Any] | None:
+    """A standalone script's run: measure `fn(*args)` and write its summary (`key`: table, row, seed) to `path`;
+    a failure goes to `failures` ('<row>: error') and gives None."""
+    label = f"{key['row']}" + ("" if key.get("seed") is None else f" seed {key['seed']}")
+    try:
+        summary = measured(fn, *args, threads=threads, quick=quick)
+    except RuntimeError as e:
+        failures.append(f"{label}: {e}")
+        print(f"FAILED {label}", flush=True)
+        return None
+    summary = {**key, **summary}
+    write_summary(path, summary)
+    return summary
+
+
+def exit_if_failed(failures: list[str]) -> None:
+    """A standalone script prints no table when a run failed: exit 1 with the failures."""
+    if failures:
+        sys.exit("no table: some runs failed\n" + "\n".join(failures))
+
+
+# -- what a run leaves -----------------------------------------------------------------------------------------
+@dataclass
+class Trained:
+    """A trained run and its test-split evaluation: `history` (results.csv rows), `test` (metrics.json)."""
+
+    run_dir: Path
+    history: list[dict[str, str]]
+    test: dict[str, Any]
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "weights" / "best.pt"
+
+    @property
+    def chosen(self) -> dict[str, str]:
+        """The epoch best.pt holds (chosen on val; the first of equals)."""
+        return max(self.history, key=lambda r: float(r["val/top1"]))
+
+    def val(self) -> dict[str, Any]:
+        return {"top1": float(self.chosen["val/top1"]), "best_epoch": int(self.chosen["epoch"])}
+
+    def train(self) -> dict[str, Any]:
+        """Training time (validation included), epochs and mean training img/s."""
+        return {"time_s": sum(float(r["epoch_time"]) for r in self.history), "epochs": len(self.history),
+                "img_s": statistics.mean(float(r["train_img_s"]) for r in self.history)}
+
+
+def train_and_test(command: list[str], work: Path, name: str, data: Path | None) -> Trained:
+    """`fgcli --quiet COMMAND` (a train or distill command) into <work>/runs/<name>, then `fgcli eval best.pt
+    --split test` (on `data`; None: the run's own); logs under <work>/logs."""
+    from fgcli.engine.rundir import read_results_csv
+
+    run([*FGCLI, *command, "--project", str(work / "runs"), "--name", name, "--exist-ok"],
+        work / "logs" / f"{name}.txt")
+    run_dir = work / "runs" / name
+    out = work / "eval" / f"{name}-test"
+    run([*FGCLI, "eval", str(run_dir / "weights" / "best.pt"), *(["--data", str(data)] if data else []),
+         "--split", "test", "--device", "cpu", "--out", str(out)], work / "logs" / f"{name}-test.txt")
+    return Trained(run_dir, read_results_csv(run_dir / "results.csv"), json.loads((out / "metrics.json").read_text()))
+
+
+def trained_on(checkpoint: Path) -> Path:
+    """The prepared data set a checkpoint was trained on."""
+    return Path(load_checkpoint(checkpoint)["dataset"]["root"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # -- markdown ------------------------------------------------------------------------------------------------
@@ -224,6 +362,31 @@ def missing_seeds(row: Row, get: Lookup, table: str) -> list[int]:
 
 def caption_row(text: str, columns: int) -> str:
     return "| " + " | ".join([text, *[""] * columns]) + " |"
+
+
+def captioned(rows: list[Row], caption: Callable[[Row], str]) -> list[Row]:
+    """The rows, each first of a run of rows with the same `caption(row)` captioned with it (a row above it)."""
+    import dataclasses
+
+    out: list[Row] = []
+    for row in rows:
+        text = caption(row)
+        out.append(dataclasses.replace(row, before=None if out and caption(out[-1]) == text else text))
+    return out
+
+
+def measured_rows(rows: list[Row], get: Lookup, table: str, columns: int,
+                  lines: list[str]) -> Iterator[tuple[Row, list[dict[str, Any]]]]:
+    """Each row whose seeds are all measured, with their summaries; on the way, a row's caption and the
+    `missing` line of a row not measured go to `lines` (`columns`: the table's, less the first)."""
+    for row in rows:
+        if row.before:
+            lines.append(caption_row(row.before, columns))
+        runs = runs_of(row, get, table)
+        if runs is None:
+            lines.append(missing_row(row.label, columns, missing_seeds(row, get, table)))
+        else:
+            yield row, runs
 
 
 def regenerate_command(name: str, quick: bool = False) -> str:
@@ -262,6 +425,48 @@ def report(table: Table, rows: list[Row], get: Lookup, command: str) -> str:
     """The table in the README's markdown, and the line under it (`command`: what regenerates it)."""
     lines = table.render(rows, get)
     return "\n".join([*lines, "", measured_line(command, table.runs, table_summaries(table, rows, get))])
+
+
+# -- standalone table scripts ---------------------------------------------------------------------------------
+#: data set -> the option of a standalone script that gives its folder
+DATA_OPTIONS = {"flowers102": ("--flowers102", "the flowers102 root (official layout)"),
+                "cub100": ("--cub", "the cub100 CUB_200_2011 folder")}
+
+
+def script_parser(doc: str, quick: str, data: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The options every standalone table script shares: --work, --quick (`quick`: what it does), --report, and
+    the folders of the shared data sets it uses (`data`: DATA_OPTIONS keys; default ../shared/data)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="prepared data, run folders, reports and per-run summaries (reused)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--report", action="store_true", help="print the table of what is measured; measure nothing")
+    for name in data:
+        flag, what = DATA_OPTIONS[name]
+        parser.add_argument(flag, dest=f"data_{name}", metavar="PATH", type=Path, default=None, help=what)
+    return parser
+
+
+def script_context(args: argparse.Namespace, *tables: Table, threads: int | None = None) -> Context:
+    """A standalone script's context from its options: everything under --work (a new temp folder when not
+    given), summaries in <work>/results; `tables`: its own and those whose runs it reuses."""
+    import tempfile
+
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"fgcli-{tables[0].name}-"))
+    data = {name: getattr(args, f"data_{name}") for name in DATA_OPTIONS if getattr(args, f"data_{name}", None)}
+    return Context(work=work, summaries=work / "results", quick=args.quick, threads=threads or threads_in_use(),
+                   tables={t.name: t for t in tables}, data=data)
+
+
+def run_script(ctx: Context, rows: list[Row], again: bool = False, report_only: bool = False,
+               note: str = "") -> None:
+    """A standalone script's measurement of `rows` of its table (the first of the context's): what is missing
+    (`again`: all), then `note` and the table with the line under it; no table and exit 1 when a run failed."""
+    table = next(iter(ctx.tables.values()))
+    exit_if_failed(measure_missing(ctx, {table.name: rows}, again=again, report_only=report_only))
+    if note:
+        print(f"\n{note}")
+    print(report(table, rows, lookup(ctx.summaries), script_command()))
 
 
 def script_command() -> str:

@@ -33,13 +33,13 @@ from _results import (  # noqa: E402
     Lookup,
     Row,
     Table,
-    measured,
+    exit_if_failed,
+    measure_to,
     measured_line,
     missing_row,
     read_summary,
     script_command,
     threads_in_use,
-    write_summary,
 )
 
 
@@ -174,19 +174,15 @@ def main() -> None:
                                    or Path(best).stat().st_mtime > saved.stat().st_mtime):
             result = None  # another checkpoint, or trained again since
         if result is None:
-            try:
-                result = measured(measure, label, best, work, args.data, args.device, args.refit,
-                                  threads=threads_in_use(), quick=False)
-            except RuntimeError as e:
-                failures.append(f"{label}: {e}")
-                print(f"FAILED {label}", flush=True)
+            result = measure_to(saved, {"table": "calibration", "row": label, "seed": None}, failures, measure,
+                                label, best, work, args.data, args.device, args.refit, threads=threads_in_use(),
+                                quick=False)
+            if result is None:
                 continue
-            write_summary(saved, {"table": "calibration", "row": label, "seed": None, **result})
             print(f"{label}: top-1 {result['test']['top1']:.2f} %, ECE {100 * result['test']['ece_before']:.2f} -> "
                   f"{100 * result['test']['ece_after']:.2f} % ({result['time_s'] / 60:.1f} min)", flush=True)
         entries.append((label, result))
-    if failures:
-        sys.exit("no table: some runs failed\n" + "\n".join(failures))
+    exit_if_failed(failures)
     print("\ntemperature fitted on each run's val split; top-1 / ECE (15 bins) / NLL on the test split; flip TTA "
           "averages the calibrated probabilities of the image and its mirror")
     print("\n".join(lines(entries)))

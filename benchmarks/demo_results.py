@@ -25,9 +25,7 @@ from _results import (  # noqa: E402
     Lookup,
     Row,
     Table,
-    missing_row,
-    missing_seeds,
-    runs_of,
+    measured_rows,
     spread,
 )
 
@@ -69,11 +67,7 @@ HEADER = ["| method | recipe | seeds | best val top-1 % | fused test top-1 % | t
 
 def table(rows: list[Row], get: Lookup) -> list[str]:
     lines = list(HEADER)
-    for row in rows:
-        runs = runs_of(row, get, "demo")
-        if runs is None:
-            lines.append(missing_row(row.label, 5, missing_seeds(row, get, "demo")))
-            continue
+    for row, runs in measured_rows(rows, get, "demo", 5, lines):
         lines.append(f"| {row.label} | `{runs[0]['config']['recipe']}` | {len(runs)} | "
                      f"{spread([r['val']['top1'] for r in runs], 1)} | "
                      f"{spread([r['test']['top1'] for r in runs], 1)} | "

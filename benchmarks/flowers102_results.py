@@ -36,18 +36,15 @@ from _results import (  # noqa: E402
     Lookup,
     Row,
     Table,
-    caption_row,
+    exit_if_failed,
     lookup,
-    measured,
-    missing_row,
-    missing_seeds,
+    measure_to,
+    measured_rows,
     report,
-    runs_of,
     script_command,
     spread,
     summary_path,
     threads_in_use,
-    write_summary,
 )
 
 from fgcli.engine.rundir import read_results_csv
@@ -122,6 +119,12 @@ def quick_sets(sets: list[str]) -> list[str]:
     return [*("model.freeze_epochs=1" if s.startswith("model.freeze_epochs=") else s for s in sets), *QUICK]
 
 
+def overrides(sets: list[str] | tuple[str, ...], quick: bool) -> list[str]:
+    """A recipe's --set overrides as this table's runs train it (`quick`: `quick_sets` on the toy model), for the
+    tables that train the same recipes elsewhere (benchmarks/distill_results.py, ood_results.py)."""
+    return [*quick_sets(list(sets)), *TOY_MODEL] if quick else list(sets)
+
+
 def run_name(row: str, seed: int, quick: bool) -> str:
     return f"{row}-s{seed}{'-quick' if quick else ''}"
 
@@ -164,13 +167,7 @@ HEADER = ["| row (recipe, or what differs from it) | epochs | seeds | val top-1 
 def table(rows: list[Row], get: Lookup) -> list[str]:
     """The markdown table: one line per row, mean (min-max) over its seeds; `missing` until every seed is in."""
     lines = list(HEADER)
-    for row in rows:
-        if row.before:
-            lines.append(caption_row(row.before, 8))
-        runs = runs_of(row, get, "flowers102")
-        if runs is None:
-            lines.append(missing_row(row.label, 8, missing_seeds(row, get, "flowers102")))
-            continue
+    for row, runs in measured_rows(rows, get, "flowers102", 8, lines):
         heads = sorted({r["test"]["head"] for r in runs if r["test"]["head"]})
         head = "— (one head)" if not heads else (
             f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}")
@@ -206,10 +203,9 @@ def _rows(quick: bool) -> list[Row]:
 
 
 def _measure(row: Row, seed: int, ctx: Context) -> dict:
-    work = ctx.folder("flowers102")
-    if ctx.quick:  # the toy demo, a tiny backbone; the rows' 2 epochs at 64 px
-        return train_and_evaluate(row.name, seed, ctx.toy_data(), work, TOY_MODEL, quick=True)
-    return train_and_evaluate(row.name, seed, prepared(ctx.data_root("flowers102"), work), work, [])
+    # --quick: the toy demo, a tiny backbone; the rows' 2 epochs at 64 px
+    return train_and_evaluate(row.name, seed, ctx.prepared("flowers102"), ctx.folder("flowers102"),
+                              TOY_MODEL if ctx.quick else [], quick=ctx.quick)
 
 
 def _checkpoint(row: Row, seed: int, ctx: Context) -> Path:
@@ -253,18 +249,13 @@ def main() -> None:
             if args.report:
                 print(f"not measured yet: {row} seed {seed}")
                 continue
-            try:
-                summary = measured(train_and_evaluate, row, seed, data, work, args.extra, args.quick,
-                                   threads=threads_in_use(), quick=args.quick)
-            except RuntimeError as e:
-                failures.append(f"{row} seed {seed}: {e}")
-                print(f"FAILED {row} seed {seed}", flush=True)
-                continue
-            write_summary(saved, {"table": "flowers102", "row": row, "seed": seed, **summary})
-            print(f"{row} seed {seed}: test top-1 {summary['test']['top1']:.2f} % ({summary['time_s'] / 60:.1f} "
-                  "min)", flush=True)
-    if failures:
-        sys.exit("no table: some runs failed\n" + "\n".join(failures))
+            summary = measure_to(saved, {"table": "flowers102", "row": row, "seed": seed}, failures,
+                                 train_and_evaluate, row, seed, data, work, args.extra, args.quick,
+                                 threads=threads_in_use(), quick=args.quick)
+            if summary is not None:
+                print(f"{row} seed {seed}: test top-1 {summary['test']['top1']:.2f} % "
+                      f"({summary['time_s'] / 60:.1f} min)", flush=True)
+    exit_if_failed(failures)
     print(f"\nflowers102 (official 1020/1020/6149 split), tf_efficientnet_lite0 (ImageNet, efficientnet-lite0 "
           f"package){' QUICK' if args.quick else ''}, seeds {seeds}, CPU; mean (min-max) over seeds")
     print(report(TABLE, [Row(row, row, tuple(seeds)) for row in args.rows], lookup(summaries), script_command()))

@@ -34,17 +34,15 @@ from _results import (  # noqa: E402
     Lookup,
     Row,
     Table,
+    exit_if_failed,
     lookup,
-    measured,
-    missing_row,
-    missing_seeds,
+    measure_to,
+    measured_rows,
     report,
-    runs_of,
     script_command,
     spread,
     summary_path,
     threads_in_use,
-    write_summary,
 )
 
 from fgcli.engine.rundir import read_results_csv
@@ -108,11 +106,7 @@ HEADER = ["| method | seeds | val top-1 % (best.pt) | fused test top-1 % | head 
 
 def table(rows: list[Row], get: Lookup) -> list[str]:
     lines = list(HEADER)
-    for row in rows:
-        runs = runs_of(row, get, "flowers12")
-        if runs is None:
-            lines.append(missing_row(row.label, 6, missing_seeds(row, get, "flowers12")))
-            continue
+    for row, runs in measured_rows(rows, get, "flowers12", 6, lines):
         heads = sorted({r["val"]["head"] for r in runs if r["val"]["head"]})
         head = "— (one head)" if not heads else f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}"
         lines.append(f"| {row.label} | {len(runs)} | {spread([r['val']['top1'] for r in runs])} | "
@@ -170,16 +164,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fgcli-flowers12-")) if args.keep is None else args.keep
     data = copied(FLOWERS, work)
     summaries = work / f"results-{args.epochs}ep"
+    failures: list[str] = []
     for method in args.methods:
         saved = summary_path(summaries, "flowers12", method, args.seed)
-        if saved.is_file():
-            continue
-        try:
-            summary = measured(train_and_evaluate, method, args.seed, data, work, args.epochs, args.workers,
-                               threads=threads_in_use(), quick=False)
-        except RuntimeError as e:
-            sys.exit(f"failed: {e}")
-        write_summary(saved, {"table": "flowers12", "row": method, "seed": args.seed, **summary})
+        if not saved.is_file():
+            measure_to(saved, {"table": "flowers12", "row": method, "seed": args.seed}, failures, train_and_evaluate,
+                       method, args.seed, data, work, args.epochs, args.workers, threads=threads_in_use(), quick=False)
+    exit_if_failed(failures)
     print(f"\nflowers12 (12 classes, {'/'.join(str(x) for x in _split_sizes(data))} train/val/test), "
           f"tf_efficientnet_lite0 (ImageNet, efficientnet-lite0 package) at 224, {args.epochs} epochs, CPU")
     rows = [Row(m, LABELS[m], (args.seed,)) for m in args.methods]

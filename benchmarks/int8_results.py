@@ -39,12 +39,13 @@ from _results import (  # noqa: E402
     Lookup,
     Row,
     Table,
-    measured,
+    exit_if_failed,
+    measure_to,
     measured_line,
     missing_row,
     read_summary,
     script_command,
-    write_summary,
+    trained_on,
 )
 
 #: what is evaluated on the test split: (label, file, provider, OpenVINO precision)
@@ -192,15 +193,8 @@ def _measure(row: Row, seed: int, ctx: Context) -> dict:
     from fgcli.inference import openvino_missing
 
     best = ctx.artifact("flowers102", row.name, seed)
-    return measure(best.parent.parent, ctx.folder("int8"), trained_data(best), settings(ctx.threads, ctx.quick),
+    return measure(best.parent.parent, ctx.folder("int8"), trained_on(best), settings(ctx.threads, ctx.quick),
                    openvino_missing() is None)
-
-
-def trained_data(checkpoint: Path) -> Path:
-    """The prepared data set a checkpoint was trained on (what its ONNX files are evaluated on)."""
-    import torch
-
-    return Path(torch.load(checkpoint, map_location="cpu", weights_only=True)["dataset"]["root"])
 
 
 def _folder(row: Row, seed: int, ctx: Context) -> Path:
@@ -244,18 +238,12 @@ def main() -> None:
         if args.report:
             print(f"not measured yet: {run_dir.name}")
             continue
-        try:
-            result = measured(measure, run_dir, args.work, args.data, args, missing is None, threads=args.threads,
-                              quick=False)
-        except RuntimeError as e:
-            failures.append(f"{run_dir.name}: {e}")
-            print(f"FAILED {run_dir.name}", flush=True)
-            continue
-        write_summary(saved, {"table": "int8", "row": run_dir.name, "seed": None, **result})
-        results.append(result)
-        print(f"{run_dir.name}: done ({result['time_s'] / 60:.1f} min)", flush=True)
-    if failures:
-        sys.exit("no table: some runs failed\n" + "\n".join(failures))
+        result = measure_to(saved, {"table": "int8", "row": run_dir.name, "seed": None}, failures, measure, run_dir,
+                            args.work, args.data, args, missing is None, threads=args.threads, quick=False)
+        if result is not None:
+            results.append(result)
+            print(f"{run_dir.name}: done ({result['time_s'] / 60:.1f} min)", flush=True)
+    exit_if_failed(failures)
     calib = {(r["config"].get("calibration_method"), r["config"].get("calibration")) for r in results}
     print(f"\nint8 (static QDQ, {', '.join(f'{m}: {c}' for m, c in sorted(calib))}); top-1 on the full val and test "
           f"splits through `fgcli eval`; speed from `fgcli bench` (p50, {args.threads} thread(s), same inputs)")

@@ -5,7 +5,7 @@ the README's rows and seeds, skipping every run whose summary exists, then print
 markdown with a line under it: the command, the dates, the CPU model and its AVX2 / AVX-512 / AMX flags, the
 threads, and whether other work shared the CPU. Each run leaves `benchmarks/results/<table>/<row>-s<seed>.json`
 (committed); run folders, checkpoints and exports go to `--work` (not committed). A table whose runs reuse
-another table's trained model (calibration, int8, speed) trains it first when it is missing.
+another table's trained model (calibration, int8, speed, distill, ood) trains it first when it is missing.
 
     python benchmarks/readme_results.py                      # everything still missing, then every table
     python benchmarks/readme_results.py --list               # tables, rows, seeds, what is done, CPU time left
@@ -32,16 +32,15 @@ from _results import (  # noqa: E402
     Context,
     Row,
     Table,
-    ensure,
     lookup,
+    measure_missing,
     regenerate_command,
     report,
-    summary_path,
 )
 
 #: the scripts whose `TABLES` make the README's results, in the order they are measured
 TABLE_SCRIPTS = ["demo_results", "flowers102_results", "flowers12_results", "calibration_results", "int8_results",
-                 "onnx_vs_torch", "train_speed"]
+                 "onnx_vs_torch", "train_speed", "distill_results", "ood_results", "tune_results"]
 
 
 def all_tables() -> dict[str, Table]:
@@ -128,7 +127,8 @@ def main() -> None:
                         help=f"per-run summaries (default {SUMMARIES}; --quick: WORK/quick/results)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every run (default 1)")
     parser.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
-                        help="a data set's folder (default ../shared/data/NAME): flowers102, flowers12")
+                        help="a data set's folder (default ../shared/data/NAME): flowers102, flowers12, "
+                             "cub100 (its CUB_200_2011 folder)")
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -148,16 +148,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)  # the timing done in this process
-        for name, rows in chosen.items():
-            for row in rows:
-                for seed in row.seeds:
-                    if summary_path(summaries, name, row.name, seed).is_file():
-                        continue
-                    try:
-                        ensure(ctx, name, row.name, seed)
-                    except Exception as e:  # one failed run must not stop the others
-                        failures.append(f"{name}/{row.name} seed {seed}: {type(e).__name__}: {e}")
-                        print(f"FAILED {name}/{row.name} seed {seed}", flush=True)
+        failures = measure_missing(ctx, chosen)
     get = lookup(summaries)
     for name in chosen:
         table = tables[name]

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "flowers102_results.py"
+from benchkit import load_benchmark
 
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("flowers102_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flowers102_results")
 
 
 def _fake_root(tmp_path: Path) -> Path:

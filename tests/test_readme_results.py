@@ -4,7 +4,6 @@ reads `missing`), the list of runs, resuming and re-measuring what other tables 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,15 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchkit import BENCHMARKS
+from benchkit import load_benchmark as _load
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +75,10 @@ def test_every_table_prints_its_rows_as_missing_before_anything_is_measured(rr, 
                                                                            capsys):
     tables = rr.all_tables()
     assert list(tables) == ["demo", "flowers102", "flowers12", "calibration", "int8", "speed", "speed_random",
-                            "train_speed"]
+                            "train_speed", "distill", "ood", "tune"]
     out = _report(rr, monkeypatch, capsys, "--report", "--summaries", str(tmp_path))
     for name, table in tables.items():
-        section = out.split(f'<!-- {name}: README "{table.title}" -->\n', 1)[1].split("\n\n`", 1)[0].splitlines()
+        section = out.split(f'<!-- {name}: README "{table.title}" -->\n', 1)[1].split("\n\n", 1)[0].splitlines()
         header, rows = section[:2], section[2:]
         labels = [r.label for r in table.rows(False)]
         assert [row.split(" | ")[0][2:] for row in rows if "missing" in row] == labels, name
@@ -96,6 +88,12 @@ def test_every_table_prints_its_rows_as_missing_before_anything_is_measured(rr, 
     # the README's seeds: 5 for the demo, 3 for the shipped baseline / HERBS recipes on flowers102
     assert tables["demo"].row("herbs").seeds == (0, 1, 2, 3, 4)
     assert tables["flowers102"].row("baseline").seeds == (0, 1, 2)
+    assert tables["distill"].row("cub100-distilled").seeds == (0, 1, 2)
+    # a run of the same recipe, data and seed is reused, never trained twice
+    assert tables["distill"].row("flowers102-alone").needs == (("flowers102", "baseline"),)
+    assert tables["distill"].row("flowers102-distilled").needs == (("flowers102", "herbs"),)
+    assert tables["ood"].row("cub100-herbs_lite0_128").needs == (("distill", "cub100-teacher"),)
+    assert tables["ood"].row("cub80-herbs_lite0_128").needs == ()
 
 
 def test_list_gives_rows_seeds_and_cpu_time(rr, tmp_path, monkeypatch, capsys):

@@ -3,22 +3,11 @@ target verdict (no model is run)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # (dataclasses in the script look their module up)
-    spec.loader.exec_module(module)
-    return module
+from benchkit import load_benchmark as _load
 
 
 @pytest.fixture()
