@@ -121,6 +121,9 @@ def _cpu_plan(cfg: Config, device: torch.device, method: nn.Module | None, img_s
     if bf16_options == [False, True] and not info.native_bf16:
         bf16_options = [False]
         reasons.append(f"no bf16: this CPU computes bf16 only by emulation ({info.isa_class}, no AVX-512 BF16 / AMX)")
+    elif bf16_options == [False, True] and method is not None and not getattr(method, "auto_bf16", False):
+        bf16_options = [False]
+        reasons.append(f"no bf16: its accuracy is not yet shown equal to fp32 for {cfg.method} (pass --amp to use it)")
     cl_options = {"always": [True], "never": [False]}.get(cfg.model.channels_last, [False, True])
     dw = cfg.train.depthwise_fp32 if cfg.train.depthwise_fp32 is not None else True
     auto = len(bf16_options) > 1 or len(cl_options) > 1

@@ -24,6 +24,7 @@ class Baseline(Method):
 
     search_space = baseline_config.SEARCH_SPACE
     tune_recipe = baseline_config.TUNE_RECIPE
+    auto_bf16 = True  # baseline_lite0_128 on flowers102, seeds 0-1: mean val top-1 84.71 % (bf16) vs 85.15 % (fp32)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
