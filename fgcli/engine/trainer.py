@@ -433,8 +433,12 @@ class Trainer:
             return None
         task = progress.add_task(title, total=self.data.val_count // max(self.info.world_size, 1),
                                  info="") if progress is not None else None
+        # the scores a temperature and a rejection threshold are fitted on come from fp32, the precision that
+        # eval, export and predict use (a bf16 pass moves probabilities by ~1e-5)
+        fp32 = scores is not None
         acc = evaluate_model(model, self.data.val_loader, self.device, len(self.data.classes),
-                             amp_dtype=self.amp_dtype, channels_last=self.channels_last, heads=self.head_names,
+                             amp_dtype=None if fp32 else self.amp_dtype,
+                             channels_last=False if fp32 else self.channels_last, heads=self.head_names,
                              scores=scores, progress=None if task is None else
                              (lambda n: progress.advance(task, n)))
         if task is not None:
