@@ -1,6 +1,6 @@
 """The fastest CPU path of each fused model against torch eager fp32, side by side in one run.
 
-For each model, times with `fgcli bench`'s own code (`fgcli.benchmark.bench_model`), on the same inputs and
+For each model, times with `fgcli bench`'s own code (`fgcli.tasks.bench_formats.bench_model`), on the same inputs and
 thread count, batch 1 and 8: torch eager fp32 on the checkpoint, then on its ONNX export onnxruntime's CPU
 provider (fp32 file and the `export --int8` file beside it) and OpenVINO through onnxruntime (fp32 file at f32
 and bf16, the int8 file) where the plugin is installed. Prints every p50 latency, the fastest CPU path, its
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from fgcli.benchmark import bench_model
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
 from fgcli.methods import build_method
 from fgcli.modelinfo import Preprocess
+from fgcli.tasks.bench_formats import bench_model
 
 # The methods at their paper settings, except where the image size forces a choice.
 METHOD_SETS = {"baseline": [], "herbs": [], "mge": []}

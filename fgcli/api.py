@@ -25,17 +25,17 @@ from fgcli.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
-    from fgcli.benchmark import BenchReport
-    from fgcli.calibrating import CalibrateResult
     from fgcli.data.manifest import PreparedDataset
     from fgcli.engine.trainer import TrainResult
-    from fgcli.evaluation import EvalRun
-    from fgcli.exporting.pipeline import ExportResult
     from fgcli.inference import Predictor
-    from fgcli.prediction import PredictResult
+    from fgcli.tasks.attention_viz import VizResult
+    from fgcli.tasks.bench_formats import BenchReport
+    from fgcli.tasks.calibrate_checkpoint import CalibrateResult
+    from fgcli.tasks.eval_report import EvalRun
+    from fgcli.tasks.export_model import ExportResult
+    from fgcli.tasks.predict_images import PredictResult
     from fgcli.tuning.compare import CompareResult
     from fgcli.tuning.run import TuneResult
-    from fgcli.viz.run import VizResult
 
 __all__ = ["Model", "attention_viz", "bench", "calibrate", "evaluate", "export", "load", "predict", "prepare_data", "train",
            "tune"]
@@ -192,7 +192,7 @@ def evaluate(model: str | Path, data: str | None = None, *, split: str = "test",
     `threads`: the runtime's intra-op threads (default: its own). `ood`: a folder of images of other classes (or
     a prepared data set): AUROC / FPR at 95 % TPR of each out-of-distribution score in `.ood`. `confusions`: the
     most-confused class pairs listed and drawn in confusions.html (0: none)."""
-    from fgcli.evaluation import eval_checkpoint
+    from fgcli.tasks.eval_report import eval_checkpoint
 
     return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
                            workers=workers, use_ema=ema, calibration=calibration, tta=tta,
@@ -209,7 +209,7 @@ def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int 
     calibrated with the checkpoint's temperature unless `calibration` is False; `tta` 'flip' in the graph.
     int8: `calib_method` minmax / percentile / entropy; more than `int8_max_drop` top-1 points lost on the
     validation split keeps the first weight layers in fp32 until it is not (None: never)."""
-    from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+    from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
     options = ExportOptions(out=Path(out) if out is not None else None, opset=opset, img_size=img_size,
                             dynamic_batch=dynamic_batch, fp16=fp16, int8=int8, verify=verify, use_ema=ema,
@@ -246,7 +246,7 @@ class Model:
         """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`.
         `reject`: a prediction below the model's rejection threshold is marked (`.rejected`, `.decision` is
         'unknown')."""
-        from fgcli.prediction import collect_images, predict_paths
+        from fgcli.tasks.predict_images import collect_images, predict_paths
 
         sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
         return predict_paths(self.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
@@ -278,7 +278,7 @@ def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path]
             precision: str | None = None, reject: bool = False) -> PredictResult:
     """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`); `reject`:
     'unknown' (`.rejected`) below the model's rejection threshold."""
-    from fgcli.prediction import collect_images, predict_paths, write_output
+    from fgcli.tasks.predict_images import collect_images, predict_paths, write_output
 
     loaded = model if isinstance(model, Model) else load(model, device=device, providers=providers,
                                                          threads=threads, ema=ema, calibration=calibration,
@@ -301,7 +301,7 @@ def bench(model: str | Path, *, backends: Sequence[str] | None = None, batch_siz
     beside MODEL, OpenVINO at each of `precisions`) and batch size, side by side, each compared with the first
     backend on `images` (default: random inputs). Returns a BenchReport: iterate it for the rows; `.skipped`,
     `.notes`, and with `verify` `.failures` (backends outside the parity tolerance)."""
-    from fgcli.benchmark import bench_model, parse_backends
+    from fgcli.tasks.bench_formats import bench_model, parse_backends
 
     chosen = parse_backends(",".join(backends) if backends else None, Path(model), checkpoint)
     return bench_model(model, chosen, list(batch_sizes), img_size=img_size, warmup=warmup, iters=iters,
@@ -316,7 +316,7 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
                   layout: str = "grid", score: bool = False, score_num: int | None = None, device: str = "auto",
                   ema: bool = True, batch_size: int = 8, calibration: bool = True) -> VizResult:
     """`fgcli attention-viz CHECKPOINT [IMAGES]`: attention figures (and map scores) plus an index.html."""
-    from fgcli.viz.run import attention_viz as run
+    from fgcli.tasks.attention_viz import attention_viz as run
 
     return run(checkpoint, list(images), data=data, split=split, num=num, out=out, alpha=alpha, layout=layout,
                score=score, score_num=score_num, device=device, use_ema=ema, batch_size=batch_size,
@@ -329,7 +329,7 @@ def calibrate(checkpoint: str | Path, data: str | None = None, *, split: str = "
     """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature and the rejection threshold
     keeping `reject_recall` of the val images on the val split and write them into the checkpoint (or `out`)
     atomically; returns the fit (`.record`, the threshold in `.record["reject"]`) and the one it replaced."""
-    from fgcli.calibrating import calibrate_checkpoint
+    from fgcli.tasks.calibrate_checkpoint import calibrate_checkpoint
 
     return calibrate_checkpoint(checkpoint, data=data, split=split, batch_size=batch_size, device=device,
                                 workers=workers, use_ema=ema, out=out, reject_recall=reject_recall)

@@ -9,10 +9,10 @@ import pytest
 from exportkit import make_checkpoint_file
 from typer.testing import CliRunner
 
-from fgcli.benchmark import parse_backends, parse_ints, rows_csv, speedups
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+from fgcli.tasks.bench_formats import parse_backends, parse_ints, rows_csv, speedups
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 from fgcli.timing import BenchRow, summarize
 
 runner = CliRunner()

@@ -40,7 +40,7 @@ def test_confusions_page_fits_a_phone_screen(confusions_page) -> None:
 
 
 def test_attention_viz_index_loads_cleanly(tmp_path) -> None:
-    from fgcli.viz.run import attention_viz
+    from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, "mge")
     write_images(tmp_path / "alpha", 3, size=70)

@@ -16,8 +16,8 @@ from fgcli.engine.calibration import CHECKPOINT_KEY, stored_temperature
 from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from fgcli.engine.fused import FusedPrediction
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import OnnxPredictor, TorchPredictor, load_predictor, softmax
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 runner = CliRunner()
 
@@ -165,7 +165,7 @@ def test_calibrate_refuses_the_test_split(run, tmp_path) -> None:
 
 def test_calibrate_is_atomic_when_the_write_fails(run, tmp_path, monkeypatch) -> None:
     """A failure in the middle of writing the new checkpoint leaves the old file byte-for-byte intact."""
-    from fgcli.calibrating import calibrate_checkpoint
+    from fgcli.tasks.calibrate_checkpoint import calibrate_checkpoint
 
     old = _old_copy(run, tmp_path)
     before = old.read_bytes()

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from fgcli.cli import app
 from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint, scaled_preprocess
-from fgcli.exporting.verify import Parity, check, compare
 from fgcli.inference import OnnxPredictor
 from fgcli.modelinfo import ModelInfo, sha256_file
+from fgcli.parity import Parity, check, compare
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint, scaled_preprocess
 
 runner = CliRunner()
 

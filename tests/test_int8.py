@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting import pipeline
-from fgcli.exporting.graph import finite_infinities, fp32_island_nodes
-from fgcli.exporting.pipeline import ExportOptions, Int8Report, export_checkpoint
-from fgcli.exporting.quantize import QUANT_OPS, first_weight_layers, quantize_int8
+from fgcli.formats.onnx.graph import finite_infinities, fp32_island_nodes
+from fgcli.formats.onnx.quantize import QUANT_OPS, first_weight_layers, quantize_int8
 from fgcli.inference import OnnxPredictor
+from fgcli.tasks import export_model as pipeline
+from fgcli.tasks.export_model import ExportOptions, Int8Report, export_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_calibration_reads_the_train_split_only(monkeypatch):
         read.append(splits)
         return SimpleNamespace(count=count, source=f"{splits[0]} images")
 
-    import fgcli.exporting.rundata as rundata
+    import fgcli.data.rundata as rundata
 
     monkeypatch.setattr(rundata, "load_batches", load_batches)
     with_train = SimpleNamespace(splits={"train": [1], "val": [2], "test": [3]})
@@ -161,7 +161,7 @@ def test_unknown_calibration_method_is_one_line(tmp_path):
 # -- the real path: which split the int8 search judges on -----------------------------------------------------
 def _spy_splits(monkeypatch) -> list[str]:
     """Record every split the export reads images from (the real reader still runs)."""
-    import fgcli.exporting.rundata as rundata
+    import fgcli.data.rundata as rundata
 
     read: list[str] = []
     real = rundata.iter_split

@@ -22,11 +22,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data and backbones", ("fgcli.data", "fgcli.backbones", "fgcli.pretrained")),
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),
-    ("inference", ("fgcli.inference", "fgcli.timing")),
+    ("inference", ("fgcli.inference", "fgcli.timing", "fgcli.parity")),
+    # the format registry: one entry per model format (suffixes, writer, predictor, tolerance)
+    ("formats", ("fgcli.formats",)),
     # a method's viz panels live in its folder but belong to the viz layer
-    ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction", "fgcli.methods.*.viz",
-               "fgcli.calibrating", "fgcli.ood")),
-    ("bench", ("fgcli.benchmark",)),
+    ("tasks", ("fgcli.tasks", "fgcli.viz", "fgcli.methods.*.viz")),
     ("tune", ("fgcli.tuning",)),  # searches drive the engine and confirm on test with the evaluation task
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),

@@ -17,7 +17,7 @@ from fgcli.cli import app
 from fgcli.engine.calibration import CHECKPOINT_KEY, calibrated_probs
 from fgcli.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fgcli.engine.ood import auroc, threshold_at_recall
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 runner = CliRunner()
 

@@ -14,10 +14,8 @@ from exportkit import make_checkpoint_file, write_images
 from typer.testing import CliRunner
 
 import fgcli.inference as inference
-from fgcli.benchmark import check_parity
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import (
     CPU_EP,
     OPENVINO_EP,
@@ -30,6 +28,8 @@ from fgcli.inference import (
     openvino_missing,
     resolve_providers,
 )
+from fgcli.tasks.bench_formats import check_parity
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 from fgcli.timing import BenchRow
 
 runner = CliRunner()

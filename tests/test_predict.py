@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import Predictor
 from fgcli.modelinfo import ModelInfo, Preprocess
-from fgcli.prediction import Prediction, PredictResult, collect_images, predict_paths, to_csv
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
+from fgcli.tasks.predict_images import Prediction, PredictResult, collect_images, predict_paths, to_csv
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ from exportkit import make_checkpoint_file
 
 import fgcli.inference as inference
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import CPU_EP, CUDA_EP, create_session, resolve_providers, session_options
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 
 @pytest.fixture(scope="module")

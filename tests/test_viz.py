@@ -239,7 +239,7 @@ def test_headline_names_true_and_predicted_class() -> None:
 # ---- files --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
 def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> None:
-    from fgcli.viz.run import attention_viz
+    from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, method)
     images = write_images(tmp_path / "alpha", 2, size=70)  # parent folder = a class name: the true class
@@ -256,7 +256,7 @@ def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> No
 
 
 def test_single_layout_writes_one_png_per_panel(tmp_path) -> None:
-    from fgcli.viz.run import attention_viz
+    from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, "herbs")
     write_images(tmp_path / "imgs", 1, size=64)
@@ -374,7 +374,7 @@ def test_flowers_photo_titles_the_folder_class(tmp_path, flowers12) -> None:
 
 def test_score_target_is_the_mask_else_the_box(tmp_path) -> None:
     from fgcli.data.manifest import Sample
-    from fgcli.viz.run import target_mask
+    from fgcli.tasks.attention_viz import target_mask
 
     mask = np.zeros((60, 90), np.uint8)
     mask[10:30, 40:70] = 255

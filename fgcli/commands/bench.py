@@ -60,10 +60,10 @@ def bench_command(
     """
 
     from fgcli import api
-    from fgcli.benchmark import parse_ints, rows_csv, rows_table
     from fgcli.console import console, err_console, settings
     from fgcli.errors import UserError
     from fgcli.io import atomic_write_text
+    from fgcli.tasks.bench_formats import parse_ints, rows_csv, rows_table
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {text}[/]"))

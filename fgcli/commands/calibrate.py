@@ -1,4 +1,4 @@
-"""`fgcli calibrate`: parse the flags, delegate to fgcli.calibrating, print before / after."""
+"""`fgcli calibrate`: parse the flags, delegate to fgcli.tasks.calibrate_checkpoint, print before / after."""
 
 from __future__ import annotations
 

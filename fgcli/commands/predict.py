@@ -45,7 +45,7 @@ def predict_command(
     """
     from fgcli import api
     from fgcli.console import console, err_console, progress_bar
-    from fgcli.prediction import collect_images, results_table
+    from fgcli.tasks.predict_images import collect_images, results_table
 
     paths = collect_images(sources)
     provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None

@@ -1,4 +1,4 @@
-"""`fgcli attention-viz` (alias `viz`): parse the flags, delegate to fgcli.viz.run."""
+"""`fgcli attention-viz` (alias `viz`): parse the flags, delegate to fgcli.tasks.attention_viz."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def viz_command(
     """
     from fgcli import api
     from fgcli.console import console, err_console
-    from fgcli.viz.run import scores_table
+    from fgcli.tasks.attention_viz import scores_table
 
     result = api.attention_viz(checkpoint, images or [], data=data, split=split, num=num, out=out, alpha=alpha,
                                layout=layout, score=score, score_num=score_num, device=device, ema=ema,

@@ -157,7 +157,7 @@ def _train_seed(recipe_cfg: Any, plan: StudyPlan, seed: int, run_dir: Path) -> f
 
 def _test_top1(run_dir: Path) -> float:
     """best.pt's fused top-1 on the test split (evaluated once; the report is kept in <run>/test)."""
-    from fgcli.evaluation import eval_checkpoint
+    from fgcli.tasks.eval_report import eval_checkpoint
 
     metrics = run_dir / "test" / "metrics.json"
     if metrics.is_file():

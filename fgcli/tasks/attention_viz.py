@@ -140,7 +140,7 @@ def _sample_items(dataset: Any, samples: list) -> list[VizItem]:
 def _path_items(images: Sequence[str], classes: list[str]) -> list[VizItem]:
     """Loose images; the true class is taken from the parent folder when it is one of the model's classes."""
     from fgcli.data.images import load_rgb
-    from fgcli.prediction import collect_images
+    from fgcli.tasks.predict_images import collect_images
 
     lookup = {c: i for i, c in enumerate(classes)}
     return [VizItem(f"{i:03d}_{_slug(p.stem)}", (lambda p=p: load_rgb(p)), lookup.get(p.parent.name))

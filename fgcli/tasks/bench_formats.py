@@ -178,7 +178,7 @@ def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequenc
             size = _torch_size(torch_pred, img_size)
             fp32_path = Path(tmp, "model.onnx")
             if "onnx" in backends:
-                from fgcli.exporting.pipeline import export_loaded
+                from fgcli.tasks.export_model import export_loaded
 
                 if progress is not None:
                     progress("exporting to a temporary .onnx")
@@ -282,7 +282,7 @@ def _parity_inputs(predictor: Predictor, size: int, images: str | Path | None,
         rng = np.random.default_rng(1234)
         return rng.standard_normal((PARITY_RANDOM, 3, size, size), dtype=np.float32), \
             f"{PARITY_RANDOM} random inputs (give --images DIR for real ones)"
-    from fgcli.prediction import _try, collect_images, make_loader
+    from fgcli.tasks.predict_images import _try, collect_images, make_loader
 
     load = make_loader(predictor)
     arrays = []

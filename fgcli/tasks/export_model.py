@@ -18,9 +18,9 @@ from fgcli import __version__
 from fgcli.config import to_dict
 from fgcli.console import log, track
 from fgcli.errors import UserError
-from fgcli.exporting.onnx_export import DEFAULT_EXPORTER, check_graph, export_graph, save_model
-from fgcli.exporting.verify import Parity, check, compare
+from fgcli.formats.onnx.torch_to_onnx import DEFAULT_EXPORTER, check_graph, export_graph, save_model
 from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
+from fgcli.parity import Parity, check, compare
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
@@ -183,7 +183,7 @@ def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) 
 
     samples = None
     if opts.verify:
-        from fgcli.exporting.rundata import load_batches
+        from fgcli.data.rundata import load_batches
 
         # a pass / fail check of the numerics: any real images do, and the test split stays untouched
         samples = load_batches(dataset, ("val", "train"), pre, opts.verify_images, where=cfg.data.path)
@@ -265,7 +265,7 @@ def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None
 
 def _write_fp16(proto: Any, info: ModelInfo, fp32_path: Path, stage: Any, opts: ExportOptions,
                 result: ExportResult, torch_pred: Any, samples: Any) -> None:
-    from fgcli.exporting.fp16 import convert_fp16
+    from fgcli.formats.onnx.fp16 import convert_fp16
 
     fp16_path = variant_path(fp32_path, "fp16")
     proto16 = convert_fp16(proto)
@@ -349,7 +349,7 @@ def _keep_steps(start: int) -> Any:
 
 def _calibration_batches(dataset: Any, pre: Preprocess, opts: ExportOptions, where: str) -> Any:
     """`calib_images` images of the run's train split only (evenly spread over it), or None (no data)."""
-    from fgcli.exporting.rundata import first_split, load_batches
+    from fgcli.data.rundata import first_split, load_batches
 
     if dataset is not None and first_split(dataset, ("train",)):
         calib = load_batches(dataset, ("train",), pre, opts.calib_images, where=where)
@@ -363,7 +363,7 @@ def _calibration_batches(dataset: Any, pre: Preprocess, opts: ExportOptions, whe
 def _quantize(proto: Any, info: ModelInfo, int8_path: Path, calib: Any, opts: ExportOptions, shown: Path | None,
               keep_first: int = 0) -> Any:
     """Quantize (static, calibrated on `calib`, else dynamic) and write the int8 file."""
-    from fgcli.exporting.quantize import quantize_int8
+    from fgcli.formats.onnx.quantize import quantize_int8
 
     quant = quantize_int8(proto, calib.images if calib else None, calib.source if calib else "",
                           method=opts.calib_method, keep_first=keep_first)
@@ -398,8 +398,8 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
     """Top-1 of both files on the run's val split with `evaluate()`, and their agreement; random inputs
     (agreement only) when the data is not reachable or has no val split (never the test split: the search
     chooses on this). `scored` keeps the fp32 file's score between calls."""
+    from fgcli.data.rundata import first_split, iter_split, load_batches
     from fgcli.engine.evaluate import evaluate
-    from fgcli.exporting.rundata import first_split, iter_split, load_batches
 
     split = first_split(dataset, ("val",)) if dataset is not None else None
     if dataset is not None and split is None:

@@ -28,7 +28,7 @@ class EvalRun:
     device: str = ""
     calibration: Any = None  # fgcli.engine.calibration.CalibrationReport
     confusions: list[dict[str, Any]] = field(default_factory=list)  # fgcli.engine.confusions.confused_pairs
-    ood: dict[str, Any] | None = None  # metrics.json's `ood` section (fgcli.ood.ood_section), with --ood
+    ood: dict[str, Any] | None = None  # metrics.json's `ood` section (fgcli.tasks.ood_report.ood_section), with --ood
 
     def table(self) -> Any:
         """The rich table of the fused output and each head."""
@@ -46,7 +46,7 @@ class EvalRun:
 
     def ood_table(self) -> Any:
         """The rich table of the --ood separation scores (None without --ood)."""
-        from fgcli.ood import ood_table
+        from fgcli.tasks.ood_report import ood_table
 
         return ood_table(self.ood) if self.ood is not None else None
 
@@ -63,7 +63,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     `confusions`: how many of the most-confused class pairs go into metrics.json (`confusions`), the printed
     report and confusions.html (0: none, no page). `ood`: a folder of images of other classes (or a prepared
     data set, its test split): how well each score separates the split from them (metrics.json `ood`,
-    fgcli.ood).
+    fgcli.tasks.ood_report).
 
     The fused prediction's calibration (ECE, MCE, NLL, Brier before / after the model's fitted temperature,
     selective accuracy / coverage) goes into metrics.json's `calibration` section; `tta` 'flip' adds the
@@ -87,7 +87,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         raise UserError(f"--confusions {confusions} must be >= 0 (0: no confused pairs, no confusions.html).")
     ood_images = None
     if ood is not None:  # bad --ood input fails before the long pass over the split
-        from fgcli.ood import find_images
+        from fgcli.tasks.ood_report import find_images
 
         ood_images = find_images(ood)
     if path.suffix.lower() == ".onnx":  # an exported model: onnxruntime feeds the same metrics and report
@@ -191,8 +191,8 @@ def _pairs(result: EvalResult, classes: list[str], top: int) -> list[dict[str, A
 
 def _ood(model: Any, images: Any, book: Any, info: Any, temperature: float | None, reject: dict[str, Any] | None,
          split: str, batch_size: int, workers: int, device: Any) -> dict[str, Any]:
-    """Score the --ood images and compare them with the split's (fgcli.ood)."""
-    from fgcli.ood import ood_section, score_images
+    """Score the --ood images and compare them with the split's (fgcli.tasks.ood_report)."""
+    from fgcli.tasks.ood_report import ood_section, score_images
 
     log.info(f"--ood: scoring {len(images.paths)} images of {images.where}")
     with progress_bar() as bar:

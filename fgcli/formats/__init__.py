@@ -1,0 +1,1 @@
+"""Model formats: the torch checkpoint, ONNX and the writers / readers around them."""
