@@ -39,9 +39,10 @@ def bench_command(
                                       help="A folder of images to compare top-1 on (default: random inputs)."),
     max_images: int = typer.Option(64, "--max-images", min=1, help="At most this many of --images."),
     verify: bool = typer.Option(False, "--verify",
-                                help="Exit 1 when a backend disagrees with the reference (the first row): fp32 "
-                                     "beyond max |Δprob| 1e-3 or any top-1 change; bf16 / fp16 under 99 %, int8 "
-                                     "under 95 % top-1 agreement."),
+                                help="Exit 1 when a backend misses its precision's tolerance against the reference (the first "
+                                     "row; fgcli.parity.TOLERANCES): fp32 beyond max |Δprob| 1e-4 (1e-3 on a GPU) "
+                                     "or any top-1 change; bf16 / fp16 under 99 %, int8 under 95 % top-1 "
+                                     "agreement."),
     min_agreement: float | None = typer.Option(None, "--min-agreement", min=0.0, max=100.0,
                                                help="--verify: the top-1 agreement (%) bf16 / fp16 / int8 need."),
     out: str | None = typer.Option(None, "--out", "-o", help="Also write the table as CSV."),

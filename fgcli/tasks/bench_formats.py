@@ -15,6 +15,7 @@ import numpy as np
 
 from fgcli.errors import UserError
 from fgcli.inference import PRECISIONS, OnnxPredictor, Predictor, TorchPredictor, is_onnx
+from fgcli.parity import Parity, compare_probs, failure
 from fgcli.timing import BenchRow, bench_predictor
 
 BACKENDS = ("torch", "onnx")
@@ -47,10 +48,6 @@ def parse_backends(text: str | None, model: Path, checkpoint: str | Path | None 
     return list(dict.fromkeys(chosen))
 
 
-#: bench --verify: an fp32 backend must stay within this max |Δprob| of the reference (softmax of the fused
-#: logits) with identical top-1; reduced precisions are judged by top-1 agreement alone (`--min-agreement`)
-FP32_PROB_TOL = 1e-3
-MIN_AGREEMENT = {"fp16": 99.0, "bf16": 99.0, "int8": 95.0}
 #: random inputs for the parity check when no --images are given
 PARITY_RANDOM = 16
 
@@ -313,13 +310,13 @@ def _run_targets(targets: Sequence[_Target], report: BenchReport, batch_sizes: S
         probs = softmax(predictor(inputs)[0]).astype(np.float64)
         if reference is None:
             reference = probs
-        agreement = 100.0 * float((probs.argmax(1) == reference.argmax(1)).mean())
-        delta = float(np.abs(probs - reference).max()) if np.isfinite(probs).all() else float("inf")
+        parity = compare_probs(reference, probs, report.parity_inputs)
         if isinstance(predictor, OnnxPredictor) and predictor.provider != CPU_EP:
             report.notes.append(f"{target.label}: {predictor.placement_line()}")
         labelled = _Labelled(predictor, target.backend)
         for row in bench_predictor(labelled, batch_sizes, size, threads, warmup, iters, progress=progress):
-            report.rows.append(replace(row, precision=target.precision, agreement=agreement, max_dprob=delta))
+            report.rows.append(replace(row, precision=target.precision, agreement=100.0 * parity.top1_agreement,
+                                       max_dprob=parity.max_abs_dprob))
         del predictor, labelled
 
 
@@ -338,24 +335,17 @@ class _Labelled(Predictor):
 
 
 def check_parity(rows: Sequence[BenchRow], min_agreement: float | None = None) -> list[str]:
-    """bench --verify: one line per backend whose outputs differ from the reference's beyond the tolerance
-    (fp32: max |Δprob| <= FP32_PROB_TOL and identical top-1; others: top-1 agreement >= `min_agreement` %, default
-    MIN_AGREEMENT of their precision)."""
+    """bench --verify: one line per backend whose outputs differ from the reference's beyond the tolerance of its
+    precision (`fgcli.parity.TOLERANCES`; `min_agreement`, in percent, replaces the reduced precisions')."""
     failures: dict[tuple[str, str, str], str] = {}
     for r in rows:
         if r.agreement is None or r.max_dprob is None:
             continue
-        key = (r.backend, r.device, r.precision)
-        name = f"{_label(r)} {r.precision}"
-        if r.precision == "fp32":
-            if not (r.max_dprob <= FP32_PROB_TOL and r.agreement >= 100.0):
-                failures[key] = (f"{name}: max |Δprob| {r.max_dprob:.2e} (tolerance {FP32_PROB_TOL:g}), top-1 "
-                                 f"agreement {r.agreement:.1f}% (needs 100%)")
-        else:
-            need = MIN_AGREEMENT.get(r.precision, 99.0) if min_agreement is None else min_agreement
-            if not r.agreement >= need:
-                failures[key] = (f"{name}: top-1 agreement {r.agreement:.1f}% < {need:g}% (max |Δprob| "
-                                 f"{r.max_dprob:.2e})")
+        parity = Parity(num_images=0, max_abs_dprob=r.max_dprob, top1_agreement=r.agreement / 100.0, inputs="")
+        problem = failure(parity, r.precision, gpu="cuda" in r.device.lower(),
+                          min_agreement=None if min_agreement is None else min_agreement / 100.0)
+        if problem is not None:
+            failures[(r.backend, r.device, r.precision)] = f"{_label(r)} {r.precision}: {problem}"
     return list(failures.values())
 
 

@@ -20,7 +20,7 @@ from fgcli.console import log, track
 from fgcli.errors import UserError
 from fgcli.formats.onnx.torch_to_onnx import DEFAULT_EXPORTER, check_graph, export_graph, save_model
 from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
-from fgcli.parity import Parity, check, compare
+from fgcli.parity import Parity, check, compare, compare_probs
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
@@ -299,7 +299,8 @@ def _verify(torch_pred: Any, pred: Any, samples: Any, precision: str, path: Path
     """The exported file's probabilities against the torch model's, on the same inputs."""
     parity = compare(lambda x: torch_pred(x)[1], lambda x: pred(x)[1], samples.stacked(), samples.source)
     log.info(f"verify {precision}: {parity.line()}")
-    check(parity, precision, str(path))
+    check(parity, precision, str(path), hint="try --exporter torchscript, or report it with --debug."
+          if precision == "fp32" else "")
     return parity
 
 
@@ -382,14 +383,14 @@ def _quantize(proto: Any, info: ModelInfo, int8_path: Path, calib: Any, opts: Ex
 
 
 class _Recorded:
-    """A predictor that also keeps its top-1 predictions (for the int8 / fp32 agreement)."""
+    """A predictor that also keeps its probabilities (for the int8 / fp32 parity)."""
 
     def __init__(self, predictor: Any) -> None:
-        self.predictor, self.top1 = predictor, []
+        self.predictor, self.probs = predictor, []
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self.predictor(images)
-        self.top1.append(logits.argmax(1))
+        self.probs.append(probs)
         return logits, probs
 
 
@@ -428,12 +429,12 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
     rec8 = _Recorded(int8_pred)
     res8 = evaluate(rec8, track(batches(), "int8: scoring the int8 file", total), num_classes).result()
     n = res32.num_samples
-    agree = int((np.concatenate(rec32.top1) == np.concatenate(rec8.top1)).sum()) if n else 0
+    parity = compare_probs(np.concatenate(rec32.probs), np.concatenate(rec8.probs), source) if n else None
     labelled = split is not None and n > 0
     return Int8Report(mode=quant.mode, calibration=quant.calibration, quantized_layers=quant.quantized_layers,
                       weight_layers=quant.weight_layers, eval_source=source, num_images=n,
                       top1_fp32=res32.top1 if labelled else None, top1_int8=res8.top1 if labelled else None,
-                      agreement=agree / max(n, 1), fp32_first=quant.fp32_first)
+                      agreement=parity.top1_agreement if parity is not None else 0.0, fp32_first=quant.fp32_first)
 
 
 def _time_pair(fp32_pred: Any, int8_pred: Any, pre: Preprocess, opts: ExportOptions) -> dict[int, tuple[float, float]]:
