@@ -420,10 +420,13 @@ class OnnxPredictor(Predictor):
         return placement.line(self.provider)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        views = [self._run_graph(images)]
-        if self._extra_views == "flip":
-            views.append(self._run_graph(np.ascontiguousarray(images[..., ::-1])))
-        return combine_view_arrays(views)
+        from fgcli.engine.fused import combine_views, tta_views
+
+        views = [self._run_graph(view) for view in tta_views(images, self._extra_views)]
+        if len(views) == 1:
+            return views[0]
+        # the graph's probs are softmax(logits / T) (T = 1 when uncalibrated): the views combine from the logits
+        return combine_views([logits for logits, _ in views], self.temperature if self.calibrated else 1.0)
 
     def _run_graph(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self.session.run(["logits", "probs"], {"images": images})
@@ -505,17 +508,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def combine_view_arrays(views: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """numpy twin of `fgcli.engine.fused.combine_views` for (logits, probs) of each view already computed:
-    logits = log of the mean uncalibrated softmax, probs = the mean of the views' probs."""
-    if len(views) == 1:
-        return views[0]
-    raw = np.mean(np.stack([softmax(v[0]).astype(np.float64) for v in views]), axis=0)
-    logits = np.log(np.clip(raw, np.finfo(np.float64).tiny, None)).astype(np.float32)
-    probs = np.mean(np.stack([np.asarray(v[1], dtype=np.float64) for v in views]), axis=0).astype(np.float32)
-    return logits, probs
 
 
 def calibration_note(temperature: float | None, calibrated: bool, tta: str | None = None) -> str:
