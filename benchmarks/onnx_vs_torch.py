@@ -39,6 +39,7 @@ from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
 from fgcli.methods import build_method
 from fgcli.modelinfo import Preprocess
+from fgcli.options import BenchOptions
 from fgcli.tasks.bench_formats import bench_model
 
 # The methods at their paper settings, except where the image size forces a choice.
@@ -87,7 +88,8 @@ def latencies(rows: list) -> dict[int, dict[str, float]]:
     """Bench rows -> {batch: {path label: p50 ms}} (the first row of each path and batch counts)."""
     out: dict[int, dict[str, float]] = defaultdict(dict)
     for r in rows:
-        label = PATHS.get((r.backend, r.precision))
+        backend = "openvino" if "OpenVINOExecutionProvider" in r.device else r.backend  # the EP, not the IR
+        label = PATHS.get((backend, r.precision))
         if label is not None:
             out[r.batch].setdefault(label, r.p50_ms)
     return dict(out)
@@ -186,10 +188,11 @@ def main() -> None:
             for method in args.methods:
                 ckpt = make_checkpoint_file(tmp, method, args.backbone, args.img_size, args.classes)
                 specs.append((f"{METHOD_NAMES[method]} (random init)", ckpt,
-                              api.export(ckpt, verify=False, threads=args.threads).files["fp32"], None))
+                              api.export(ckpt, verify=False, threads=args.threads).files["onnx"], None))
         for name, ckpt, onnx_path, saved_file in specs:
-            report = bench_model(onnx_path, ["torch", "onnx"], args.batches, checkpoint=ckpt, warmup=args.warmup,
-                                 iters=args.iters, threads=args.threads, device="cpu", providers=providers)
+            report = bench_model(onnx_path, BenchOptions(
+                backends=["torch", "onnx"], batch_sizes=args.batches, checkpoint=ckpt, warmup=args.warmup,
+                iters=args.iters, threads=args.threads, device="cpu", providers=providers))
             models.append({"name": name, "onnx": onnx_path, "latency": latencies(report.rows), "top1": None,
                            "saved": saved_file, "skipped": report.skipped, "img_size": report.rows[0].img_size})
             for line in report.skipped:

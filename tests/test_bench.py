@@ -66,7 +66,7 @@ def test_bench_checkpoint_both_backends_and_csv(tmp_path):
 
 def test_bench_onnx_file_only_onnx(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
-    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False, dynamic_batch=False)).files["fp32"]
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False, dynamic_batch=False)).files["onnx"]
     result = runner.invoke(app, ["bench", str(onnx_path), "--batch-sizes", "1,2", "--iters", "2", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     assert "static batch of 1" in result.output  # batch 2 skipped with a note

@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from fgcli.cli import app
 from fgcli.errors import UserError
+from fgcli.formats.onnx import int8 as pipeline
 from fgcli.formats.onnx.graph import finite_infinities, fp32_island_nodes
+from fgcli.formats.onnx.int8 import Int8Report
 from fgcli.formats.onnx.quantize import QUANT_OPS, first_weight_layers, quantize_int8
 from fgcli.inference import OnnxPredictor
-from fgcli.tasks import export_model as pipeline
-from fgcli.tasks.export_model import ExportOptions, Int8Report, export_checkpoint
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def fp32_files(tmp_path_factory):
     out = {}
     for method in ("baseline", "herbs", "mge"):
         ckpt = make_checkpoint_file(tmp_path_factory.mktemp(method), method)
-        out[method] = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+        out[method] = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     return out
 
 
@@ -254,7 +255,7 @@ def _assert_clean(normal: str, quiet_out: str, quiet_err: str) -> None:
     assert not any(text in normal for text in CHATTER), normal
     assert quiet_err == ""  # no log line, no warning, no library output
     assert not any(text in quiet_out for text in (*CHATTER, "INFO", "int8: comparing"))
-    assert "ONNX export: " in quiet_out  # the command's result table
+    assert "Export: " in quiet_out  # the command's result table
 
 
 def test_int8_export_prints_fgcli_lines_only_and_nothing_with_quiet(tmp_path):

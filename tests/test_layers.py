@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 #: lowest first; a module belongs to the layer of its longest matching prefix (`*` matches one name)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.cpu",
-              "fgcli.modelinfo")),
+              "fgcli.modelinfo", "fgcli.options")),  # options: every task's options dataclass
     # each method's config section (and its default search space) lives in its folder
     ("config", ("fgcli.config", "fgcli.searchspace", "fgcli.methods.*.config")),
     ("data and backbones", ("fgcli.data", "fgcli.backbones", "fgcli.pretrained")),

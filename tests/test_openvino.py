@@ -41,7 +41,7 @@ def exported(tmp_path_factory):
     """(checkpoint, fp32 .onnx, image folder): a tiny HERBS model (TopK, GatherElements) and 3 images."""
     folder = tmp_path_factory.mktemp("openvino")
     ckpt = make_checkpoint_file(folder, "herbs")
-    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     write_images(folder / "images", 3, size=72)
     return ckpt, onnx_path, folder / "images"
 
@@ -192,7 +192,7 @@ def test_predict_with_openvino_prints_provider_precision_and_placement(exported)
 def test_checkpoint_refuses_precision_and_providers(exported):
     ckpt, _, images = exported
     result = runner.invoke(app, ["predict", str(ckpt), str(images), "--precision", "bf16", "--device", "cpu"])
-    assert result.exit_code == 1 and "applies to .onnx models" in result.output
+    assert result.exit_code == 1 and "applies to .onnx" in result.output
     result = runner.invoke(app, ["eval", str(ckpt), "--providers", "openvino", "--device", "cpu"])
     assert result.exit_code == 1 and "--providers applies to .onnx models only" in result.output
 
@@ -200,7 +200,7 @@ def test_checkpoint_refuses_precision_and_providers(exported):
 @needs_openvino
 def test_eval_onnx_on_openvino(tiny_demo, tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline", size=32, classes=list(tiny_demo.classes))
-    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     runs = {}
     for provider in ("cpu", "openvino"):
         out = tmp_path / provider
@@ -233,9 +233,10 @@ def test_bench_side_by_side(exported, tmp_path, monkeypatch):
         onnx_path.with_name("model.int8.onnx").unlink()
     assert result.exit_code == 0, result.output
     rows = _rows(out)
-    bf16 = [("openvino", "bf16")] if inference.bf16_supported() else []
-    assert [(r["backend"], r["precision"]) for r in rows] == [
-        ("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), *bf16, ("openvino", "int8")]
+    bf16 = [("onnx", "OpenVINO", "bf16")] if inference.bf16_supported() else []
+    assert [(r["backend"], "OpenVINO" if "OpenVINO" in r["device"] else "CPU", r["precision"]) for r in rows] == [
+        ("torch", "CPU", "fp32"), ("onnx", "CPU", "fp32"), ("onnx", "CPU", "int8"), ("onnx", "OpenVINO", "fp32"),
+        *bf16, ("onnx", "OpenVINO", "int8")]
     assert all(r["batch"] == "2" and r["threads"] == "1" and float(r["agreement"]) == 100.0 for r in rows)
     assert float(rows[3]["max_dprob"]) < 1e-4
     assert "compared with torch fp32 on 3 images from" in result.output and "vs torch" in result.output
@@ -249,9 +250,9 @@ def test_bench_without_bf16_says_so(exported, monkeypatch):
     result = runner.invoke(app, ["bench", str(onnx_path), "--providers", "openvino", "--batch-sizes", "1",
                                  "--iters", "1", "--warmup", "0", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert "openvino bf16 (this CPU has neither AVX-512 BF16 nor AMX)" in result.output
+    assert "onnx OpenVINO bf16 (this CPU has neither AVX-512 BF16 nor AMX)" in result.output
     assert "torch (an .onnx MODEL: give --checkpoint" in result.output
-    assert result.output.count("openvino") >= 2 and " bf16 " not in result.output.split("compared")[0]
+    assert "onnx OpenVINO" in result.output and " bf16 " not in result.output.split("compared")[0]
 
 
 def test_bench_all_without_plugin_shows_what_it_has(exported, tmp_path, no_plugin):

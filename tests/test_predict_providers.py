@@ -14,7 +14,7 @@ from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("providers")
-    return export_checkpoint(make_checkpoint_file(folder, "baseline"), ExportOptions(verify=False)).files["fp32"]
+    return export_checkpoint(make_checkpoint_file(folder, "baseline"), ExportOptions(verify=False)).files["onnx"]
 
 
 def test_resolve_providers(monkeypatch):

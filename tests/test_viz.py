@@ -239,11 +239,12 @@ def test_headline_names_true_and_predicted_class() -> None:
 # ---- files --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
 def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> None:
+    from fgcli.options import VizOptions
     from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, method)
     images = write_images(tmp_path / "alpha", 2, size=70)  # parent folder = a class name: the true class
-    result = attention_viz(ckpt, [str(tmp_path / "alpha")], out=tmp_path / "out", device="cpu")
+    result = attention_viz(ckpt, [str(tmp_path / "alpha")], VizOptions(out=tmp_path / "out", device="cpu"))
     assert len(result.figures) == 2 and result.index is not None
     for path in result.figures:
         with Image.open(path) as im:
@@ -256,11 +257,13 @@ def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> No
 
 
 def test_single_layout_writes_one_png_per_panel(tmp_path) -> None:
+    from fgcli.options import VizOptions
     from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, "herbs")
     write_images(tmp_path / "imgs", 1, size=64)
-    result = attention_viz(ckpt, [str(tmp_path / "imgs")], out=tmp_path / "out", device="cpu", layout="single")
+    result = attention_viz(ckpt, [str(tmp_path / "imgs")], VizOptions(out=tmp_path / "out", device="cpu",
+                                                                     layout="single"))
     names = sorted(p.name for p in result.figures)
     assert len(names) == 12 and "score1.png" in names and "select_mean.png" in names and "input.png" in names
     for path in result.figures:

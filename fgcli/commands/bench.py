@@ -7,10 +7,6 @@ import typer
 from fgcli.commands._common import handle_errors
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [p.strip() for p in text.split(",") if p.strip()] if text else None
-
-
 @handle_errors
 def bench_command(
     model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported .onnx file."),
@@ -64,14 +60,15 @@ def bench_command(
     from fgcli.console import console, err_console, settings
     from fgcli.errors import UserError
     from fgcli.io import atomic_write_text
+    from fgcli.options import BenchOptions
     from fgcli.tasks.bench_formats import parse_ints, rows_csv, rows_table
 
-    sizes = parse_ints(batch_sizes, "--batch-sizes")
+    options = BenchOptions(backends=backends, batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+                           img_size=img_size, warmup=warmup, iters=iters, threads=threads, device=device,
+                           providers=providers, ema=ema, precisions=precision, checkpoint=checkpoint,
+                           images=images, max_images=max_images, verify=verify, min_agreement=min_agreement)
     say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {text}[/]"))
-    report = api.bench(model, backends=_split(backends), batch_sizes=sizes, img_size=img_size, warmup=warmup,
-                       iters=iters, threads=threads, device=device, providers=_split(providers), ema=ema,
-                       progress=say, precisions=_split(precision), checkpoint=checkpoint, images=images,
-                       max_images=max_images, verify=verify, min_agreement=min_agreement)
+    report = api.bench(model, options, progress=say)
     console.print(rows_table(report.rows, title=f"Inference benchmark: {model}"))
     if report.reference:
         console.print(f"compared with {report.reference} on {report.parity_inputs}", soft_wrap=True)

@@ -36,9 +36,11 @@ def calibrate_command(
     """
     from fgcli import api
     from fgcli.console import console
+    from fgcli.options import CalibrateOptions
 
-    result = api.calibrate(target, data, split=split, batch_size=batch_size, device=device, workers=workers,
-                           ema=ema, out=out, reject_recall=reject_recall)
+    result = api.calibrate(target, options=CalibrateOptions(
+        data=data, split=split, batch_size=batch_size, device=device, workers=workers, ema=ema, out=out,
+        reject_recall=reject_recall))
     console.print(result.table())
     console.print(f"wrote {result.written}  next: fgcli eval {result.written}  |  fgcli export {result.written} "
                   "--onnx")

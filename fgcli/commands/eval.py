@@ -49,11 +49,12 @@ def eval_command(
     """
     from fgcli import api
     from fgcli.console import console
+    from fgcli.options import EvalOptions
 
-    run = api.evaluate(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
-                       workers=workers, ema=ema, calibration=calibration, tta=tta,
-                       providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-                       precision=precision, threads=threads, ood=ood, confusions=confusions)
+    run = api.evaluate(checkpoint, options=EvalOptions(
+        data=data, split=split, batch_size=batch_size, device=device, out=out, workers=workers, ema=ema,
+        calibration=calibration, tta=tta, providers=providers, precision=precision, threads=threads, ood=ood,
+        confusions=confusions))
     console.print(run.table())
     if run.calibration is not None:
         console.print(run.calibration_table())

@@ -45,16 +45,19 @@ def predict_command(
     """
     from fgcli import api
     from fgcli.console import console, err_console, progress_bar
+    from fgcli.options import PredictOptions
     from fgcli.tasks.predict_images import collect_images, results_table
 
+    options = PredictOptions(topk=topk, batch_size=batch_size, out=out, device=device, providers=providers,
+                             threads=threads, workers=workers, ema=ema, calibration=calibration, tta=tta,
+                             precision=precision, reject=reject)
     paths = collect_images(sources)
-    provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
-    loaded = api.load(model, device=device, providers=provider_list, threads=threads, ema=ema,
-                      calibration=calibration, tta=tta, precision=precision)
+    loaded = api.load(model, options.load_options())
     err_console.print(f"{model}: {loaded.info.method} / {loaded.info.backbone}, "
                       f"{len(loaded.classes)} classes, on {loaded.predictor.device}")
-    if provider_list and hasattr(loaded.predictor, "placement_line"):
-        err_console.print(loaded.predictor.placement_line(), soft_wrap=True)
+    placement = getattr(loaded.predictor, "placement_line", None)
+    if options.providers and placement is not None and placement():
+        err_console.print(placement(), soft_wrap=True)
     err_console.print(loaded.predictor.calibration_note(), soft_wrap=True)
     if reject:
         threshold = loaded.predictor.reject_threshold()  # no threshold: one line before any image is read
@@ -64,8 +67,7 @@ def predict_command(
                              else ""), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
-        result = api.predict(loaded, [str(p) for p in paths], topk=topk, batch_size=batch_size, workers=workers,
-                             out=out, progress=lambda n: bar.advance(task, n), reject=reject)
+        result = api.predict(loaded, [str(p) for p in paths], options, progress=lambda n: bar.advance(task, n))
     if result.predictions:
         console.print(results_table(result))
     for path, reason in result.skipped:

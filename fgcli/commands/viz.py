@@ -41,11 +41,12 @@ def viz_command(
     """
     from fgcli import api
     from fgcli.console import console, err_console
+    from fgcli.options import VizOptions
     from fgcli.tasks.attention_viz import scores_table
 
-    result = api.attention_viz(checkpoint, images or [], data=data, split=split, num=num, out=out, alpha=alpha,
-                               layout=layout, score=score, score_num=score_num, device=device, ema=ema,
-                               batch_size=batch_size, calibration=calibration)
+    result = api.attention_viz(checkpoint, images or [], options=VizOptions(
+        data=data, split=split, num=num, out=out, alpha=alpha, layout=layout, score=score, score_num=score_num,
+        device=device, ema=ema, batch_size=batch_size, calibration=calibration))
     if result.scores:
         console.print(scores_table(result.scores, result.score_target or "the target"))
     for name, reason in result.skipped:

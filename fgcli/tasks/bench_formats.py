@@ -1,5 +1,7 @@
-"""Latency and throughput of a model per backend (torch eager, onnxruntime) and batch size, on the same inputs
-and thread count."""
+"""`fgcli bench`: latency and throughput of a model in every format it can take (fgcli.formats: torch eager, ONNX
+on each onnxruntime provider with its int8 file, and each other format MODEL can be written to, e.g. the OpenVINO
+IR), per batch size, on the same inputs and thread count; every backend is compared with the first one with the
+one parity function and judged by its precision's tolerance (fgcli.parity)."""
 
 from __future__ import annotations
 
@@ -14,39 +16,11 @@ from typing import Any
 import numpy as np
 
 from fgcli.errors import UserError
-from fgcli.inference import PRECISIONS, OnnxPredictor, Predictor, TorchPredictor, is_onnx
+from fgcli.formats import ExportJob, ModelFormat, families, format_of, list_formats, resolve, variant
+from fgcli.inference import PRECISIONS, OnnxPredictor, Predictor, TorchPredictor
+from fgcli.options import BenchOptions, ExportOptions, LoadOptions
 from fgcli.parity import Parity, compare_probs, failure
 from fgcli.timing import BenchRow, bench_predictor
-
-BACKENDS = ("torch", "onnx")
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    """'1,8,32' -> [1, 8, 32] (positive), with a clear error naming the flag."""
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise UserError(f"{flag} '{text}' must be comma-separated integers, e.g. 1,8,32.") from None
-    if not values or any(v < 1 for v in values):
-        raise UserError(f"{flag} '{text}' must list positive integers, e.g. 1,8,32.")
-    return values
-
-
-def parse_backends(text: str | None, model: Path, checkpoint: str | Path | None = None) -> list[str]:
-    """The backends to run: all that the model has by default; `torch` needs a checkpoint (MODEL or
-    `checkpoint`, the .pt an .onnx MODEL came from)."""
-    available = ["onnx"] if is_onnx(model) and checkpoint is None else ["torch", "onnx"]
-    if not text:
-        return available
-    chosen = [b.strip().lower() for b in text.split(",") if b.strip()]
-    for b in chosen:
-        if b not in BACKENDS:
-            raise UserError(f"--backends: unknown backend '{b}'. Valid: {', '.join(BACKENDS)}.")
-        if b not in available:
-            raise UserError(f"--backends {b}: {model} is an .onnx file, which only has the onnx backend. Give the "
-                            "checkpoint (.pt) to also time torch.")
-    return list(dict.fromkeys(chosen))
-
 
 #: random inputs for the parity check when no --images are given
 PARITY_RANDOM = 16
@@ -75,15 +49,60 @@ class BenchReport:
 
 @dataclass
 class _Target:
-    """One backend to time: a label, its precision, and how to build its Predictor."""
+    """One backend to time: its format family, its precision, and how to build its Predictor."""
 
-    backend: str  # torch | onnx | openvino
+    backend: str  # torch | onnx | openvino | ...
     precision: str  # fp32 | fp16 | bf16 | int8
     make: Callable[[], Predictor]
 
     @property
     def label(self) -> str:
         return f"{self.backend} {self.precision}"
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32] (positive), with a clear error naming the flag."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UserError(f"{flag} '{text}' must be comma-separated integers, e.g. 1,8,32.") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{flag} '{text}' must list positive integers, e.g. 1,8,32.")
+    return values
+
+
+def available_backends(fmt: ModelFormat, checkpoint: bool) -> list[str]:
+    """The format families bench can time for a MODEL of format `fmt`: torch with a checkpoint, MODEL's own
+    family, and every family written (directly or through another) from it, in registration order."""
+    reach = {fmt.family}
+    grown = True
+    while grown:
+        grown = False
+        for f in list_formats():
+            if f.write is not None and f.precision == "fp32" and f.source in reach and f.family not in reach:
+                reach.add(f.family)
+                grown = True
+    return [name for name in families() if name in reach or (name == "torch" and checkpoint)]
+
+
+def parse_backends(text: str | Sequence[str] | None, model: str | Path,
+                   checkpoint: str | Path | None = None) -> list[str]:
+    """The backends to run: all that MODEL has by default (`available_backends`); torch needs a checkpoint
+    (MODEL, or `checkpoint`, the .pt an exported MODEL came from)."""
+    fmt = format_of(model)
+    available = available_backends(fmt, fmt.heads or checkpoint is not None)
+    if not text:
+        return available
+    names = text.split(",") if isinstance(text, str) else list(text)
+    chosen = [b.strip().lower() for b in names if b.strip()]
+    for b in chosen:
+        if b not in families():
+            raise UserError(f"--backends: unknown backend '{b}'. Valid: {', '.join(families())}.")
+        if b not in available:
+            more = " Give the checkpoint (.pt) to also time torch." if b == "torch" else ""
+            raise UserError(f"--backends {b}: {model} is an {fmt.title} file, which only has the "
+                            f"{', '.join(available)} backend{'s' if len(available) > 1 else ''}.{more}")
+    return list(dict.fromkeys(chosen))
 
 
 def expand_providers(providers: Sequence[str] | None, device: str = "auto") -> tuple[list[str | None], list[str]]:
@@ -119,106 +138,127 @@ def expand_providers(providers: Sequence[str] | None, device: str = "auto") -> t
     return ordered, skipped
 
 
-def int8_sibling(path: Path) -> Path:
-    """best.pt / best.onnx -> best.int8.onnx (where `fgcli export --int8` writes it)."""
-    return path.with_name(f"{path.stem}.int8.onnx")
+def bench_model(model: str | Path, options: BenchOptions | None = None,
+                progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Benchmark any registered model file in every format it can take, side by side (see the module docstring).
 
-
-def bench_model(model: str | Path, backends: Sequence[str], batch_sizes: Sequence[int], *, img_size: int | None = None,
-                warmup: int = 3, iters: int = 20, threads: int | None = None, device: str = "auto",
-                providers: Sequence[str] | None = None, use_ema: bool = True,
-                progress: Callable[[str], None] | None = None, precisions: Sequence[str] | None = None,
-                checkpoint: str | Path | None = None, images: str | Path | None = None, max_images: int = 64,
-                verify: bool = False, min_agreement: float | None = None) -> BenchReport:
-    """Benchmark a checkpoint (torch, and onnxruntime on a temporary export) or an `.onnx` file, side by side.
-
-    Every backend gets the same seeded inputs and thread count: torch eager (a `.pt` MODEL, or `checkpoint` for an
-    `.onnx`), then for each provider of `providers` the fp32 file and `<stem>.int8.onnx` when it sits beside
-    MODEL; OpenVINO at each of `precisions` (default fp32 and bf16; bf16 only on CPUs with AVX-512 BF16 / AMX).
-    Each backend's top-1 and max |Δprob| are compared with the first one's on `images` (a folder; default:
-    seeded random inputs); `verify` records the backends outside the tolerance in `failures`.
+    Every backend gets the same seeded inputs and thread count: torch eager (a checkpoint MODEL, or
+    `checkpoint`), then for each provider of `providers` the ONNX file (MODEL, or a temporary export) and
+    `<stem>.int8.onnx` when it sits beside MODEL (OpenVINO through onnxruntime at each of `precisions`), then each
+    other format (MODEL, or a temporary file written from the ONNX one) at each precision it takes (default fp32
+    and bf16; bf16 only on CPUs with AVX-512 BF16 / AMX). Each backend's top-1 and max |Δprob| are compared with
+    the first one's on `images` (a folder; default: seeded random inputs); `verify` records the backends outside
+    the tolerance in `failures`. A format whose runtime is not installed is skipped with a note (an error when
+    named in `backends`).
     """
     import torch
 
-    from fgcli.inference import OPENVINO_EP, OPENVINO_INSTALL, check_precision, provider_name
+    from fgcli.inference import OPENVINO_EP, check_precision, provider_name
 
-    path = Path(model)
-    if not path.exists():
-        raise UserError(f"model file {path} does not exist. Give a checkpoint (.pt) or an exported .onnx file.")
-    ckpt = Path(checkpoint) if checkpoint is not None else (None if is_onnx(path) else path)
+    opts = options or BenchOptions()
+    fmt, path = resolve(model)
+    ckpt = Path(opts.checkpoint) if opts.checkpoint is not None else (path if fmt.heads else None)
     if ckpt is not None and not ckpt.is_file():
-        raise UserError(f"--checkpoint {ckpt} does not exist. Give the .pt the .onnx file was exported from.")
-    if checkpoint is not None and not is_onnx(path):
-        raise UserError("--checkpoint applies to an .onnx MODEL; a .pt MODEL is the checkpoint itself.")
-    threads = int(threads or torch.get_num_threads())
+        raise UserError(f"--checkpoint {ckpt} does not exist. Give the .pt the {fmt.title} file was exported "
+                        "from.")
+    if opts.checkpoint is not None and fmt.heads:
+        raise UserError("--checkpoint applies to an exported MODEL; a .pt MODEL is the checkpoint itself.")
+    backends = parse_backends(opts.backends, path, opts.checkpoint)
+    threads = int(opts.threads or torch.get_num_threads())
     torch.set_num_threads(threads)
-    wanted = list(dict.fromkeys(check_precision(p) for p in (precisions or PRECISIONS)))
-    groups, skipped = expand_providers(providers, device)
-    if precisions and set(wanted) - {"fp32"} and not any(g and provider_name(g) == OPENVINO_EP for g in groups):
-        raise UserError(f"--precision {','.join(precisions)}: bf16 runs on OpenVINO only; add openvino to "
-                        f"--providers ({OPENVINO_INSTALL}).")
+    wanted = list(dict.fromkeys(check_precision(p) for p in (opts.precisions or PRECISIONS)))
+    groups, skipped = expand_providers(opts.providers, opts.device)
     report = BenchReport(skipped=skipped)
+    others = [b for b in backends if b not in ("torch", "onnx")]
+    for family in list(others):
+        missing = variant(family, "fp32").missing_runtime()  # type: ignore[union-attr]
+        if missing is not None:
+            if opts.backends:
+                raise UserError(f"--backends {family}: {missing}.")
+            report.skipped.append(f"{family} ({missing})")
+            others.remove(family)
+    tunable = [b for b in others if "precision" in variant(b, "fp32").options]  # type: ignore[union-attr]
+    if opts.precisions and set(wanted) - {"fp32"} and not tunable and not any(
+            g and provider_name(g) == OPENVINO_EP for g in groups):
+        raise UserError(f"--precision {','.join(opts.precisions)}: bf16 runs on OpenVINO only; add openvino to "
+                        "--providers (pip install \"fgcli[openvino]\"), or time a format OpenVINO runs "
+                        "(--backends).")
     with tempfile.TemporaryDirectory(prefix="fgcli-bench-") as tmp:
         torch_pred = None
-        if ckpt is not None and ("torch" in backends or (not is_onnx(path) and "onnx" in backends)):
-            torch_pred = TorchPredictor(ckpt, device=device, threads=threads, use_ema=use_ema)
-        file_precision = "fp32"
-        if is_onnx(path):
-            fp32_path = path
-            info = _onnx_info(path)
+        if ckpt is not None and ("torch" in backends or (fmt.heads and backends != ["torch"])):
+            torch_pred = TorchPredictor(ckpt, device=opts.device, threads=threads, use_ema=opts.ema)
+        if fmt.heads:
+            assert torch_pred is not None
+            size = _torch_size(torch_pred, opts.img_size)
+            file_precision = "fp32"
+        else:
+            assert fmt.read_info is not None, f"the {fmt.title} format has no metadata reader"
+            info = fmt.read_info(path)
             file_precision = info.precision
-            size = _check_size(img_size, info.preprocess.img_size, path)
+            size = _check_size(opts.img_size, info.preprocess.img_size, path, fmt)
             if torch_pred is not None:
                 _check_source(info.source_sha256, ckpt, path)
-        else:
-            assert torch_pred is not None
-            size = _torch_size(torch_pred, img_size)
-            fp32_path = Path(tmp, "model.onnx")
-            if "onnx" in backends:
-                from fgcli.tasks.export_model import export_loaded
-
-                if progress is not None:
-                    progress("exporting to a temporary .onnx")
-                export_loaded(torch_pred.model.cpu(), torch_pred.info, fp32_path, img_size=size,
-                              temperature=torch_pred.fused.temperature)
-                torch_pred.model.to(torch_pred.torch_device)
+        files = _files(fmt, path, ["onnx", *others] if "onnx" in backends else others, torch_pred, size,
+                       Path(tmp), progress)
         targets: list[_Target] = []
         if torch_pred is not None and "torch" in backends:
             targets.append(_Target("torch", "fp32", lambda: torch_pred))
         if ckpt is None:
-            report.skipped.append("torch (an .onnx MODEL: give --checkpoint BEST.pt to time torch eager and use it "
-                                  "as the fp32 reference)")
+            report.skipped.append(f"torch (an {fmt.suffix} MODEL: give --checkpoint BEST.pt to time torch eager and "
+                                  "use it as the fp32 reference)")
         if "onnx" in backends:
-            int8: Path | None = int8_sibling(path)
-            if file_precision == "int8":  # MODEL is the int8 file itself
+            onnx_precision = file_precision if fmt.family == "onnx" else "fp32"
+            int8: Path | None = variant("onnx", "int8").path_for(path)  # type: ignore[union-attr]
+            if onnx_precision == "int8" or int8 == path:  # MODEL is the int8 file itself
                 int8 = None
             elif not int8.is_file():
                 report.skipped.append(f"int8 (no {int8.name} beside {path.name}: `fgcli export --int8` writes it)")
                 int8 = None
             for provider in groups:
-                targets += _onnx_targets(fp32_path, file_precision, int8, provider, device, threads, wanted,
-                                         report.skipped)
+                targets += _onnx_targets(files["onnx"], onnx_precision, int8, provider, opts.device, threads,
+                                         wanted, report.skipped)
+        for family in others:
+            precision = file_precision if fmt.family == family else "fp32"
+            targets += _format_targets(family, files[family], precision, opts.device, threads, wanted,
+                                       report.skipped)
         report.skipped = list(dict.fromkeys(report.skipped))
-        _run_targets(targets, report, batch_sizes, size, threads, warmup, iters, images, max_images, progress)
-    if verify:
-        report.failures = check_parity(report.rows, min_agreement)
+        _run_targets(targets, report, opts.batch_sizes, size, threads, opts.warmup, opts.iters, opts.images,
+                     opts.max_images, progress)
+    if opts.verify:
+        report.failures = check_parity(report.rows, opts.min_agreement)
     return report
 
 
-def _onnx_info(path: Path) -> Any:
-    """The ModelInfo in an `.onnx` file's metadata, read without starting a session."""
-    import onnx
+def _files(fmt: ModelFormat, path: Path, wanted: Sequence[str], torch_pred: Any, size: int, tmp: Path,
+           progress: Callable[[str], None] | None) -> dict[str, Path]:
+    """MODEL and every family of `wanted` written from it into `tmp` (sources first): family -> file."""
+    files = {fmt.family: path}
+    if fmt.heads:  # a checkpoint: the other formats start from its model
+        job = ExportJob(info=torch_pred.info, options=ExportOptions(), model=torch_pred.model.cpu(), img_size=size,
+                        temperature=torch_pred.fused.temperature, quiet=True)
+    else:
+        job = ExportJob(info=fmt.read_info(path), options=ExportOptions(), quiet=True)  # type: ignore[misc]
+    job.written = {variant(family, "fp32").name: file for family, file in files.items()}  # type: ignore[union-attr]
 
-    from fgcli.modelinfo import ModelInfo, get_metadata
+    def write(family: str) -> Path:
+        if family in files:
+            return files[family]
+        target = variant(family, "fp32")
+        assert target is not None and target.write is not None and target.source is not None
+        write(target.source)
+        out = tmp / f"model{target.suffix}"
+        if progress is not None:
+            progress(f"writing a temporary {target.title} file")
+        target.write(job, out)
+        job.written[target.name] = out
+        files[family] = out
+        return out
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        if not proto.graph.node:  # an empty file parses as an empty model
-            raise ValueError("no graph")
-    except Exception as e:
-        raise UserError(f"cannot read {path} as an ONNX model ({type(e).__name__}); the file may be truncated or "
-                        "corrupt. Re-export it with `fgcli export CHECKPOINT --onnx`.") from e
-    return ModelInfo.from_props(get_metadata(proto), source=str(path))
+    for family in wanted:
+        write(family)
+    if fmt.heads:
+        torch_pred.model.to(torch_pred.torch_device)
+    return files
 
 
 def _torch_size(torch_pred: Any, img_size: int | None) -> int:
@@ -242,8 +282,9 @@ def _check_source(source_sha256: str, ckpt: Path | None, path: Path) -> None:
 
 def _onnx_targets(fp32_path: Path, file_precision: str, int8_path: Path | None, provider: str | None, device: str,
                   threads: int, precisions: Sequence[str], skipped: list[str]) -> list[_Target]:
-    """The backends of one provider: MODEL's file (at each precision on OpenVINO), then the int8 file."""
-    from fgcli.inference import OPENVINO_EP, bf16_supported, provider_name
+    """The ONNX backends of one onnxruntime provider: MODEL's file (at each precision on OpenVINO), then the int8
+    file."""
+    from fgcli.inference import OPENVINO_EP, provider_name
 
     chosen = [provider] if provider else None
     if provider is None or provider_name(provider) != OPENVINO_EP:
@@ -254,22 +295,44 @@ def _onnx_targets(fp32_path: Path, file_precision: str, int8_path: Path | None, 
         if int8_path is not None:
             targets.append(_Target("onnx", "int8", make(int8_path)))
         return targets
-    runnable = []
-    for precision in precisions:
-        if precision == "bf16" and not bf16_supported():
-            skipped.append("openvino bf16 (this CPU has neither AVX-512 BF16 nor AMX)")
-            precision = "fp32"
-        runnable.append(precision)
 
     def make_ov(file: Path, precision: str) -> Callable[[], Predictor]:
         return lambda: OnnxPredictor(file, providers=[OPENVINO_EP], threads=threads, precision=precision)
 
     if file_precision == "int8":  # MODEL is an int8 file: int8 kernels, the float layers at fp32
-        return [_Target("openvino", "int8", make_ov(fp32_path, "fp32"))]
-    targets = [_Target("openvino", p, make_ov(fp32_path, p)) for p in dict.fromkeys(runnable)]
+        return [_Target("onnx", "int8", make_ov(fp32_path, "fp32"))]
+    targets = [_Target("onnx", p, make_ov(fp32_path, p)) for p in _runnable(precisions, "onnx OpenVINO", skipped)]
     if int8_path is not None:  # int8 kernels; the layers left in float run at fp32
-        targets.append(_Target("openvino", "int8", make_ov(int8_path, "fp32")))
+        targets.append(_Target("onnx", "int8", make_ov(int8_path, "fp32")))
     return targets
+
+
+def _format_targets(family: str, file: Path, file_precision: str, device: str, threads: int,
+                    precisions: Sequence[str], skipped: list[str]) -> list[_Target]:
+    """The backends of another format's file: at each precision its runtime takes (fp32 only otherwise)."""
+    fmt = variant(family, "fp32")
+    assert fmt is not None
+    where = "cpu" if fmt.cpu_only else device
+
+    def make(precision: str) -> Callable[[], Predictor]:
+        return lambda: fmt.load(file, LoadOptions(device=where, threads=threads, precision=precision))
+
+    if file_precision != "fp32" or "precision" not in fmt.options:
+        return [_Target(family, file_precision, make("fp32"))]
+    return [_Target(family, p, make(p)) for p in _runnable(precisions, family, skipped)]
+
+
+def _runnable(precisions: Sequence[str], what: str, skipped: list[str]) -> list[str]:
+    """The precisions this CPU runs (bf16 only with AVX-512 BF16 / AMX; otherwise a skipped note and fp32)."""
+    from fgcli.inference import bf16_supported
+
+    runnable = []
+    for precision in precisions:
+        if precision == "bf16" and not bf16_supported():
+            skipped.append(f"{what} bf16 (this CPU has neither AVX-512 BF16 nor AMX)")
+            precision = "fp32"
+        runnable.append(precision)
+    return list(dict.fromkeys(runnable))
 
 
 def _parity_inputs(predictor: Predictor, size: int, images: str | Path | None,
@@ -296,7 +359,7 @@ def _run_targets(targets: Sequence[_Target], report: BenchReport, batch_sizes: S
                  threads: int, warmup: int, iters: int, images: str | Path | None, max_images: int,
                  progress: Callable[[str], None] | None) -> None:
     """Time each target in turn (one session alive at a time) and compare its outputs with the first one's."""
-    from fgcli.inference import CPU_EP, softmax
+    from fgcli.inference import softmax
 
     reference: np.ndarray | None = None
     inputs: np.ndarray | None = None
@@ -311,27 +374,12 @@ def _run_targets(targets: Sequence[_Target], report: BenchReport, batch_sizes: S
         if reference is None:
             reference = probs
         parity = compare_probs(reference, probs, report.parity_inputs)
-        if isinstance(predictor, OnnxPredictor) and predictor.provider != CPU_EP:
-            report.notes.append(f"{target.label}: {predictor.placement_line()}")
-        labelled = _Labelled(predictor, target.backend)
-        for row in bench_predictor(labelled, batch_sizes, size, threads, warmup, iters, progress=progress):
-            report.rows.append(replace(row, precision=target.precision, agreement=100.0 * parity.top1_agreement,
-                                       max_dprob=parity.max_abs_dprob))
-        del predictor, labelled
-
-
-class _Labelled(Predictor):
-    """A Predictor shown under another backend name (openvino rather than onnx)."""
-
-    def __init__(self, inner: Predictor, backend: str) -> None:
-        self.inner, self.backend, self.info, self.fixed_batch = inner, backend, inner.info, inner.fixed_batch
-
-    @property
-    def device(self) -> str:
-        return self.inner.device
-
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.inner.run(images)
+        if getattr(predictor, "mixed", False):
+            report.notes.append(f"{target.label}: {predictor.placement_line()}")  # type: ignore[attr-defined]
+        for row in bench_predictor(predictor, batch_sizes, size, threads, warmup, iters, progress=progress):
+            report.rows.append(replace(row, backend=target.backend, precision=target.precision,
+                                       agreement=100.0 * parity.top1_agreement, max_dprob=parity.max_abs_dprob))
+        del predictor
 
 
 def check_parity(rows: Sequence[BenchRow], min_agreement: float | None = None) -> list[str]:
@@ -349,10 +397,11 @@ def check_parity(rows: Sequence[BenchRow], min_agreement: float | None = None) -
     return list(failures.values())
 
 
-def _check_size(requested: int | None, exported: int, path: Path) -> int:
+def _check_size(requested: int | None, exported: int, path: Path, fmt: ModelFormat) -> int:
     if requested is not None and requested != exported:
         raise UserError(f"--img-size {requested}: {path} was exported for {exported}x{exported} inputs. Re-export "
-                        f"with `fgcli export CHECKPOINT --onnx --img-size {requested}` or drop --img-size.")
+                        f"with `fgcli export CHECKPOINT --format {fmt.family} --img-size {requested}` or drop "
+                        "--img-size.")
     return exported
 
 
@@ -393,8 +442,8 @@ def relative_speed(rows: Sequence[BenchRow]) -> list[float | None]:
 
 
 def _label(r: BenchRow) -> str:
-    """The table's backend cell: 'torch cpu', 'onnx CPU', 'onnx CUDA', 'openvino'."""
-    device = r.device.removeprefix("onnxruntime ").removeprefix("torch ").replace("ExecutionProvider", "")
+    """The table's backend cell: the format and where it ran ('torch cpu', 'onnx CPU', 'onnx OpenVINO')."""
+    device = r.device.removeprefix("onnxruntime ").removeprefix(f"{r.backend} ").replace("ExecutionProvider", "")
     device = device.split(" (")[0]
     return r.backend if device.lower() == r.backend.lower() else f"{r.backend} {device}"
 

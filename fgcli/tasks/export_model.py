@@ -1,124 +1,121 @@
-"""`fgcli export --onnx`: checkpoint -> fp32 ONNX file with metadata -> checker -> parity check against torch,
-plus optional fp16 and int8 variants (each verified, int8 also judged on the validation split and timed)."""
+"""`fgcli export CHECKPOINT --format ...`: the checkpoint's fused model written in each format asked
+(`fgcli.formats`): the fp32 ONNX graph first (every other format is written from it; kept only when asked),
+then the others and their `--fp16` / `--int8` variants. Each file is loaded by its format's predictor and checked
+against torch with the one parity function and its format's tolerance (`fgcli.parity`); the int8 file is judged
+by its writer on the validation split."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fgcli import __version__
 from fgcli.config import to_dict
-from fgcli.console import log, track
+from fgcli.console import log
 from fgcli.errors import UserError
-from fgcli.formats.onnx.torch_to_onnx import DEFAULT_EXPORTER, check_graph, export_graph, save_model
-from fgcli.modelinfo import ModelInfo, Preprocess, set_metadata, sha256_file
-from fgcli.parity import Parity, check, compare, compare_probs
+from fgcli.formats import ExportJob, ModelFormat, families, format_of, get_format, stem, variant
+from fgcli.modelinfo import ModelInfo, Preprocess, sha256_file
+from fgcli.options import ExportOptions, LoadOptions
+from fgcli.parity import Parity, check, compare
 
-CALIB_METHODS = ("minmax", "percentile", "entropy")
-
-
-@dataclass
-class ExportOptions:
-    """Everything `fgcli export` can be asked for (None = the checkpoint's / exporter's default)."""
-
-    out: Path | None = None  # the fp32 file; variants go beside it as <stem>.fp16.onnx / <stem>.int8.onnx
-    opset: int | None = None
-    img_size: int | None = None
-    dynamic_batch: bool = True
-    fp16: bool = False
-    int8: bool = False
-    verify: bool = True
-    use_ema: bool = True
-    exporter: str = DEFAULT_EXPORTER
-    calibration: bool = True  # probs divided by the checkpoint's fitted temperature (when it has one)
-    tta: str | None = None  # "flip": the graph also runs the mirrored image and averages the probabilities
-    providers: list[str] | None = None
-    device: str = "cpu"  # where onnxruntime verifies (cpu keeps the fp32 tolerance meaningful)
-    threads: int | None = None
-    verify_images: int = 16
-    calib_images: int = 128
-    calib_method: str = "percentile"
-    int8_eval_images: int | None = None  # None = the whole validation split
-    # int8 losing more than this many top-1 points on the validation split: keep the first weight layers in fp32
-    # (1, 2, 4, ... from the input) until it does not; None = quantize once, never search
-    int8_max_drop: float | None = 0.5
-    bench_batches: tuple[int, ...] = (1, 8)
-    bench_iters: int = 10
-
-
-@dataclass
-class Int8Report:
-    """How the int8 file compares with the fp32 one."""
-
-    mode: str  # static | dynamic
-    calibration: str
-    quantized_layers: int
-    weight_layers: int
-    eval_source: str
-    num_images: int
-    top1_fp32: float | None  # percent, when labels are available
-    top1_int8: float | None
-    agreement: float  # top-1 agreement int8 vs fp32, fraction
-    fp32_first: int = 0  # the first weight layers (from the input) kept in fp32, chosen on the validation split
-    tried: list[tuple[int, float]] = field(default_factory=list)  # (fp32_first, top-1 change) of each try
-    latency_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (fp32, int8) median ms
-
-    @property
-    def top1_change(self) -> float | None:
-        return None if self.top1_fp32 is None or self.top1_int8 is None else self.top1_int8 - self.top1_fp32
-
-    def speedup(self, batch: int) -> float:
-        fp32, int8 = self.latency_ms[batch]
-        return fp32 / int8
+__all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "plan_formats", "scaled_preprocess"]
 
 
 @dataclass
 class ExportResult:
-    """The files written and what was checked."""
+    """The files written and what was checked, by format name (fgcli.formats: onnx, onnx-fp16, ...)."""
 
     info: ModelInfo
-    files: dict[str, Path]  # precision -> path
-    sizes: dict[str, int]
-    parity: dict[str, Parity] = field(default_factory=dict)
-    int8: Int8Report | None = None
-    provider: str = ""
+    files: dict[str, Path] = field(default_factory=dict)  # format name -> its file (in writing order)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes, companions (an IR's .bin) included
+    parity: dict[str, Parity] = field(default_factory=dict)  # against torch, where verified
+    reports: dict[str, Any] = field(default_factory=dict)  # what a writer reports (the int8 search: Int8Report)
+    devices: dict[str, str] = field(default_factory=dict)  # where each file's check ran, in words
     seconds: float = 0.0
 
+    @property
+    def int8(self) -> Any:
+        """The int8 file's report (fgcli.formats.onnx.int8.Int8Report), or None."""
+        return self.reports.get("onnx-int8")
 
-def variant_path(fp32_path: Path, precision: str) -> Path:
-    """best.onnx -> best.fp16.onnx / best.int8.onnx."""
-    return fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
-
-
-def export_loaded(model: Any, info: ModelInfo, out: str | Path, *, img_size: int, dynamic_batch: bool = True,
-                  exporter: str = DEFAULT_EXPORTER, opset: int | None = None, temperature: float = 1.0,
-                  tta: str | None = None) -> Any:
-    """Export a built Method to `out` with `info` as metadata; returns the checked fp32 ModelProto.
-    `temperature` / `tta`: see `export_graph` (and `calibration_metadata` for what the metadata says)."""
-    exported = export_graph(model, img_size, dynamic_batch=dynamic_batch, exporter=exporter, opset=opset,
-                            temperature=temperature, tta=tta)
-    proto = exported.proto
-    info.extra.update(exporter=exported.exporter, opset=str(exported.opset), dynamic_batch=str(dynamic_batch).lower())
-    _stamp(proto, info)
-    check_graph(proto)
-    save_model(proto, out)
-    return proto
+    def check_line(self, name: str) -> str:
+        """What was checked for the file of format `name`, in one line."""
+        if name in self.reports and hasattr(self.reports[name], "line"):
+            return self.reports[name].line()
+        parity = self.parity.get(name)
+        return parity.line() if parity is not None else "not verified"
 
 
-def _stamp(proto: Any, info: ModelInfo) -> None:
-    set_metadata(proto, info)
-    proto.producer_name = "fgcli"
-    proto.producer_version = __version__
-    proto.doc_string = (f"fgcli {info.method} on {info.backbone}, {len(info.classes)} classes, {info.precision}: "
-                        "input 'images' N x 3 x H x W normalised; outputs 'logits', 'probs'.")
+def plan_formats(opts: ExportOptions) -> list[ModelFormat]:
+    """The formats to write, as asked (families or format names) plus their `--fp16` / `--int8` variants; one line
+    for an unknown name, the checkpoint itself, or a variant none of the chosen formats has."""
+    writable = [f.name for f in _writable()]
+    if not opts.format:
+        raise UserError(f"choose an export format: --format {' | '.join(dict.fromkeys(f.family for f in _writable()))}"
+                        " (--onnx is --format onnx), e.g. `fgcli export best.pt --format onnx`.")
+    chosen: list[ModelFormat] = []
+    for name in opts.format:
+        key = name.strip().lower()
+        fmt = variant(key, "fp32") if key in families() else None
+        fmt = fmt or get_format(key)
+        if fmt.write is None:
+            raise UserError(f"--format {name}: the {fmt.title} is what `fgcli export` starts from, not a format it "
+                            f"writes; choose from {', '.join(writable)}.")
+        chosen.append(fmt)
+    for flag, precision in (("--fp16", "fp16"), ("--int8", "int8")):
+        if not getattr(opts, precision):
+            continue
+        found = [v for f in chosen if (v := variant(f.family, precision)) is not None and v.write is not None]
+        if not found:
+            holders = sorted({f.family for f in _writable() if f.precision == precision})
+            raise UserError(f"{flag}: the {' / '.join(dict.fromkeys(f.title for f in chosen))} format holds no "
+                            f"{precision} variant; {precision} is in the {', '.join(holders)} format (--format "
+                            f"{holders[0] if holders else '...'} {flag}).")
+        chosen += found
+    return list(dict.fromkeys(chosen))
+
+
+def _writable() -> list[ModelFormat]:
+    from fgcli.formats import list_formats
+
+    return [f for f in list_formats() if f.write is not None]
+
+
+def _with_sources(chosen: list[ModelFormat]) -> list[ModelFormat]:
+    """`chosen` with the formats their writers start from, sources first (the fp32 ONNX graph before the rest)."""
+    ordered: list[ModelFormat] = []
+
+    def add(fmt: ModelFormat) -> None:
+        if fmt in ordered:
+            return
+        if fmt.source is not None and fmt.source != "torch":
+            source = variant(fmt.source, "fp32")
+            if source is None:
+                raise UserError(f"the {fmt.title} format starts from the {fmt.source} format, which is not "
+                                "registered.")
+            add(source)
+        ordered.append(fmt)
+
+    for fmt in chosen:
+        add(fmt)
+    return ordered
+
+
+def out_paths(checkpoint: Path, chosen: list[ModelFormat], out: Path | None) -> dict[str, Path]:
+    """Each chosen format's file: `out` for the first (it must end in that format's suffix), the others beside it
+    under the same stem (default: beside the checkpoint, e.g. best.pt -> best.onnx, best.int8.onnx)."""
+    first = chosen[0]
+    if out is not None and not out.name.lower().endswith(first.suffix):
+        raise UserError(f"--out {out} must end in {first.suffix} (the {first.title} file; the other formats go "
+                        "beside it under the same name).")
+    base = out if out is not None else checkpoint
+    return {f.name: base.with_name(stem(base) + f.suffix) for f in chosen}
 
 
 def scaled_preprocess(pre: Preprocess, img_size: int) -> Preprocess:
@@ -130,90 +127,92 @@ def scaled_preprocess(pre: Preprocess, img_size: int) -> Preprocess:
 
 
 def export_checkpoint(checkpoint: str | Path, options: ExportOptions | None = None) -> ExportResult:
-    """Export a checkpoint's fused model to ONNX (see ExportOptions), verify it, and write the variants.
+    """Export a checkpoint's fused model in each format of `options` (see ExportOptions), and check every file.
 
-    All or nothing: every file is written and checked under a hidden temp name beside its final one and renamed
-    into place only when the whole export succeeded; an error or Ctrl-C leaves no new file and keeps older ones.
+    All or nothing: every file is written and checked under a hidden temp name beside its final one (a format's
+    companion files too) and renamed into place only when the whole export succeeded; an error or Ctrl-C leaves
+    no new file and keeps older ones. Formats only needed as a source (the fp32 ONNX graph of an IR-only export)
+    are written to a temporary folder and dropped.
     """
-    staged: dict[Path, Path] = {}
+    opts = options or ExportOptions()
+    staged: dict[Path, tuple[Path, ModelFormat]] = {}
 
-    def stage(final: Path) -> Path:
+    def stage(final: Path, fmt: ModelFormat) -> Path:
         if final not in staged:
-            staged[final] = final.with_name(f".{final.stem}.partial-{os.getpid()}.onnx")
-        return staged[final]
+            staged[final] = (final.with_name(f".{stem(final)}.partial-{os.getpid()}{fmt.suffix}"), fmt)
+        return staged[final][0]
+
+    def parts(path: Path, fmt: ModelFormat) -> list[Path]:
+        return [path.with_name(stem(path) + end) for end in fmt.companions] + [path]
 
     try:
-        result = _export_checkpoint(checkpoint, options or ExportOptions(), stage)
-        for final, temp in staged.items():
-            os.replace(temp, final)
+        with tempfile.TemporaryDirectory(prefix="fgcli-export-") as tmp:
+            result = _export_checkpoint(Path(checkpoint), opts, stage, Path(tmp))
+        for final, (temp, fmt) in staged.items():
+            for src, dst in zip(parts(temp, fmt), parts(final, fmt), strict=True):  # companions before the main file
+                os.replace(src, dst)
         return result
     finally:
-        for temp in staged.values():
-            temp.unlink(missing_ok=True)
+        for temp, fmt in staged.values():
+            for part in parts(temp, fmt):
+                part.unlink(missing_ok=True)
 
 
-def _export_checkpoint(checkpoint: str | Path, opts: ExportOptions, stage: Any) -> ExportResult:
+def _export_checkpoint(path: Path, opts: ExportOptions, stage: Any, tmp: Path) -> ExportResult:
     t0 = time.perf_counter()
-    path = Path(checkpoint)
-    if opts.calib_method not in CALIB_METHODS:
-        raise UserError(f"--calib-method {opts.calib_method}: choose one of {', '.join(CALIB_METHODS)}.")
-    if path.suffix.lower() == ".onnx":
-        raise UserError(f"{path} is already an ONNX file; `fgcli export` takes the training checkpoint (.pt).")
+    given = format_of(path)
+    if not given.heads:
+        raise UserError(f"{path} is an {given.title} file; `fgcli export` takes the training checkpoint (.pt) it "
+                        "came from.")
+    chosen = plan_formats(opts)
+    for fmt in chosen:
+        fmt.check_runtime(f"--format {fmt.family}")
+    finals = out_paths(path, chosen, opts.out)
     torch_pred, cfg = _load_for_export(path, opts)
     info, pre = torch_pred.info, torch_pred.info.preprocess
-    fp32_path = Path(opts.out) if opts.out is not None else path.with_suffix(".onnx")
-    if fp32_path.suffix.lower() != ".onnx":
-        raise UserError(f"--out {fp32_path} must end in .onnx.")
-    dataset = None
-    if opts.verify or opts.int8:
+    job = ExportJob(info=info, options=opts, model=torch_pred.model, img_size=pre.img_size,
+                    temperature=torch_pred.fused.temperature, tta=torch_pred.tta, data_where=cfg.data.path)
+    if opts.verify or any(f.needs_data for f in chosen):
         from fgcli.data.select import reachable_run_data
 
-        dataset = reachable_run_data(cfg)
-    if opts.int8:
-        check_int8_data(dataset, opts, cfg.data.path)
+        job.dataset = reachable_run_data(cfg)
+    for fmt in chosen:
+        if fmt.check is not None:
+            fmt.check(job)
     log.info(f"exporting {info.method} / {info.backbone} ({info.extra['weights']} weights, {len(info.classes)} "
              f"classes) at {pre.img_size}x{pre.img_size}, {'dynamic' if opts.dynamic_batch else 'static'} batch, "
-             f"exporter: {opts.exporter}")
-    proto = export_loaded(torch_pred.model, info, stage(fp32_path), img_size=pre.img_size,
-                          dynamic_batch=opts.dynamic_batch, exporter=opts.exporter, opset=opts.opset,
-                          temperature=torch_pred.fused.temperature, tta=torch_pred.tta)
-    result = ExportResult(info=info, files={"fp32": fp32_path}, sizes={"fp32": stage(fp32_path).stat().st_size})
-    log.info(f"wrote {fp32_path} ({result.sizes['fp32'] / 1e6:.1f} MB, opset {info.extra['opset']}); "
-             "onnx.checker passed")
-
+             f"exporter: {opts.exporter}, formats: {', '.join(f.name for f in chosen)}")
     samples = None
     if opts.verify:
         from fgcli.data.rundata import load_batches
 
         # a pass / fail check of the numerics: any real images do, and the test split stays untouched
-        samples = load_batches(dataset, ("val", "train"), pre, opts.verify_images, where=cfg.data.path)
-
-    fp32_pred = _session(stage(fp32_path), opts)
-    result.provider = fp32_pred.provider
-    log.info(f"onnxruntime loads {fp32_path.name} on {fp32_pred.provider}")
-    if samples is not None:
-        result.parity["fp32"] = _verify(torch_pred, fp32_pred, samples, "fp32", fp32_path)
-    if opts.fp16:
-        _write_fp16(proto, info, fp32_path, stage, opts, result, torch_pred, samples)
-    if opts.int8:
-        int8_path = variant_path(fp32_path, "int8")
-        result.int8 = _export_int8(proto, info, fp32_pred, stage(int8_path), dataset, pre, opts, cfg.data.path,
-                                   shown=int8_path)
-        result.files["int8"] = int8_path
-        result.sizes["int8"] = stage(int8_path).stat().st_size
+        samples = load_batches(job.dataset, ("val", "train"), pre, opts.verify_images, where=cfg.data.path)
+    result = ExportResult(info=info)
+    for fmt in _with_sources(chosen):
+        final = finals.get(fmt.name)
+        target = stage(final, fmt) if final is not None else tmp / f"model{fmt.suffix}"
+        if final is not None:
+            job.shown[target] = final
+        report = fmt.write(job, target)
+        job.written[fmt.name] = target
+        if final is None:
+            continue
+        result.files[fmt.name] = final
+        result.sizes[fmt.name] = sum(p.stat().st_size for p in [target] + [
+            target.with_name(stem(target) + end) for end in fmt.companions])
+        if report is not None:
+            result.reports[fmt.name] = report
+            continue
+        predictor = fmt.load(target, LoadOptions(device=opts.device, threads=opts.threads, providers=(
+            opts.providers if "providers" in fmt.options else None)))
+        job.cache[f"{fmt.name}-predictor"] = predictor
+        result.devices[fmt.name] = predictor.device
+        log.info(f"{final.name} loads on {predictor.device}")
+        if samples is not None:
+            result.parity[fmt.name] = _verify(torch_pred, predictor, samples, fmt, final)
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def check_int8_data(dataset: Any | None, opts: ExportOptions, where: str) -> None:
-    """The int8 search (`int8_max_drop`) chooses on the run's val split, never on test: refuse it when the
-    run's data is here but has no val split (checked before anything is written)."""
-    if dataset is None or opts.int8_max_drop is None or dataset.splits.get("val"):
-        return
-    raise UserError(f"--int8: the run's data ({where}) has no val split, and --int8-max-drop chooses on val images "
-                    "only, never on test; a val split carved from train now would hold training images. Train with "
-                    "one (`fgcli prepare-data --val-fraction 0.1`, or --set data.val_fraction=0.1) and export that "
-                    "run.")
 
 
 def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
@@ -221,7 +220,7 @@ def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
     from fgcli.engine.checkpoint import load_model
     from fgcli.inference import TorchPredictor
 
-    loaded = load_model(path, device="cpu", use_ema=opts.use_ema)
+    loaded = load_model(path, device="cpu", use_ema=opts.ema)
     size = _input_size(loaded.model, loaded.preprocess, opts.img_size)
     ckpt, cfg = loaded.checkpoint, loaded.config
     info = ModelInfo.from_checkpoint(ckpt, classes=loaded.classes, preprocess=scaled_preprocess(loaded.preprocess, size),
@@ -263,21 +262,6 @@ def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None
     return out
 
 
-def _write_fp16(proto: Any, info: ModelInfo, fp32_path: Path, stage: Any, opts: ExportOptions,
-                result: ExportResult, torch_pred: Any, samples: Any) -> None:
-    from fgcli.formats.onnx.fp16 import convert_fp16
-
-    fp16_path = variant_path(fp32_path, "fp16")
-    proto16 = convert_fp16(proto)
-    _stamp(proto16, dataclasses.replace(info, precision="fp16", extra=dict(info.extra)))
-    check_graph(proto16, "the fp16 graph")
-    result.sizes["fp16"] = save_model(proto16, stage(fp16_path))
-    result.files["fp16"] = fp16_path
-    log.info(f"wrote {fp16_path} ({result.sizes['fp16'] / 1e6:.1f} MB)")
-    if samples is not None:
-        result.parity["fp16"] = _verify(torch_pred, _session(stage(fp16_path), opts), samples, "fp16", fp16_path)
-
-
 def _input_size(model: Any, pre: Preprocess, requested: int | None) -> int:
     fixed = getattr(model, "input_size", None)
     size = requested or pre.img_size
@@ -289,166 +273,10 @@ def _input_size(model: Any, pre: Preprocess, requested: int | None) -> int:
     return int(size)
 
 
-def _session(path: Path, opts: ExportOptions) -> Any:
-    from fgcli.inference import OnnxPredictor
-
-    return OnnxPredictor(path, providers=opts.providers, device=opts.device, threads=opts.threads)
-
-
-def _verify(torch_pred: Any, pred: Any, samples: Any, precision: str, path: Path) -> Parity:
+def _verify(torch_pred: Any, pred: Any, samples: Any, fmt: ModelFormat, path: Path) -> Parity:
     """The exported file's probabilities against the torch model's, on the same inputs."""
     parity = compare(lambda x: torch_pred(x)[1], lambda x: pred(x)[1], samples.stacked(), samples.source)
-    log.info(f"verify {precision}: {parity.line()}")
-    check(parity, precision, str(path), hint="try --exporter torchscript, or report it with --debug."
-          if precision == "fp32" else "")
+    log.info(f"verify {fmt.name}: {parity.line()}")
+    check(parity, fmt.precision, str(path), hint="try --exporter torchscript, or report it with --debug."
+          if fmt.precision == "fp32" else "")
     return parity
-
-
-def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, dataset: Any, pre: Preprocess,
-                 opts: ExportOptions, where: str, shown: Path | None = None) -> Int8Report:
-    calib = _calibration_batches(dataset, pre, opts, where)
-    scored: dict[str, Any] = {}
-    report, keep, tried = None, 0, []
-    for keep in _keep_steps(0):
-        quant = _quantize(proto, info, int8_path, calib, opts, shown, keep)
-        report = _judge_int8(fp32_pred, _session(int8_path, opts), dataset, pre, opts, where, quant, scored)
-        change = report.top1_change
-        tried.append((keep, change))
-        if (change is None or opts.int8_max_drop is None or change >= -opts.int8_max_drop
-                or keep >= quant.weight_layers // 2):
-            break
-        log.info(f"int8: {-change:.2f} top-1 points lost on the {report.eval_source} (more than "
-                 f"{opts.int8_max_drop:g}); trying again with more of the first weight layers in fp32")
-    assert report is not None
-    best_keep, _ = max(tried, key=lambda t: (t[1], -t[0])) if tried[-1][1] is not None else tried[-1]
-    if best_keep != keep:  # no try within the limit: the best one (fewest fp32 layers among equals)
-        quant = _quantize(proto, info, int8_path, calib, opts, shown, best_keep)
-        report = _judge_int8(fp32_pred, _session(int8_path, opts), dataset, pre, opts, where, quant, scored)
-    report.tried = tried
-    int8_pred = _session(int8_path, opts)
-    report.latency_ms = _time_pair(fp32_pred, int8_pred, pre, opts)
-    change = report.top1_change
-    log.info("int8: " + (f"top-1 {report.top1_fp32:.2f}% -> {report.top1_int8:.2f}% ({change:+.2f} points), "
-                         if change is not None else "")
-             + f"agreement with fp32 {100 * report.agreement:.2f}% on {report.num_images} images"
-             + (f", first {report.fp32_first} weight layers in fp32" if report.fp32_first else "")
-             + "; speed-up " + ", ".join(f"{report.speedup(b):.2f}x at batch {b}" for b in report.latency_ms))
-    if change is not None and opts.int8_max_drop is not None and change < -opts.int8_max_drop:
-        log.warning(f"int8 loses {-change:.2f} top-1 points on the {report.eval_source}; prefer the fp32 file "
-                    f"{info.method}")
-    return report
-
-
-def _keep_steps(start: int) -> Any:
-    """How many of the first weight layers to keep in fp32 on each try: 0, 1, 2, 4, 8, ..."""
-    yield start
-    step = 1
-    while True:
-        yield step
-        step *= 2
-
-
-def _calibration_batches(dataset: Any, pre: Preprocess, opts: ExportOptions, where: str) -> Any:
-    """`calib_images` images of the run's train split only (evenly spread over it), or None (no data)."""
-    from fgcli.data.rundata import first_split, load_batches
-
-    if dataset is not None and first_split(dataset, ("train",)):
-        calib = load_batches(dataset, ("train",), pre, opts.calib_images, where=where)
-        log.info(f"int8: calibrating on {calib.count} {calib.source} ({opts.calib_method})")
-        return calib
-    log.warning("int8: no training images to calibrate on (the run's data is not reachable); using dynamic "
-                "quantization (MatMul / Gemm weights only), which speeds up CNNs little")
-    return None
-
-
-def _quantize(proto: Any, info: ModelInfo, int8_path: Path, calib: Any, opts: ExportOptions, shown: Path | None,
-              keep_first: int = 0) -> Any:
-    """Quantize (static, calibrated on `calib`, else dynamic) and write the int8 file."""
-    from fgcli.formats.onnx.quantize import quantize_int8
-
-    quant = quantize_int8(proto, calib.images if calib else None, calib.source if calib else "",
-                          method=opts.calib_method, keep_first=keep_first)
-    # int8_calibration*: the activation ranges' images and method (`calibration` is the temperature fit's)
-    extra = dict(info.extra, quantization=quant.mode, int8_calibration=quant.calibration,
-                 int8_calibration_method=opts.calib_method if calib else "",
-                 quantized_layers=f"{quant.quantized_layers}/{quant.weight_layers}",
-                 fp32_first_layers=str(quant.fp32_first))
-    _stamp(quant.model, dataclasses.replace(info, precision="int8", extra=extra))
-    check_graph(quant.model, "the int8 graph")
-    save_model(quant.model, int8_path)
-    log.info(f"wrote {shown or int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB, {quant.mode}, "
-             f"{quant.quantized_layers}/{quant.weight_layers} weight layers in int8"
-             + (f", the first {quant.fp32_first} in fp32" if quant.fp32_first else "") + ")")
-    return quant
-
-
-class _Recorded:
-    """A predictor that also keeps its probabilities (for the int8 / fp32 parity)."""
-
-    def __init__(self, predictor: Any) -> None:
-        self.predictor, self.probs = predictor, []
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = self.predictor(images)
-        self.probs.append(probs)
-        return logits, probs
-
-
-def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, opts: ExportOptions, where: str,
-                quant: Any, scored: dict[str, Any] | None = None) -> Int8Report:
-    """Top-1 of both files on the run's val split with `evaluate()`, and their agreement; random inputs
-    (agreement only) when the data is not reachable or has no val split (never the test split: the search
-    chooses on this). `scored` keeps the fp32 file's score between calls."""
-    from fgcli.data.rundata import first_split, iter_split, load_batches
-    from fgcli.engine.evaluate import evaluate
-
-    split = first_split(dataset, ("val",)) if dataset is not None else None
-    if dataset is not None and split is None:
-        log.info("int8: the run's data has no val split; comparing with fp32 on random inputs only (the test "
-                 "split is never used)")
-    if split is not None:
-        def batches() -> Any:
-            return iter_split(dataset, split, pre, batch_size=16, limit=opts.int8_eval_images)
-        source = f"{split} split of {where}"
-        count = len(dataset.split(split))
-        total = -(-min(opts.int8_eval_images or count, count) // 16)
-    else:
-        random = load_batches(None, (), pre, opts.verify_images)
-
-        def batches() -> Any:
-            return ((x, np.zeros(len(x), dtype=np.int64)) for x in random.images)
-        source, total = random.source, len(random.images)
-    log.info(f"int8: comparing with fp32 on the {source}")
-    scored = {} if scored is None else scored
-    num_classes = len(fp32_pred.info.classes)
-    if "fp32" not in scored:
-        rec32 = _Recorded(fp32_pred)
-        scored["fp32"] = (evaluate(rec32, track(batches(), "int8: scoring the fp32 file", total),
-                                   num_classes).result(), rec32)
-    res32, rec32 = scored["fp32"]
-    rec8 = _Recorded(int8_pred)
-    res8 = evaluate(rec8, track(batches(), "int8: scoring the int8 file", total), num_classes).result()
-    n = res32.num_samples
-    parity = compare_probs(np.concatenate(rec32.probs), np.concatenate(rec8.probs), source) if n else None
-    labelled = split is not None and n > 0
-    return Int8Report(mode=quant.mode, calibration=quant.calibration, quantized_layers=quant.quantized_layers,
-                      weight_layers=quant.weight_layers, eval_source=source, num_images=n,
-                      top1_fp32=res32.top1 if labelled else None, top1_int8=res8.top1 if labelled else None,
-                      agreement=parity.top1_agreement if parity is not None else 0.0, fp32_first=quant.fp32_first)
-
-
-def _time_pair(fp32_pred: Any, int8_pred: Any, pre: Preprocess, opts: ExportOptions) -> dict[int, tuple[float, float]]:
-    """Median latency (ms) of the fp32 and the int8 file per batch size, on the same inputs and threads."""
-    from fgcli.timing import bench_predictor
-
-    threads = int(opts.threads or _default_threads())
-    batches: Sequence[int] = opts.bench_batches if fp32_pred.fixed_batch is None else (fp32_pred.fixed_batch,)
-    fp32_rows = bench_predictor(fp32_pred, batches, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
-    int8_rows = bench_predictor(int8_pred, batches, pre.img_size, threads, warmup=2, iters=opts.bench_iters)
-    return {a.batch: (a.p50_ms, b.p50_ms) for a, b in zip(fp32_rows, int8_rows, strict=True)}
-
-
-def _default_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
