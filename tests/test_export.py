@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from exportkit import CLASSES, SIZE, make_checkpoint_file
+from exportkit import CLASSES, METHODS, SIZE, make_checkpoint_file
 from typer.testing import CliRunner
 
 from fgcli.cli import app
@@ -26,14 +26,14 @@ runner = CliRunner()
 def exported(tmp_path_factory):
     """One default export per method (dynamic batch, verified on random inputs): (checkpoint, result)."""
     out = {}
-    for method in ("baseline", "herbs", "mge"):
+    for method in METHODS:
         folder = tmp_path_factory.mktemp(method)
         ckpt = make_checkpoint_file(folder, method)
         out[method] = (ckpt, export_checkpoint(ckpt, ExportOptions(verify=True)))
     return out
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_export_verifies_and_runs_at_other_batch_sizes(exported, method):
     ckpt, result = exported[method]
     path = result.files["onnx"]

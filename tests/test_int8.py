@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from exportkit import SIZE, make_checkpoint_file, make_demo_checkpoint
+from exportkit import METHODS, SIZE, make_checkpoint_file, make_demo_checkpoint
 from typer.testing import CliRunner
 
 from fgcli.cli import app
@@ -26,7 +26,7 @@ from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 @pytest.fixture(scope="module")
 def fp32_files(tmp_path_factory):
     out = {}
-    for method in ("baseline", "herbs", "mge"):
+    for method in METHODS:
         ckpt = make_checkpoint_file(tmp_path_factory.mktemp(method), method)
         out[method] = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     return out
@@ -39,7 +39,7 @@ def _weight_layers(model):
             if n.op_type in QUANT_OPS and len(n.input) > 1 and (n.input[1] in inits or n.input[1] in producer)]
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_static_int8_quantizes_activations_and_keeps_islands_and_first_layers(fp32_files, method):
     path = fp32_files[method]
     calib = [np.random.default_rng(i).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32) for i in range(2)]

@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.cpu",
               "fgcli.modelinfo", "fgcli.options")),  # options: every task's options dataclass
-    # each method's config section (and its default search space) lives in its folder
-    ("config", ("fgcli.config", "fgcli.searchspace", "fgcli.methods.*.config")),
+    # each method's config section (and its default search space) lives in its folder; the built-in methods'
+    # list (fgcli/methods/builtin.py) is read by the config to find them
+    ("config", ("fgcli.config", "fgcli.searchspace", "fgcli.methods.*.config", "fgcli.methods.builtin")),
     ("data and backbones", ("fgcli.data", "fgcli.backbones", "fgcli.pretrained")),
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from exportkit import METHOD_SETTINGS, make_checkpoint_file, write_images
+from exportkit import METHOD_SETTINGS, METHODS, make_checkpoint_file, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -149,7 +149,7 @@ def _model(method: str, size: int = 64):
 
     torch.manual_seed(0)
     cfg = resolve_config(overrides=[f"method={method}", "model.backbone=test_resnet", f"data.img_size={size}",
-                                    *METHOD_SETTINGS[method]])
+                                    *METHOD_SETTINGS.get(method, [])])
     return build_method(cfg, 3).eval(), cfg
 
 
@@ -161,7 +161,7 @@ EXPECTED_MAPS = {
 }
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_map_shapes_and_ranges(method: str) -> None:
     from fgcli.viz.maps import attention_maps
 
@@ -237,7 +237,7 @@ def test_headline_names_true_and_predicted_class() -> None:
 
 
 # ---- files --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> None:
     from fgcli.options import VizOptions
     from fgcli.tasks.attention_viz import attention_viz
@@ -308,7 +308,7 @@ def test_score_needs_masks_or_boxes(tmp_path, flowers12) -> None:
     assert result.exit_code == 1 and "no part masks or bounding boxes" in result.output
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_cli_on_the_demo_with_scores(tmp_path, demo_factory, method: str) -> None:
     demo = demo_factory(size=48, classes=3, per_class=3, val_fraction=0.0)
     ckpt = make_checkpoint_file(tmp_path, method, classes=list(demo.classes))

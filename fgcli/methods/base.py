@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,6 +37,10 @@ class Method(nn.Module):
     aux_keys: tuple[str, ...] = ()
     #: the backbone lr scale used when `optim.backbone_lr_scale` is null
     default_backbone_lr_scale: float = 1.0
+    #: its hyper-parameters' dataclass: the config section `<name>.*` (None: it has none) and their range checks
+    #: ((ok, message) pairs), declared in `<method>/config.py` and registered with the method
+    config_class: type | None = None
+    config_checks: Callable[[Any], list[tuple[bool, str]]] | None = None
     #: `fgcli tune`'s default search space (declared beside the method's config: `<method>/config.py`)
     search_space: tuple[Param, ...] = COMMON_SPACE
     #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)

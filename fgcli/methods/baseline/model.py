@@ -21,6 +21,8 @@ from fgcli.methods.baseline import config as baseline_config
 class Baseline(Method):
     """Backbone + GAP + dropout + Linear; one head named `cls`, which is also the fused output."""
 
+    config_class = baseline_config.CONFIG
+    config_checks = staticmethod(baseline_config.checks)
     search_space = baseline_config.SEARCH_SPACE
     tune_recipe = baseline_config.TUNE_RECIPE
 

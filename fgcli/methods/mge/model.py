@@ -86,6 +86,8 @@ class MGE(Method):
 
     aux_keys = ("gate_weights", "boxes")
     default_backbone_lr_scale = 0.1  # paper: backbones 1e-3, heads 1e-2
+    config_class = mge_config.CONFIG
+    config_checks = staticmethod(mge_config.checks)
     search_space = mge_config.SEARCH_SPACE
     tune_recipe = mge_config.TUNE_RECIPE
 
