@@ -56,6 +56,8 @@ def bench_command(
       fgcli bench best.onnx --checkpoint best.pt --providers cpu,openvino --images photos/ --verify
     """
 
+    from rich.markup import escape
+
     from fgcli import api
     from fgcli.console import console, err_console, settings
     from fgcli.errors import UserError
@@ -67,15 +69,15 @@ def bench_command(
                            img_size=img_size, warmup=warmup, iters=iters, threads=threads, device=device,
                            providers=providers, ema=ema, precisions=precision, checkpoint=checkpoint,
                            images=images, max_images=max_images, verify=verify, min_agreement=min_agreement)
-    say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {text}[/]"))
+    say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {escape(text)}[/]"))
     report = api.bench(model, options, progress=say)
     console.print(rows_table(report.rows, title=f"Inference benchmark: {model}"))
     if report.reference:
-        console.print(f"compared with {report.reference} on {report.parity_inputs}", soft_wrap=True)
+        console.print(escape(f"compared with {report.reference} on {report.parity_inputs}"), soft_wrap=True)
     for note in report.notes:
-        console.print(note, soft_wrap=True)
+        console.print(escape(note), soft_wrap=True)
     if report.skipped:
-        console.print(f"skipped: {'; '.join(report.skipped)}", soft_wrap=True)
+        console.print(escape(f"skipped: {'; '.join(report.skipped)}"), soft_wrap=True)
     if out:
         atomic_write_text(out, rows_csv(report.rows))
         console.print(f"wrote {out}")

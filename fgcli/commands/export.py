@@ -75,13 +75,9 @@ def export_command(
     """
     from fgcli import api
     from fgcli.console import console
-    from fgcli.errors import UserError
     from fgcli.options import ExportOptions
 
-    formats = ",".join(f for f in (format, "onnx" if onnx else None) if f)
-    if not formats:
-        raise UserError("choose an export format: --format onnx (or openvino; --onnx is --format onnx), e.g. "
-                        f"`fgcli export {checkpoint} --format onnx`.")
+    formats = ",".join(f for f in (format, "onnx" if onnx else None) if f)  # none: the task says which exist
     result = api.export(checkpoint, options=ExportOptions(
         format=formats, out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16, int8=int8,
         calib_images=calib_images, calib_method=calib_method, int8_max_drop=int8_max_drop, verify=verify, ema=ema,

@@ -18,8 +18,8 @@ from typing import Any
 from fgcli import __version__
 from fgcli.config import to_dict
 from fgcli.console import log
-from fgcli.errors import UserError
-from fgcli.formats import ExportJob, ModelFormat, families, format_of, get_format, stem, variant
+from fgcli.errors import UserError, closest
+from fgcli.formats import ExportJob, ModelFormat, families, format_of, get_format, list_formats, stem, variant
 from fgcli.modelinfo import ModelInfo, Preprocess, sha256_file
 from fgcli.options import ExportOptions, LoadOptions
 from fgcli.parity import Parity, check, compare
@@ -62,6 +62,8 @@ def plan_formats(opts: ExportOptions) -> list[ModelFormat]:
     chosen: list[ModelFormat] = []
     for name in opts.format:
         key = name.strip().lower()
+        if key not in families() and key not in {f.name for f in list_formats()}:
+            raise UserError(f"--format {name}: unknown format.{closest(key, writable)} Valid: {', '.join(writable)}.")
         fmt = variant(key, "fp32") if key in families() else None
         fmt = fmt or get_format(key)
         if fmt.write is None:
@@ -82,8 +84,6 @@ def plan_formats(opts: ExportOptions) -> list[ModelFormat]:
 
 
 def _writable() -> list[ModelFormat]:
-    from fgcli.formats import list_formats
-
     return [f for f in list_formats() if f.write is not None]
 
 
