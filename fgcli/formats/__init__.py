@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from fgcli.parity import Tolerance
 
 #: the built-in formats' modules (`fgcli/formats/<name>.py` or a package), in the order `fgcli bench` shows them
-BUILTIN_MODULES = ("checkpoint", "onnx")
+BUILTIN_MODULES = ("checkpoint", "onnx", "openvino")
 
 _REGISTRY: dict[str, ModelFormat] = {}
 
