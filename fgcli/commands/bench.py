@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import ema_option, handle_errors
 
 
 @handle_errors
@@ -42,7 +42,7 @@ def bench_command(
     min_agreement: float | None = typer.Option(None, "--min-agreement", min=0.0, max=100.0,
                                                help="--verify: the top-1 agreement (%) bf16 / fp16 / int8 need."),
     out: str | None = typer.Option(None, "--out", "-o", help="Also write the table as CSV."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
+    ema: bool = ema_option(".pt only: use the EMA weights when present."),
 ) -> None:
     """Measure latency (p50 / p90 per batch) and throughput per backend and batch size, side by side.
 

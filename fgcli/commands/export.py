@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import calibration_option, ema_option, handle_errors, tta_option
 from fgcli.formats import writable_help
 
 _VARIANTS = "fp16 / int8"
@@ -48,12 +48,10 @@ def export_command(
                                      "training images, else random; never test), at its precision's tolerance "
                                      "(fgcli.parity): max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for "
                                      "fp16."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights when the checkpoint has them."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Divide `probs` by the checkpoint's fitted temperature (a constant in the "
-                                          "graph; default) or ship raw ones. `logits` are always raw."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation in the graph: none, or flip (the graph runs "
-                                                 "the image and its mirror and averages the probabilities)."),
+    ema: bool = ema_option("Export the EMA weights when the checkpoint has them."),
+    calibration: bool = calibration_option("Divide `probs` by the checkpoint's fitted temperature (a constant in "
+                                           "the graph; default) or ship raw ones. `logits` are always raw."),
+    tta: str = tta_option("in the graph: it runs the image and its mirror and averages the probabilities"),
     exporter: str | None = typer.Option(None, "--exporter",
                                         help="auto (default: dynamo, falling back to torchscript when dynamo cannot take "
                                              "the graph), dynamo (opset 18) or torchscript (opset 17)."),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors, precision_option, providers_option
+from fgcli.commands import _common as flags
+from fgcli.commands._common import handle_errors
 
 
 @handle_errors
@@ -16,17 +17,15 @@ def predict_command(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     out: str | None = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    providers: str | None = providers_option(),
-    precision: str = precision_option(),
+    providers: str | None = flags.providers_option(),
+    precision: str = flags.precision_option(),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads (default: physical cores)."),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Threads decoding images."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Calibrated probabilities (the model's fitted temperature, default) or the "
-                                          "raw ones. The predicted classes are the same."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and its "
-                                                 "mirror, after calibration). An .onnx exported with --tta flip "
-                                                 "already does it."),
+    ema: bool = flags.ema_option(".pt only: use the EMA weights when present."),
+    calibration: bool = flags.calibration_option("Calibrated probabilities (the model's fitted temperature, default) or "
+                                           "the raw ones. The predicted classes are the same."),
+    tta: str = flags.tta_option("average the image and its mirror, after calibration; a file exported with --tta flip "
+                          "already does it"),
     reject: bool = typer.Option(False, "--reject",
                                 help="Answer 'unknown' (probabilities still shown) when the top-1 probability is below "
                                      "the model's rejection threshold (fitted on val by training or `fgcli "

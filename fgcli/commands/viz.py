@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import calibration_option, ema_option, handle_errors
 
 
 @handle_errors
@@ -27,9 +27,8 @@ def viz_command(
                                          help="Score this many images of the split (default: all)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Titles show calibrated probabilities (default) or raw ones."),
+    ema: bool = ema_option(),
+    calibration: bool = calibration_option("Titles show calibrated probabilities (default) or raw ones."),
 ) -> None:
     """Show where the model looks: HERBS score / selection maps per stage, MGE-CNN expert CAMs, crop boxes and
     zooms with the gate weights, the baseline's class activation map. PNGs plus an index.html contact sheet.

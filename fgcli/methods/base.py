@@ -46,6 +46,18 @@ class Method(nn.Module):
     #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)
     tune_recipe: str | None = None
 
+    def __init_subclass__(cls, config: Any = None, **kwargs: Any) -> None:
+        """`class Herbs(Method, config=herbs_config)`: the method brings its config module's CONFIG (its section's
+        dataclass), `checks`, SEARCH_SPACE and TUNE_RECIPE (each optional)."""
+        super().__init_subclass__(**kwargs)
+        if config is None:
+            return
+        cls.config_class = getattr(config, "CONFIG", cls.config_class)
+        if hasattr(config, "checks"):
+            cls.config_checks = staticmethod(config.checks)  # type: ignore[assignment]
+        cls.search_space = getattr(config, "SEARCH_SPACE", cls.search_space)
+        cls.tune_recipe = getattr(config, "TUNE_RECIPE", cls.tune_recipe)
+
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg

@@ -18,13 +18,9 @@ from fgcli.methods.baseline import config as baseline_config
 
 
 @register_method("baseline")
-class Baseline(Method):
+class Baseline(Method, config=baseline_config):
     """Backbone + GAP + dropout + Linear; one head named `cls`, which is also the fused output."""
 
-    config_class = baseline_config.CONFIG
-    config_checks = staticmethod(baseline_config.checks)
-    search_space = baseline_config.SEARCH_SPACE
-    tune_recipe = baseline_config.TUNE_RECIPE
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
