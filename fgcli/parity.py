@@ -105,9 +105,15 @@ def failure(parity: Parity, precision: str, gpu: bool = False, min_agreement: fl
     return None
 
 
-def check(parity: Parity, precision: str, path: str, against: str = "torch", hint: str = "") -> None:
+def on_gpu(device: str) -> bool:
+    """Whether a predictor's device (in words) is a GPU: its fp32 is judged by the tf32 row."""
+    return "cuda" in device.lower()
+
+
+def check(parity: Parity, precision: str, path: str, against: str = "torch", hint: str = "",
+          gpu: bool = False) -> None:
     """A one-line error when the file at `path` misses the tolerance of `precision` against `against`."""
-    problem = failure(parity, precision)
+    problem = failure(parity, precision, gpu=gpu)
     if problem is None:
         return
     advice = hint or ("use the fp32 file." if precision != "fp32" else "report it with --debug.")

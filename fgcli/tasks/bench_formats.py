@@ -19,7 +19,7 @@ from fgcli.errors import UserError
 from fgcli.formats import ExportJob, ModelFormat, families, format_of, list_formats, resolve, variant
 from fgcli.inference import PRECISIONS, OnnxPredictor, Predictor, TorchPredictor
 from fgcli.options import BenchOptions, ExportOptions, LoadOptions
-from fgcli.parity import Parity, compare_probs, failure
+from fgcli.parity import Parity, compare_probs, failure, on_gpu
 from fgcli.timing import BenchRow, bench_predictor
 
 #: random inputs for the parity check when no --images are given
@@ -390,7 +390,7 @@ def check_parity(rows: Sequence[BenchRow], min_agreement: float | None = None) -
         if r.agreement is None or r.max_dprob is None:
             continue
         parity = Parity(num_images=0, max_abs_dprob=r.max_dprob, top1_agreement=r.agreement / 100.0, inputs="")
-        problem = failure(parity, r.precision, gpu="cuda" in r.device.lower(),
+        problem = failure(parity, r.precision, gpu=on_gpu(r.device),
                           min_agreement=None if min_agreement is None else min_agreement / 100.0)
         if problem is not None:
             failures[(r.backend, r.device, r.precision)] = f"{_label(r)} {r.precision}: {problem}"

@@ -22,7 +22,7 @@ from fgcli.errors import UserError, closest
 from fgcli.formats import ExportJob, ModelFormat, families, format_of, get_format, list_formats, stem, variant
 from fgcli.modelinfo import ModelInfo, Preprocess, sha256_file
 from fgcli.options import ExportOptions, LoadOptions
-from fgcli.parity import Parity, check, compare
+from fgcli.parity import Parity, check, compare, on_gpu
 
 __all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "plan_formats", "scaled_preprocess"]
 
@@ -278,5 +278,5 @@ def _verify(torch_pred: Any, pred: Any, samples: Any, fmt: ModelFormat, path: Pa
     parity = compare(lambda x: torch_pred(x)[1], lambda x: pred(x)[1], samples.stacked(), samples.source)
     log.info(f"verify {fmt.name}: {parity.line()}")
     check(parity, fmt.precision, str(path), hint="try --exporter torchscript, or report it with --debug."
-          if fmt.precision == "fp32" else "")
+          if fmt.precision == "fp32" else "", gpu=on_gpu(pred.device))
     return parity
