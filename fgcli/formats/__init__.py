@@ -59,7 +59,6 @@ class ModelFormat:
     heads: bool = False  # holds the model itself: per-head scores and attention maps
     fallback: bool = False  # a file of no registered suffix is this format (a checkpoint of any name)
     cpu_only: bool = False  # runs on the CPU only (--device cuda is refused)
-    notes: str = ""  # what else to know, for `fgcli export --help` and the README
 
     @property
     def tolerance(self) -> Tolerance:

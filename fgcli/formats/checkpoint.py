@@ -22,4 +22,4 @@ def _load(path: Path, options: LoadOptions) -> Predictor:
 
 register_format(ModelFormat(name="torch", title="fgcli checkpoint", family="torch", precision="fp32",
                             suffixes=(".pt", ".pth"), runtime="torch", load=_load, modules=("torch",), heads=True,
-                            fallback=True, notes="written by fgcli train; what fgcli export starts from"))
+                            fallback=True))

@@ -59,9 +59,8 @@ def _check_int8(job: ExportJob) -> None:
 _COMMON = dict(family="onnx", runtime="onnxruntime", load=_load, read_info=_read_info, modules=("onnxruntime", "onnx"),
                options=frozenset({"providers", "precision"}))
 register_format(ModelFormat(name="onnx", title="ONNX fp32", precision="fp32", suffixes=(".onnx",), write=_write_fp32,
-                            source="torch", notes="one graph: input images, outputs logits and probs", **_COMMON))
+                            source="torch", **_COMMON))
 register_format(ModelFormat(name="onnx-fp16", title="ONNX fp16", precision="fp16", suffixes=(".fp16.onnx",),
-                            write=_write_fp16, source="onnx", notes="--fp16: meant for GPUs", **_COMMON))
+                            write=_write_fp16, source="onnx", **_COMMON))
 register_format(ModelFormat(name="onnx-int8", title="ONNX int8", precision="int8", suffixes=(".int8.onnx",),
-                            write=_write_int8, source="onnx", check=_check_int8, needs_data=True,
-                            notes="--int8: static QDQ, judged on the validation split", **_COMMON))
+                            write=_write_int8, source="onnx", check=_check_int8, needs_data=True, **_COMMON))

@@ -43,5 +43,4 @@ def _write(job: ExportJob, out: Path) -> Any:
 register_format(ModelFormat(
     name="openvino", title="OpenVINO IR", family="openvino", precision="fp32", suffixes=(".xml",),
     companions=(".bin",), runtime="OpenVINO", load=_load, read_info=_read_info, write=_write, source="onnx",
-    modules=("openvino",), extra="openvino", options=frozenset({"precision"}), cpu_only=True,
-    notes="converted from the ONNX graph by OpenVINO; runs on OpenVINO's own runtime on any x86 CPU"))
+    modules=("openvino",), extra="openvino", options=frozenset({"precision"}), cpu_only=True))
