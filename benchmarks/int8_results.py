@@ -6,15 +6,15 @@ itself is never modified) and, all through the CLI:
 
 1. `fgcli export best.pt --onnx --int8`: static QDQ int8 calibrated on the run's training images only, judged
    on its val split (more than `--int8-max-drop` points lost there keeps the first weight layers in fp32);
-2. `fgcli eval` on the val split (fp32 and int8 file, CPU provider: what the export chose on) and on the test
-   split: fp32 and int8 file on onnxruntime's CPU provider, and on OpenVINO the fp32 file at f32 and bf16 and
-   the int8 file;
+2. `fgcli eval` on the val split (the int8 export chose on the CPU provider's) and on the test split: fp32
+   and int8 file on onnxruntime's CPU provider, and on OpenVINO the fp32 file at f32 and bf16 and the int8 file;
 3. `fgcli bench` of both files on both providers, side by side on the same inputs and threads (batch 1 and 8).
 
-Every step's output is kept under `<work>/<run>/` and reused, and the run's numbers go to
+Every step's output is kept under `<work>/<run>/` and reused, and the run's summary goes to
 `<work>/results/<run>.json`, so an interrupted benchmark resumes where it stopped when given the same `--work`.
 If any run fails, no table is printed and the exit code is 1. OpenVINO rows are left out (and said so) where
-the plugin is not installed.
+the plugin is not installed. `benchmarks/readme_results.py --tables int8` measures the seed-0 flowers102 runs of
+the shipped recipes (`TABLE`).
 
     python benchmarks/int8_results.py RUNS/baseline-s0 RUNS/herbs-s0 RUNS/mge_frozen-s0 \\
         --data DATA/flowers102_prepared --work /tmp/int8          # the README table (1 thread)
@@ -29,11 +29,24 @@ import io
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import run  # noqa: E402
+from _results import (  # noqa: E402
+    Context,
+    Lookup,
+    Row,
+    Table,
+    exit_if_failed,
+    measure_to,
+    measured_line,
+    missing_row,
+    read_summary,
+    script_command,
+    trained_on,
+)
 
 #: what is evaluated on the test split: (label, file, provider, OpenVINO precision)
 VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx", "cpu", None),
@@ -84,25 +97,26 @@ def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, ope
              str(args.calib_images), "--calib-method", args.calib_method, "--int8-max-drop", str(args.int8_max_drop)],
             folder / "export.txt", args.threads)
     meta = int8_metadata(folder / "best.int8.onnx")
-    val = {label: eval_top1(fgcli, folder / file, data, "val", "cpu", None, folder / "eval" / f"val-{label.replace(' ', '-')}",
-                            args.threads)
-           for label, file, provider, _ in VARIANTS if provider == "cpu"}
-    test = {}
+    val, test = {}, {}
     for label, file, provider, precision in VARIANTS:
         if provider == "openvino" and not openvino:
             continue
-        test[label] = eval_top1(fgcli, folder / file, data, "test", provider, precision,
-                                folder / "eval" / f"test-{label.replace(' ', '-')}", args.threads)
+        for split, out in (("val", val), ("test", test)):
+            out[label] = eval_top1(fgcli, folder / file, data, split, provider, precision,
+                                   folder / "eval" / f"{split}-{label.replace(' ', '-')}", args.threads)
     bench_csv = folder / "bench.csv"
     if not bench_csv.is_file():
         run([*fgcli, "bench", str(folder / "best.onnx"), "--checkpoint", str(ckpt), "--backends", "torch,onnx",
              "--providers",
              "cpu,openvino" if openvino else "cpu", "--threads", t, "--batch-sizes", "1,8", "--iters",
              str(args.iters), "--warmup", "2", "--out", str(bench_csv)], folder / "bench.txt", args.threads)
-    return {"run": name, "method": meta.get("method", ""), "fp32_first_layers": int(meta.get("fp32_first_layers", 0)),
-            "quantized_layers": meta.get("quantized_layers", ""), "calibration": meta.get("int8_calibration", ""),
-            "calibration_method": meta.get("int8_calibration_method", ""), "val": val, "test": test,
-            "latency_ms": bench_speedups(bench_csv.read_text()), "threads": args.threads}
+    return {"config": {"run": name, "method": meta.get("method", ""),
+                       "fp32_first_layers": int(meta.get("fp32_first_layers", 0)),
+                       "quantized_layers": meta.get("quantized_layers", ""),
+                       "calibration": meta.get("int8_calibration", ""),
+                       "calibration_method": meta.get("int8_calibration_method", ""), "calib_images": args.calib_images,
+                       "int8_max_drop": args.int8_max_drop, "threads": args.threads, "iters": args.iters},
+            "val": val, "test": test, "latency_ms": bench_speedups(bench_csv.read_text())}
 
 
 def int8_metadata(path: Path) -> dict[str, str]:
@@ -124,27 +138,78 @@ def _speed(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def table(results: list[dict]) -> str:
-    """Markdown: per method and provider the fp32 and reduced-precision test top-1, the change, and the speed-up
-    over the same provider's fp32 at batch 1 / 8 (int8 change on val beside it: what the export chose on)."""
-    lines = ["| method | provider | fp32 test top-1 % | variant | its test top-1 % | change | (val change) | "
-             "speed-up vs fp32, batch 1 / 8 |", "|---|---|---:|---|---:|---:|---:|---:|"]
-    for r in results:
-        method = METHOD_NAMES.get(r["method"], r["method"] or r["run"])
-        if r.get("fp32_first_layers"):
-            method += f" (first {r['fp32_first_layers']} layers fp32)"
+HEADER = ["| method | provider | fp32 val top-1 % | fp32 test top-1 % | variant | its val top-1 % | its test top-1 % | "
+          "change on val | change on test | speed-up vs fp32, batch 1 / 8 |",
+          "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+
+
+def lines(entries: list[tuple[str, dict | None]]) -> list[str]:
+    """Markdown: per model (label, summary) and provider the fp32 and reduced-precision val and test top-1, the
+    changes, and the speed-up over the same provider's fp32 at batch 1 / 8; a None summary reads `missing`."""
+    out = list(HEADER)
+    for label, r in entries:
+        if r is None:
+            out.append(missing_row(label, 9))
+            continue
+        if r["config"].get("fp32_first_layers"):
+            label += f" (first {r['config']['fp32_first_layers']} layers fp32)"
         test, val, lat = r["test"], r["val"], r["latency_ms"]
-        rows = [("onnxruntime CPU", "cpu fp32", "int8", "cpu int8", "onnx fp32", "onnx int8",
-                 _delta(val.get("cpu int8"), val.get("cpu fp32"))),
-                ("OpenVINO", "openvino f32", "bf16", "openvino bf16", "openvino fp32", "openvino bf16", ""),
-                ("OpenVINO", "openvino f32", "int8", "openvino int8", "openvino fp32", "openvino int8", "")]
-        for provider, ref, variant, key, base, other, val_change in rows:
+        rows = [("onnxruntime CPU", "cpu fp32", "int8", "cpu int8", "onnx fp32", "onnx int8"),
+                ("OpenVINO", "openvino f32", "bf16", "openvino bf16", "openvino fp32", "openvino bf16"),
+                ("OpenVINO", "openvino f32", "int8", "openvino int8", "openvino fp32", "openvino int8")]
+        for provider, ref, variant, key, base, other in rows:
             if key not in test:
                 continue
             speeds = " / ".join(_speed(ratio(lat, base, other, b)) for b in ("1", "8"))
-            lines.append(f"| {method} | {provider} | {_pct(test.get(ref))} | {variant} | {_pct(test[key])} | "
-                         f"{_delta(test[key], test.get(ref))} | {val_change or ''} | {speeds} |")
-    return "\n".join(lines)
+            out.append(f"| {label} | {provider} | {_pct(val.get(ref))} | {_pct(test.get(ref))} | {variant} | "
+                       f"{_pct(val.get(key))} | {_pct(test[key])} | {_delta(val.get(key), val.get(ref))} | "
+                       f"{_delta(test[key], test.get(ref))} | {speeds} |")
+    return out
+
+
+def method_label(record: dict) -> str:
+    method = record["config"]["method"]
+    return METHOD_NAMES.get(method, method or record["config"]["run"])
+
+
+# -- the README table, for benchmarks/readme_results.py: the seed-0 flowers102 runs of the shipped recipes ---
+README_ROWS = [("baseline", "baseline (`baseline_lite0_128`)"), ("herbs", "HERBS (`herbs_lite0_128`)"),
+               ("mge_frozen", "MGE-CNN on frozen features (`mge_frozen_lite0_128`)")]
+
+
+def table(rows: list[Row], get: Lookup) -> list[str]:
+    return lines([(row.label, get("int8", row.name, row.seeds[0])) for row in rows])
+
+
+def _rows(quick: bool) -> list[Row]:
+    return [Row(name, label, needs=(("flowers102", name),)) for name, label in README_ROWS]
+
+
+def settings(threads: int, quick: bool) -> SimpleNamespace:
+    """The script's defaults (--quick: 2 timed calls)."""
+    return SimpleNamespace(threads=threads, iters=2 if quick else 20, calib_images=128, calib_method="percentile",
+                           int8_max_drop=0.5)
+
+
+def _measure(row: Row, seed: int, ctx: Context) -> dict:
+    from fgcli.inference import openvino_missing
+
+    best = ctx.artifact("flowers102", row.name, seed)
+    return measure(best.parent.parent, ctx.folder("int8"), trained_on(best), settings(ctx.threads, ctx.quick),
+                   openvino_missing() is None)
+
+
+def _folder(row: Row, seed: int, ctx: Context) -> Path:
+    """The run's checkpoint copy and its fp32 / int8 files (benchmarks/onnx_vs_torch.py times them)."""
+    run_dir = ctx.artifact("flowers102", row.name, seed).parent.parent
+    return ctx.folder("int8") / run_dir.name
+
+
+TABLE = Table("int8", "int8 on real models",
+              "each run: `fgcli export best.pt --onnx --int8`, `fgcli eval` of the fp32 and int8 files on val and "
+              "test (onnxruntime CPU, OpenVINO f32 / bf16 / int8), `fgcli bench` of both files, batch 1 and 8",
+              _rows, _measure, table, _folder)
+TABLES = [TABLE]
 
 
 def main() -> None:
@@ -168,30 +233,24 @@ def main() -> None:
     results, failures = [], []
     for run_dir in args.runs:
         saved = args.work / "results" / f"{run_dir.name}.json"
-        if saved.is_file():
-            results.append(json.loads(saved.read_text()))
+        result = read_summary(saved)
+        if result is not None:
+            results.append(result)
             continue
         if args.report:
             print(f"not measured yet: {run_dir.name}")
             continue
-        start = time.time()
-        try:
-            result = measure(run_dir, args.work, args.data, args, openvino=missing is None)
-        except RuntimeError as e:
-            failures.append(f"{run_dir.name}: {e}")
-            print(f"FAILED {run_dir.name}", flush=True)
-            continue
-        result["wall_s"] = time.time() - start
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(result, indent=1))
-        results.append(result)
-        print(f"{run_dir.name}: done ({result['wall_s'] / 60:.1f} min)", flush=True)
-    if failures:
-        sys.exit("no table: some runs failed\n" + "\n".join(failures))
-    calib = {(r.get("calibration_method"), r.get("calibration")) for r in results}
-    print(f"\nint8 (static QDQ, {', '.join(f'{m}: {c}' for m, c in sorted(calib))}); top-1 on the full test split "
-          f"through `fgcli eval`; speed from `fgcli bench` (p50, {args.threads} thread(s), same inputs)")
-    print(table(results))
+        result = measure_to(saved, {"table": "int8", "row": run_dir.name, "seed": None}, failures, measure, run_dir,
+                            args.work, args.data, args, missing is None, threads=args.threads, quick=False)
+        if result is not None:
+            results.append(result)
+            print(f"{run_dir.name}: done ({result['time_s'] / 60:.1f} min)", flush=True)
+    exit_if_failed(failures)
+    calib = {(r["config"].get("calibration_method"), r["config"].get("calibration")) for r in results}
+    print(f"\nint8 (static QDQ, {', '.join(f'{m}: {c}' for m, c in sorted(calib))}); top-1 on the full val and test "
+          f"splits through `fgcli eval`; speed from `fgcli bench` (p50, {args.threads} thread(s), same inputs)")
+    print("\n".join(lines([(method_label(r), r) for r in results])))
+    print(f"\n{measured_line(script_command(), TABLE.runs, results)}")
 
 
 if __name__ == "__main__":

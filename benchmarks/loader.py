@@ -25,15 +25,14 @@ FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 
 def loader_rate(samples: list, root: Path, size: int, workers: int, decoder: str, batch: int) -> float:
     """Images/s of fgcli's training loader over `samples` (one full pass after the workers have started)."""
-    from types import SimpleNamespace
-
+    from fgcli.config import DataConfig
     from fgcli.data.loaders import build_loader
     from fgcli.data.transforms import build_transform
     from fgcli.modelinfo import Preprocess
 
     pre = Preprocess(img_size=size, resize=int(size * 256 / 224), resize_mode="shorter", interpolation="bilinear",
                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    aug = SimpleNamespace(hflip=0.5, color_jitter=0.0, blur_prob=0.0, sharpness_prob=0.0)
+    aug = DataConfig(hflip=0.5, color_jitter=0.0, blur_prob=0.0, sharpness_prob=0.0)
     loader = build_loader(samples, root, build_transform(pre, aug, True), batch, train=True, workers=workers,
                           decoder=decoder, persistent=True)
     it = iter(loader)

@@ -19,6 +19,10 @@ Models:
 `--profile` adds, for every model that misses the speed target, the share of each op type in onnxruntime's
 own profile of the fp32 file on the CPU provider (which nodes dominate).
 
+`benchmarks/readme_results.py --tables speed,speed_random` makes both README tables (`TABLES`): the seed-0
+flowers102 runs of the shipped recipes (after the int8 table, whose files and top-1 they use), and the
+random-init paper configurations.
+
     OMP_NUM_THREADS=1 python benchmarks/onnx_vs_torch.py --runs RUNS/baseline-s0 RUNS/herbs-s0 \\
         RUNS/mge_frozen-s0 --work /tmp/int8 --threads 1 --profile      # the README table
     python benchmarks/onnx_vs_torch.py --backbone resnet50 --img-size 224 --methods baseline mge
@@ -29,11 +33,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import note  # noqa: E402
+from _results import Context, Lookup, Row, Table, missing_row  # noqa: E402
 
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
@@ -50,15 +59,19 @@ PATHS = {("torch", "fp32"): "torch fp32", ("onnx", "fp32"): "cpu fp32", ("onnx",
          ("openvino", "fp32"): "openvino f32", ("openvino", "bf16"): "openvino bf16",
          ("openvino", "int8"): "openvino int8"}
 COLUMNS = ["torch fp32", "cpu fp32", "cpu int8", "openvino f32", "openvino bf16", "openvino int8"]
+#: how the tables name each path
+PATH_NAMES = {"torch fp32": "torch eager fp32", "cpu fp32": "ORT CPU fp32", "cpu int8": "ORT CPU int8",
+              "openvino f32": "OpenVINO f32", "openvino bf16": "OpenVINO bf16", "openvino int8": "OpenVINO int8"}
 TARGET_SPEEDUP = 5.0
 TARGET_TOP1 = 0.5
 
 
-def make_checkpoint_file(folder: Path, method: str, backbone: str, img_size: int, classes: int) -> Path:
-    """A randomly initialised `method` on `backbone`, saved as an fgcli checkpoint."""
+def make_checkpoint_file(folder: Path, method: str, backbone: str, img_size: int, classes: int,
+                         sets: list[str] | tuple[str, ...] = ()) -> Path:
+    """A randomly initialised `method` on `backbone` (with `sets` overrides), saved as an fgcli checkpoint."""
     torch.manual_seed(0)
     cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={img_size}",
-                                    *METHOD_SETS[method]])
+                                    *METHOD_SETS[method], *sets])
     model = build_method(cfg, classes).eval()
     pre = Preprocess(img_size=img_size, resize=int(img_size / 0.875), resize_mode="shorter",
                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -113,24 +126,44 @@ def verdict(times: dict[str, float], top1: dict[str, float] | None) -> dict:
                                                          "speed met; top-1 not measured")}
 
 
-def table(models: list[dict], batches: list[int]) -> str:
-    """Markdown: p50 ms of every path, the fastest CPU path and its speed-up, its test top-1 and the target."""
-    head = " | ".join(f"{c} ms" for c in COLUMNS)
-    lines = [f"| model | batch | {head} | fastest CPU path | speed-up vs torch eager | its test top-1 % (vs fp32) | "
-             f"target (>= {TARGET_SPEEDUP:g}x, within {TARGET_TOP1:g} pt) |",
-             "|---|---:|" + "---:|" * len(COLUMNS) + "---|---:|---:|---|"]
+def _accuracy(top1: dict[str, float] | None, path: str) -> str:
+    """'72.14 (-0.10)': a path's top-1 and its change against fp32 on the CPU provider."""
+    if not top1 or path not in top1:
+        return "not measured"
+    if "cpu fp32" not in top1:
+        return f"{top1[path]:.2f}"
+    return f"{top1[path]:.2f} ({top1[path] - top1['cpu fp32']:+.2f})"
+
+
+def table_lines(models: list[dict], batches: list[int], columns: list[str] = COLUMNS, accuracy: bool = True) -> list[str]:
+    """Markdown: p50 ms of every path, the fastest CPU path and its speed-up; with `accuracy` its val and test
+    top-1 (against fp32) and the target. A model with `missing` set reads `missing`."""
+    head = " | ".join(f"{PATH_NAMES[c]} ms" for c in columns)
+    extra = (" its val top-1 % (vs fp32) | its test top-1 % (vs fp32) | target (>= "
+             f"{TARGET_SPEEDUP:g}x, within {TARGET_TOP1:g} pt) |") if accuracy else ""
+    lines = [f"| model | batch | {head} | fastest CPU path | speed-up vs torch eager |{extra}",
+             "|---|---:|" + "---:|" * len(columns) + "---|---:|" + ("---:|---:|---|" if accuracy else "")]
     for m in models:
+        if m.get("missing"):
+            lines.append(missing_row(m["name"], 1 + len(columns) + 2 + (3 if accuracy else 0)))
+            continue
         for batch in batches:
-            times = m["latency"].get(batch)
+            times = {k: v for k, v in m["latency"].get(batch, {}).items() if k in columns}
             if not times:
                 continue
             v = verdict(times, m.get("top1"))
-            cells = " | ".join(f"{times[c]:.1f}" if c in times else "—" for c in COLUMNS)
-            acc = "not measured" if v["top1"] is None else (
-                f"{v['top1']:.2f} ({v['change']:+.2f})" if v["change"] is not None else f"{v['top1']:.2f}")
+            cells = " | ".join(f"{times[c]:.1f}" if c in times else "—" for c in columns)
             speed = "—" if v["speedup"] is None else f"{v['speedup']:.2f}×"
-            lines.append(f"| {m['name']} | {batch} | {cells} | {v['fastest']} | {speed} | {acc} | {v['note']} |")
-    return "\n".join(lines)
+            row = f"| {m['name']} | {batch} | {cells} | {PATH_NAMES[v['fastest']]} | {speed} |"
+            if accuracy:
+                row += (f" {_accuracy(m.get('val'), v['fastest'])} | {_accuracy(m.get('top1'), v['fastest'])} | "
+                        f"{v['note']} |")
+            lines.append(row)
+    return lines
+
+
+def table(models: list[dict], batches: list[int]) -> str:
+    return "\n".join(table_lines(models, batches))
 
 
 def profile_ops(onnx_path: Path, batch: int, threads: int, img_size: int, runs: int = 3) -> list[tuple[str, float]]:
@@ -157,6 +190,124 @@ def profile_ops(onnx_path: Path, batch: int, threads: int, img_size: int, runs: 
     return sorted(((op, 100.0 * t / total) for op, t in per_op.items()), key=lambda t: -t[1])
 
 
+def time_model(onnx_path: Path, ckpt: Path, batches: list[int], threads: int, warmup: int, iters: int,
+               providers: list[str]) -> tuple[dict[int, dict[str, float]], int, list[str]]:
+    """Every CPU path of one model timed side by side: ({batch: {path: p50 ms}}, image size, skipped paths)."""
+    report = bench_model(onnx_path, BenchOptions(backends=["torch", "onnx"], batch_sizes=batches, checkpoint=ckpt,
+                                                 warmup=warmup, iters=iters, threads=threads, device="cpu",
+                                                 providers=providers))
+    return latencies(report.rows), report.rows[0].img_size, list(report.skipped)
+
+
+def cpu_providers() -> list[str]:
+    from fgcli.inference import openvino_missing
+
+    return ["cpu"] if openvino_missing() else ["cpu", "openvino"]
+
+
+def missed_profiles(onnx_path: Path, latency: dict[int, dict[str, float]], threads: int,
+                    img_size: int) -> dict[str, list[tuple[str, float]]]:
+    """The top op types of onnxruntime's profile (CPU fp32) of every batch size that misses the speed target."""
+    slow = [b for b, times in latency.items() if (verdict(times, None)["speedup"] or 0) < TARGET_SPEEDUP]
+    return {str(b): [(op, round(share, 1)) for op, share in profile_ops(onnx_path, b, threads, img_size)[:6]]
+            for b in slow}
+
+
+# -- the README tables, for benchmarks/readme_results.py ----------------------------------------------------
+BATCHES = [1, 8]
+README_ROWS = [("baseline", "baseline (`baseline_lite0_128`)"), ("herbs", "HERBS (`herbs_lite0_128`)"),
+               ("mge_frozen", "MGE-CNN on frozen features (`mge_frozen_lite0_128`, shared trunk)")]
+
+
+def _latency(summary: dict) -> dict[int, dict[str, float]]:
+    return {int(b): times for b, times in summary["latency_ms"].items()}
+
+
+def _trained_rows(quick: bool) -> list[Row]:
+    return [Row(name, label, needs=(("flowers102", name), ("int8", name))) for name, label in README_ROWS]
+
+
+def _measure_trained(row: Row, seed: int, ctx: Context) -> dict:
+    """Time the int8 table's files of the run (made there); profile the batch sizes that miss the speed target."""
+    folder = ctx.artifact("int8", row.name, seed)
+    iters = 2 if ctx.quick else 20
+    note([sys.executable, __file__, "--runs", str(ctx.artifact("flowers102", row.name, seed).parent.parent),
+          "--work", str(ctx.folder("int8")), "--threads", str(ctx.threads), "--iters", str(iters), "--warmup", "2",
+          "--profile"])  # what this does in-process
+    latency, img_size, skipped = time_model(folder / "best.onnx", folder / "best.pt", BATCHES, ctx.threads, 2, iters,
+                                            cpu_providers())
+    profile = missed_profiles(folder / "best.onnx", latency, ctx.threads, img_size)
+    return {"config": {"run": folder.name, "img_size": img_size, "threads": ctx.threads, "warmup": 2,
+                       "iters": iters, "batches": BATCHES, "skipped": skipped},
+            "latency_ms": {str(b): t for b, t in latency.items()}, "profile": profile}
+
+
+def _render_trained(rows: list[Row], get: Lookup) -> list[str]:
+    models = []
+    for row in rows:
+        seed = row.seeds[0]
+        timed, int8 = get("speed", row.name, seed), get("int8", row.name, seed)
+        if timed is None:
+            models.append({"name": row.label, "missing": True})
+            continue
+        models.append({"name": row.label, "latency": _latency(timed), "top1": int8["test"] if int8 else None,
+                       "val": int8["val"] if int8 else None})
+    return table_lines(models, BATCHES)
+
+
+RANDOM_COLUMNS = ["torch fp32", "cpu fp32", "openvino f32", "openvino bf16"]
+RANDOM = {"backbone": "resnet50", "img_size": 224, "classes": 200, "warmup": 1, "iters": 5}  # the README's
+RANDOM_QUICK = {"backbone": "test_resnet", "img_size": 64, "classes": 10, "warmup": 1, "iters": 2,
+                "sets": ["herbs.fpn_size=16", "herbs.num_selects=[0.25,0.25,0.5,0.5]", "mge.part_mult=2",
+                         "mge.gate_hidden=16"]}
+RANDOM_LABELS = {"baseline": "baseline", "herbs": "HERBS (fpn 1536)", "mge": "MGE-CNN"}
+
+
+def _random_rows(quick: bool) -> list[Row]:
+    return [Row(method, label) for method, label in RANDOM_LABELS.items()]
+
+
+def _measure_random(row: Row, seed: int, ctx: Context) -> dict:
+    """A randomly initialised model at the paper settings: export (no int8: no training images), time."""
+    from fgcli import api
+
+    spec = RANDOM_QUICK if ctx.quick else RANDOM
+    if not ctx.quick:  # the script has no flag for the toy's method settings
+        note([sys.executable, __file__, "--methods", row.name, "--backbone", spec["backbone"], "--img-size",
+              str(spec["img_size"]), "--classes", str(spec["classes"]), "--threads", str(ctx.threads), "--iters",
+              str(spec["iters"]), "--warmup", str(spec["warmup"]), "--profile"])  # what this does in-process
+    folder = ctx.folder("speed_random") / f"{row.name}-s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = make_checkpoint_file(folder, row.name, spec["backbone"], spec["img_size"], spec["classes"],
+                                spec.get("sets", ()))
+    onnx_path = api.export(ckpt, verify=False, threads=ctx.threads).files["onnx"]
+    latency, img_size, skipped = time_model(onnx_path, ckpt, BATCHES, ctx.threads, spec["warmup"], spec["iters"],
+                                            cpu_providers())
+    return {"config": {**spec, "method": row.name, "threads": ctx.threads, "batches": BATCHES, "skipped": skipped},
+            "latency_ms": {str(b): t for b, t in latency.items()},
+            "profile": missed_profiles(onnx_path, latency, ctx.threads, img_size)}
+
+
+def _render_random(rows: list[Row], get: Lookup) -> list[str]:
+    models = []
+    for row in rows:
+        timed = get("speed_random", row.name, row.seeds[0])
+        models.append({"name": row.label, "missing": True} if timed is None else
+                      {"name": row.label, "latency": _latency(timed)})
+    return table_lines(models, BATCHES, RANDOM_COLUMNS, accuracy=False)
+
+
+TABLES = [
+    Table("speed", "Speed", "each run: every CPU path of the int8 table's files timed side by side with `fgcli "
+          "bench`'s code (p50, batch 1 and 8, 20 calls after 2 warm-up calls); top-1 from the int8 table",
+          _trained_rows, _measure_trained, _render_trained),
+    Table("speed_random", "Speed (random-init paper configurations)",
+          "each run: a random-init model (ResNet-50 at 224, 200 classes, paper settings) exported to ONNX and timed "
+          "side by side (p50, batch 1 and 8, 5 calls after 1 warm-up call)", _random_rows, _measure_random,
+          _render_random),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, default=[], help="trained run folders (weights/best.pt)")
@@ -172,9 +323,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="op-type profile of every model missing the target")
     args = parser.parse_args()
-    from fgcli.inference import openvino_missing
-
-    providers = ["cpu"] if openvino_missing() else ["cpu", "openvino"]
+    providers = cpu_providers()
     tmp = Path(tempfile.mkdtemp(prefix="fgcli-onnx-vs-torch-"))
     work = args.work or tmp
     models = []
@@ -190,19 +339,19 @@ def main() -> None:
                 specs.append((f"{METHOD_NAMES[method]} (random init)", ckpt,
                               api.export(ckpt, verify=False, threads=args.threads).files["onnx"], None))
         for name, ckpt, onnx_path, saved_file in specs:
-            report = bench_model(onnx_path, BenchOptions(
-                backends=["torch", "onnx"], batch_sizes=args.batches, checkpoint=ckpt, warmup=args.warmup,
-                iters=args.iters, threads=args.threads, device="cpu", providers=providers))
-            models.append({"name": name, "onnx": onnx_path, "latency": latencies(report.rows), "top1": None,
-                           "saved": saved_file, "skipped": report.skipped, "img_size": report.rows[0].img_size})
-            for line in report.skipped:
+            latency, img_size, skipped = time_model(onnx_path, ckpt, args.batches, args.threads, args.warmup,
+                                                    args.iters, providers)
+            models.append({"name": name, "onnx": onnx_path, "latency": latency, "top1": None, "saved": saved_file,
+                           "img_size": img_size})
+            for line in skipped:
                 print(f"{name}: skipped {line}")
             print(f"{name}: timed", flush=True)
         for m in models:  # int8_results.py may have finished meanwhile
             if m["saved"] is not None and m["saved"].is_file():
                 saved = json.loads(m["saved"].read_text())
-                m["top1"] = saved["test"]
-                m["name"] = f"{METHOD_NAMES.get(saved['method'], saved['method'])} ({m['name']})"
+                m["top1"], m["val"] = saved["test"], saved["val"]
+                method = saved["config"]["method"]
+                m["name"] = f"{METHOD_NAMES.get(method, method)} ({m['name']})"
     finally:
         if args.profile:
             for m in models:
@@ -215,7 +364,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     first = models[0]["img_size"] if models else args.img_size
     print(f"\n{args.threads} thread(s), CPU, {first}x{first} inputs; p50 latency per batch over {args.iters} calls "
-          f"after {args.warmup} warm-up calls, every path in this one run; top-1: the full test split "
+          f"after {args.warmup} warm-up calls, every path in this one run; top-1: the full val and test splits "
           "(benchmarks/int8_results.py)")
     print(table(models, args.batches))
 

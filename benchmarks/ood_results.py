@@ -7,51 +7,61 @@ Three settings, each a model evaluated on its own test split against other image
   - cub80 model vs cub20 images: cub100 with 20 species held out of training (`prepare-data --exclude-classes`),
     which the model is then shown (`--classes`): the hard, realistic case, birds it does not know among birds it
     does. The held-out species are every 5th class of cub100 in its official (taxonomic) order, so they are
-    spread over the families, look-alike groups included; the list is written to <work>/classes/.
+    spread over the families, look-alike groups included; the list is written to <work>/ood/classes/.
 
-Everything runs through the CLI: `prepare-data` (with the class lists), `train` for every setting and recipe not
-given with --run (the rejection threshold is fitted on val at the end of training, `train.reject_recall` 0.95),
-and `eval --ood`. Nothing is fitted or chosen on a test split. Results are kept per run in
-`<work>/results/<setting>-<recipe>.json`, so a second call prints the table at once.
+Everything runs through the CLI: `prepare-data` (with the class lists), `train` (the rejection threshold is
+fitted on val at the end of training, `train.reject_recall` 0.95) and `eval --ood`. Nothing is fitted or chosen
+on a test split. The flowers102 and cub100 models are the runs of other tables with the same recipe, data and
+seed 0 (flowers102: the flowers102 table's `baseline` / `herbs` rows; cub100: the distillation table's student
+alone / teacher), trained there first when missing; the cub80 models are trained here.
+
+Each run leaves its summary (`<work>/results/ood/<setting>-<recipe>-s0.json`, the keys of
+benchmarks/results/README.md: `val` holds the checkpoint's val top-1 and rejection threshold, `test` the scores),
+so a second call prints the table at once; if any run fails, no table is printed and the exit code is 1.
+`benchmarks/readme_results.py --tables ood` makes the README table (`TABLES`).
 
     python benchmarks/ood_results.py --work /tmp/fgcli-ood                    # the README table (CPU hours)
     python benchmarks/ood_results.py --work /tmp/fgcli-ood --recipes baseline_lite0_128
     python benchmarks/ood_results.py --work /tmp/fgcli-ood --run cub80=runs/train/exp7   # an existing run
-    python benchmarks/ood_results.py --quick                                  # toy scale: demo stand-ins, 1 epoch
+    python benchmarks/ood_results.py --quick                                  # toy scale: demo stand-ins
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+import distill_results as distill  # noqa: E402
+import flowers102_results as f102  # noqa: E402
 from _cli import run  # noqa: E402
+from _results import (  # noqa: E402
+    FGCLI,
+    TOY_DEMO,
+    Context,
+    Lookup,
+    Row,
+    Table,
+    captioned,
+    load_checkpoint,
+    measured_rows,
+    run_script,
+    script_context,
+    script_parser,
+    toy_demo_args,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-FLOWERS = SHARED / "flowers102"
-CUB = SHARED / "cub100" / "CUB_200_2011"
-
-#: setting -> (the training data, the --ood data), keys of the prepared data sets below
+NAME = "ood"
+#: setting -> (the training data, the --ood data)
 SETTINGS = {"flowers102": ("flowers102", "cub100"), "cub100": ("cub100", "flowers102"), "cub80": ("cub80", "cub20")}
-TITLES = {"flowers102": "flowers102 model vs cub100 images", "cub100": "cub100 model vs flowers102 images",
-          "cub80": "cub80 model vs the 20 held-out cub species"}
-RECIPES = ["baseline_lite0_128", "herbs_lite0_128"]
+TITLES = {"flowers102": "**flowers102 model vs cub100 images**", "cub100": "**cub100 model vs flowers102 images**",
+          "cub80": "**cub80 model vs the 20 held-out cub species**"}
+RECIPES = ("baseline_lite0_128", "herbs_lite0_128")
 HOLD_EVERY = 5  # every 5th class of cub100 is held out: 20 of 100
+QUICK_HOLD_EVERY = 3  # --quick: 1 of the 5 classes of the birds' stand-in
 SCORES = ("msp", "energy", "head_prob")
-FGCLI = [sys.executable, "-m", "fgcli", "--quiet"]
-
-# --quick: demo stand-ins (one 6-class demo split 3 / 3 into the "flowers" and the "birds"; the birds' every 3rd
-# class held out), a tiny random-init backbone, 1 epoch: the pipeline end to end in about a minute
-QUICK_DEMO = ["--demo-classes", "6", "--demo-per-class", "8", "--demo-size", "32", "--val-fraction", "0.25"]
-QUICK_TRAIN = ["--method", "baseline", "--backbone", "test_resnet", "--img-size", "32", "--epochs", "1",
-               "--batch-size", "8", "--workers", "0", "--set", "model.pretrained=false"]
-QUICK_HOLD_EVERY = 3
 
 
 def held_out(classes: list[str], every: int = HOLD_EVERY) -> list[str]:
@@ -60,160 +70,173 @@ def held_out(classes: list[str], every: int = HOLD_EVERY) -> list[str]:
 
 
 def write_list(path: Path, names: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    from fgcli.io import atomic_write_text
+
+    atomic_write_text(path, "".join(f"{n}\n" for n in names))
     return path
 
 
-def _classes(prepared: Path) -> list[str]:
+def classes_of(prepared: Path) -> list[str]:
     import yaml
 
     return [str(c) for c in yaml.safe_load((prepared / "dataset.yaml").read_text(encoding="utf-8"))["classes"]]
 
 
-def _prepare(fmt: str, src: Path | None, out: Path, logs: Path, extra: list[str]) -> Path:
+def dataset(name: str, ctx: Context) -> Path:
+    """A setting's data: flowers102 and cub100 as every table prepares them; cub80 / cub20 made here from cub100's
+    source without / with its held-out classes (--quick: from the birds' stand-in)."""
+    if name in ("flowers102", "cub100"):
+        return ctx.prepared(name)
+    folder = ctx.folder(NAME)
+    out = folder / "data" / name
     if not (out / "dataset.yaml").is_file():
-        run([*FGCLI, "prepare-data", fmt, *([str(src)] if src is not None else []), "--out", str(out), *extra],
-            logs / f"prepare-{out.name}.txt")
+        every = QUICK_HOLD_EVERY if ctx.quick else HOLD_EVERY
+        held = write_list(folder / "classes" / "cub_held_out.txt", held_out(classes_of(ctx.prepared("cub100")), every))
+        keep = ["--exclude-classes", str(held)] if name == "cub80" else []
+        if ctx.quick:  # the birds' stand-in: the same demo with its classes kept (cub20: the held-out ones only)
+            source = ["demo", str(out), *toy_demo_args(2 * TOY_DEMO["demo_classes"]),
+                      "--classes", str(ctx.toy_classes() if name == "cub80" else held)]
+        else:
+            source = ["cub", str(ctx.data_root("cub100")), "--out", str(out)]
+            keep = keep or ["--classes", str(held)]
+        run([*FGCLI, "prepare-data", *source, *keep], folder / "logs" / f"prepare-{name}.txt")
     return out
 
 
-def prepare(work: Path, quick: bool = False, flowers: Path = FLOWERS, cub: Path = CUB) -> dict[str, Path]:
-    """The four prepared data sets (flowers102, cub100, cub80, cub20) under <work>/data, made once."""
-    data, logs = work / "data", work / "logs"
-    if quick:  # one demo, split into two disjoint class sets standing in for the flowers and the birds
-        demo = _prepare("demo", data / "demo", data / "demo", logs, QUICK_DEMO)
-        names = _classes(demo)
-        half = len(names) // 2
-        flowers_list = write_list(work / "classes" / "flowers_standin.txt", names[:half])
-        birds_list = write_list(work / "classes" / "birds_standin.txt", names[half:])
-        sets = {"flowers102": _prepare("demo", data / "flowers102", data / "flowers102", logs,
-                                       [*QUICK_DEMO, "--classes", str(flowers_list)]),
-                "cub100": _prepare("demo", data / "cub100", data / "cub100", logs,
-                                   [*QUICK_DEMO, "--classes", str(birds_list)])}
-        base, fmt, known = None, "demo", [*QUICK_DEMO, "--classes", str(birds_list)]
-        hold = held_out(names[half:], QUICK_HOLD_EVERY)
-    else:
-        if not (flowers / "setid.mat").is_file():
-            sys.exit(f"{flowers} is not the flowers102 layout (setid.mat missing)")
-        if not (cub / "images.txt").is_file():
-            sys.exit(f"{cub} is not the CUB_200_2011 layout (images.txt missing)")
-        sets = {"flowers102": _prepare("flowers102", flowers, data / "flowers102", logs, []),
-                "cub100": _prepare("cub", cub, data / "cub100", logs, [])}
-        base, fmt, known = cub, "cub", []
-        hold = held_out(_classes(sets["cub100"]))
-    hold_list = write_list(work / "classes" / "cub_held_out.txt", hold)
-    sets["cub80"] = _prepare(fmt, base, data / "cub80", logs, [*known, "--exclude-classes", str(hold_list)])
-    sets["cub20"] = _prepare(fmt, base, data / "cub20", logs,
-                             [*(QUICK_DEMO if quick else []), "--classes", str(hold_list)])
-    return sets
+@dataclass(frozen=True)
+class Plan:
+    """What the table evaluates: `recipes` for every setting (None: RECIPES, --quick: the baseline's), and runs
+    given as they are, (setting, best.pt), whose settings are then not trained."""
+
+    settings: tuple[str, ...] = tuple(SETTINGS)
+    recipes: tuple[str, ...] | None = None
+    given: tuple[tuple[str, Path], ...] = ()
+
+    def rows(self, quick: bool) -> list[Row]:
+        recipes = self.recipes or (RECIPES[:1] if quick else RECIPES)
+        given = {s for s, _ in self.given}
+        out = [Row(f"{s}-run{i}", f"`{best}`") for i, (s, best) in enumerate(self.given) if s in self.settings]
+        out += [Row(f"{s}-{r}", f"`{r}`", needs=tuple(filter(None, [reused(s, r)])))
+                for s in self.settings if s not in given for r in recipes]
+        return captioned(sorted(out, key=lambda row: list(SETTINGS).index(setting(row))),
+                         lambda row: TITLES[setting(row)])
+
+    def model(self, row: Row, seed: int, ctx: Context) -> Path:
+        """The row's best.pt: given, another table's run (trained there when missing), or trained here."""
+        name, _, recipe = row.name.partition("-")
+        if recipe.startswith("run") and recipe[3:].isdigit():
+            return self.given[int(recipe[3:])][1]
+        if row.needs:
+            return ctx.artifact(*row.needs[0], seed)
+        data = dataset(SETTINGS[name][0], ctx)
+        run_name = f"{row.name}-s{seed}"
+        sets = f102.overrides([], ctx.quick)
+        run([*FGCLI, "train", "--recipe", recipe, *(a for s in sets for a in ("--set", s)), "--data", str(data),
+             "--seed", str(seed), "--device", "cpu", "--project", str(ctx.folder(NAME) / "runs"), "--name", run_name,
+             "--exist-ok"], ctx.folder(NAME) / "logs" / f"train-{run_name}.txt")
+        return ctx.folder(NAME) / "runs" / run_name / "weights" / "best.pt"
 
 
-def train(setting: str, recipe: str, data: Path, work: Path, quick: bool = False) -> Path:
-    """Train `recipe` on `data` (the CLI; the temperature and the rejection threshold are fitted on val at the end)."""
-    name = f"{setting}-{recipe}"
-    args = QUICK_TRAIN if quick else ["--recipe", recipe]
-    run([*FGCLI, "train", *args, "--data", str(data), "--device", "cpu", "--project", str(work / "runs"),
-         "--name", name, "--exist-ok"], work / "logs" / f"train-{name}.txt")
-    return work / "runs" / name / "weights" / "best.pt"
+def setting(row: Row) -> str:
+    return row.name.partition("-")[0]
 
 
-def evaluate(label: str, setting: str, best: Path, data: Path, ood: Path, work: Path) -> dict:
-    """`fgcli eval BEST --data DATA --ood OOD` on the test split; the numbers of the table row."""
-    out = work / "eval" / label
-    run([*FGCLI, "eval", str(best), "--data", str(data), "--split", "test", "--ood", str(ood), "--device", "cpu",
-         "--out", str(out)], work / "logs" / f"eval-{label}.txt")
+def reused(name: str, recipe: str) -> tuple[str, str] | None:
+    """The (table, row) trained with `recipe` on the setting's data at seed 0 (other tables' runs), or None."""
+    if name == "flowers102":
+        return next((("flowers102", r) for r in f102.MAIN_ROWS if f102.ROWS[r] == (recipe, [])), None)
+    if name == "cub100":
+        kinds = [k for k in ("teacher", "alone", "linear_probe") if distill.Plan().recipe(k, False) == (recipe, [])]
+        return (distill.NAME, f"cub100-{kinds[0]}") if kinds else None
+    return None
+
+
+def measure(plan: Plan, row: Row, seed: int, ctx: Context) -> dict:
+    """`fgcli eval BEST --data DATA --split test --ood OOD`: the scores on test, and what the checkpoint holds from
+    val (its val top-1 and the rejection threshold fitted there)."""
+    best = plan.model(row, seed, ctx)
+    train_data, ood_data = (dataset(name, ctx) for name in SETTINGS[setting(row)])
+    out = ctx.folder(NAME) / "eval" / f"{row.name}-s{seed}"
+    run([*FGCLI, "eval", str(best), "--data", str(train_data), "--split", "test", "--ood", str(ood_data),
+         "--device", "cpu", "--out", str(out)], ctx.folder(NAME) / "logs" / f"eval-{row.name}-s{seed}.txt")
     metrics = json.loads((out / "metrics.json").read_text())
-    ood_section = metrics["ood"]
-    return {"label": label, "setting": setting, "method": metrics["method"], "backbone": metrics["backbone"],
-            "source": str(best), "top1": metrics["top1"], "num_id": ood_section["num_id"],
-            "num_ood": ood_section["num_ood"], "scores": ood_section["scores"], "notes": ood_section["notes"],
-            "reject": ood_section.get("reject"), "warnings": ood_section["warnings"]}
+    ood = metrics["ood"]
+    record = load_checkpoint(best).get("calibration") or {}
+    return {"config": {"setting": setting(row), "method": metrics["method"], "backbone": metrics["backbone"],
+                       "checkpoint": str(best), "reused": "/".join(row.needs[0]) + f"-s{seed}" if row.needs else None,
+                       "data": str(train_data), "ood": str(ood_data)},
+            "val": {"top1": 100 * record["top1"] if "top1" in record else None, "images": record.get("num_images"),
+                    "temperature": record.get("temperature"), "reject": record.get("reject")},
+            "test": {"top1": metrics["top1"], "images": ood["num_id"], "ood_images": ood["num_ood"],
+                     "scores": ood["scores"], "notes": ood["notes"], "reject": ood.get("reject"),
+                     "warnings": ood["warnings"]}}
 
 
-def _cell(result: dict, score: str) -> str:
-    row = result["scores"].get(score)
-    return "–" if row is None else f"{row['auroc']:.3f} / {100 * row['fpr95']:.1f}"
+def _cell(test: dict, score: str) -> str:
+    found = test["scores"].get(score)
+    return "–" if found is None else f"{found['auroc']:.3f} / {100 * found['fpr95']:.1f}"
 
 
-def table(results: list[dict]) -> str:
-    """Markdown: per model, test top-1, the AUROC / FPR at 95 % TPR of each score, and the stored threshold's effect."""
-    lines = ["| setting | method | test top-1 % | test / OOD images | MSP: AUROC / FPR95 % | energy | "
-             "head agreement | threshold (val, 95 %): test kept % / OOD rejected % |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        reject = r.get("reject")
-        rejected = "–" if not reject else f"{100 * reject['id_kept']:.1f} / {100 * reject['ood_rejected']:.1f}"
-        lines.append(f"| {TITLES.get(r['setting'], r['setting'])} | {r['method']} ({r['backbone']}) | "
-                     f"{r['top1']:.2f} | {r['num_id']} / {r['num_ood']} | "
-                     + " | ".join(_cell(r, s) for s in SCORES) + f" | {rejected} |")
-    return "\n".join(lines)
+HEADER = ["| model | val top-1 % | test top-1 % | test / OOD images | MSP: AUROC / FPR95 % | energy | head agreement | "
+          "threshold (val, 95 %): test kept % / OOD rejected % |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def table(rows: list[Row], get: Lookup) -> list[str]:
+    """Per model: val and test top-1, the AUROC / FPR at 95 % TPR of each score, and the stored threshold's effect."""
+    lines = list(HEADER)
+    for row, (r, *_) in measured_rows(rows, get, NAME, 7, lines):
+        test, reject = r["test"], r["test"].get("reject")
+        kept = "–" if not reject else f"{100 * reject['id_kept']:.1f} / {100 * reject['ood_rejected']:.1f}"
+        val = "–" if r["val"].get("top1") is None else f"{r['val']['top1']:.2f}"
+        lines.append(f"| {row.label}: {r['config']['method']} ({r['config']['backbone']}) | {val} | "
+                     f"{test['top1']:.2f} | {test['images']} / {test['ood_images']} | "
+                     + " | ".join(_cell(test, s) for s in SCORES) + f" | {kept} |")
+    return lines
+
+
+def make_table(plan: Plan = Plan()) -> Table:
+    return Table(NAME, "Rejecting images of other classes (CPU)",
+                 "each run: the model (flowers102 / cub100: another table's run of the recipe, seed 0; cub80: "
+                 "`fgcli train --recipe R` on cub100 less every 5th species), then `fgcli eval best.pt --split test "
+                 "--ood OTHER`", plan.rows, lambda row, seed, ctx: measure(plan, row, seed, ctx), table)
+
+
+TABLES = [make_table()]
 
 
 def parse_runs(items: list[str]) -> list[tuple[str, Path]]:
     """--run SETTING=PATH (a run folder or a best.pt) -> (setting, best.pt)."""
     runs = []
     for item in items:
-        setting, _, path = item.partition("=")
-        if setting not in SETTINGS or not path:
+        name, _, path = item.partition("=")
+        if name not in SETTINGS or not path:
             sys.exit(f"--run {item}: use SETTING=PATH with SETTING one of {', '.join(SETTINGS)}")
         best = Path(path)
         best = best / "weights" / "best.pt" if best.is_dir() else best
         if not best.is_file():
             sys.exit(f"--run {item}: {best} does not exist")
-        runs.append((setting, best))
+        runs.append((name, best))
     return runs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None, help="prepared data, runs, reports and results (reused)")
+    parser = script_parser(__doc__, "toy scale: demo stand-ins, tiny backbone, 2 epochs", ("flowers102", "cub100"))
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--recipes", nargs="+", default=RECIPES, help="recipes trained for settings without --run")
+    parser.add_argument("--recipes", nargs="+", default=None,
+                        help=f"recipes of the settings without --run (default {' '.join(RECIPES)}; --quick: the first)")
     parser.add_argument("--run", action="append", default=[], metavar="SETTING=PATH",
                         help="an already trained run for a setting (repeatable); the setting is then not trained")
-    parser.add_argument("--flowers102", type=Path, default=FLOWERS, help="the flowers102 root")
-    parser.add_argument("--cub", type=Path, default=CUB, help="the cub100 CUB_200_2011 folder")
-    parser.add_argument("--quick", action="store_true", help="toy scale: demo stand-ins, tiny backbone, 1 epoch")
-    parser.add_argument("--fresh", action="store_true", help="ignore saved per-run results")
+    parser.add_argument("--fresh", action="store_true", help="evaluate again (the models are not trained again)")
     args = parser.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="fgcli-ood-"))
-    given = parse_runs(args.run)
-    sets = prepare(work, args.quick, args.flowers102, args.cub)
-    jobs: list[tuple[str, str, Path | None]] = [(s, f"run{i}", best) for i, (s, best) in enumerate(given)
-                                                if s in args.settings]
-    recipes = ["quick"] if args.quick else args.recipes
-    jobs += [(s, r, None) for s in args.settings if s not in {g for g, _ in given} for r in recipes]
-    results, failures = [], []
-    for setting, recipe, best in jobs:
-        label = f"{setting}-{recipe}"
-        saved = work / "results" / f"{label}.json"
-        if saved.is_file() and not args.fresh:
-            results.append(json.loads(saved.read_text()))
-            continue
-        start = time.time()
-        train_data, ood_data = SETTINGS[setting]
-        try:
-            if best is None:
-                best = train(setting, recipe, sets[train_data], work, args.quick)
-            result = evaluate(label, setting, best, sets[train_data], sets[ood_data], work)
-        except RuntimeError as e:
-            failures.append(f"{label}: {e}")
-            print(f"FAILED {label}", flush=True)
-            continue
-        result["wall_s"] = time.time() - start
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(result, indent=1))
-        results.append(result)
-        print(f"{label}: MSP AUROC {result['scores']['msp']['auroc']:.3f} ({result['wall_s'] / 60:.1f} min)",
-              flush=True)
-    if failures:
-        sys.exit("no table: some runs failed\n" + "\n".join(failures))
-    print(f"\n{'QUICK (demo stand-ins, 1 epoch): ' if args.quick else ''}each model on its own test split against "
-          "the test split of the other data; AUROC / FPR at 95 % TPR (%); head agreement: mean probability the heads "
-          "give to the fused top-1 class (HERBS / MGE-CNN); the threshold keeps 95 % of the val images")
-    print(table(results))
-    print(f"\nreports (metrics.json, confusions.html): {work / 'eval'}")
+    plan = Plan(tuple(args.settings), tuple(args.recipes) if args.recipes else None, tuple(parse_runs(args.run)))
+    table = make_table(plan)
+    ctx = script_context(args, table, distill.TABLES[0], f102.TABLE)
+    run_script(ctx, table.rows(args.quick), args.fresh, args.report,
+               f"{'QUICK (demo stand-ins, toy model): ' if args.quick else ''}each model on its own test split "
+               "against the test split of the other data; AUROC / FPR at 95 % TPR (%); head agreement: mean "
+               "probability the heads give to the fused top-1 class (HERBS / MGE-CNN); the threshold keeps 95 % of "
+               "the val images")
+    print(f"\nreports (metrics.json, confusions.html): {ctx.folder(NAME) / 'eval'}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+from _cli import run  # noqa: E402
+from _results import Context, Lookup, Table, missing_row  # noqa: E402
+from _results import Row as TableRow  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 RECIPES = {"baseline": "baseline_lite0_128", "herbs": "herbs_lite0_128", "mge": "mge_lite0_128"}
@@ -199,28 +204,86 @@ def measure(methods: list[str], sizes: list[int], rows: list[Row], data: str, st
     return results
 
 
-def report(results: list[Result], emulated: str | None) -> str:
-    """The README table: one block per (method, size)."""
+HEADER = ["| method | px | row | paths | threads | batch | img/s | vs fp32 | GFLOP/s | % of peak | first step s |",
+          "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def peaks() -> tuple[float, float | None]:
+    """The nominal fp32 and bf16 peaks of one core of this CPU (GFLOP/s)."""
     from fgcli.cpu import cpu_info
 
     info = cpu_info()
-    fp32_peak, bf16_peak = info.fp32_peak_gflops_per_core, info.bf16_peak_gflops_per_core
-    lines = [f"CPU: {info.describe()}" + (f" [emulated {emulated.upper()}]" if emulated else ""),
-             f"nominal peak per core: fp32 {fp32_peak or 0:.0f} GFLOP/s"
-             + (f", bf16 {bf16_peak:.0f} GFLOP/s" if bf16_peak else ""), ""]
-    lines.append("| method | px | row | paths | threads | batch | img/s | vs fp32 | GFLOP/s | % of peak | "
-                 "first step s |")
-    lines.append("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    return info.fp32_peak_gflops_per_core or 0.0, info.bf16_peak_gflops_per_core
+
+
+def block_lines(rows: list[dict[str, Any]], fp32_peak: float, bf16_peak: float | None) -> list[str]:
+    """The table rows of one (method, size): `rows` are Result dicts (with `rate`), the `fp32` row the reference."""
+    ref = next((r["rate"] for r in rows if r["row"] == "fp32"), rows[0]["rate"] if rows else 0.0)
+    lines = []
+    for r in rows:
+        achieved = r["rate"] * r["gflop_per_img"]
+        peak = (bf16_peak if r["precision"] == "bf16" and bf16_peak else fp32_peak) * r["threads"]
+        share = f"{100 * achieved / peak:.1f}" if peak else "?"
+        lines.append(f"| {r['method']} | {r['size']} | {r['row']} | {r['paths']} | {r['threads']} | {r['batch']} | "
+                     f"{r['rate']:.1f} | {r['rate'] / ref if ref else 0:.2f}x | {achieved:.1f} | {share} | "
+                     f"{r['startup_s']:.1f} |")
+    return lines
+
+
+def report(results: list[Result], emulated: str | None) -> str:
+    """The table of one run of this script: one block per (method, size)."""
+    from fgcli.cpu import cpu_info
+
+    fp32_peak, bf16_peak = peaks()
+    lines = [f"CPU: {cpu_info().describe()}" + (f" [emulated {emulated.upper()}]" if emulated else ""),
+             f"nominal peak per core: fp32 {fp32_peak:.0f} GFLOP/s"
+             + (f", bf16 {bf16_peak:.0f} GFLOP/s" if bf16_peak else ""), "", *HEADER]
+    as_dicts = [r.__dict__ | {"rate": r.rate} for r in results]
     for key in dict.fromkeys((r.method, r.size) for r in results):
-        block = [r for r in results if (r.method, r.size) == key]
-        ref = next((r.rate for r in block if r.row == "fp32"), block[0].rate)
-        for r in block:
-            achieved = r.rate * r.gflop_per_img
-            peak = (bf16_peak if r.precision == "bf16" and bf16_peak else fp32_peak or 0.0) * r.threads
-            share = f"{100 * achieved / peak:.1f}" if peak else "?"
-            lines.append(f"| {r.method} | {r.size} | {r.row} | {r.paths} | {r.threads} | {r.batch} | {r.rate:.1f} | "
-                         f"{r.rate / ref if ref else 0:.2f}x | {achieved:.1f} | {share} | {r.startup_s:.1f} |")
+        lines += block_lines([r for r in as_dicts if (r["method"], r["size"]) == key], fp32_peak, bf16_peak)
     return "\n".join(lines)
+
+
+# -- the README table, for benchmarks/readme_results.py: one row per method, size and CPU class -------------
+def _readme_rows(quick: bool) -> list[TableRow]:
+    if quick:
+        return [TableRow("baseline-32", "baseline, 32 px (toy)")]
+    rows = [TableRow(f"{m}-{size}", f"{m}, {size} px") for m in RECIPES for size in (128, 224)]
+    return rows + [TableRow(f"{m}-{size}-avx2", f"{m}, {size} px, emulated AVX2") for m in RECIPES
+                   for size in (128, 224)]
+
+
+def _measure_readme(row: TableRow, seed: int, ctx: Context) -> dict[str, Any]:
+    method, size, *emulated = row.name.split("-")
+    out = ctx.folder("train_speed") / f"{row.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--methods", method, "--json", str(out)]
+    cmd += ["--quick"] if ctx.quick else ["--sizes", size]
+    if emulated:
+        cmd += ["--emulate", emulated[0]]
+    run(cmd, ctx.folder("train_speed") / f"{row.name}.txt")
+    fp32_peak, bf16_peak = peaks()
+    return {"config": {"method": method, "size": int(size), "emulated": emulated[0] if emulated else None},
+            "rows": json.loads(out.read_text()), "peaks": {"fp32": fp32_peak, "bf16": bf16_peak}}
+
+
+def _render_readme(rows: list[TableRow], get: Lookup) -> list[str]:
+    lines = list(HEADER)
+    for row in rows:
+        summary = get("train_speed", row.name, row.seeds[0])
+        if summary is None:
+            lines.append(missing_row(row.label, len(HEADER[1].split("|")) - 3))
+            continue
+        fp32_peak, bf16_peak = summary["peaks"]["fp32"], summary["peaks"]["bf16"]
+        label = " (emulated AVX2)" if summary["config"]["emulated"] else ""
+        lines += [line.replace(f"| {row.name.split('-')[0]} |", f"| {row.name.split('-')[0]}{label} |", 1)
+                  for line in block_lines(summary["rows"], fp32_peak, bf16_peak)]
+    return lines
+
+
+TABLES = [Table("train_speed", "Training speed", "each run: `benchmarks/train_speed.py` for one method and size, "
+                "every speed setting trained side by side by fgcli's Trainer on flowers102 (6 batches x 2 rounds per "
+                "setting after a warm-up round)", _readme_rows, _measure_readme, _render_readme)]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

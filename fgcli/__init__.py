@@ -2,7 +2,7 @@
 
 The Python API (fgcli.api) is re-exported here lazily, so that `import fgcli` stays fast (no torch):
 `fgcli.train`, `fgcli.evaluate`, `fgcli.export`, `fgcli.predict`, `fgcli.load`, `fgcli.bench`,
-`fgcli.attention_viz`, `fgcli.prepare_data`, `fgcli.tune`.
+`fgcli.attention_viz`, `fgcli.prepare_data`, `fgcli.tune`, `fgcli.distill`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Model", "attention_viz", "bench", "calibrate", "evaluate", "export", "load", "predict", "prepare_data", "train",
-        "tune")
+_API = ("Model", "attention_viz", "bench", "calibrate", "distill", "evaluate", "export", "load", "predict",
+        "prepare_data", "train", "tune")
 
 
 def __getattr__(name: str) -> Any:

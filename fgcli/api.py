@@ -3,6 +3,7 @@
     import fgcli
 
     run = fgcli.train(method="herbs", data="demo", epochs=1)          # -> TrainResult (run_dir, best, history)
+    small = fgcli.distill(run.best, data="demo", epochs=1)            # -> DistillResult (a baseline student)
     report = fgcli.evaluate(run.best, data="demo")                    # -> EvalRun (result.top1, files)
     onnx = fgcli.export(run.best, int8=True)                          # -> ExportResult (files, parity, int8)
     preds = fgcli.predict(onnx.files["onnx"], ["bird.jpg"], topk=3)   # -> PredictResult
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from fgcli.data.manifest import PreparedDataset
+    from fgcli.distilling.run import DistillResult
     from fgcli.engine.trainer import TrainResult
     from fgcli.inference import Predictor
     from fgcli.options import (
@@ -47,8 +49,8 @@ if TYPE_CHECKING:
     from fgcli.tuning.compare import CompareResult
     from fgcli.tuning.run import TuneResult
 
-__all__ = ["Model", "attention_viz", "bench", "calibrate", "evaluate", "export", "load", "predict", "prepare_data", "train",
-           "tune"]
+__all__ = ["Model", "attention_viz", "bench", "calibrate", "distill", "evaluate", "export", "load", "predict",
+           "prepare_data", "train", "tune"]
 
 
 def prepare_data(format: str, src: str | Path | None = None, out: str | Path | None = None, *,
@@ -116,6 +118,32 @@ def train(method: str | None = None, data: str | None = None, *, recipe: str | N
     values = {"method": method, "data": data, **flags}
     return run_train(recipe=recipe, config_file=config, flags={TRAIN_FLAGS[k]: v for k, v in values.items()},
                      overrides=_overrides(set), resume=resume)
+
+
+def distill(teacher: str | Path | None = None, data: str | None = None, *, student: str | None = None,
+            recipe: str | None = None, config: str | None = None, resume: str | None = None,
+            set: Sequence[str] | dict[str, Any] | None = None, **flags: Any) -> DistillResult:
+    """`fgcli distill TEACHER`: train a baseline student (backbone `student`) on the frozen teacher's fused,
+    calibrated probabilities plus the labels: (1 - alpha) CE + alpha T^2 KL, `distill.alpha` / `distill.temperature`
+    through `set`. `teacher`: a checkpoint, a run folder (its best.pt) or an exported .onnx. Without `recipe`,
+    `config` or `student` the student is the `baseline_lite0_128` recipe (on `data="demo"` the demo's). `flags`:
+    train()'s keywords (epochs, lr, img_size, seed, project, name, ...; runs go to runs/distill). `resume`: a
+    distillation run folder / last.pt, continued with its own teacher. Returns a DistillResult: the TrainResult of
+    the student (`.best`, `.history`) and `.teacher`, the record its checkpoints keep under `distill`."""
+    from fgcli.distilling.run import run_distill
+
+    if "backbone" in flags:
+        raise UserError("distill() takes the student's backbone as student=, not backbone=.")
+    unknown = sorted(k for k in flags if k not in TRAIN_FLAGS)
+    if unknown:
+        from fgcli.errors import closest
+
+        raise UserError(f"distill() got unknown option {unknown[0]!r}.{closest(unknown[0], list(TRAIN_FLAGS))} "
+                        "Pass any other config key with set={'section.key': value}.")
+    values = {"data": data, "backbone": student, **flags}
+    return run_distill(None if teacher is None else str(teacher), recipe=recipe, config_file=config,
+                       flags={TRAIN_FLAGS[k]: v for k, v in values.items()}, overrides=_overrides(set),
+                       resume=resume)
 
 
 def tune(method: str | None = None, data: str | None = None, *, recipe: str | None = None,

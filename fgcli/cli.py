@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("prepare-data", "prepare_data", "prepare_data_command", ()),
     ("train", "train", "train_command", ()),
     ("tune", "tune", "tune_command", ()),
+    ("distill", "distill", "distill_command", ()),
     ("eval", "eval", "eval_command", ()),
     ("calibrate", "calibrate", "calibrate_command", ()),
     ("export", "export", "export_command", ()),

@@ -82,6 +82,14 @@ class DataConfig:
     color_jitter: float = 0.0
     blur_prob: float = 0.0  # HERBS recipe: GaussianBlur(k=5, sigma in [0.1, 5]) with p=0.1
     sharpness_prob: float = 0.0  # HERBS recipe: RandomAdjustSharpness(1.5) with p=0.1
+    # timm's RandomResizedCrop in place of resize + random crop, on when either is set (the other then takes
+    # timm's default: scale [0.08, 1], ratio [3/4, 4/3]); null = off
+    rrc_scale: list[float] | None = None  # the crop's share of the image area, [min, max]
+    rrc_ratio: list[float] | None = None  # the crop's aspect ratio, [min, max]
+    # timm's augmentation string: "rand-m9-mstd0.5-inc1" (RandAugment), "augmix-m5-w4-d2", "original" (AutoAugment),
+    # or "trivial" (torchvision's TrivialAugmentWide); null = off
+    auto_augment: str | None = None
+    random_erasing: float = 0.0  # timm RandomErasing probability (per image, per-pixel noise, after normalising)
     workers: int = 2
     decoder: str = "pil"  # training/validation loaders: "pil", or "torchvision" (libjpeg-turbo into tensors, JPEGs)
     demo_size: int = 64  # image size of the generated demo data set
@@ -160,6 +168,13 @@ class TrainConfig:
     amp_dtype: str = "auto"  # auto (bf16 if supported else fp16) | fp16 | bf16
     ema: bool = False
     ema_decay: float = 0.9998
+    # smoothing of every cross-entropy term on labels (each method says which terms: README "Methods")
+    label_smoothing: float = 0.0
+    # timm Mixup / CutMix (soft targets), Beta(alpha, alpha) for each; 0 = off; both on: one or the other per
+    # batch, at random (timm's switch_prob 0.5); only for methods whose loss takes soft targets
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0  # the share of batches mixed when mixup or cutmix is on
     seed: int = 0
     deterministic: bool = False
     project: str = "runs/train"
@@ -172,6 +187,15 @@ class TrainConfig:
     # the share of val images the rejection threshold (fitted with the temperature at the end) keeps:
     # `predict --reject` answers "unknown" below it
     reject_recall: float = 0.95
+
+
+@dataclass
+class DistillConfig:
+    """`fgcli distill`: a baseline student learns from a frozen teacher's calibrated probabilities and the labels."""
+
+    teacher: str | None = None  # the teacher's checkpoint (.pt) or exported .onnx; set by `fgcli distill TEACHER`
+    alpha: float = 0.5  # weight of the distillation term T^2 * KL(teacher || student); the labels' loss gets 1 - alpha
+    temperature: float = 2.0  # T, softening teacher and student alike (on top of the teacher's calibration)
 
 
 @dataclass
@@ -195,6 +219,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __getattr__(self, name: str) -> Any:
@@ -392,6 +417,21 @@ def validate(cfg: Config) -> None:
          "model.channels_last must be auto, always or never"),
         (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be >= 1 (or null for all cores)"),
         (cfg.model.output_stride in (None, 8, 16, 32), "model.output_stride must be 8, 16, 32 or null"),
+        (0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]"),
+        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
+        (_range_pair(cfg.data.rrc_scale, 1.0), "data.rrc_scale must be [min, max] with 0 < min <= max <= 1 (or null)"),
+        (_range_pair(cfg.data.rrc_ratio, None), "data.rrc_ratio must be [min, max] with 0 < min <= max (or null)"),
+        (cfg.data.auto_augment is None or cfg.data.auto_augment == "trivial"
+         or cfg.data.auto_augment.startswith(AUTO_AUGMENT_PREFIXES),
+         "data.auto_augment must be a timm augmentation string (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, "
+         "v0), trivial, or null"),
+        (0.0 <= cfg.data.random_erasing <= 1.0, "data.random_erasing must be in [0, 1] (a probability)"),
+        (0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+        (cfg.train.mixup >= 0, "train.mixup must be >= 0 (the Beta distribution's alpha; 0 = off)"),
+        (cfg.train.cutmix >= 0, "train.cutmix must be >= 0 (the Beta distribution's alpha; 0 = off)"),
+        (0.0 < cfg.train.mixup_prob <= 1.0, "train.mixup_prob must be in (0, 1]"),
+        (not (cfg.train.mixup or cfg.train.cutmix) or cfg.train.batch_size % 2 == 0,
+         "train.batch_size must be even with train.mixup / train.cutmix (timm mixes each batch with its reverse)"),
     ]
     for name, section in method_sections().items():
         if section.checks is not None:
@@ -400,6 +440,17 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise UserError(f"{message}{_got(cfg, message.split()[0])}. Fix it in the recipe, --config file, flag "
                             "or --set.")
+
+
+#: what `data.auto_augment` may start with: timm's RandAugment, AugMix and AutoAugment policies
+AUTO_AUGMENT_PREFIXES = ("rand", "augmix", "original", "v0", "3a")
+
+
+def _range_pair(values: list[float] | None, upper: float | None) -> bool:
+    """None, or [min, max] with 0 < min <= max (<= upper)."""
+    if values is None:
+        return True
+    return len(values) == 2 and 0 < values[0] <= values[1] and (upper is None or values[1] <= upper)
 
 
 def _got(cfg: Config, key: str) -> str:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "flowers102_results.py"
+from benchkit import load_benchmark
 
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("flowers102_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flowers102_results")
 
 
 def _fake_root(tmp_path: Path) -> Path:
@@ -28,25 +23,38 @@ def _fake_root(tmp_path: Path) -> Path:
 
 
 def _result(row: str, seed: int, top1: float, head: str | None = None) -> dict:
-    return {"row": row, "seed": seed, "top1": top1, "top5": top1 + 10, "val_top1": top1, "head": head,
-            "head_test": top1 - 1 if head else None, "train_s": 120.0, "img_s": 10.0}
+    return {"row": row, "seed": seed, "val": {"top1": top1 + 1},
+            "test": {"top1": top1, "top5": top1 + 10, "head": head, "head_top1": top1 - 1 if head else None},
+            "train": {"time_s": 120.0, "img_s": 10.0, "epochs": 6}}
+
+
+def _lookup(results: list[dict]):
+    return lambda table, row, seed: next((r for r in results if (r["row"], r["seed"]) == (row, seed)), None)
 
 
 def test_table_gives_mean_and_min_max_over_seeds(bench) -> None:
-    text = bench.table([_result("herbs", 0, 80.0, "comb"), _result("herbs", 1, 84.0, "comb"),
-                        _result("linear_probe", 0, 70.0)], ["linear_probe", "herbs"])
-    lines = text.splitlines()
-    assert lines[2].startswith("| linear_probe | 1 | 70.00 | 80.00 | - (one head)")
-    assert lines[3].startswith("| herbs | 2 | 82.00 (80.00-84.00) | 92.00 (90.00-94.00) | comb: 81.00 (79.00-83.00)")
-    assert "| 2.0 min | 10.0 |" in lines[3]
+    Row = bench.Row
+    get = _lookup([_result("herbs", 0, 80.0, "comb"), _result("herbs", 1, 84.0, "comb"),
+                   _result("linear_probe", 0, 70.0)])
+    rows = [Row("linear_probe", "probe", (0,)), Row("herbs", "HERBS", (0, 1), before="*choices:*"),
+            Row("mge", "MGE", (0,)), Row("linear_probe", "probe, 2 seeds", (0, 1))]
+    lines = bench.table(rows, get)
+    assert lines[2].startswith("| probe | 6 | 1 | 71.00 | 70.00 | 80.00 | — (one head)")
+    assert lines[3] == "| *choices:* |  |  |  |  |  |  |  |  |"
+    assert lines[4].startswith("| HERBS | 6 | 2 | 83.00 (81.00-85.00) | 82.00 (80.00-84.00) | 92.00 (90.00-94.00) | "
+                               "comb: 81.00 (79.00-83.00)")
+    assert "| 2.0 min | 10.0 |" in lines[4]
+    assert lines[5] == "| MGE | missing |  |  |  |  |  |  |  |"  # no seed measured
+    assert lines[6] == "| probe, 2 seeds | missing (seed 1) |  |  |  |  |  |  |  |"
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
 def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, monkeypatch, capsys) -> None:
     work = tmp_path / "work"
     (work / "flowers102_prepared").mkdir(parents=True)
     (work / "flowers102_prepared" / "dataset.yaml").write_text("name: x\n")
-    (work / "results").mkdir()
-    (work / "results" / "linear_probe-s0.json").write_text(json.dumps(_result("linear_probe", 0, 70.0)))
+    (work / "results" / "flowers102").mkdir(parents=True)
+    (work / "results" / "flowers102" / "linear_probe-s0.json").write_text(json.dumps(_result("linear_probe", 0, 70.0)))
     calls = []
 
     def fake(row, seed, data, work_dir, extra, quick=False):
@@ -63,7 +71,8 @@ def test_saved_runs_are_reused_and_a_failed_run_means_no_table(bench, tmp_path, 
         bench.main()
     assert calls == [("baseline", 0), ("herbs", 0)]  # linear_probe came from its saved result
     assert "| method |" not in capsys.readouterr().out
-    assert (work / "results" / "baseline-s0.json").is_file()  # what finished is kept for the next call
+    saved = json.loads((work / "results" / "flowers102" / "baseline-s0.json").read_text())
+    assert saved["test"]["top1"] == 75.0 and saved["threads"] >= 1 and "cpu" in saved  # kept for the next call
 
 
 def test_quick_mode_is_short_and_keeps_its_own_folders(bench, tmp_path, monkeypatch) -> None:

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the format registry: one entry per model format (suffixes, writer, predictor, tolerance)
     ("formats", ("fgcli.formats",)),
     # a method's viz panels live in its folder but belong to the viz layer
-    ("tasks", ("fgcli.tasks", "fgcli.viz", "fgcli.methods.*.viz")),
+    ("tasks", ("fgcli.tasks", "fgcli.distilling", "fgcli.viz", "fgcli.methods.*.viz")),
     ("tune", ("fgcli.tuning",)),  # searches drive the engine and confirm on test with the evaluation task
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),

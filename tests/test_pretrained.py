@@ -33,6 +33,7 @@ from fgcli.pretrained import (
 
 FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flowers12"
 LITE0 = PACKAGES["efficientnet-lite0"]
+LITE2 = PACKAGES["efficientnet-lite2"]
 HEAD = {"conv_head.weight", "classifier.weight", "classifier.bias",
         *(f"bn2.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"))}
 
@@ -47,6 +48,8 @@ def _installed(distribution: str) -> bool:
 
 needs_lite0 = pytest.mark.skipif(not _installed(LITE0.distribution),
                                  reason=f"weights package not installed ({LITE0.pip_hint})")
+needs_lite2 = pytest.mark.skipif(not _installed(LITE2.distribution),
+                                 reason=f"weights package not installed ({LITE2.pip_hint}; fgcli[lite2])")
 needs_flowers = pytest.mark.skipif(not FLOWERS.is_dir(), reason="../shared/data/flowers12 not found")
 
 
@@ -213,6 +216,47 @@ def test_mapped_timm_model_equals_the_package_architecture() -> None:
     assert (got - expected).abs().max().item() < 1e-4
     assert (perturbed - expected).abs().max().item() > 1e-2
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+
+
+@needs_lite2
+def test_lite2_package_loads_every_backbone_tensor(messages: list[str]) -> None:
+    """EfficientNet-Lite2 (260 px; 1/3/3/4/4/5/1 blocks per stage): every tensor placed, by structure."""
+    backbone = Backbone("tf_efficientnet_lite2", pretrained_file="efficientnet-lite2")
+    report = backbone.load_report
+    assert report is not None and (report["matched"], report["total"]) == (315, 315)
+    assert report["missing"] == report["unexpected"] == report["mismatched"] == []
+    assert set(report["unused_head"]) == HEAD
+    assert any("315/315 backbone tensors matched" in m and "efficientnet-lite2" in m for m in messages)
+    raw = read_state_dict(package_weights_file(LITE2))
+    body = backbone.body.state_dict()
+    for src, dst in [("_conv_stem.weight", "conv_stem.weight"), ("_bn0.running_mean", "bn1.running_mean"),
+                     ("_blocks.0._depthwise_conv.weight", "blocks.0.0.conv_dw.weight"),
+                     ("_blocks.3._expand_conv.weight", "blocks.1.2.conv_pw.weight"),
+                     ("_blocks.10._project_conv.weight", "blocks.3.3.conv_pwl.weight"),
+                     ("_blocks.19._bn1.running_var", "blocks.5.4.bn2.running_var"),
+                     ("_blocks.20._bn2.weight", "blocks.6.0.bn3.weight")]:
+        assert torch.equal(body[dst], raw[src]), (src, dst)
+    pre = backbone.default_preprocess()
+    assert pre["mean"] == (0.5, 0.5, 0.5) and pre["img_size"] == 260
+    assert backbone.channels[-1] == 352  # wider than Lite0's 320
+
+
+@needs_lite2
+def test_mapped_lite2_equals_the_package_architecture() -> None:
+    """timm's tf_efficientnet_lite2 with mapped weights == efficientnet_lite_pytorch with the package file."""
+    arch = _reference_arch()
+    from references import build_imagenet_classifier
+
+    reference = arch.EfficientNet.from_pretrained("efficientnet-lite2",
+                                                  weights_path=str(package_weights_file(LITE2))).eval()
+    model = build_imagenet_classifier("efficientnet-lite2")
+    x = torch.randn(2, 3, 260, 260, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+        model.blocks[5][4].conv_dw.weight.mul_(1.1)  # sensitivity: one changed tensor shows up
+        perturbed = model(x)
+    assert (got - expected).abs().max().item() < 1e-4
+    assert (perturbed - expected).abs().max().item() > 1e-2
 
 
 def test_mapping_handles_squeeze_excite_blocks() -> None:

@@ -20,6 +20,7 @@ from fgcli.methods import build_method
 from fgcli.methods.precision import is_depthwise, keep_depthwise_fp32
 
 CPU = torch.device("cpu")
+HERBS_TINY = ("herbs.fpn_size=16", "herbs.num_selects=[0.25,0.25,0.5,0.5]")
 AMX = cpu.CpuInfo("Test Xeon (AMX)", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), 2, 2000.0)
 AVX2 = cpu.CpuInfo("Test EPYC (AVX2)", frozenset({"avx2", "fma"}), 2, 2000.0)
 CPUINFO = """processor\t: 0
@@ -57,7 +58,7 @@ def on_cpu(monkeypatch, tmp_path_factory):
         monkeypatch.setattr(speed, "cpu_info", lambda: info)
         monkeypatch.setenv("FGCLI_CACHE", str(tmp_path_factory.mktemp("cache")))  # no earlier measurement
 
-        def fake_probe(method, device, img_size, num_classes, candidates, batch_size, steps=2):
+        def fake_probe(method, device, img_size, num_classes, candidates, batch_size, steps=2, step_loss=None):
             calls.append([c.label() for c in candidates])
             return {c.label(): (rates or {}).get(c.label(), 10.0) for c in candidates}
 
@@ -112,6 +113,15 @@ def test_auto_picks_bf16_on_a_bf16_cpu_only_when_measured_faster(on_cpu) -> None
     on_cpu(AMX, {"fp32 + contiguous": 10.0, "bf16 autocast (depthwise convs fp32) + channels_last": 10.3})
     plan = plan_speed(config(), CPU, tiny_method(), 32, 3)  # 1.03x: within noise, nothing switched
     assert plan.amp_dtype is None and not plan.channels_last and "kept" in plan.reasons[-1]
+
+
+def test_auto_bf16_only_for_methods_whose_accuracy_was_checked(on_cpu) -> None:
+    calls = on_cpu(AMX, {"fp32 + channels_last": 30.0, "fp32 + contiguous": 20.0})
+    plan = plan_speed(config(*HERBS_TINY, method="herbs"), CPU, tiny_method("herbs", *HERBS_TINY), 32, 3)
+    assert calls == [["fp32 + contiguous", "fp32 + channels_last"]] and plan.amp_dtype is None
+    assert any("not yet shown equal to fp32 for herbs" in r for r in plan.reasons)
+    plan = plan_speed(config("train.amp=true", *HERBS_TINY, method="herbs"), CPU, tiny_method("herbs", *HERBS_TINY), 32, 3)
+    assert plan.amp_dtype is torch.bfloat16  # asked for: honoured
 
 
 def test_choose_keeps_the_plain_setting_below_the_noise_margin() -> None:

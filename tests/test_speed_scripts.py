@@ -3,22 +3,11 @@ target verdict (no model is run)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # (dataclasses in the script look their module up)
-    spec.loader.exec_module(module)
-    return module
+from benchkit import load_benchmark as _load
 
 
 @pytest.fixture()
@@ -42,9 +31,12 @@ onnx,onnxruntime CPUExecutionProvider,8,128,1,20,10.0,10,10,800,int8,0,1e-1
 
 
 def _result(run: str, method: str, test: dict, val: dict | None = None) -> dict:
-    return {"run": run, "method": method, "fp32_first_layers": 0, "test": test,
-            "val": val or {"cpu fp32": 70.0, "cpu int8": 69.8}, "latency_ms": {}, "calibration": "train",
-            "calibration_method": "percentile"}
+    """A summary as int8_results.py writes it."""
+    return {"config": {"run": run, "method": method, "fp32_first_layers": 0, "calibration": "train",
+                       "calibration_method": "percentile"},
+            "test": test, "val": val or {"cpu fp32": 70.0, "cpu int8": 69.8}, "latency_ms": {},
+            "time_s": 60.0, "cpu": "Some CPU (AVX2)", "cpus": 2, "threads": 1, "other_load": 0.0, "cpu_shared": False,
+            "date": "2025-01-02T03:04:05+00:00", "command": ["fgcli export best.pt --onnx --int8"]}
 
 
 def test_int8_table_changes_and_speedups(int8):
@@ -54,11 +46,15 @@ def test_int8_table_changes_and_speedups(int8):
     assert int8.ratio(latency, "onnx fp32", "openvino int8", "1") is None
     result = _result("herbs-s0", "herbs", {"cpu fp32": 70.0, "cpu int8": 69.25})
     result["latency_ms"] = latency
-    result["fp32_first_layers"] = 2
-    text = int8.table([result])
-    row = next(line for line in text.splitlines() if line.startswith("| HERBS"))
-    assert "first 2 layers fp32" in row and "| 70.00 | int8 | 69.25 | -0.75 | -0.20 | 2.00× / 2.00× |" in row
-    assert "OpenVINO" not in text  # not measured: no rows
+    result["config"]["fp32_first_layers"] = 2
+    lines = int8.lines([("HERBS", result), ("MGE-CNN", None)])
+    row = next(line for line in lines if line.startswith("| HERBS"))
+    # fp32 val / test, int8 val / test, change on val / test, speed-up
+    assert "first 2 layers fp32" in row
+    assert "| 70.00 | 70.00 | int8 | 69.80 | 69.25 | -0.20 | -0.75 | 2.00× / 2.00× |" in row
+    assert not any("OpenVINO" in line for line in lines)  # not measured: no rows
+    assert lines[-1] == "| MGE-CNN | missing |  |  |  |  |  |  |  |  |"
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
 def test_int8_results_resumes_from_saved_runs(int8, tmp_path, monkeypatch, capsys):
@@ -70,7 +66,9 @@ def test_int8_results_resumes_from_saved_runs(int8, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["int8_results.py", str(tmp_path / "runs" / "baseline-s0"), "--data", "d",
                                       "--work", str(work)])
     int8.main()
-    assert "| baseline | onnxruntime CPU | 68.22 | int8 | 67.96 | -0.26 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| baseline | onnxruntime CPU | 70.00 | 68.22 | int8 | 69.80 | 67.96 | -0.20 | -0.26 |" in out
+    assert "measured 2025-01-02 on Some CPU (AVX2), 2 CPUs, 1 thread per run; no other work shared the CPU" in out
     monkeypatch.setattr(sys, "argv", ["int8_results.py", str(tmp_path / "runs" / "herbs-s0"), "--data", "d",
                                       "--work", str(work), "--report"])
     int8.main()
@@ -114,7 +112,7 @@ def test_speed_table_rows(speed):
     text = speed.table([{"name": "baseline", "latency": latency, "top1": {"cpu fp32": 68.2, "cpu int8": 68.0}}],
                        [1, 8])
     row = text.splitlines()[2]
-    assert row.startswith("| baseline | 1 | 12.0 | 3.0 | 1.5 | — | 2.0 | — | cpu int8 | 8.00× |")
+    assert row.startswith("| baseline | 1 | 12.0 | 3.0 | 1.5 | — | 2.0 | — | ORT CPU int8 | 8.00× |")
     assert "68.00 (-0.20) | met |" in row and len(text.splitlines()) == 3  # no batch-8 row: not timed
 
 

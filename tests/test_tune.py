@@ -15,6 +15,7 @@ from fgcli.config import flatten, resolve_config
 from fgcli.engine.checkpoint import load_checkpoint
 from fgcli.engine.rundir import read_results_csv
 from fgcli.errors import UserError
+from fgcli.tuning.run import TuneResult
 from fgcli.tuning.trial import RUN_KEYS
 
 TINY = {"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "workers": 0, "device": "cpu"}
@@ -175,7 +176,6 @@ def test_an_unreachable_storage_is_one_line(tmp_path: Path, url: str, shown: str
 
 def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() -> None:
     from fgcli.tuning.compare import ArmResult, CompareResult, SeedRun, _verdict
-    from fgcli.tuning.run import TuneResult
 
     def arm(name: str, tests: list[float]) -> ArmResult:
         tune = TuneResult(study=name, storage="", tune_dir=Path(), method="baseline", plan=[])
@@ -189,6 +189,30 @@ def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() 
     _verdict(overlap)
     assert overlap.best == "a" and not overlap.shown and "overlaps that of b: not shown" in overlap.verdict
     assert arm("a", [80, 85, 81]).stats("test") == pytest.approx((82.0, 80.0, 85.0))
+
+
+def test_comparison_csv_names_each_arms_recipe_best_trial_and_the_verdict(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from fgcli.tuning.compare import ArmResult, CompareResult, SeedRun, _verdict, write_tables
+    from fgcli.tuning.report import TrialRow
+
+    def arm(name: str, recipe: str | None, tests: list[float], best: TrialRow | None) -> ArmResult:
+        rows = [best] if best else []
+        tune = TuneResult(study=name, storage="", tune_dir=Path(), method="baseline", plan=[], rows=rows, best=best)
+        return ArmResult(name, tune, [SeedRun(i, Path(), 50.0 + i, t) for i, t in enumerate(tests)], recipe)
+
+    best = TrialRow(3, "complete", 61.25, {"optim.lr": 0.0025, "herbs.num_selects": [0.25, 0.5], "a.b": True})
+    result = CompareResult("c", tmp_path, ["plan"], arms=[arm("herbs", "herbs_lite0_128", [80, 82, 81], best),
+                                                          arm("mine", None, [70, 71, 72], None)])
+    _verdict(result)
+    rows = list(csv.DictReader(write_tables(result, tmp_path)["csv"].read_text().splitlines()))
+    assert rows[0]["arm"] == "herbs" and rows[0]["recipe"] == "herbs_lite0_128" and rows[0]["best_trial"] == "3"
+    assert json.loads(rows[0]["best_params"]) == {"optim.lr": 0.0025, "herbs.num_selects": [0.25, 0.5], "a.b": True}
+    assert rows[0]["test_mean"] == "81.0000" and rows[0]["val_max"] == "52.0000" and rows[0]["verdict"] == "shown"
+    assert rows[1]["recipe"] == rows[1]["best_trial"] == rows[1]["best_params"] == rows[1]["verdict"] == ""
+    assert rows[0]["trials_complete"] == "1" and rows[1]["search_best_val"] == ""
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ _HW = "Hardware"
 
 @handle_errors(fast_exit=True)
 def train_command(
-    method: str | None = typer.Option(None, "--method", "-m", help="Method: baseline, herbs, mge."),
+    method: str | None = typer.Option(None, "--method", "-m", help="Method: baseline, herbs, mge, probe (linear probe: frozen backbone, converged fit)."),
     data: str | None = typer.Option(None, "--data", "-d", rich_help_panel=_DATA,
                                        help="Prepared folder, raw dataset root, ImageFolder, or 'demo'."),
     backbone: str | None = typer.Option(None, "--backbone", "-b", help="Any timm model name."),
@@ -78,12 +78,12 @@ def train_command(
         print_summary(result)
 
 
-def print_summary(result: TrainResult) -> None:
+def print_summary(result: TrainResult, command: str = "train") -> None:
     """The run's summary table and the next commands."""
     from rich.table import Table
 
     cfg = result.config
-    table = Table(title=f"fgcli train: {cfg.method} on {cfg.model.backbone}", show_header=False)
+    table = Table(title=f"fgcli {command}: {cfg.method} on {cfg.model.backbone}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("run folder", str(result.run_dir))

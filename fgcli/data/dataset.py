@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -31,7 +32,7 @@ class ManifestDataset(Dataset):
 
     With `aug_seed` set (the training loader sets it each epoch), the random transform of sample i is seeded
     from (aug_seed, i) alone: the same augmentation whatever the number of loader workers or DDP processes,
-    and the caller's random streams are left as they were.
+    and the caller's random streams (torch, python, numpy) are left as they were.
     """
 
     def __init__(self, samples: Sequence[Sample], source_root: str | Path, transform: Callable | None = None,
@@ -60,19 +61,22 @@ class ManifestDataset(Dataset):
 
     @contextlib.contextmanager
     def _seeded(self, index: int) -> Iterator[None]:
-        """torch's and python's random streams seeded from (aug_seed, index) inside, restored after."""
+        """torch's, python's and numpy's global random streams seeded from (aug_seed, index) inside, restored
+        after (timm's RandAugment draws its ops from numpy, their magnitudes from python's `random`)."""
         if self.aug_seed is None:
             yield
             return
-        state = random.getstate()
+        state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             seed = (self.aug_seed * 1_000_003 + 7_919 * index) % (2 ** 63 - 1)
             torch.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
             try:
                 yield
             finally:
                 random.setstate(state)
+                np.random.set_state(np_state)
 
     def load(self, index: int) -> Image.Image | torch.Tensor:
         """The RGB image of sample `index` (a PIL image, or a 3 x H x W uint8 tensor with the torchvision

@@ -302,6 +302,18 @@ def state_dict_differences(expected: dict[str, torch.Tensor], got: dict[str, Any
     return "; ".join(parts)
 
 
+def checkpoint_val_top1(ckpt: dict[str, Any]) -> float | None:
+    """The fused val top-1 (%) of the weights a checkpoint holds (its epoch's results row; for a best.pt whose
+    history was stripped, its best metric), or None when it was never validated."""
+    epoch = ckpt.get("epoch")
+    for row in ckpt.get("history") or []:
+        if epoch is not None and int(row.get("epoch", -1)) == int(epoch) and row.get("val/top1") is not None:
+            return float(row["val/top1"])
+    if epoch is not None and ckpt.get("best_epoch") == epoch and ckpt.get("best_metric") is not None:
+        return float(ckpt["best_metric"])
+    return None
+
+
 def strip_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> dict[str, Any]:
     """A weights-only copy for deployment: no optimizer / scheduler / scaler / RNG; EMA folded into `model`."""
     out = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "rng", "ema", "history")}

@@ -103,6 +103,29 @@ def plot_results(rows: list[dict[str, float | str]], path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_probe(path_fits: list, chosen_l2: float, path: str | Path) -> None:
+    """A probe's results.png: train and val top-1 (and val NLL) against the L2 weight, the chosen one marked."""
+    plt = _pyplot()
+    fits = sorted(path_fits, key=lambda f: f.l2)
+    l2 = [f.l2 for f in fits]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    left.plot(l2, [f.train_top1 for f in fits], marker="o", markersize=3, linewidth=1.0, label="train top-1")
+    if all(f.val_top1 is not None for f in fits):
+        left.plot(l2, [f.val_top1 for f in fits], marker="o", markersize=4, linewidth=2.4, label="val top-1")
+        right.plot(l2, [f.val_nll for f in fits], marker="o", markersize=3, linewidth=1.6, label="val NLL")
+    right.plot(l2, [f.objective for f in fits], marker="o", markersize=2, linewidth=1.0, label="train objective")
+    for ax, title in ((left, "top-1 (%)"), (right, "loss")):
+        ax.set_xscale("log")
+        ax.axvline(chosen_l2, color="gray", linestyle="--", linewidth=1.0)
+        ax.set_title(f"{title}, chosen L2 {chosen_l2:.3g}")
+        ax.set_xlabel("L2 weight")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def _num(value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]

@@ -105,7 +105,7 @@ def build_data(cfg: Config, dataset: Any, preprocess: Any, info: D.DistInfo) -> 
     train_samples = dataset.split("train")
     if not train_samples:
         raise UserError(f"data set {cfg.data.path} has no training images (split 'train' is empty).")
-    val_samples = _val_samples(cfg, dataset)
+    val_samples = validation_samples(cfg, dataset)
     world = info.world_size
     if len(train_samples) < cfg.train.batch_size * world:
         raise UserError(f"--batch-size {cfg.train.batch_size} x {world} process(es) is larger than the "
@@ -122,13 +122,18 @@ def build_data(cfg: Config, dataset: Any, preprocess: Any, info: D.DistInfo) -> 
                                   cfg.train.batch_size, train=False, workers=cfg.data.workers,
                                   distributed=False, seed=cfg.train.seed, crop_bottom=crop_bottom,
                                   decoder=cfg.data.decoder)
-    meta = {"name": dataset.name, "format": dataset.format, "num_train": len(train_samples),
-            "num_val": len(val_samples), "val_split": cfg.data.val_split, "root": str(dataset.root),
-            "source_root": str(dataset.source_root)}
+    meta = dataset_meta(cfg, dataset, len(train_samples), len(val_samples))
     return DataBundle(dataset, list(dataset.classes), preprocess, train_loader, val_loader, len(val_samples), meta)
 
 
-def _val_samples(cfg: Config, dataset: Any) -> list:
+def dataset_meta(cfg: Config, dataset: Any, num_train: int, num_val: int) -> dict[str, Any]:
+    """What a checkpoint records about its data (`dataset`)."""
+    return {"name": dataset.name, "format": dataset.format, "num_train": num_train, "num_val": num_val,
+            "val_split": cfg.data.val_split, "root": str(dataset.root), "source_root": str(dataset.source_root)}
+
+
+def validation_samples(cfg: Config, dataset: Any) -> list:
+    """The samples of `data.val_split` (never the test split)."""
     name = cfg.data.val_split
     if name == "test":
         raise UserError("data.val_split=test would pick best.pt on the test split; validate on 'val' (carved "

@@ -24,6 +24,7 @@ from torch import nn
 
 from fgcli.config import Config, to_dict
 from fgcli.cpu import cpu_info
+from fgcli.engine.steploss import StepLoss
 from fgcli.errors import UserError
 
 MIN_GAIN = 1.05  # below this, a measured speed-up is within run-to-run noise: keep fp32 / contiguous
@@ -86,12 +87,14 @@ class SpeedPlan:
 
 # -- deciding ----------------------------------------------------------------------------------------------
 def plan_speed(cfg: Config, device: torch.device, method: nn.Module | None = None, img_size: int | None = None,
-               num_classes: int = 2, previous: dict[str, Any] | None = None) -> SpeedPlan:
+               num_classes: int = 2, previous: dict[str, Any] | None = None,
+               step_loss: StepLoss | None = None) -> SpeedPlan:
     """The speed settings of a run on `device`. `method` and `img_size` allow the CPU probe; `previous` is the
-    checkpoint's record of a resumed run, whose choices are kept where the config still says auto."""
+    checkpoint's record of a resumed run, whose choices are kept where the config still says auto; `step_loss`
+    the run's training loss when a task adds to the method's (a teacher's forward is then timed too)."""
     if device.type == "cuda":
         return _cuda_plan(cfg, device)
-    return _cpu_plan(cfg, device, method, img_size, num_classes, previous)
+    return _cpu_plan(cfg, device, method, img_size, num_classes, previous, step_loss)
 
 
 def _cuda_plan(cfg: Config, device: torch.device) -> SpeedPlan:
@@ -109,7 +112,7 @@ def _cuda_plan(cfg: Config, device: torch.device) -> SpeedPlan:
 
 
 def _cpu_plan(cfg: Config, device: torch.device, method: nn.Module | None, img_size: int | None,
-              num_classes: int, previous: dict[str, Any] | None) -> SpeedPlan:
+              num_classes: int, previous: dict[str, Any] | None, step_loss: StepLoss | None = None) -> SpeedPlan:
     if cfg.train.amp and cfg.train.amp_dtype == "fp16":
         raise UserError("--amp with train.amp_dtype=fp16 needs CUDA; on CPU use bf16 or --no-amp.")
     info = cpu_info()
@@ -118,6 +121,9 @@ def _cpu_plan(cfg: Config, device: torch.device, method: nn.Module | None, img_s
     if bf16_options == [False, True] and not info.native_bf16:
         bf16_options = [False]
         reasons.append(f"no bf16: this CPU computes bf16 only by emulation ({info.isa_class}, no AVX-512 BF16 / AMX)")
+    elif bf16_options == [False, True] and method is not None and not getattr(method, "auto_bf16", False):
+        bf16_options = [False]
+        reasons.append(f"no bf16: its accuracy is not yet shown equal to fp32 for {cfg.method} (pass --amp to use it)")
     cl_options = {"always": [True], "never": [False]}.get(cfg.model.channels_last, [False, True])
     dw = cfg.train.depthwise_fp32 if cfg.train.depthwise_fp32 is not None else True
     auto = len(bf16_options) > 1 or len(cl_options) > 1
@@ -135,7 +141,7 @@ def _cpu_plan(cfg: Config, device: torch.device, method: nn.Module | None, img_s
     measured: dict[str, float] = {}
     chosen = candidates[0]
     if auto and method is not None and img_size:
-        measured = probe_cached(cfg, method, device, img_size, num_classes, candidates)
+        measured = probe_cached(cfg, method, device, img_size, num_classes, candidates, step_loss=step_loss)
         chosen, why = choose(candidates, measured)
         reasons.append(why)
     elif auto:
@@ -143,7 +149,7 @@ def _cpu_plan(cfg: Config, device: torch.device, method: nn.Module | None, img_s
     plan = SpeedPlan(torch.bfloat16 if chosen.bf16 else None, False, chosen.channels_last, chosen.depthwise_fp32,
                      reasons=reasons, measured=measured)
     if cfg.train.amp and not info.native_bf16:
-        plan.reasons.append(_emulated_bf16_warning(cfg, method, device, img_size, num_classes, chosen))
+        plan.reasons.append(_emulated_bf16_warning(cfg, method, device, img_size, num_classes, chosen, step_loss))
     return plan
 
 
@@ -164,14 +170,15 @@ def choose(candidates: list[Candidate], rates: dict[str, float]) -> tuple[Candid
 
 
 def _emulated_bf16_warning(cfg: Config, method: nn.Module | None, device: torch.device, img_size: int | None,
-                           num_classes: int, chosen: Candidate) -> str:
+                           num_classes: int, chosen: Candidate, step_loss: StepLoss | None = None) -> str:
     """`--amp` on a CPU without native bf16: measure what it costs, for the warning."""
     info = cpu_info()
     text = (f"warning: --amp asks for bf16 on a CPU without AVX-512 BF16 / AMX ({info.isa_class}): bf16 is emulated "
             "there")
     if method is not None and img_size:
         plain = Candidate(False, chosen.channels_last, False)
-        rates = probe(method, device, img_size, num_classes, [plain, chosen], cfg.train.batch_size)
+        rates = probe(method, device, img_size, num_classes, [plain, chosen], cfg.train.batch_size,
+                      step_loss=step_loss)
         if rates.get(plain.label()) and rates.get(chosen.label()):
             text += f", measured {rates[plain.label()] / rates[chosen.label()]:.1f}x slower than fp32 here"
     return text + "; drop --amp (auto never picks it on such a CPU)."
@@ -179,11 +186,12 @@ def _emulated_bf16_warning(cfg: Config, method: nn.Module | None, device: torch.
 
 # -- measuring -----------------------------------------------------------------------------------------------
 def probe(method: nn.Module, device: torch.device, img_size: int, num_classes: int, candidates: list[Candidate],
-          batch_size: int, steps: int = PROBE_STEPS) -> dict[str, float]:
+          batch_size: int, steps: int = PROBE_STEPS, step_loss: StepLoss | None = None) -> dict[str, float]:
     """Training img/s of each candidate: forward, loss and backward of a copy of `method` on random images (no
     optimizer step; the run's model, its RNG streams and its batch-norm statistics are left untouched). After a
     warm-up step each, candidates take turns one step at a time for `steps` rounds and keep their best step:
-    other work on the machine only ever slows a step down, so the fastest one is the least disturbed."""
+    other work on the machine only ever slows a step down, so the fastest one is the least disturbed.
+    `step_loss`: the run's loss (with a teacher's forward, under the candidate's autocast and memory format)."""
     from fgcli.methods.precision import keep_depthwise_fp32
 
     batch = max(1, min(batch_size, PROBE_BATCH))
@@ -197,9 +205,11 @@ def probe(method: nn.Module, device: torch.device, img_size: int, num_classes: i
             for cand in candidates:
                 keep_depthwise_fp32(model, cand.depthwise_fp32)
                 model.to(memory_format=torch.channels_last if cand.channels_last else torch.contiguous_format)
+                if step_loss is not None:
+                    step_loss.set_memory_format(cand.channels_last)
                 x = images.contiguous(memory_format=torch.channels_last) if cand.channels_last else images
                 start = time.perf_counter()
-                _train_step(model, x, targets, cand.bf16, device)
+                _train_step(model, x, targets, cand.bf16, device, step_loss)
                 rate = batch / max(time.perf_counter() - start, 1e-9)
                 if round_index > 0:  # round 0 warms each candidate up (oneDNN primitives, allocator)
                     best[cand.label()] = max(best.get(cand.label(), 0.0), rate)
@@ -208,24 +218,25 @@ def probe(method: nn.Module, device: torch.device, img_size: int, num_classes: i
 
 
 def _train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, bf16: bool,
-                device: torch.device) -> None:
+                device: torch.device, step_loss: StepLoss | None = None) -> None:
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         outputs = model(images, targets)
-        total, _ = model.loss(outputs, targets, 0)
+        total, _ = (step_loss or StepLoss())(model, images, outputs, targets, 0)
     total.backward()
     for p in model.parameters():
         p.grad = None
 
 
 def probe_cached(cfg: Config, method: nn.Module, device: torch.device, img_size: int, num_classes: int,
-                 candidates: list[Candidate]) -> dict[str, float]:
-    """`probe`, remembered per (CPU, torch, threads, model config, input size, batch, candidates)."""
-    key = _cache_key(cfg, img_size, num_classes, candidates)
+                 candidates: list[Candidate], step_loss: StepLoss | None = None) -> dict[str, float]:
+    """`probe`, remembered per (CPU, torch, threads, model config, input size, batch, candidates, what the step's
+    loss adds)."""
+    key = _cache_key(cfg, img_size, num_classes, candidates, step_loss.cache_key if step_loss is not None else "")
     path = cache_file()
     cache = _read_cache(path)
     if key in cache:
         return dict(cache[key]["rates"])
-    rates = probe(method, device, img_size, num_classes, candidates, cfg.train.batch_size)
+    rates = probe(method, device, img_size, num_classes, candidates, cfg.train.batch_size, step_loss=step_loss)
     cache[key] = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     with contextlib.suppress(OSError):  # a read-only home only costs a new measurement next time
         _write_cache(path, cache)
@@ -240,7 +251,7 @@ def cache_file() -> Path:
     return cache_dir() / "speed.json"
 
 
-def _cache_key(cfg: Config, img_size: int, num_classes: int, candidates: list[Candidate]) -> str:
+def _cache_key(cfg: Config, img_size: int, num_classes: int, candidates: list[Candidate], loss: str = "") -> str:
     info = cpu_info()
     settings = to_dict(cfg)
     what = {"v": CACHE_VERSION, "cpu": info.model, "flags": sorted(info.flags), "cap": info.capped_by,
@@ -248,6 +259,8 @@ def _cache_key(cfg: Config, img_size: int, num_classes: int, candidates: list[Ca
             "model": {k: v for k, v in settings["model"].items() if k not in ("channels_last", "compile")},
             "section": settings.get(cfg.method), "img": img_size, "classes": num_classes,
             "batch": min(cfg.train.batch_size, PROBE_BATCH), "candidates": [asdict(c) for c in candidates]}
+    if loss:  # a teacher's forward is part of the step (the keys of plain runs stay as they were)
+        what["loss"] = loss
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +29,7 @@ from fgcli.engine.checkpoint import (
 )
 from fgcli.engine.evaluate import MetricAccumulator, evaluate_model
 from fgcli.engine.optim import build_optimizer, build_scheduler, current_lr, fit_warmup
+from fgcli.engine.result import EpochEnd, TrainResult, store_calibration
 from fgcli.engine.rundir import increment_path, write_results_csv
 from fgcli.engine.setup import (
     backbone_defaults,
@@ -40,6 +41,7 @@ from fgcli.engine.setup import (
     set_loader_epoch,
 )
 from fgcli.engine.signals import defer_sigint
+from fgcli.engine.steploss import StepLoss
 from fgcli.errors import UserError
 
 
@@ -47,45 +49,20 @@ class NonFiniteStop(UserError):
     """Too many consecutive non-finite steps: the run stops, last.pt keeps the last good epoch."""
 
 
-#: called on rank 0 after each epoch is saved, with the epoch (1-based) and its results.csv row; a string
-#: return stops the run there (cleanly: the epoch's files are written) and is logged as the reason (after the
-#: last epoch it is ignored: the run is complete)
-EpochEnd = Callable[[int, dict[str, Any]], str | None]
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or stopped) run produced."""
-
-    run_dir: Path
-    epochs_done: int
-    best_metric: float | None
-    best_epoch: int | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    config: Config | None = None  # the resolved config (as saved in args.yaml)
-    classes: list[str] = field(default_factory=list)
-    val_split: str = ""
-    is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
-    calibration: dict[str, Any] | None = None  # best.pt's temperature fit (fgcli.engine.calibration.fit_record)
-    stopped: str | None = None  # why an on_epoch_end callback stopped the run before its last epoch
-
-    @property
-    def last(self) -> Path:
-        return self.run_dir / "weights" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.run_dir / "weights" / "best.pt"
-
-
 # -- the run ---------------------------------------------------------------------------------------------
 class Trainer:
     """Owns the model, optimizer, schedule, EMA, loaders and the run folder for one `fgcli train`."""
 
     def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
-                 explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> None:
+                 explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None,
+                 step_loss: StepLoss | None = None) -> None:
+        if cfg.distill.teacher and step_loss is None:
+            raise UserError(f"this config distils teacher {cfg.distill.teacher} (distill.teacher): run it with `fgcli "
+                            "distill` (--config / --resume take it from there), or set distill.teacher=null to train "
+                            "without the teacher.")
         self.cfg = cfg
         self.on_epoch_end = on_epoch_end
+        self.step_loss = step_loss if step_loss is not None else StepLoss()
         self.stopped: str | None = None
         self.explicit = explicit  # keys the user set by flag / --set (they are never adjusted to fit the run)
         self.resume_ckpt = resume
@@ -122,6 +99,7 @@ class Trainer:
             check_classes(list(self.resume_ckpt["classes"]), list(dataset.classes), f"{cfg.data.path} (--resume)",
                           fix="Resume with the same data.")
         self.method = build_method(cfg, len(dataset.classes))
+        self.mixup = build_mixup(cfg, self.method, len(dataset.classes))
         preprocess = resolve_preprocess(cfg.data, backbone_defaults(self.method))
         fixed = self.method.input_size
         if fixed is not None and preprocess.img_size != fixed:
@@ -129,9 +107,11 @@ class Trainer:
                             f"but the preprocessing gives {preprocess.img_size}. Use --img-size {fixed}.")
         self.data = build_data(cfg, dataset, preprocess, self.info)
         self.method.to(self.device)
+        self.step_loss.bind(device=self.device, classes=list(dataset.classes), preprocess=preprocess)
         self.speed = self._plan_speed(preprocess.img_size, len(dataset.classes))
         self.amp_dtype, use_scaler = self.speed.amp_dtype, self.speed.use_scaler
         self.channels_last = self.speed.channels_last
+        self.step_loss.set_memory_format(self.channels_last)
         if self.speed.amp_dtype is not None and self.speed.depthwise_fp32:
             from fgcli.methods.precision import keep_depthwise_fp32
 
@@ -181,7 +161,8 @@ class Trainer:
         record = None
         if self.main:
             previous = (self.resume_ckpt or {}).get("speed")
-            plan = plan_speed(self.cfg, self.device, self.method, img_size, num_classes, previous=previous)
+            plan = plan_speed(self.cfg, self.device, self.method, img_size, num_classes, previous=previous,
+                              step_loss=self.step_loss)
             record = plan.record()
         record = D.broadcast_object(record, self.info)
         return SpeedPlan.from_record(record)
@@ -233,12 +214,14 @@ class Trainer:
 
     # ---- checkpoints ----
     def checkpoint(self, epoch: int) -> dict[str, Any]:
-        return make_checkpoint(
+        ckpt = make_checkpoint(
             model=self.method, cfg=self.cfg, classes=self.data.classes, preprocess=self.data.preprocess,
             dataset=self.data.info, epoch=epoch, global_step=self.global_step, best_metric=self.best_metric,
             best_epoch=self.best_epoch, ema=self.ema.module if self.ema is not None else None,
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, history=self.history,
             speed=self.speed.record())
+        ckpt.update(self.step_loss.checkpoint_entries())
+        return ckpt
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         """results.csv/png first, then best.pt, then last.pt: a kill between them is repaired by resume."""
@@ -292,6 +275,8 @@ class Trainer:
         for i, batch in enumerate(self.data.train_loader):
             images = batch[0].to(self.device, non_blocking=True)
             targets = batch[1].to(self.device, non_blocking=True)
+            if self.mixup is not None:  # soft targets (B x C) from here on
+                images, targets = self._mix(images, targets, epoch, i)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             group_start = (i // accum) * accum
@@ -322,6 +307,18 @@ class Trainer:
         stats["lr"] = applied_lr  # the lr of the epoch's last update (after any warm-up steps in it)
         stats["train_images_per_s"] = seen * self.info.world_size / max(time.perf_counter() - t0, 1e-9)
         return stats
+
+    def _mix(self, images: torch.Tensor, targets: torch.Tensor, epoch: int,
+             index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm's Mixup / CutMix of micro-batch `index`. Its draws come from numpy's global generator, seeded here
+        from (seed, epoch, index, rank) and restored after: a resumed run mixes each batch as an uninterrupted
+        one does, whatever else used numpy."""
+        state = np.random.get_state()
+        np.random.seed((epoch_seed(self.cfg.train.seed, epoch, self.info.rank) * 1_000_003 + index) % 2 ** 32)
+        try:
+            return self.mixup(images, targets)
+        finally:
+            np.random.set_state(state)
 
     def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, group_size: int,
                           last_in_group: bool) -> dict[str, torch.Tensor] | None:
@@ -358,7 +355,7 @@ class Trainer:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 outputs = model(images, targets)
-                total, terms = method.loss(outputs, targets, epoch)
+                total, terms = self.step_loss(method, images, outputs, targets, epoch)
             if self.head_names is None:
                 heads = list(method.heads(outputs))
                 self.head_names = heads if len(heads) > 1 else []
@@ -642,39 +639,28 @@ class Trainer:
         log.info(" | ".join(parts) + ("  *best*" if self.best_epoch == row["epoch"] else ""))
 
 
+def build_mixup(cfg: Config, method: Any, num_classes: int) -> Any:
+    """timm's Mixup for `train.mixup` / `train.cutmix` (None when both are 0), with the run's label smoothing
+    built into its soft targets; a method whose loss cannot take soft targets is refused with its reason."""
+    t = cfg.train
+    if not (t.mixup > 0 or t.cutmix > 0):
+        return None
+    refusal = method.soft_target_refusal()
+    if refusal:
+        raise UserError(f"train.mixup / train.cutmix: {refusal}. Set train.mixup=0 and train.cutmix=0 for "
+                        f"method '{cfg.method}'.")
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob, switch_prob=0.5, mode="batch",
+                 label_smoothing=t.label_smoothing, num_classes=num_classes)
+
+
 def format_duration(seconds: float) -> str:
     """1h02m, 12m05s, 42s."""
     seconds = max(int(round(seconds)), 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def store_calibration(path: Path, scores: Any, split: str, source: str = "train",
-                      reject_recall: float | None = 0.95, warned: set[str] | None = None) -> dict[str, Any] | None:
-    """Choose the temperature of the fused logits in `scores` (and fit the rejection threshold keeping
-    `reject_recall` of those images, on the probabilities calibrated with it) and write both into the checkpoint
-    at `path` (atomically); returns the record, or None (with a warning) when there is nothing to fit on. A
-    temperature that could not be fitted (too few val errors) is warned about once per reason in `warned`."""
-    from fgcli.engine.calibration import CHECKPOINT_KEY, fit_record, record_line
-    from fgcli.engine.checkpoint import load_checkpoint
-
-    logits, _, targets = scores.arrays()
-    if not len(targets):
-        log.warning(f"no validation images were scored: {path.name} stays uncalibrated")
-        return None
-    ckpt = load_checkpoint(path)
-    record = fit_record(logits[0], targets, split=split, weights="ema" if ckpt.get("ema") else "model", source=source,
-                        reject_recall=reject_recall)
-    ckpt[CHECKPOINT_KEY] = record
-    with defer_sigint():
-        save_checkpoint(path, ckpt)
-    log.info(f"calibrated {path.name}: {record_line(record)}")
-    warned = set() if warned is None else warned
-    if record["reason"] and record["reason"] not in warned:
-        warned.add(record["reason"])
-        log.warning(f"{path.name}: {record['reason']}")
-    return record
 
 
 def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
@@ -686,11 +672,21 @@ def _all_gather_names(names: list[str], info: D.DistInfo) -> list[list[str]]:
 
 
 def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None,
-          explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None) -> TrainResult:
+          explicit: frozenset[str] = frozenset(), on_epoch_end: EpochEnd | None = None,
+          step_loss: StepLoss | None = None) -> TrainResult:
     """Train `cfg` (optionally continuing from a checkpoint dict) and return where the results are. `explicit`:
     the config keys the user set directly (flags, --set), which are never adjusted to fit a short run.
-    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`)."""
-    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit, on_epoch_end=on_epoch_end)
+    `on_epoch_end(epoch, row)`: called after each saved epoch; a string stops the run there (`result.stopped`).
+    `step_loss`: the training loss when a task adds to the method's own (fgcli.engine.steploss). A method fitted
+    on frozen features (`fitted_by = "probe"`) is fitted by fgcli.engine.probe instead."""
+    from fgcli.methods import get_method
+
+    if get_method(cfg.method).fitted_by == "probe":
+        from fgcli.engine.probe import train_probe
+
+        return train_probe(cfg, resume=resume, run_dir=run_dir, on_epoch_end=on_epoch_end)
+    trainer = Trainer(cfg, resume=resume, run_dir=run_dir, explicit=explicit, on_epoch_end=on_epoch_end,
+                      step_loss=step_loss)
     try:
         trainer.setup()
         result = trainer.fit()
@@ -700,19 +696,32 @@ def train(cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | Non
         trainer.close()
 
 
-def run_train(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
-              overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
-    """`fgcli train`: resolve the config (fresh or resumed) and train."""
+@dataclass
+class RunRequest:
+    """What `train()` is called with: the resolved config, and for a resumed run its checkpoint and folder."""
+
+    cfg: Config
+    resume: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    explicit: frozenset[str] = frozenset()
+    resumed_from: Path | None = None  # the checkpoint a resumed run continues
+
+
+def resolve_run(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
+                overrides: list[str] | None = None, resume: str | None = None,
+                default_project: str | None = None) -> RunRequest:
+    """The config of a fresh run, or of a resumed one with its checkpoint (`resume`: a run folder, a .pt or auto,
+    looked up under --project, else `default_project`, else the config's default)."""
     from fgcli.engine.checkpoint import load_checkpoint
     from fgcli.engine.runconfig import explicit_keys, resume_config, train_config
     from fgcli.engine.rundir import resolve_resume_path
 
     flags = dict(flags or {})
     if resume is None:
-        return train(train_config(recipe, config_file, flags, overrides), explicit=explicit_keys(flags, overrides))
+        return RunRequest(train_config(recipe, config_file, flags, overrides), explicit=explicit_keys(flags, overrides))
     if recipe is not None or config_file is not None:
         raise UserError("--resume takes its config from the checkpoint; drop --recipe / --config.")
-    project = flags.get("train.project") or Config().train.project
+    project = flags.get("train.project") or default_project or Config().train.project
     path = resolve_resume_path(resume, project)
     ckpt = load_checkpoint(path)
     cfg = resume_config(ckpt["config"], {k: v for k, v in flags.items() if k != "train.project"}, overrides)
@@ -723,4 +732,11 @@ def run_train(*, recipe: str | None = None, config_file: str | None = None, flag
     if D.launched_rank() == 0:
         log.info(f"resuming run {run_dir or path.parent} from {path}: epoch {ckpt['epoch']} of {cfg.train.epochs} "
                  f"done, continuing with epoch {int(ckpt['epoch']) + 1}")
-    return train(cfg, resume=ckpt, run_dir=run_dir)
+    return RunRequest(cfg, resume=ckpt, run_dir=run_dir, resumed_from=path)
+
+
+def run_train(*, recipe: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
+              overrides: list[str] | None = None, resume: str | None = None) -> TrainResult:
+    """`fgcli train`: resolve the config (fresh or resumed) and train."""
+    run = resolve_run(recipe=recipe, config_file=config_file, flags=flags, overrides=overrides, resume=resume)
+    return train(run.cfg, resume=run.resume, run_dir=run.run_dir, explicit=run.explicit)

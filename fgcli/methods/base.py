@@ -21,7 +21,9 @@ class Method(nn.Module):
         training only (MGE-CNN's attention uses the ground-truth class there); at inference it is None;
       - `fuse(outputs) -> Tensor`: the B x C logits of the final prediction (what eval reports first
         and what export ships);
-      - `loss(outputs, targets, epoch) -> (total, {name: term})`;
+      - `loss(outputs, targets, epoch) -> (total, {name: term})`; `targets` are class indices (B), or class
+        probabilities (B x C) under mixup / CutMix when `soft_target_refusal()` is None; the cross-entropy
+        terms on labels apply `train.label_smoothing` (`fgcli.methods.targets.cross_entropy` does both);
       - `attention(images) -> dict[str, Tensor]`: maps for visualisation (no autograd needed);
       - `param_groups(cfg)`: optimizer parameter groups (default: the backbone(s) at
         `lr * optim.backbone_lr_scale`, everything else at `lr`; weight decay is split by the engine).
@@ -45,6 +47,13 @@ class Method(nn.Module):
     search_space: tuple[Param, ...] = COMMON_SPACE
     #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)
     tune_recipe: str | None = None
+    #: how `fgcli train` fits it: "loop" (the engine's training loop) or "probe" (features of the frozen backbone
+    #: computed once, its Linear head fitted to convergence: fgcli.engine.probe; the method then has the
+    #: baseline's `features(images)` and `classifier`)
+    fitted_by: str = "loop"
+    #: whether `train.amp: auto` may choose CPU bf16 autocast for this method: only once two seeds on flowers102
+    #: kept the mean val top-1 within 0.5 point of fp32 (README "Accelerator switches"); `--amp` always works
+    auto_bf16: bool = False
 
     def __init_subclass__(cls, config: Any = None, **kwargs: Any) -> None:
         """`class Herbs(Method, config=herbs_config)`: the method brings its config module's CONFIG (its section's
@@ -140,6 +149,11 @@ class Method(nn.Module):
         groups = [{"params": backbone, "lr_scale": self.backbone_lr_scale(cfg), "name": "backbone"},
                   {"params": heads, "lr_scale": 1.0, "name": "heads"}]
         return [g for g in groups if g["params"]]
+
+    def soft_target_refusal(self) -> str | None:
+        """Why this method cannot train on mixed images (`train.mixup` / `train.cutmix`: B x C soft targets to
+        `forward` and `loss`), or None when it can. Methods that accept them override this."""
+        return f"method '{self.name}' does not say that its loss takes soft targets"
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Fused logits for a batch (what the exported graph computes)."""

@@ -2,4 +2,4 @@
 `config.py` (optional) declares its config section. Light (the config layer reads it): adding a method is its
 folder plus its name here."""
 
-BUILTIN_MODULES = ("baseline", "herbs", "mge")
+BUILTIN_MODULES = ("baseline", "herbs", "mge", "probe")

@@ -230,10 +230,25 @@ def _load_for_export(path: Path, opts: ExportOptions) -> tuple[Any, Any]:
                                             # the run's data section: `fgcli eval MODEL.onnx` carves the same splits
                                             "data_config": json.dumps(to_dict(cfg.data))})
     info.fgcli_version = __version__
+    info.extra.update(provenance_metadata(ckpt))
     torch_pred = TorchPredictor(path, loaded=loaded, info=info, calibration=opts.calibration, tta=opts.tta)
     info.extra.update(calibration_metadata(ckpt, torch_pred.calibrated, torch_pred.tta))
     log.info(f"exported probs: {torch_pred.calibration_note()}")
     return torch_pred, cfg
+
+
+def provenance_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
+    """Metadata keys: `val_top1` (the exported weights' fused val top-1 %, when validated) and `distill` (JSON:
+    the teacher a distilled student learnt from: path, method, backbone, its val top-1, alpha, T)."""
+    from fgcli.engine.checkpoint import checkpoint_val_top1
+
+    out = {}
+    top1 = checkpoint_val_top1(ckpt)
+    if top1 is not None:
+        out["val_top1"] = repr(top1)
+    if isinstance(ckpt.get("distill"), dict):
+        out["distill"] = json.dumps(ckpt["distill"])
+    return out
 
 
 def calibration_metadata(ckpt: dict[str, Any], calibrated: bool, tta: str | None) -> dict[str, str]:

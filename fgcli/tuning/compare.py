@@ -38,6 +38,7 @@ class ArmResult:
     arm: str
     tune: TuneResult
     seeds: list[SeedRun] = field(default_factory=list)
+    recipe: str | None = None  # the recipe its study started from (None: the built-in defaults)
 
     def stats(self, which: str) -> tuple[float, float, float] | None:
         """(mean, min, max) of 'val' or 'test' top-1 over the seeds."""
@@ -105,7 +106,7 @@ def compare(*, recipes: list[str], methods: list[str], seeds: int, dry_run: bool
         return result
     log.info(lines[0])
     folder.mkdir(parents=True, exist_ok=True)  # the arms' shared study file lives here by default
-    result.arms = [ArmResult(p.arm, run_study(p)) for p in plans]
+    result.arms = [ArmResult(p.arm, run_study(p), recipe=p.recipe) for p in plans]
     for plan, arm in zip(plans, result.arms, strict=True):
         arm.seeds = confirm(plan, arm.tune, seeds)
     _verdict(result)
@@ -185,25 +186,38 @@ def _verdict(result: CompareResult) -> None:
                       f"{', '.join(overlap)}: not shown")
 
 
+CSV_COLUMNS = ["arm", "trials_complete", "trials_pruned", "search_best_val", "seeds", "val_mean", "val_min", "val_max",
+               "test_mean", "test_min", "test_max", "recipe", "best_trial", "best_params", "verdict"]
+
+
 def write_tables(result: CompareResult, folder: Path) -> dict[str, Path]:
-    """comparison.csv and comparison.md (the table as Markdown, with how it was made)."""
+    """comparison.csv and comparison.md (the table as Markdown, with how it was made). The CSV adds each arm's
+    starting recipe, its best trial and that trial's searched values (JSON), and on the best arm's row the verdict
+    (shown / not shown)."""
+    import csv
+    import io
+
     header = "| arm | trials (complete / pruned) | best val top-1 of the search % | seeds | val top-1 % | " \
              "test top-1 % |"
     md = [header, "|---|---|---:|---:|---:|---:|"]
-    csv_lines = ["arm,trials_complete,trials_pruned,search_best_val,seeds,val_mean,val_min,val_max,test_mean,"
-                 "test_min,test_max"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
     for a in result.arms:
         val, test = a.stats("val"), a.stats("test")
-        best = a.tune.best.value if a.tune.best and a.tune.best.value is not None else None
+        trial = a.tune.best
+        best = trial.value if trial and trial.value is not None else None
         md.append(f"| {a.arm} | {a.tune.count('complete')} / {a.tune.count('pruned')} | "
                   f"{'-' if best is None else f'{best:.2f}'} | {len(a.seeds)} | {_range(val)} | {_range(test)} |")
         numbers = [*(val or ("", "", "")), *(test or ("", "", ""))]
-        csv_lines.append(",".join([a.arm, str(a.tune.count("complete")), str(a.tune.count("pruned")),
-                                   "" if best is None else f"{best:.4f}", str(len(a.seeds)),
-                                   *[v if v == "" else f"{v:.4f}" for v in numbers]]))
+        verdict = ("shown" if result.shown else "not shown") if a.arm == result.best else ""
+        writer.writerow([a.arm, a.tune.count("complete"), a.tune.count("pruned"), "" if best is None else f"{best:.4f}",
+                         len(a.seeds), *[v if v == "" else f"{v:.4f}" for v in numbers], a.recipe or "",
+                         "" if trial is None else trial.number, "" if trial is None else json.dumps(trial.params),
+                         verdict])
     md += ["", f"Verdict: {result.verdict}.", "", *[f"    {line}" for line in result.plan]]
     files = {"csv": folder / "comparison.csv", "markdown": folder / "comparison.md"}
-    atomic_write_text(files["csv"], "\n".join(csv_lines) + "\n")
+    atomic_write_text(files["csv"], buf.getvalue())
     atomic_write_text(files["markdown"], "\n".join(md) + "\n")
     return files
 

@@ -227,6 +227,9 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
     base = resolve_config(recipe, config_file, flags, overrides)
     method_cls = get_method(base.method)
     declared = load_space_file(space_file) if space_file else list(method_cls.search_space)
+    if not declared:
+        raise UserError(f"fgcli tune: method '{base.method}' has no search space (the probe chooses its L2 weight on "
+                        "val itself, from probe.l2_grid). Train it with `fgcli train`, or give --space FILE.")
     source = f"--space {space_file}" if space_file else f"the default search space of {base.method}"
     space = resolve(declared, base, source=source, fixed_by=fixed_by, epochs_high=max_epochs,
                     defaults={"optim.backbone_lr_scale": method_cls.default_backbone_lr_scale})

@@ -15,12 +15,14 @@ from fgcli.config import Config
 from fgcli.methods import register_method
 from fgcli.methods.base import Method
 from fgcli.methods.baseline import config as baseline_config
+from fgcli.methods.targets import cross_entropy
 
 
 @register_method("baseline")
 class Baseline(Method, config=baseline_config):
     """Backbone + GAP + dropout + Linear; one head named `cls`, which is also the fused output."""
 
+    auto_bf16 = True  # baseline_lite0_128 on flowers102, seeds 0-1: mean val top-1 84.71 % (bf16) vs 85.15 % (fp32)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
@@ -46,8 +48,11 @@ class Baseline(Method, config=baseline_config):
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = F.cross_entropy(outputs["cls"].float(), targets)
+        ce = cross_entropy(outputs["cls"], targets, self.cfg.train.label_smoothing)
         return ce, {"ce": ce}
+
+    def soft_target_refusal(self) -> str | None:
+        return None  # one cross-entropy term
 
     @torch.no_grad()
     def attention(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fgcli.methods.targets import cross_entropy
+
 
 def temperature(epoch: int, t0: float = 64.0, step: int = 10) -> float:
     """T_e = T0 · 0.5^⌊e / step⌋ for the 0-based epoch e (64, 32, ..., 0.5 over 80 epochs)."""
@@ -45,12 +47,13 @@ def drop_loss(dropped: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     raise ValueError(f"unknown drop reduction {reduction!r}; use 'mean' or 'sum'")
 
 
-def selected_loss(selected: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """CE of every selected token's logits (B x K x C) against its image's label, mean over B·K tokens."""
+def selected_loss(selected: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """CE of every selected token's logits (B x K x C) against its image's label (B indices, or B x C soft
+    targets), mean over B·K tokens."""
     b, k, c = selected.shape
-    return F.cross_entropy(selected.float().reshape(b * k, c), targets.repeat_interleave(k))
+    return cross_entropy(selected.reshape(b * k, c), targets.repeat_interleave(k, dim=0), smoothing)
 
 
-def image_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def image_ce(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of image-level logits B x C (layer heads mean_s Y^bu_i, and the combiner)."""
-    return F.cross_entropy(logits.float(), targets)
+    return cross_entropy(logits, targets, smoothing)

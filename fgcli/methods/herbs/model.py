@@ -174,6 +174,7 @@ class Herbs(Method, config=herbs_config):
         `herbs.layer_agg=mean`), so ablations stay comparable.
         """
         h = self.cfg.herbs
+        eps = self.cfg.train.label_smoothing  # on the label terms: layer, select, comb
         stages = range(1, STAGES + 1)
         terms: dict[str, torch.Tensor] = {}
         if h.lambda_r:
@@ -181,20 +182,29 @@ class Herbs(Method, config=herbs_config):
             terms["refine"] = sum(losses.refinement_loss(outputs[f"tok_td{i}"], outputs[f"tok_bu{i}"], temp,
                                                          h.kl_reduction) for i in stages)
         if h.lambda_l:
-            layer = sum(losses.image_ce(outputs[f"bu{i}"], targets) for i in stages)
+            layer = sum(losses.image_ce(outputs[f"bu{i}"], targets, eps) for i in stages)
             terms["layer"] = layer / STAGES if h.layer_agg == "mean" else layer
         if h.lambda_d:
             terms["drop"] = sum(losses.drop_loss(outputs[f"drop{i}"], h.drop_reduction) for i in stages)
         if h.lambda_s:
-            terms["select"] = sum(losses.selected_loss(outputs[f"sel{i}"], targets) for i in stages)
+            terms["select"] = sum(losses.selected_loss(outputs[f"sel{i}"], targets, eps) for i in stages)
         if h.lambda_m:
-            terms["comb"] = losses.image_ce(outputs["comb"], targets)
+            terms["comb"] = losses.image_ce(outputs["comb"], targets, eps)
         weights = {"refine": h.lambda_r, "layer": h.lambda_l, "drop": h.lambda_d, "select": h.lambda_s,
                    "comb": h.lambda_m}
         if not terms:
             raise UserError("every HERBS loss weight is 0; set at least one of herbs.lambda_r/l/d/s/m > 0.")
         total = sum(weights[name] * value for name, value in terms.items())
         return total, terms
+
+    def soft_target_refusal(self) -> str | None:
+        """Soft targets enter the label terms (layer, select, comb) as they are; refinement and background
+        suppression do not read labels. Only `select_class: label` (tokens ranked by the image's label) needs
+        one class per image."""
+        if self.cfg.herbs.select_class == "label":
+            return ("herbs.select_class=label ranks each image's tokens by its label, and a mixed image has two; "
+                    "use herbs.select_class=pred")
+        return None
 
     # ---------------------------------------------------------------- viz
     @torch.no_grad()

@@ -25,6 +25,7 @@ from fgcli.methods.mge import config as mge_config
 from fgcli.methods.mge import crops
 from fgcli.methods.mge.config import MgeConfig
 from fgcli.methods.precision import full_precision
+from fgcli.methods.targets import cross_entropy
 
 CONCAT_SCALE = 10.0  # u_e = [10 * f / |f| ; 10 * h / |h|] (official)
 L2_EPS = 1e-12
@@ -199,18 +200,19 @@ class MGE(Method, config=mge_config):
         graph and DDP needs no `find_unused_parameters`.
         """
         o = self.opts
+        eps = self.cfg.train.label_smoothing  # on every head's cross-entropy (not on the diversity terms)
         divergence = diversity_official if o.diversity == "official" else diversity_paper
         # (name, weight, heads the term reads, expert whose activity gates it, how to compute it)
         specs: list[tuple[str, float, str, int, Any]] = []
         for e in range(1, self.num_experts + 1):
             for kind, weight in (("g", o.lambda_global), ("p", o.lambda_part), ("c", o.lambda_concat)):
                 specs.append((f"ce_{kind}{e}", weight, f"{kind}{e}", e,
-                              lambda h=f"{kind}{e}": F.cross_entropy(outputs[h].float(), targets)))
+                              lambda h=f"{kind}{e}": cross_entropy(outputs[h], targets, eps)))
             if e > 1 and o.diversity != "off":
                 specs.append((f"div{e}", o.lambda_div, f"c{e}", e,
                               lambda e=e: divergence(outputs[f"c{e}"], outputs[f"c{e - 1}"], targets)))
         specs.append(("ce_gate", o.lambda_gate, "gate", self.num_experts,
-                      lambda: F.cross_entropy(outputs["gate"].float(), targets)))
+                      lambda: cross_entropy(outputs["gate"], targets, eps)))
 
         total = outputs["gate"].new_zeros((), dtype=torch.float32)
         terms: dict[str, Tensor] = {}
@@ -228,6 +230,10 @@ class MGE(Method, config=mge_config):
             if head not in live:
                 total = total + 0.0 * outputs[head].sum()
         return total, terms
+
+    def soft_target_refusal(self) -> str | None:
+        return ("MGE-CNN zooms on the CAM of each image's label and its diversity terms leave that label out; a "
+                "mixed image has two labels, so mixup / CutMix are not defined for it")
 
     def _expert_active(self, expert: int, epoch: int) -> bool:
         """Staged schedule: expert e (1-based) trains from epoch (e-1) * stage_epochs; joint: always."""
