@@ -26,7 +26,8 @@ def _dims(space) -> dict:
     return {d.key: d for d in space.dims}
 
 
-@pytest.mark.parametrize("method", list_methods())
+#: the methods trained by the loop have a search space; the probe's fit chooses its L2 weight itself (tune refuses it)
+@pytest.mark.parametrize("method", [m for m in list_methods() if get_method(m).fitted_by == "loop"])
 def test_every_builtin_method_declares_a_space_reachable_from_the_registry(method: str) -> None:
     cls = get_method(method)
     keys = [p.key for p in cls.search_space]

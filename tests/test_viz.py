@@ -155,6 +155,7 @@ def _model(method: str, size: int = 64):
 
 EXPECTED_MAPS = {
     "baseline": ["cam"],
+    "probe": ["cam"],  # the baseline's model and viz
     "herbs": ["score1", "score2", "score3", "score4", "score_prod", "select1", "select2", "select3", "select4",
               "select_mean"],
     "mge": ["cam1", "cam2", "cam3"],
