@@ -68,10 +68,11 @@ def eval_top1(fgcli: list[str], model: Path, data: Path, split: str, provider: s
 
 def bench_speedups(text: str) -> dict[str, dict[str, float]]:
     """`fgcli bench --out` CSV -> {"<backend> <precision>": {"1": p50 ms, "8": ...}} (backend: torch / onnx /
-    openvino)."""
+    openvino, the ONNX file on onnxruntime's OpenVINO provider)."""
     out: dict[str, dict[str, float]] = {}
     for row in csv.DictReader(io.StringIO(text)):
-        out.setdefault(f"{row['backend']} {row['precision']}", {})[row["batch"]] = float(row["p50_ms"])
+        backend = "openvino" if "OpenVINOExecutionProvider" in row["device"] else row["backend"]
+        out.setdefault(f"{backend} {row['precision']}", {})[row["batch"]] = float(row["p50_ms"])
     return out
 
 
@@ -105,7 +106,8 @@ def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, ope
                                    folder / "eval" / f"{split}-{label.replace(' ', '-')}", args.threads)
     bench_csv = folder / "bench.csv"
     if not bench_csv.is_file():
-        run([*fgcli, "bench", str(folder / "best.onnx"), "--checkpoint", str(ckpt), "--providers",
+        run([*fgcli, "bench", str(folder / "best.onnx"), "--checkpoint", str(ckpt), "--backends", "torch,onnx",
+             "--providers",
              "cpu,openvino" if openvino else "cpu", "--threads", t, "--batch-sizes", "1,8", "--iters",
              str(args.iters), "--warmup", "2", "--out", str(bench_csv)], folder / "bench.txt", args.threads)
     return {"config": {"run": name, "method": meta.get("method", ""),

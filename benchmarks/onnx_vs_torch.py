@@ -1,6 +1,6 @@
 """The fastest CPU path of each fused model against torch eager fp32, side by side in one run.
 
-For each model, times with `fgcli bench`'s own code (`fgcli.benchmark.bench_model`), on the same inputs and
+For each model, times with `fgcli bench`'s own code (`fgcli.tasks.bench_formats.bench_model`), on the same inputs and
 thread count, batch 1 and 8: torch eager fp32 on the checkpoint, then on its ONNX export onnxruntime's CPU
 provider (fp32 file and the `export --int8` file beside it) and OpenVINO through onnxruntime (fp32 file at f32
 and bf16, the int8 file) where the plugin is installed. Prints every p50 latency, the fastest CPU path, its
@@ -44,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files
 from _cli import note  # noqa: E402
 from _results import Context, Lookup, Row, Table, missing_row  # noqa: E402
 
-from fgcli.benchmark import bench_model
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
 from fgcli.methods import build_method
 from fgcli.modelinfo import Preprocess
+from fgcli.options import BenchOptions
+from fgcli.tasks.bench_formats import bench_model
 
 # The methods at their paper settings, except where the image size forces a choice.
 METHOD_SETS = {"baseline": [], "herbs": [], "mge": []}
@@ -100,7 +101,8 @@ def latencies(rows: list) -> dict[int, dict[str, float]]:
     """Bench rows -> {batch: {path label: p50 ms}} (the first row of each path and batch counts)."""
     out: dict[int, dict[str, float]] = defaultdict(dict)
     for r in rows:
-        label = PATHS.get((r.backend, r.precision))
+        backend = "openvino" if "OpenVINOExecutionProvider" in r.device else r.backend  # the EP, not the IR
+        label = PATHS.get((backend, r.precision))
         if label is not None:
             out[r.batch].setdefault(label, r.p50_ms)
     return dict(out)
@@ -191,8 +193,9 @@ def profile_ops(onnx_path: Path, batch: int, threads: int, img_size: int, runs: 
 def time_model(onnx_path: Path, ckpt: Path, batches: list[int], threads: int, warmup: int, iters: int,
                providers: list[str]) -> tuple[dict[int, dict[str, float]], int, list[str]]:
     """Every CPU path of one model timed side by side: ({batch: {path: p50 ms}}, image size, skipped paths)."""
-    report = bench_model(onnx_path, ["torch", "onnx"], batches, checkpoint=ckpt, warmup=warmup, iters=iters,
-                         threads=threads, device="cpu", providers=providers)
+    report = bench_model(onnx_path, BenchOptions(backends=["torch", "onnx"], batch_sizes=batches, checkpoint=ckpt,
+                                                 warmup=warmup, iters=iters, threads=threads, device="cpu",
+                                                 providers=providers))
     return latencies(report.rows), report.rows[0].img_size, list(report.skipped)
 
 
@@ -277,7 +280,7 @@ def _measure_random(row: Row, seed: int, ctx: Context) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = make_checkpoint_file(folder, row.name, spec["backbone"], spec["img_size"], spec["classes"],
                                 spec.get("sets", ()))
-    onnx_path = api.export(ckpt, verify=False, threads=ctx.threads).files["fp32"]
+    onnx_path = api.export(ckpt, verify=False, threads=ctx.threads).files["onnx"]
     latency, img_size, skipped = time_model(onnx_path, ckpt, BATCHES, ctx.threads, spec["warmup"], spec["iters"],
                                             cpu_providers())
     return {"config": {**spec, "method": row.name, "threads": ctx.threads, "batches": BATCHES, "skipped": skipped},
@@ -334,7 +337,7 @@ def main() -> None:
             for method in args.methods:
                 ckpt = make_checkpoint_file(tmp, method, args.backbone, args.img_size, args.classes)
                 specs.append((f"{METHOD_NAMES[method]} (random init)", ckpt,
-                              api.export(ckpt, verify=False, threads=args.threads).files["fp32"], None))
+                              api.export(ckpt, verify=False, threads=args.threads).files["onnx"], None))
         for name, ckpt, onnx_path, saved_file in specs:
             latency, img_size, skipped = time_model(onnx_path, ckpt, args.batches, args.threads, args.warmup,
                                                     args.iters, providers)

@@ -6,12 +6,13 @@
     small = fgcli.distill(run.best, data="demo", epochs=1)            # -> DistillResult (a baseline student)
     report = fgcli.evaluate(run.best, data="demo")                    # -> EvalRun (result.top1, files)
     onnx = fgcli.export(run.best, int8=True)                          # -> ExportResult (files, parity, int8)
-    preds = fgcli.predict(onnx.files["fp32"], ["bird.jpg"], topk=3)   # -> PredictResult
-    model = fgcli.load(onnx.files["fp32"])                            # -> Model
+    preds = fgcli.predict(onnx.files["onnx"], ["bird.jpg"], topk=3)   # -> PredictResult
+    model = fgcli.load(onnx.files["onnx"])                            # -> Model
     model.predict("photos/")                                          # -> PredictResult
 
-Each `fgcli <command>` is a thin wrapper over the function of the same name here: it turns flags into these
-arguments and prints the result. Errors a user can fix raise `fgcli.errors.UserError` with the one-line
+Each `fgcli <command>` is a thin wrapper over the function of the same name here: it turns flags into the task's
+options dataclass (`fgcli.options`), which these functions take as `options=` or build from keywords, and prints
+the result. Errors a user can fix raise `fgcli.errors.UserError` with the one-line
 message the CLI would print.
 """
 
@@ -26,18 +27,27 @@ from fgcli.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
-    from fgcli.benchmark import BenchReport
-    from fgcli.calibrating import CalibrateResult
     from fgcli.data.manifest import PreparedDataset
     from fgcli.distilling.run import DistillResult
     from fgcli.engine.trainer import TrainResult
-    from fgcli.evaluation import EvalRun
-    from fgcli.exporting.pipeline import ExportResult
     from fgcli.inference import Predictor
-    from fgcli.prediction import PredictResult
+    from fgcli.options import (
+        BenchOptions,
+        CalibrateOptions,
+        EvalOptions,
+        ExportOptions,
+        LoadOptions,
+        PredictOptions,
+        VizOptions,
+    )
+    from fgcli.tasks.attention_viz import VizResult
+    from fgcli.tasks.bench_formats import BenchReport
+    from fgcli.tasks.calibrate_checkpoint import CalibrateResult
+    from fgcli.tasks.eval_report import EvalRun
+    from fgcli.tasks.export_model import ExportResult
+    from fgcli.tasks.predict_images import PredictResult
     from fgcli.tuning.compare import CompareResult
     from fgcli.tuning.run import TuneResult
-    from fgcli.viz.run import VizResult
 
 __all__ = ["Model", "attention_viz", "bench", "calibrate", "distill", "evaluate", "export", "load", "predict",
            "prepare_data", "train", "tune"]
@@ -208,49 +218,34 @@ def _overrides(items: Sequence[str] | dict[str, Any] | None) -> list[str] | None
     raise UserError(f"set= takes a list of 'key=value' strings or a dict, not {type(items).__name__}.")
 
 
-def evaluate(model: str | Path, data: str | None = None, *, split: str = "test", batch_size: int = 64,
-             device: str = "auto", out: str | Path | None = None, workers: int | None = None,
-             ema: bool = True, calibration: bool = True, tta: str | None = None,
-             providers: Sequence[str] | None = None, precision: str | None = None,
-             threads: int | None = None, ood: str | Path | None = None, confusions: int = 5) -> EvalRun:
-    """`fgcli eval MODEL`: a `.pt` (fused output and every head) or an `.onnx` (fused) on a data split; writes
-    the report and returns it (`.result.top1`, `.result.heads`, `.files`, `.calibration`, `.confusions`, `.ood`).
-    `tta` 'flip': also the mirrored image, its effect reported; `calibration` False: the selective line from raw
-    probabilities. `.onnx` only: `providers` (e.g. ["openvino"]) and `precision` ("fp32" / "bf16", OpenVINO).
-    `threads`: the runtime's intra-op threads (default: its own). `ood`: a folder of images of other classes (or
-    a prepared data set): AUROC / FPR at 95 % TPR of each out-of-distribution score in `.ood`. `confusions`: the
-    most-confused class pairs listed and drawn in confusions.html (0: none)."""
-    from fgcli.evaluation import eval_checkpoint
+def evaluate(model: str | Path, data: str | None = None, options: EvalOptions | None = None,
+             **kwargs: Any) -> EvalRun:
+    """`fgcli eval MODEL`: any registered model file (fgcli.formats) on a data split: a checkpoint gives the fused
+    output and every head, an exported file the fused output; writes the report and returns it (`.result.top1`,
+    `.result.heads`, `.files`, `.calibration`, `.confusions`, `.ood`). `options` / keywords: fgcli.options.EvalOptions
+    (split, batch_size, device, out, workers, ema, calibration, tta, providers, precision, threads, ood,
+    confusions)."""
+    from fgcli.options import EvalOptions, build
+    from fgcli.tasks.eval_report import eval_model
 
-    return eval_checkpoint(model, data, split=split, batch_size=batch_size, device=device, out=out,
-                           workers=workers, use_ema=ema, calibration=calibration, tta=tta,
-                           providers=list(providers) if providers else None, precision=precision, threads=threads,
-                           ood=ood, confusions=confusions)
+    if data is not None:
+        kwargs["data"] = data
+    return eval_model(model, build(EvalOptions, options, kwargs, "evaluate"))
 
 
-def export(checkpoint: str | Path, *, out: str | Path | None = None, opset: int | None = None,
-           img_size: int | None = None, dynamic_batch: bool = True, fp16: bool = False, int8: bool = False,
-           calib_images: int = 128, verify: bool = True, ema: bool = True, exporter: str | None = None,
-           providers: Sequence[str] | None = None, threads: int | None = None, calibration: bool = True,
-           tta: str | None = None, calib_method: str = "percentile", int8_max_drop: float | None = 0.5) -> ExportResult:
-    """`fgcli export CHECKPOINT --onnx`: the fused model to ONNX (+ fp16 / int8), checked and verified; `probs`
-    calibrated with the checkpoint's temperature unless `calibration` is False; `tta` 'flip' in the graph.
-    int8: `calib_method` minmax / percentile / entropy; more than `int8_max_drop` top-1 points lost on the
-    validation split keeps the first weight layers in fp32 until it is not (None: never)."""
-    from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+def export(checkpoint: str | Path, options: ExportOptions | None = None, **kwargs: Any) -> ExportResult:
+    """`fgcli export CHECKPOINT --format ...`: the fused model in each format asked (`format`: onnx, openvino, ...,
+    default onnx; `fp16` / `int8` add variants), every file checked against torch; `.files` by format name.
+    `options` / keywords: fgcli.options.ExportOptions (format, out, opset, img_size, dynamic_batch, fp16, int8,
+    calib_images, calib_method, int8_max_drop, verify, ema, exporter, providers, threads, calibration, tta)."""
+    from fgcli.options import ExportOptions, build
+    from fgcli.tasks.export_model import export_checkpoint
 
-    options = ExportOptions(out=Path(out) if out is not None else None, opset=opset, img_size=img_size,
-                            dynamic_batch=dynamic_batch, fp16=fp16, int8=int8, verify=verify, use_ema=ema,
-                            calib_images=calib_images, providers=list(providers) if providers else None,
-                            threads=threads, calibration=calibration, tta=tta, calib_method=calib_method,
-                            int8_max_drop=int8_max_drop)
-    if exporter is not None:
-        options.exporter = exporter
-    return export_checkpoint(checkpoint, options)
+    return export_checkpoint(checkpoint, build(ExportOptions, options, kwargs, "export"))
 
 
 class Model:
-    """A loaded `.pt` or `.onnx` model: `predict()` images, or call it on a preprocessed batch."""
+    """A loaded model file of any registered format: `predict()` images, or call it on a preprocessed batch."""
 
     def __init__(self, predictor: Predictor, path: str | Path) -> None:
         self.predictor = predictor
@@ -269,16 +264,16 @@ class Model:
         """(logits, probs), N x C, for a float32 batch N x 3 x H x W preprocessed as `info.preprocess` says."""
         return self.predictor(images)
 
-    def predict(self, images: str | Path | Sequence[str | Path], *, topk: int = 5, batch_size: int = 32,
-                workers: int = 4, reject: bool = False) -> PredictResult:
+    def predict(self, images: str | Path | Sequence[str | Path], options: PredictOptions | None = None,
+                progress: Any = None, **kwargs: Any) -> PredictResult:
         """Classify image files, folders (recursively) or globs; unreadable files are listed in `.skipped`.
-        `reject`: a prediction below the model's rejection threshold is marked (`.rejected`, `.decision` is
-        'unknown')."""
-        from fgcli.prediction import collect_images, predict_paths
+        Keywords: fgcli.options.PredictOptions (topk, batch_size, workers, out, reject: a prediction below the
+        model's rejection threshold is marked `.rejected`, its `.decision` 'unknown')."""
+        from fgcli.options import PredictOptions, build
+        from fgcli.tasks.predict_images import predict_sources
 
-        sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
-        return predict_paths(self.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
-                             workers=workers, model=self.path, reject=reject)
+        return predict_sources(self.predictor, images, build(PredictOptions, options, kwargs, "predict"),
+                               model=self.path, progress=progress)
 
     def __repr__(self) -> str:
         info = self.info
@@ -286,78 +281,62 @@ class Model:
                 f"{self.predictor.device})")
 
 
-def load(path: str | Path, *, device: str = "auto", providers: Sequence[str] | None = None,
-         threads: int | None = None, ema: bool = True, calibration: bool = True, tta: str | None = None,
-         precision: str | None = None) -> Model:
-    """A checkpoint (torch) or an exported `.onnx` file (onnxruntime) ready to predict: calibrated
-    probabilities unless `calibration` is False; `tta` 'flip' averages the image and its mirror; `precision`
-    "bf16" runs an `.onnx` in bf16 on `providers=["openvino"]` (default fp32)."""
-    from fgcli.inference import load_predictor
+def load(path: str | Path, options: LoadOptions | None = None, **kwargs: Any) -> Model:
+    """Any registered model file (a checkpoint on torch, an `.onnx` on onnxruntime, ...) ready to predict.
+    `options` / keywords: fgcli.options.LoadOptions (device, providers, threads, ema, calibration, tta,
+    precision)."""
+    from fgcli.formats import load_predictor
+    from fgcli.options import LoadOptions, build
 
-    predictor = load_predictor(path, device=device, providers=list(providers) if providers else None,
-                               threads=threads, use_ema=ema, calibration=calibration, tta=tta, precision=precision)
-    return Model(predictor, path)
+    opts = build(LoadOptions, options.load_options() if options is not None else None, kwargs, "load")
+    return Model(load_predictor(path, opts), path)
 
 
-def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path], *, topk: int = 5,
-            batch_size: int = 32, out: str | Path | None = None, device: str = "auto",
-            providers: Sequence[str] | None = None, threads: int | None = None, workers: int = 4,
-            ema: bool = True, progress: Any = None, calibration: bool = True, tta: str | None = None,
-            precision: str | None = None, reject: bool = False) -> PredictResult:
+def predict(model: str | Path | Model, images: str | Path | Sequence[str | Path],
+            options: PredictOptions | None = None, progress: Any = None, **kwargs: Any) -> PredictResult:
     """`fgcli predict MODEL SOURCE...`: top-k classes per image (and a .csv / .json file with `out`); `reject`:
-    'unknown' (`.rejected`) below the model's rejection threshold."""
-    from fgcli.prediction import collect_images, predict_paths, write_output
+    'unknown' (`.rejected`) below the model's rejection threshold. `options` / keywords:
+    fgcli.options.PredictOptions (topk, batch_size, out, workers, reject, and how MODEL loads: device,
+    providers, threads, ema, calibration, tta, precision)."""
+    from fgcli.options import PredictOptions, build
 
-    loaded = model if isinstance(model, Model) else load(model, device=device, providers=providers,
-                                                         threads=threads, ema=ema, calibration=calibration,
-                                                         tta=tta, precision=precision)
-    sources = [str(images)] if isinstance(images, (str, Path)) else [str(s) for s in images]
-    result = predict_paths(loaded.predictor, collect_images(sources), topk=topk, batch_size=batch_size,
-                           workers=workers, model=loaded.path, progress=progress, reject=reject)
-    if out is not None:
-        write_output(result, out)
-    return result
+    opts = build(PredictOptions, options, kwargs, "predict")
+    loaded = model if isinstance(model, Model) else load(model, opts.load_options())
+    return loaded.predict(images, opts, progress=progress)
 
 
-def bench(model: str | Path, *, backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1, 8, 32),
-          img_size: int | None = None, warmup: int = 3, iters: int = 20, threads: int | None = None,
-          device: str = "auto", providers: Sequence[str] | None = None, ema: bool = True,
-          progress: Any = None, precisions: Sequence[str] | None = None, checkpoint: str | Path | None = None,
-          images: str | Path | None = None, max_images: int = 64, verify: bool = False,
-          min_agreement: float | None = None) -> BenchReport:
-    """`fgcli bench MODEL`: latency and throughput per backend (torch, onnx on each of `providers`, the int8 file
-    beside MODEL, OpenVINO at each of `precisions`) and batch size, side by side, each compared with the first
-    backend on `images` (default: random inputs). Returns a BenchReport: iterate it for the rows; `.skipped`,
-    `.notes`, and with `verify` `.failures` (backends outside the parity tolerance)."""
-    from fgcli.benchmark import bench_model, parse_backends
+def bench(model: str | Path, options: BenchOptions | None = None, progress: Any = None,
+          **kwargs: Any) -> BenchReport:
+    """`fgcli bench MODEL`: latency and throughput per format (torch, onnx on each of `providers` with the int8
+    file beside MODEL, the other registered formats MODEL can be written to) and batch size, side by side, each
+    compared with the first backend on `images` (default: random inputs). Returns a BenchReport: iterate it for
+    the rows; `.skipped`, `.notes`, and with `verify` `.failures`. `options` / keywords:
+    fgcli.options.BenchOptions."""
+    from fgcli.options import BenchOptions, build
+    from fgcli.tasks.bench_formats import bench_model
 
-    chosen = parse_backends(",".join(backends) if backends else None, Path(model), checkpoint)
-    return bench_model(model, chosen, list(batch_sizes), img_size=img_size, warmup=warmup, iters=iters,
-                       threads=threads, device=device, providers=list(providers) if providers else None,
-                       use_ema=ema, progress=progress, precisions=list(precisions) if precisions else None,
-                       checkpoint=checkpoint, images=images, max_images=max_images, verify=verify,
-                       min_agreement=min_agreement)
+    return bench_model(model, build(BenchOptions, options, kwargs, "bench"), progress=progress)
 
 
-def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: str | None = None,
-                  split: str = "test", num: int = 8, out: str | Path | None = None, alpha: float = 0.5,
-                  layout: str = "grid", score: bool = False, score_num: int | None = None, device: str = "auto",
-                  ema: bool = True, batch_size: int = 8, calibration: bool = True) -> VizResult:
-    """`fgcli attention-viz CHECKPOINT [IMAGES]`: attention figures (and map scores) plus an index.html."""
-    from fgcli.viz.run import attention_viz as run
+def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), options: VizOptions | None = None,
+                  **kwargs: Any) -> VizResult:
+    """`fgcli attention-viz CHECKPOINT [IMAGES]`: attention figures (and map scores) plus an index.html.
+    `options` / keywords: fgcli.options.VizOptions."""
+    from fgcli.options import VizOptions, build
+    from fgcli.tasks.attention_viz import attention_viz as run
 
-    return run(checkpoint, list(images), data=data, split=split, num=num, out=out, alpha=alpha, layout=layout,
-               score=score, score_num=score_num, device=device, use_ema=ema, batch_size=batch_size,
-               calibration=calibration)
+    return run(checkpoint, list(images), build(VizOptions, options, kwargs, "attention_viz"))
 
 
-def calibrate(checkpoint: str | Path, data: str | None = None, *, split: str = "val", batch_size: int = 64,
-              device: str = "auto", workers: int | None = None, ema: bool = True,
-              out: str | Path | None = None, reject_recall: float | None = None) -> CalibrateResult:
+def calibrate(checkpoint: str | Path, data: str | None = None, options: CalibrateOptions | None = None,
+              **kwargs: Any) -> CalibrateResult:
     """`fgcli calibrate RUN_OR_CHECKPOINT`: fit the fused prediction's temperature and the rejection threshold
     keeping `reject_recall` of the val images on the val split and write them into the checkpoint (or `out`)
-    atomically; returns the fit (`.record`, the threshold in `.record["reject"]`) and the one it replaced."""
-    from fgcli.calibrating import calibrate_checkpoint
+    atomically; returns the fit (`.record`, the threshold in `.record["reject"]`) and the one it replaced.
+    `options` / keywords: fgcli.options.CalibrateOptions."""
+    from fgcli.options import CalibrateOptions, build
+    from fgcli.tasks.calibrate_checkpoint import calibrate_checkpoint
 
-    return calibrate_checkpoint(checkpoint, data=data, split=split, batch_size=batch_size, device=device,
-                                workers=workers, use_ema=ema, out=out, reject_recall=reject_recall)
+    if data is not None:
+        kwargs["data"] = data
+    return calibrate_checkpoint(checkpoint, build(CalibrateOptions, options, kwargs, "calibrate"))

@@ -8,8 +8,10 @@ safe loader (never `eval`) and checked against the field's type.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +19,49 @@ from typing import Any
 import yaml
 
 from fgcli.errors import UserError, closest
-from fgcli.methods.baseline import config as baseline_config
-from fgcli.methods.baseline.config import BaselineConfig
-from fgcli.methods.herbs import config as herbs_config
-from fgcli.methods.herbs.config import HerbsConfig
-from fgcli.methods.mge import config as mge_config
-from fgcli.methods.mge.config import MgeConfig
-from fgcli.methods.probe import config as probe_config
-from fgcli.methods.probe.config import ProbeConfig
+from fgcli.methods.builtin import BUILTIN_MODULES
 
-#: each method's config section: `fgcli/methods/<method>/config.py` (its dataclass, SECTION and checks)
-METHOD_SECTIONS = (baseline_config, herbs_config, mge_config, probe_config)
-__all__ = ["BaselineConfig", "Config", "HerbsConfig", "MgeConfig", "ProbeConfig"]
+__all__ = ["Config", "MethodSection", "method_sections", "register_section"]
+
+
+@dataclass(frozen=True)
+class MethodSection:
+    """A method's config section (`<method>.*` in recipes, args.yaml and --set): its dataclass and range checks."""
+
+    name: str  # the method's name, which is also the section's key
+    config: type  # the dataclass of its hyper-parameters
+    checks: Callable[[Any], list[tuple[bool, str]]] | None = None  # (ok, message naming the key) pairs
+
+
+_SECTIONS: dict[str, MethodSection] = {}
+
+
+def register_section(name: str, config: type, checks: Callable[[Any], list[tuple[bool, str]]] | None = None) -> None:
+    """Give method `name` its config section (the method registry does this for a Method with a `config_class`)."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"the config section of method {name!r} must be a dataclass, not {config!r}")
+    if name in {f.name for f in dataclasses.fields(Config)}:
+        raise ValueError(f"method {name!r} cannot have a config section: '{name}' is a section of every config")
+    _SECTIONS[name] = MethodSection(name, config, checks)
+
+
+def method_sections() -> dict[str, MethodSection]:
+    """Every method's config section: the built-in methods' (`fgcli/methods/<name>/config.py`: SECTION, CONFIG,
+    checks; light, no torch) and any registered since."""
+    for name in BUILTIN_MODULES:
+        if name not in _SECTIONS:
+            try:
+                module = importlib.import_module(f"fgcli.methods.{name}.config")
+            except ModuleNotFoundError as e:  # a built-in method without hyper-parameters
+                if e.name != f"fgcli.methods.{name}.config":
+                    raise
+                continue
+            register_section(module.SECTION, module.CONFIG, getattr(module, "checks", None))
+    return dict(_SECTIONS)
+
+
+def _default_sections() -> dict[str, Any]:
+    return {name: section.config() for name, section in method_sections().items()}
 
 
 @dataclass
@@ -181,20 +214,46 @@ class Config:
     method: str = "baseline"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    herbs: HerbsConfig = field(default_factory=HerbsConfig)
-    mge: MgeConfig = field(default_factory=MgeConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    #: each method's section by name (`cfg.herbs` reads `sections["herbs"]`); saved at the top level
+    sections: dict[str, Any] = field(default_factory=_default_sections, repr=False)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
+    def __getattr__(self, name: str) -> Any:
+        """A method's section as an attribute (`cfg.herbs.temperature`)."""
+        sections = self.__dict__.get("sections")
+        if sections is None or name.startswith("__"):
+            raise AttributeError(name)
+        if name not in sections and name in _SECTIONS:  # registered after this config was made
+            sections[name] = _SECTIONS[name].config()
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"'Config' has no section {name!r}")
+
+
+def items(cfg: Any) -> list[tuple[str, Any, Any]]:
+    """(key, value, type hint) of each entry of a config dataclass, the method sections at the top level of a
+    Config (in the place of `sections`)."""
+    hints = typing.get_type_hints(type(cfg))
+    out: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cfg):
+        if isinstance(cfg, Config) and f.name == "sections":
+            sections = method_sections()
+            out += [(name, getattr(cfg, name), sections[name].config) for name in sections]
+        else:
+            out.append((f.name, getattr(cfg, f.name), hints[f.name]))
+    return out
+
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain nested dicts (YAML / checkpoint friendly)."""
-    return dataclasses.asdict(cfg)
+    if not isinstance(cfg, Config):
+        return dataclasses.asdict(cfg)
+    return {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            for key, value, _ in items(cfg)}
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
@@ -374,8 +433,9 @@ def validate(cfg: Config) -> None:
         (not (cfg.train.mixup or cfg.train.cutmix) or cfg.train.batch_size % 2 == 0,
          "train.batch_size must be even with train.mixup / train.cutmix (timm mixes each batch with its reverse)"),
     ]
-    for section in METHOD_SECTIONS:
-        checks += section.checks(getattr(cfg, section.SECTION))
+    for name, section in method_sections().items():
+        if section.checks is not None:
+            checks += section.checks(getattr(cfg, name))
     for ok, message in checks:
         if not ok:
             raise UserError(f"{message}{_got(cfg, message.split()[0])}. Fix it in the recipe, --config file, flag "
@@ -434,14 +494,16 @@ def _copy_value(value: Any) -> Any:
         return _copy(value)
     if isinstance(value, list):
         return list(value)
+    if isinstance(value, dict):
+        return {k: _copy_value(v) for k, v in value.items()}
     return value
 
 
 def _merge(obj: Any, data: dict[str, Any], prefix: str, source: str) -> None:
     if not isinstance(data, dict):
         raise UserError(f"{source}: '{prefix.rstrip('.')}' must be a mapping of keys, got {data!r}.")
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    entries = {key: hint for key, _, hint in items(obj)}
+    names = list(entries)
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
@@ -451,7 +513,7 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str, source: str) -> None:
         if dataclasses.is_dataclass(current):
             _merge(current, value, prefix=f"{full}.", source=source)
         else:
-            setattr(obj, key, _coerce(value, hints[key], full, source))
+            setattr(obj, key, _coerce(value, entries[key], full, source))
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:

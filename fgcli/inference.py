@@ -1,4 +1,5 @@
-"""Inference over a checkpoint (torch) or an exported `.onnx` file (onnxruntime): shared by predict, eval, bench.
+"""The predictors: a checkpoint on torch, an exported `.onnx` file on onnxruntime, and the base of every exported
+file (`ExportedPredictor`); `fgcli.formats` says which format a file is and builds its predictor.
 
 A Predictor maps a batch of preprocessed images (N x 3 x H x W float32, normalised as `info.preprocess`
 says) to fused logits and probabilities. onnxruntime providers are chosen explicitly: CUDA only when
@@ -112,8 +113,9 @@ def openvino_device() -> Any:
                                 f"{OPENVINO_INSTALL}.") from e
         devices = cpu_devices()
     if not devices:
-        raise UserError("the OpenVINO plugin for onnxruntime found no CPU device on this machine; use "
-                        "--providers cpu.")
+        raise UserError("the OpenVINO plugin for onnxruntime found no CPU device on this machine (it lists none on "
+                        "some CPUs, e.g. AMD); use --providers cpu, or export the OpenVINO IR (`fgcli export "
+                        "CHECKPOINT --format openvino`), which runs on OpenVINO's own runtime on any x86 CPU.")
     return devices[0]
 
 
@@ -350,36 +352,30 @@ class Predictor:
         return logits[:n], probs[:n]
 
 
-class OnnxPredictor(Predictor):
-    """An exported `.onnx` file on onnxruntime; classes and preprocessing come from its metadata."""
+class ExportedPredictor(Predictor):
+    """A file written by `fgcli export` (ONNX, OpenVINO IR): one input `images`, outputs `logits` and `probs`, and
+    fgcli's metadata (classes, preprocessing, temperature, rejection threshold, TTA in the graph, the run's data
+    settings). A format's predictor opens its runtime, then calls `_read_metadata`; it runs one view in
+    `_run_graph`."""
 
-    backend = "onnx"
+    #: the file's format name (fgcli.formats) and where it came from
+    format: str = ""
+    path: Path
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, device: str = "auto",
-                 threads: int | None = None, calibration: bool = True, tta: str | None = None,
-                 precision: str | None = None) -> None:
-        """`calibration` False: probs = softmax(logits), the uncalibrated ones. `tta` 'flip': run the mirrored
-        images too and average (done by the graph itself when it was exported with --tta flip). `precision`
-        fp32 / bf16: OpenVINO's inference precision (bf16 falls back to fp32, with a warning, on CPUs without
-        AVX-512 BF16 / AMX)."""
+    def _read_metadata(self, props: dict[str, str], inputs: list[str], batch_dim: Any, outputs: list[str],
+                       calibration: bool, tta: str | None) -> None:
+        """Classes, preprocessing, calibration and TTA from the file's metadata; one-line errors for a file that
+        is not an fgcli export. `calibration` False: probs = softmax(logits), the uncalibrated ones. `tta` 'flip':
+        run the mirrored images too and average (done by the graph itself when it was exported with --tta)."""
         from fgcli.engine.fused import check_tta
 
-        self.path = Path(path)
-        #: the inference precision in use (OpenVINO's hint; other providers run the file's own precision)
-        self.precision = effective_precision(precision, wants_openvino(providers))
-        self.session = create_session(self.path, providers=providers, device=device, threads=threads,
-                                      precision=self.precision)
-        props = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_props(props, source=str(self.path))
-        inputs = self.session.get_inputs()
-        if [i.name for i in inputs] != ["images"]:
-            raise UserError(f"{self.path} has inputs {[i.name for i in inputs]}, expected one input 'images'. "
-                            "Re-export it with `fgcli export`.")
-        batch_dim = inputs[0].shape[0]
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-        self._outputs = [o.name for o in self.session.get_outputs()]
-        if self._outputs[:2] != ["logits", "probs"]:
-            raise UserError(f"{self.path} has outputs {self._outputs}, expected logits and probs. Re-export it.")
+        if inputs != ["images"]:
+            raise UserError(f"{self.path} has inputs {inputs}, expected one input 'images'. Re-export it with "
+                            "`fgcli export`.")
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        if outputs[:2] != ["logits", "probs"]:
+            raise UserError(f"{self.path} has outputs {outputs}, expected logits and probs. Re-export it.")
         stored = self.info.extra.get("temperature")
         self.temperature = float(stored) if stored else None
         self.calibrated = bool(calibration and self.temperature)
@@ -395,6 +391,68 @@ class OnnxPredictor(Predictor):
             "again.")
         self._extra_views = check_tta(tta) if self.graph_tta is None else None
         self.tta = self.graph_tta or self._extra_views
+
+    def calibration_fit(self) -> dict[str, Any] | None:
+        """The checkpoint's temperature fit the file carries (metadata `calibration`), or None."""
+        text = self.info.extra.get("calibration")
+        return json.loads(text) if text else None
+
+    def data_settings(self) -> dict[str, Any]:
+        """The run's `data` config section (metadata `data_config`): eval carves the same splits."""
+        return json.loads(self.info.extra.get("data_config", "{}"))
+
+    def report_fields(self) -> dict[str, Any]:
+        """What eval's metrics.json says about the model."""
+        return {"model": str(self.path), "format": self.format, "precision": self.info.precision,
+                "inference_precision": self.precision, "source_checkpoint_sha256": self.info.source_sha256,
+                "tta_in_graph": self.graph_tta or "none"}
+
+    def placement_line(self) -> str | None:
+        """Where the graph's nodes ran, in one line (None: the runtime runs all of it itself)."""
+        return None
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from fgcli.engine.fused import combine_views, tta_views
+
+        views = [self._outputs(view) for view in tta_views(images, self._extra_views)]
+        if len(views) == 1:
+            return views[0]
+        # the graph's probs are softmax(logits / T) (T = 1 when uncalibrated): the views combine from the logits
+        return combine_views([logits for logits, _ in views], self.temperature if self.calibrated else 1.0)
+
+    def _outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = self._run_graph(images)
+        logits = np.asarray(logits, dtype=np.float32)
+        if self._raw:
+            probs = softmax(logits)
+        return logits, np.asarray(probs, dtype=np.float32)
+
+    def _run_graph(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's (logits, probs) for one view."""
+        raise NotImplementedError
+
+
+class OnnxPredictor(ExportedPredictor):
+    """An exported `.onnx` file on onnxruntime; classes and preprocessing come from its metadata."""
+
+    backend = "onnx"
+    format = "onnx"
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, device: str = "auto",
+                 threads: int | None = None, calibration: bool = True, tta: str | None = None,
+                 precision: str | None = None) -> None:
+        """`calibration` / `tta`: see `ExportedPredictor._read_metadata`. `precision` fp32 / bf16: OpenVINO's
+        inference precision (bf16 falls back to fp32, with a warning, on CPUs without AVX-512 BF16 / AMX)."""
+        self.path = Path(path)
+        #: the inference precision in use (OpenVINO's hint; other providers run the file's own precision)
+        self.precision = effective_precision(precision, wants_openvino(providers))
+        self.session = create_session(self.path, providers=providers, device=device, threads=threads,
+                                      precision=self.precision)
+        inputs = self.session.get_inputs()
+        self._read_metadata(self.session.get_modelmeta().custom_metadata_map, [i.name for i in inputs],
+                            inputs[0].shape[0] if inputs else None, [o.name for o in self.session.get_outputs()],
+                            calibration, tta)
+        self.format = {"fp16": "onnx-fp16", "int8": "onnx-int8"}.get(self.info.precision, "onnx")
 
     @property
     def provider(self) -> str:
@@ -412,6 +470,11 @@ class OnnxPredictor(Predictor):
         """How many nodes each provider runs (None where onnxruntime cannot tell)."""
         return node_placement(self.session)
 
+    @property
+    def mixed(self) -> bool:
+        """Whether the session has several providers (OpenVINO or a GPU, with the CPU provider behind it)."""
+        return len(self.session.get_providers()) > 1
+
     def placement_line(self) -> str:
         """'node placement: ...' in one line (or a line saying it is unknown)."""
         placement = self.placement
@@ -419,24 +482,16 @@ class OnnxPredictor(Predictor):
             return "node placement: unknown (onnxruntime < 1.23 does not report it)"
         return placement.line(self.provider)
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        views = [self._run_graph(images)]
-        if self._extra_views == "flip":
-            views.append(self._run_graph(np.ascontiguousarray(images[..., ::-1])))
-        return combine_view_arrays(views)
-
     def _run_graph(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, probs = self.session.run(["logits", "probs"], {"images": images})
-        logits = np.asarray(logits, dtype=np.float32)
-        if self._raw:
-            probs = softmax(logits)
-        return logits, np.asarray(probs, dtype=np.float32)
+        return logits, probs
 
 
 class TorchPredictor(Predictor):
     """A checkpoint's model in torch eager mode (EMA weights when the checkpoint has them and `use_ema`)."""
 
     backend = "torch"
+    format = "torch"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  use_ema: bool = True, *, loaded: Any = None, info: ModelInfo | None = None,
@@ -507,17 +562,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def combine_view_arrays(views: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """numpy twin of `fgcli.engine.fused.combine_views` for (logits, probs) of each view already computed:
-    logits = log of the mean uncalibrated softmax, probs = the mean of the views' probs."""
-    if len(views) == 1:
-        return views[0]
-    raw = np.mean(np.stack([softmax(v[0]).astype(np.float64) for v in views]), axis=0)
-    logits = np.log(np.clip(raw, np.finfo(np.float64).tiny, None)).astype(np.float32)
-    probs = np.mean(np.stack([np.asarray(v[1], dtype=np.float64) for v in views]), axis=0).astype(np.float32)
-    return logits, probs
-
-
 def calibration_note(temperature: float | None, calibrated: bool, tta: str | None = None) -> str:
     """Which probabilities a user sees, in one line."""
     flip = ", averaged with the mirrored image (--tta flip)" if tta else ""
@@ -527,27 +571,3 @@ def calibration_note(temperature: float | None, calibrated: bool, tta: str | Non
         return f"probabilities uncalibrated (--no-calibration; the fitted temperature is {temperature:.3f}){flip}"
     return ("note: this model has no fitted temperature (trained before calibration, or without a validation "
             f"split): probabilities are uncalibrated{flip}. Fit one with `fgcli calibrate CHECKPOINT`.")
-
-
-def is_onnx(path: str | Path) -> bool:
-    """True for an `.onnx` model file (by suffix)."""
-    return Path(path).suffix.lower() == ".onnx"
-
-
-def load_predictor(path: str | Path, *, device: str = "auto", providers: Sequence[str] | None = None,
-                   threads: int | None = None, use_ema: bool = True, calibration: bool = True,
-                   tta: str | None = None, precision: str | None = None) -> Predictor:
-    """A Predictor for a `.onnx` file (onnxruntime) or any other file as an fgcli checkpoint (torch);
-    `calibration` / `tta` as in TorchPredictor; `precision` as in OnnxPredictor (a checkpoint runs fp32)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model file {path} does not exist. Give a checkpoint (.pt) or an exported .onnx file.")
-    if is_onnx(path):
-        return OnnxPredictor(path, providers=providers, device=device, threads=threads, calibration=calibration,
-                             tta=tta, precision=precision)
-    if providers:
-        raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
-    if check_precision(precision) != "fp32":
-        raise UserError(f"--precision {precision} applies to .onnx models on --providers openvino; a checkpoint "
-                        "runs in fp32 on torch.")
-    return TorchPredictor(path, device=device, threads=threads, use_ema=use_ema, calibration=calibration, tta=tta)

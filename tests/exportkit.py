@@ -10,14 +10,15 @@ from PIL import Image
 
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
-from fgcli.methods import build_method
+from fgcli.methods import build_method, list_methods
 from fgcli.modelinfo import Preprocess
 
 SIZE = 64
 CLASSES = ["alpha", "beta", "gamma"]
-#: tiny settings per method (test_* timm backbones, small necks)
-METHOD_SETTINGS = {
-    "baseline": [],
+#: every registered method (tests parametrized over methods take this list)
+METHODS = list_methods()
+#: tiny settings of the methods that need them (test_* timm backbones, small necks); others run as configured
+METHOD_SETTINGS: dict[str, list[str]] = {
     "herbs": ["herbs.fpn_size=16", "herbs.num_selects=[16,8,4,2]"],
     "mge": ["mge.gate_hidden=16", "mge.part_mult=2"],
 }
@@ -33,7 +34,7 @@ def make_checkpoint_file(folder: Path, method: str = "baseline", backbone: str =
     torch.manual_seed(seed)
     classes = list(classes or CLASSES)
     cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={size}",
-                                    f"data.path={data}", *METHOD_SETTINGS[method], *settings])
+                                    f"data.path={data}", *METHOD_SETTINGS.get(method, []), *settings])
     model = build_method(cfg, len(classes)).eval()
     pre = Preprocess(img_size=size, resize=int(size / 0.875), resize_mode="shorter", mean=(0.485, 0.456, 0.406),
                      std=(0.229, 0.224, 0.225))

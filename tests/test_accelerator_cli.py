@@ -88,8 +88,8 @@ def test_bf16_run_exports_fp32_and_fp16_onnx(bf16_run, tmp_path) -> None:
     """`fgcli export best.pt --onnx --fp16 --verify`: the fp32 graph matches the fp32 eager model on the AMP
     run's weights (verify's 1e-4 probability tolerance), the fp16 graph runs on the CPU provider (verify: top-1
     agreement) and keeps fp32 where the precision matters."""
-    from fgcli.exporting.fp16 import FP32_OPS
-    from fgcli.exporting.graph import fp32_island_nodes
+    from fgcli.formats.onnx.fp16 import FP32_OPS
+    from fgcli.formats.onnx.graph import fp32_island_nodes
     from fgcli.inference import OnnxPredictor
 
     method, run = bf16_run

@@ -309,7 +309,7 @@ def test_verify_counts_reference_near_ties_as_agreement() -> None:
     argmax flips between classes the reference itself cannot tell apart; real flips and NaNs still count."""
     import numpy as np
 
-    from fgcli.exporting.verify import TOP1_TIE_TOL, compare
+    from fgcli.parity import TOP1_TIE_TOL, compare
 
     images = np.zeros((3, 3, 2, 2), dtype=np.float32)
     ref = np.array([[0.3334, 0.3333, 0.3333], [0.6, 0.3, 0.1], [0.5, 0.25, 0.25]])

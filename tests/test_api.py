@@ -45,8 +45,8 @@ def test_evaluate_export_predict_load(run, tmp_path: Path) -> None:
     assert report.files["metrics"].is_file()
 
     exported = fgcli.export(run.best, out=tmp_path / "model.onnx", verify=True)
-    onnx_path = exported.files["fp32"]
-    assert onnx_path.is_file() and exported.parity["fp32"].max_abs_dprob <= 1e-4
+    onnx_path = exported.files["onnx"]
+    assert onnx_path.is_file() and exported.parity["onnx"].max_abs_dprob <= 1e-4
     onnx_report = fgcli.evaluate(onnx_path, data="demo", split="val", out=tmp_path / "eval-onnx", workers=0)
     assert onnx_report.result.num_samples == 8  # the run's data settings travel in the ONNX metadata
 

@@ -9,10 +9,10 @@ import pytest
 from exportkit import make_checkpoint_file
 from typer.testing import CliRunner
 
-from fgcli.benchmark import parse_backends, parse_ints, rows_csv, speedups
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+from fgcli.tasks.bench_formats import parse_backends, parse_ints, rows_csv, speedups
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 from fgcli.timing import BenchRow, summarize
 
 runner = CliRunner()
@@ -42,10 +42,13 @@ def test_parse_flags(tmp_path):
         parse_ints("a,b", "--batch-sizes")
     with pytest.raises(UserError, match="positive"):
         parse_ints("0,4", "--batch-sizes")
-    assert parse_backends(None, tmp_path / "m.onnx") == ["onnx"]
-    assert parse_backends(None, tmp_path / "m.pt") == ["torch", "onnx"]
+    # every format MODEL can be written to (fgcli.formats): an .onnx converts to the IR, a .pt exports to both
+    assert parse_backends(None, tmp_path / "m.onnx") == ["onnx", "openvino"]
+    assert parse_backends(None, tmp_path / "m.pt") == ["torch", "onnx", "openvino"]
+    assert parse_backends(None, tmp_path / "m.xml") == ["openvino"]
+    assert parse_backends(None, tmp_path / "m.xml", checkpoint="m.pt") == ["torch", "openvino"]
     assert parse_backends("onnx,torch,onnx", tmp_path / "m.pt") == ["onnx", "torch"]
-    with pytest.raises(UserError, match="only has the onnx backend"):
+    with pytest.raises(UserError, match="only has the onnx, openvino backends. Give the checkpoint"):
         parse_backends("torch", tmp_path / "m.onnx")
     with pytest.raises(UserError, match="unknown backend 'tvm'"):
         parse_backends("tvm", tmp_path / "m.pt")
@@ -55,7 +58,7 @@ def test_bench_checkpoint_both_backends_and_csv(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
     out = tmp_path / "bench.csv"
     result = runner.invoke(app, ["bench", str(ckpt), "--batch-sizes", "1,3", "--warmup", "1", "--iters", "3",
-                                 "--threads", "1", "--out", str(out), "--device", "cpu"])
+                                 "--threads", "1", "--out", str(out), "--device", "cpu", "--backends", "torch,onnx"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     assert [(r["backend"], r["batch"]) for r in rows] == [("torch", "1"), ("torch", "3"), ("onnx", "1"), ("onnx", "3")]
@@ -66,11 +69,11 @@ def test_bench_checkpoint_both_backends_and_csv(tmp_path):
 
 def test_bench_onnx_file_only_onnx(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
-    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False, dynamic_batch=False)).files["fp32"]
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False, dynamic_batch=False)).files["onnx"]
     result = runner.invoke(app, ["bench", str(onnx_path), "--batch-sizes", "1,2", "--iters", "2", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     assert "static batch of 1" in result.output  # batch 2 skipped with a note
     wrong = runner.invoke(app, ["bench", str(onnx_path), "--backends", "torch"])
-    assert wrong.exit_code == 1 and "only has the onnx backend" in wrong.output
+    assert wrong.exit_code == 1 and "only has the onnx" in wrong.output
     size = runner.invoke(app, ["bench", str(onnx_path), "--img-size", "96", "--iters", "1"])
     assert size.exit_code == 1 and "exported for 64x64" in size.output

@@ -40,11 +40,12 @@ def test_confusions_page_fits_a_phone_screen(confusions_page) -> None:
 
 
 def test_attention_viz_index_loads_cleanly(tmp_path) -> None:
-    from fgcli.viz.run import attention_viz
+    from fgcli.options import VizOptions
+    from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, "mge")
     write_images(tmp_path / "alpha", 3, size=70)
-    result = attention_viz(ckpt, [str(tmp_path / "alpha")], out=tmp_path / "viz", device="cpu")
+    result = attention_viz(ckpt, [str(tmp_path / "alpha")], VizOptions(out=tmp_path / "viz", device="cpu"))
     assert result.index is not None
     assert_clean(check_page(result.index), result.index, min_images=3)
 

@@ -16,8 +16,10 @@ from fgcli.engine.calibration import CHECKPOINT_KEY, stored_temperature
 from fgcli.engine.checkpoint import load_checkpoint, save_checkpoint
 from fgcli.engine.fused import FusedPrediction
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
-from fgcli.inference import OnnxPredictor, TorchPredictor, load_predictor, softmax
+from fgcli.formats import load_predictor
+from fgcli.inference import OnnxPredictor, TorchPredictor, softmax
+from fgcli.options import CalibrateOptions, LoadOptions
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 runner = CliRunner()
 
@@ -165,7 +167,7 @@ def test_calibrate_refuses_the_test_split(run, tmp_path) -> None:
 
 def test_calibrate_is_atomic_when_the_write_fails(run, tmp_path, monkeypatch) -> None:
     """A failure in the middle of writing the new checkpoint leaves the old file byte-for-byte intact."""
-    from fgcli.calibrating import calibrate_checkpoint
+    from fgcli.tasks.calibrate_checkpoint import calibrate_checkpoint
 
     old = _old_copy(run, tmp_path)
     before = old.read_bytes()
@@ -176,7 +178,7 @@ def test_calibrate_is_atomic_when_the_write_fails(run, tmp_path, monkeypatch) ->
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="simulated"):
-        calibrate_checkpoint(old, device="cpu", workers=0)
+        calibrate_checkpoint(old, CalibrateOptions(device="cpu", workers=0))
     monkeypatch.undo()
     assert old.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt"]  # no temp file left behind
@@ -200,7 +202,7 @@ def test_calibration_never_changes_the_predicted_class(tmp_path) -> None:
 def test_exported_probs_equal_predict_calibrated_probs(tmp_path, method, tta) -> None:
     ckpt = _with_temperature(make_checkpoint_file(tmp_path, method, seed=2))
     result = export_checkpoint(ckpt, ExportOptions(verify=True, tta=tta))
-    path = result.files["fp32"]
+    path = result.files["onnx"]
     onnx_pred = OnnxPredictor(path, device="cpu")
     assert onnx_pred.temperature == TEMPERATURE and onnx_pred.calibrated
     assert onnx_pred.graph_tta == (None if tta == "none" else "flip")
@@ -224,7 +226,7 @@ def test_exported_probs_equal_predict_calibrated_probs(tmp_path, method, tta) ->
         assert not np.allclose(fused[0].numpy(), fused[1].numpy(), atol=1e-4)  # the mirror is another view
     # --no-calibration shows the raw ones, through both backends; softmax(logits) is always the raw probability
     np.testing.assert_allclose(OnnxPredictor(path, device="cpu", calibration=False)(x)[1], raw, atol=1e-5)
-    np.testing.assert_allclose(load_predictor(ckpt, device="cpu", calibration=False, tta=tta)(x)[1], raw, atol=1e-5)
+    np.testing.assert_allclose(load_predictor(ckpt, LoadOptions(device="cpu", calibration=False, tta=tta))(x)[1], raw, atol=1e-5)
     np.testing.assert_allclose(softmax(onnx_logits), raw, atol=1e-5)
 
     # the CLI: `predict` through the .pt and the .onnx writes the same calibrated probabilities
@@ -245,7 +247,7 @@ def test_exported_probs_equal_predict_calibrated_probs(tmp_path, method, tta) ->
 
 def test_a_plain_onnx_with_flip_at_predict_time_equals_the_flip_graph(tmp_path) -> None:
     ckpt = _with_temperature(make_checkpoint_file(tmp_path, "baseline", seed=6))
-    plain = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    plain = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     x = _images(7)
     flipped = OnnxPredictor(plain, device="cpu", tta="flip")
     assert flipped.tta == "flip" and flipped.graph_tta is None
@@ -272,7 +274,7 @@ def test_herbs_probability_fusion_is_calibrated_on_the_log_of_the_fused_probabil
 
 def test_an_old_checkpoint_predicts_uncalibrated_with_a_note(run, tmp_path) -> None:
     old = _old_copy(run, tmp_path)
-    pred = load_predictor(old, device="cpu")
+    pred = load_predictor(old, LoadOptions(device="cpu"))
     assert pred.temperature is None and not pred.calibrated
     logits, probs = pred(_images(0, size=32))
     np.testing.assert_allclose(probs, softmax(logits), atol=1e-6)

@@ -4,6 +4,7 @@ calibrate, export, predict, viz); resume; the Python API; bad input in one line 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -125,6 +126,21 @@ def test_an_onnx_teacher_gives_the_same_loss_as_its_checkpoint(work, teacher, st
     record = torch.load(work / "distill" / "onnx" / "weights" / "best.pt", weights_only=True)["distill"]
     assert record["format"] == "onnx" and record["teacher"] == str(onnx_file.resolve())
     assert record["val_top1"] == pytest.approx(torch.load(teacher, weights_only=True)["best_metric"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed (fgcli[openvino])")
+def test_an_openvino_ir_teacher_matches_the_onnx_one(work, teacher) -> None:
+    """The teacher is any format the registry knows: the IR converted from the same checkpoint gives the .onnx
+    teacher's calibrated logits within the fp32 tolerance, and names its format."""
+    ir = work / "ir" / "teacher.pt"
+    ir.parent.mkdir(exist_ok=True)
+    shutil.copy(teacher, ir)
+    _ok(runner.invoke(app, ["export", str(ir), "--format", "openvino", "--no-verify"]))
+    by_onnx = teacher_module.load_teacher(teacher.with_suffix(".onnx"))
+    by_ir = teacher_module.load_teacher(ir.with_suffix(".xml"))
+    assert (by_ir.kind, by_ir.temperature, by_ir.classes) == ("openvino", by_onnx.temperature, by_onnx.classes)
+    images = torch.randn(3, 3, 48, 48)
+    np.testing.assert_allclose(by_ir.fused_logits(images).numpy(), by_onnx.fused_logits(images).numpy(), atol=1e-4)
 
 
 def test_the_student_evaluates_calibrates_exports_predicts_and_visualises(student, tmp_path) -> None:

@@ -8,16 +8,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from exportkit import CLASSES, SIZE, make_checkpoint_file
+from exportkit import CLASSES, METHODS, SIZE, make_checkpoint_file
 from typer.testing import CliRunner
 
 from fgcli.cli import app
 from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint, scaled_preprocess
-from fgcli.exporting.verify import Parity, check, compare
 from fgcli.inference import OnnxPredictor
 from fgcli.modelinfo import ModelInfo, sha256_file
+from fgcli.parity import Parity, check, compare
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint, scaled_preprocess
 
 runner = CliRunner()
 
@@ -26,20 +26,20 @@ runner = CliRunner()
 def exported(tmp_path_factory):
     """One default export per method (dynamic batch, verified on random inputs): (checkpoint, result)."""
     out = {}
-    for method in ("baseline", "herbs", "mge"):
+    for method in METHODS:
         folder = tmp_path_factory.mktemp(method)
         ckpt = make_checkpoint_file(folder, method)
         out[method] = (ckpt, export_checkpoint(ckpt, ExportOptions(verify=True)))
     return out
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_export_verifies_and_runs_at_other_batch_sizes(exported, method):
     ckpt, result = exported[method]
-    path = result.files["fp32"]
+    path = result.files["onnx"]
     assert path == ckpt.with_suffix(".onnx") and path.is_file()
     onnx.checker.check_model(str(path), full_check=True)
-    parity = result.parity["fp32"]
+    parity = result.parity["onnx"]
     assert parity.max_abs_dprob <= 1e-4 and parity.top1_agreement == 1.0 and parity.inputs == "random inputs"
 
     # traced at batch 2, run at 1 and 5: same probabilities as torch
@@ -60,7 +60,7 @@ def test_export_verifies_and_runs_at_other_batch_sizes(exported, method):
 
 def test_metadata_round_trip(exported):
     ckpt, result = exported["mge"]
-    props = {p.key: p.value for p in onnx.load(str(result.files["fp32"])).metadata_props}
+    props = {p.key: p.value for p in onnx.load(str(result.files["onnx"])).metadata_props}
     assert json.loads(props["classes"]) == CLASSES
     info = ModelInfo.from_props(props)
     raw = load_checkpoint(ckpt)
@@ -70,7 +70,7 @@ def test_metadata_round_trip(exported):
     assert info.extra["exporter"] in ("dynamo", "torchscript") and info.extra["dynamic_batch"] == "true"
     assert json.loads(info.extra["data_config"])["path"] == raw["config"]["data"]["path"]
     # what predict reads from the session equals what export wrote
-    assert OnnxPredictor(result.files["fp32"], device="cpu").info == info
+    assert OnnxPredictor(result.files["onnx"], device="cpu").info == info
     # and the string form survives a second round trip unchanged
     assert ModelInfo.from_props(info.to_props()) == info
 
@@ -84,7 +84,7 @@ def test_static_batch_export_and_chunked_prediction(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
     out = tmp_path / "static.onnx"
     result = export_checkpoint(ckpt, ExportOptions(out=out, dynamic_batch=False, verify=True))
-    pred = OnnxPredictor(result.files["fp32"], device="cpu")
+    pred = OnnxPredictor(result.files["onnx"], device="cpu")
     assert pred.fixed_batch == 1
     x = np.random.default_rng(0).standard_normal((3, 3, SIZE, SIZE), dtype=np.float32)
     logits, _ = pred(x)  # three runs of batch 1
@@ -95,7 +95,7 @@ def test_static_batch_export_and_chunked_prediction(tmp_path):
 def test_img_size_rescales_preprocessing(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "baseline")
     result = export_checkpoint(ckpt, ExportOptions(img_size=96, verify=True))
-    pre = OnnxPredictor(result.files["fp32"], device="cpu").info.preprocess
+    pre = OnnxPredictor(result.files["onnx"], device="cpu").info.preprocess
     assert (pre.img_size, pre.resize) == (96, 110)  # 64 / 73 crop ratio kept: round(73 * 96 / 64) = 110
     assert scaled_preprocess(pre, 96) is pre
 
@@ -103,7 +103,7 @@ def test_img_size_rescales_preprocessing(tmp_path):
 def test_fp16_keeps_sensitive_ops_in_fp32_and_agrees(tmp_path):
     ckpt = make_checkpoint_file(tmp_path, "mge")
     result = export_checkpoint(ckpt, ExportOptions(fp16=True, verify=True))
-    path = result.files["fp16"]
+    path = result.files["onnx-fp16"]
     assert path.name == "model.fp16.onnx"
     model = onnx.load(str(path))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
@@ -114,7 +114,7 @@ def test_fp16_keeps_sensitive_ops_in_fp32_and_agrees(tmp_path):
     for node in model.graph.node:
         if node.op_type in ("RoiAlign", "ArgMax", "TopK", "Softmax"):
             assert types.get(node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
-    assert result.parity["fp16"].top1_agreement >= 0.99
+    assert result.parity["onnx-fp16"].top1_agreement >= 0.99
     assert OnnxPredictor(path, device="cpu").info.precision == "fp16"
 
 
@@ -172,7 +172,7 @@ def test_cli_export_errors_are_one_line(tmp_path):
 
 def test_truncated_onnx_is_a_clear_error(exported, tmp_path):
     _, result = exported["baseline"]
-    data = result.files["fp32"].read_bytes()
+    data = result.files["onnx"].read_bytes()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 3])
     with pytest.raises(UserError, match="truncated or corrupt"):

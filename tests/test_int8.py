@@ -10,24 +10,25 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from exportkit import SIZE, make_checkpoint_file, make_demo_checkpoint
+from exportkit import METHODS, SIZE, make_checkpoint_file, make_demo_checkpoint
 from typer.testing import CliRunner
 
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting import pipeline
-from fgcli.exporting.graph import finite_infinities, fp32_island_nodes
-from fgcli.exporting.pipeline import ExportOptions, Int8Report, export_checkpoint
-from fgcli.exporting.quantize import QUANT_OPS, first_weight_layers, quantize_int8
+from fgcli.formats.onnx import int8 as pipeline
+from fgcli.formats.onnx.graph import finite_infinities, fp32_island_nodes
+from fgcli.formats.onnx.int8 import Int8Report
+from fgcli.formats.onnx.quantize import QUANT_OPS, first_weight_layers, quantize_int8
 from fgcli.inference import OnnxPredictor
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 
 @pytest.fixture(scope="module")
 def fp32_files(tmp_path_factory):
     out = {}
-    for method in ("baseline", "herbs", "mge"):
+    for method in METHODS:
         ckpt = make_checkpoint_file(tmp_path_factory.mktemp(method), method)
-        out[method] = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+        out[method] = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     return out
 
 
@@ -38,7 +39,7 @@ def _weight_layers(model):
             if n.op_type in QUANT_OPS and len(n.input) > 1 and (n.input[1] in inits or n.input[1] in producer)]
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_static_int8_quantizes_activations_and_keeps_islands_and_first_layers(fp32_files, method):
     path = fp32_files[method]
     calib = [np.random.default_rng(i).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32) for i in range(2)]
@@ -142,7 +143,7 @@ def test_calibration_reads_the_train_split_only(monkeypatch):
         read.append(splits)
         return SimpleNamespace(count=count, source=f"{splits[0]} images")
 
-    import fgcli.exporting.rundata as rundata
+    import fgcli.data.rundata as rundata
 
     monkeypatch.setattr(rundata, "load_batches", load_batches)
     with_train = SimpleNamespace(splits={"train": [1], "val": [2], "test": [3]})
@@ -161,7 +162,7 @@ def test_unknown_calibration_method_is_one_line(tmp_path):
 # -- the real path: which split the int8 search judges on -----------------------------------------------------
 def _spy_splits(monkeypatch) -> list[str]:
     """Record every split the export reads images from (the real reader still runs)."""
-    import fgcli.exporting.rundata as rundata
+    import fgcli.data.rundata as rundata
 
     read: list[str] = []
     real = rundata.iter_split
@@ -254,7 +255,7 @@ def _assert_clean(normal: str, quiet_out: str, quiet_err: str) -> None:
     assert not any(text in normal for text in CHATTER), normal
     assert quiet_err == ""  # no log line, no warning, no library output
     assert not any(text in quiet_out for text in (*CHATTER, "INFO", "int8: comparing"))
-    assert "ONNX export: " in quiet_out  # the command's result table
+    assert "Export: " in quiet_out  # the command's result table
 
 
 def test_int8_export_prints_fgcli_lines_only_and_nothing_with_quiet(tmp_path):

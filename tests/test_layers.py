@@ -16,17 +16,18 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 #: lowest first; a module belongs to the layer of its longest matching prefix (`*` matches one name)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.cpu",
-              "fgcli.modelinfo")),
-    # each method's config section (and its default search space) lives in its folder
-    ("config", ("fgcli.config", "fgcli.searchspace", "fgcli.methods.*.config")),
+              "fgcli.modelinfo", "fgcli.options")),  # options: every task's options dataclass
+    # each method's config section (and its default search space) lives in its folder; the built-in methods'
+    # list (fgcli/methods/builtin.py) is read by the config to find them
+    ("config", ("fgcli.config", "fgcli.searchspace", "fgcli.methods.*.config", "fgcli.methods.builtin")),
     ("data and backbones", ("fgcli.data", "fgcli.backbones", "fgcli.pretrained")),
     ("methods", ("fgcli.methods",)),
     ("engine", ("fgcli.engine",)),
-    ("inference", ("fgcli.inference", "fgcli.timing")),
+    ("inference", ("fgcli.inference", "fgcli.timing", "fgcli.parity")),
+    # the format registry: one entry per model format (suffixes, writer, predictor, tolerance)
+    ("formats", ("fgcli.formats",)),
     # a method's viz panels live in its folder but belong to the viz layer
-    ("tasks", ("fgcli.evaluation", "fgcli.exporting", "fgcli.viz", "fgcli.prediction", "fgcli.methods.*.viz",
-               "fgcli.calibrating", "fgcli.ood", "fgcli.distilling")),
-    ("bench", ("fgcli.benchmark",)),
+    ("tasks", ("fgcli.tasks", "fgcli.distilling", "fgcli.viz", "fgcli.methods.*.viz")),
     ("tune", ("fgcli.tuning",)),  # searches drive the engine and confirm on test with the evaluation task
     ("api", ("fgcli.api",)),
     ("commands", ("fgcli.commands",)),

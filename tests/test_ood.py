@@ -25,7 +25,7 @@ from fgcli.engine.ood import (
     threshold_at_recall,
 )
 from fgcli.errors import UserError
-from fgcli.ood import OodScores, ood_section
+from fgcli.tasks.ood_report import OodScores, ood_section
 
 
 # -- AUROC / FPR95 / thresholds ------------------------------------------------------------------------------------

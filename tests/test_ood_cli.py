@@ -17,7 +17,7 @@ from fgcli.cli import app
 from fgcli.engine.calibration import CHECKPOINT_KEY, calibrated_probs
 from fgcli.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fgcli.engine.ood import auroc, threshold_at_recall
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 runner = CliRunner()
 
@@ -139,7 +139,7 @@ def test_eval_ood_measures_the_scores_and_writes_the_confusions_page(run, others
 
 def test_eval_ood_through_the_api_and_an_onnx_file(run, others, tmp_path) -> None:
     best = run / "weights" / "best.pt"
-    onnx = export_checkpoint(best, ExportOptions(out=tmp_path / "m.onnx", verify=False)).files["fp32"]
+    onnx = export_checkpoint(best, ExportOptions(out=tmp_path / "m.onnx", verify=False)).files["onnx"]
     report = fgcli.evaluate(onnx, "demo", ood=others, out=tmp_path / "e", workers=0, device="cpu")
     torch_report = fgcli.evaluate(best, ood=others, out=tmp_path / "t", workers=0, device="cpu")
     for name in ("msp", "energy"):
@@ -232,7 +232,7 @@ def test_predict_reject_is_the_same_through_the_checkpoint_and_every_exported_fi
         decisions, _, _ = _decisions(path, images, tmp_path, precision)
         assert decisions == expected, precision
     csv_out = tmp_path / "p.csv"
-    result = runner.invoke(app, ["predict", str(export.files["int8"]), str(images), "--reject", "--out", str(csv_out)])
+    result = runner.invoke(app, ["predict", str(export.files["onnx-int8"]), str(images), "--reject", "--out", str(csv_out)])
     assert result.exit_code == 0 and csv_out.read_text().splitlines()[0].startswith("path,decision,class_1")
 
 
@@ -243,7 +243,7 @@ def test_predict_reject_without_a_threshold_says_how_to_fit_one(tmp_path) -> Non
     result = runner.invoke(app, ["predict", str(ckpt), str(images), "--reject"])
     assert result.exit_code == 1 and [line.startswith("Error:") for line in result.output.splitlines()].count(True) == 1
     assert _says(result.output, "has no rejection threshold") and _says(result.output, f"fgcli calibrate {ckpt}")
-    onnx = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    onnx = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     result = runner.invoke(app, ["predict", str(onnx), str(images), "--reject"])
     assert result.exit_code == 1 and _says(result.output, "then export again")
 

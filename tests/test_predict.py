@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from fgcli.cli import app
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import Predictor
 from fgcli.modelinfo import ModelInfo, Preprocess
-from fgcli.prediction import Prediction, PredictResult, collect_images, predict_paths, to_csv
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
+from fgcli.tasks.predict_images import Prediction, PredictResult, collect_images, predict_paths, to_csv
 
 runner = CliRunner()
 
@@ -25,7 +25,7 @@ def models(tmp_path_factory):
     """A tiny baseline checkpoint and its ONNX export."""
     folder = tmp_path_factory.mktemp("predict")
     ckpt = make_checkpoint_file(folder, "baseline", seed=3)
-    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["fp32"]
+    onnx_path = export_checkpoint(ckpt, ExportOptions(verify=False)).files["onnx"]
     return ckpt, onnx_path
 
 
@@ -152,13 +152,14 @@ def test_csv_format_by_hand():
 
 
 def test_predict_paths_reports_unreadable_files(models, tmp_path):
-    from fgcli.inference import load_predictor
+    from fgcli.formats import load_predictor
+    from fgcli.options import LoadOptions
 
     _, onnx_path = models
     good = write_images(tmp_path, 2)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG broken")
-    pred = load_predictor(onnx_path, device="cpu")
+    pred = load_predictor(onnx_path, LoadOptions(device="cpu"))
     ticks: list[int] = []
     result = predict_paths(pred, [good[0], bad, good[1]], topk=1, batch_size=2, progress=ticks.append)
     assert [p.path for p in result.predictions] == [str(good[0]), str(good[1])]

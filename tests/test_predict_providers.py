@@ -7,14 +7,14 @@ from exportkit import make_checkpoint_file
 
 import fgcli.inference as inference
 from fgcli.errors import UserError
-from fgcli.exporting.pipeline import ExportOptions, export_checkpoint
 from fgcli.inference import CPU_EP, CUDA_EP, create_session, resolve_providers, session_options
+from fgcli.tasks.export_model import ExportOptions, export_checkpoint
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("providers")
-    return export_checkpoint(make_checkpoint_file(folder, "baseline"), ExportOptions(verify=False)).files["fp32"]
+    return export_checkpoint(make_checkpoint_file(folder, "baseline"), ExportOptions(verify=False)).files["onnx"]
 
 
 def test_resolve_providers(monkeypatch):

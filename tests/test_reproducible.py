@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fgcli.engine.rundir import read_results_csv
+from fgcli.methods import list_methods
 
 TINY = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "48", "--batch-size", "6", "--epochs", "2",
         "--lr", "0.01", "--device", "cpu", "--workers", "2", "--set", "data.demo_size=48",
@@ -38,7 +39,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", list_methods())
 def test_same_seed_same_run(method: str, tmp_path: Path) -> None:
     first, again = _train(tmp_path, method, "a", 0), _train(tmp_path, method, "b", 0)
     assert _numbers(first) == _numbers(again)

@@ -102,11 +102,13 @@ def test_fastest_path_verdict(speed):
 
 def test_speed_table_rows(speed):
     class Row:
-        def __init__(self, backend, precision, batch, p50):
+        def __init__(self, backend, precision, batch, p50, device="onnxruntime CPUExecutionProvider"):
             self.backend, self.precision, self.batch, self.p50_ms = backend, precision, batch, p50
+            self.device = device
 
-    rows = [Row("torch", "fp32", 1, 12.0), Row("onnx", "fp32", 1, 3.0), Row("onnx", "int8", 1, 1.5),
-            Row("openvino", "bf16", 1, 2.0)]
+    # onnxruntime's OpenVINO provider is a row of the onnx backend (fgcli bench's `openvino` backend is the IR)
+    rows = [Row("torch", "fp32", 1, 12.0, "torch cpu"), Row("onnx", "fp32", 1, 3.0), Row("onnx", "int8", 1, 1.5),
+            Row("onnx", "bf16", 1, 2.0, "onnxruntime OpenVINOExecutionProvider")]
     latency = speed.latencies(rows)
     assert latency == {1: {"torch fp32": 12.0, "cpu fp32": 3.0, "cpu int8": 1.5, "openvino bf16": 2.0}}
     text = speed.table([{"name": "baseline", "latency": latency, "top1": {"cpu fp32": 68.2, "cpu int8": 68.0}}],

@@ -114,7 +114,7 @@ def test_eval_writes_the_report(trained, tmp_path) -> None:
     report = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert report["split"] == "test" and report["data"] == "demo" and report["num_classes"] == 4
     onnx = runner.invoke(app, ["eval", str(tmp_path / "model.onnx")])
-    assert onnx.exit_code == 1 and "pass --data PATH" in onnx.output
+    assert onnx.exit_code == 1 and "model.onnx does not exist" in onnx.output
 
 
 def test_eval_refuses_data_with_other_classes(trained, tmp_path) -> None:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from exportkit import METHOD_SETTINGS, make_checkpoint_file, write_images
+from exportkit import METHOD_SETTINGS, METHODS, make_checkpoint_file, write_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -149,19 +149,20 @@ def _model(method: str, size: int = 64):
 
     torch.manual_seed(0)
     cfg = resolve_config(overrides=[f"method={method}", "model.backbone=test_resnet", f"data.img_size={size}",
-                                    *METHOD_SETTINGS[method]])
+                                    *METHOD_SETTINGS.get(method, [])])
     return build_method(cfg, 3).eval(), cfg
 
 
 EXPECTED_MAPS = {
     "baseline": ["cam"],
+    "probe": ["cam"],  # the baseline's model and viz
     "herbs": ["score1", "score2", "score3", "score4", "score_prod", "select1", "select2", "select3", "select4",
               "select_mean"],
     "mge": ["cam1", "cam2", "cam3"],
 }
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_map_shapes_and_ranges(method: str) -> None:
     from fgcli.viz.maps import attention_maps
 
@@ -237,13 +238,14 @@ def test_headline_names_true_and_predicted_class() -> None:
 
 
 # ---- files --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> None:
-    from fgcli.viz.run import attention_viz
+    from fgcli.options import VizOptions
+    from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, method)
     images = write_images(tmp_path / "alpha", 2, size=70)  # parent folder = a class name: the true class
-    result = attention_viz(ckpt, [str(tmp_path / "alpha")], out=tmp_path / "out", device="cpu")
+    result = attention_viz(ckpt, [str(tmp_path / "alpha")], VizOptions(out=tmp_path / "out", device="cpu"))
     assert len(result.figures) == 2 and result.index is not None
     for path in result.figures:
         with Image.open(path) as im:
@@ -256,11 +258,13 @@ def test_figures_and_sheet_are_written_and_readable(tmp_path, method: str) -> No
 
 
 def test_single_layout_writes_one_png_per_panel(tmp_path) -> None:
-    from fgcli.viz.run import attention_viz
+    from fgcli.options import VizOptions
+    from fgcli.tasks.attention_viz import attention_viz
 
     ckpt = make_checkpoint_file(tmp_path, "herbs")
     write_images(tmp_path / "imgs", 1, size=64)
-    result = attention_viz(ckpt, [str(tmp_path / "imgs")], out=tmp_path / "out", device="cpu", layout="single")
+    result = attention_viz(ckpt, [str(tmp_path / "imgs")], VizOptions(out=tmp_path / "out", device="cpu",
+                                                                     layout="single"))
     names = sorted(p.name for p in result.figures)
     assert len(names) == 12 and "score1.png" in names and "select_mean.png" in names and "input.png" in names
     for path in result.figures:
@@ -305,7 +309,7 @@ def test_score_needs_masks_or_boxes(tmp_path, flowers12) -> None:
     assert result.exit_code == 1 and "no part masks or bounding boxes" in result.output
 
 
-@pytest.mark.parametrize("method", ["baseline", "herbs", "mge"])
+@pytest.mark.parametrize("method", METHODS)
 def test_cli_on_the_demo_with_scores(tmp_path, demo_factory, method: str) -> None:
     demo = demo_factory(size=48, classes=3, per_class=3, val_fraction=0.0)
     ckpt = make_checkpoint_file(tmp_path, method, classes=list(demo.classes))
@@ -374,7 +378,7 @@ def test_flowers_photo_titles_the_folder_class(tmp_path, flowers12) -> None:
 
 def test_score_target_is_the_mask_else_the_box(tmp_path) -> None:
     from fgcli.data.manifest import Sample
-    from fgcli.viz.run import target_mask
+    from fgcli.tasks.attention_viz import target_mask
 
     mask = np.zeros((60, 90), np.uint8)
     mask[10:30, 40:70] = 255

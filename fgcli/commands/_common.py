@@ -22,6 +22,21 @@ def providers_option() -> Any:
                         "--device): cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\").")
 
 
+def ema_option(help: str = "Use the EMA weights when the checkpoint has them.") -> Any:
+    """`--ema/--no-ema` of the commands that load a checkpoint."""
+    return typer.Option(True, "--ema/--no-ema", help=help)
+
+
+def calibration_option(help: str) -> Any:
+    """`--calibration/--no-calibration`: the model's fitted temperature (what it changes is the command's)."""
+    return typer.Option(True, "--calibration/--no-calibration", help=help)
+
+
+def tta_option(help: str) -> Any:
+    """`--tta none|flip` (fgcli.engine.fused: the one flip-TTA implementation)."""
+    return typer.Option("none", "--tta", help=f"Test-time augmentation: none, or flip ({help}).")
+
+
 def precision_option() -> Any:
     """`--precision` of OpenVINO sessions (eval, predict)."""
     return typer.Option("f32", "--precision", help="--providers openvino: f32 or bf16 (on CPUs with AVX-512 BF16 / "

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
-
-
-def _split(text: str | None) -> list[str] | None:
-    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+from fgcli.commands._common import ema_option, handle_errors
 
 
 @handle_errors
@@ -39,13 +35,14 @@ def bench_command(
                                       help="A folder of images to compare top-1 on (default: random inputs)."),
     max_images: int = typer.Option(64, "--max-images", min=1, help="At most this many of --images."),
     verify: bool = typer.Option(False, "--verify",
-                                help="Exit 1 when a backend disagrees with the reference (the first row): fp32 "
-                                     "beyond max |Δprob| 1e-3 or any top-1 change; bf16 / fp16 under 99 %, int8 "
-                                     "under 95 % top-1 agreement."),
+                                help="Exit 1 when a backend misses its precision's tolerance against the reference (the first "
+                                     "row; fgcli.parity.TOLERANCES): fp32 beyond max |Δprob| 1e-4 (1e-3 on a GPU) "
+                                     "or any top-1 change; bf16 / fp16 under 99 %, int8 under 95 % top-1 "
+                                     "agreement."),
     min_agreement: float | None = typer.Option(None, "--min-agreement", min=0.0, max=100.0,
                                                help="--verify: the top-1 agreement (%) bf16 / fp16 / int8 need."),
     out: str | None = typer.Option(None, "--out", "-o", help="Also write the table as CSV."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
+    ema: bool = ema_option(".pt only: use the EMA weights when present."),
 ) -> None:
     """Measure latency (p50 / p90 per batch) and throughput per backend and batch size, side by side.
 
@@ -59,25 +56,28 @@ def bench_command(
       fgcli bench best.onnx --checkpoint best.pt --providers cpu,openvino --images photos/ --verify
     """
 
+    from rich.markup import escape
+
     from fgcli import api
-    from fgcli.benchmark import parse_ints, rows_csv, rows_table
     from fgcli.console import console, err_console, settings
     from fgcli.errors import UserError
     from fgcli.io import atomic_write_text
+    from fgcli.options import BenchOptions
+    from fgcli.tasks.bench_formats import parse_ints, rows_csv, rows_table
 
-    sizes = parse_ints(batch_sizes, "--batch-sizes")
-    say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {text}[/]"))
-    report = api.bench(model, backends=_split(backends), batch_sizes=sizes, img_size=img_size, warmup=warmup,
-                       iters=iters, threads=threads, device=device, providers=_split(providers), ema=ema,
-                       progress=say, precisions=_split(precision), checkpoint=checkpoint, images=images,
-                       max_images=max_images, verify=verify, min_agreement=min_agreement)
+    options = BenchOptions(backends=backends, batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+                           img_size=img_size, warmup=warmup, iters=iters, threads=threads, device=device,
+                           providers=providers, ema=ema, precisions=precision, checkpoint=checkpoint,
+                           images=images, max_images=max_images, verify=verify, min_agreement=min_agreement)
+    say = None if settings.quiet else (lambda text: err_console.print(f"[dim]bench: {escape(text)}[/]"))
+    report = api.bench(model, options, progress=say)
     console.print(rows_table(report.rows, title=f"Inference benchmark: {model}"))
     if report.reference:
-        console.print(f"compared with {report.reference} on {report.parity_inputs}", soft_wrap=True)
+        console.print(escape(f"compared with {report.reference} on {report.parity_inputs}"), soft_wrap=True)
     for note in report.notes:
-        console.print(note, soft_wrap=True)
+        console.print(escape(note), soft_wrap=True)
     if report.skipped:
-        console.print(f"skipped: {'; '.join(report.skipped)}", soft_wrap=True)
+        console.print(escape(f"skipped: {'; '.join(report.skipped)}"), soft_wrap=True)
     if out:
         atomic_write_text(out, rows_csv(report.rows))
         console.print(f"wrote {out}")

@@ -1,10 +1,10 @@
-"""`fgcli calibrate`: parse the flags, delegate to fgcli.calibrating, print before / after."""
+"""`fgcli calibrate`: parse the flags, delegate to fgcli.tasks.calibrate_checkpoint, print before / after."""
 
 from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import ema_option, handle_errors
 
 
 @handle_errors
@@ -19,7 +19,7 @@ def calibrate_command(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Loader workers (default: the run's)."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Fit for the EMA weights when the checkpoint has them."),
+    ema: bool = ema_option("Fit for the EMA weights when the checkpoint has them."),
     reject_recall: float | None = typer.Option(None, "--reject-recall", min=0.0, max=1.0,
                                                help="Share of the val images the rejection threshold keeps (default: "
                                                     "the checkpoint's, else the run's train.reject_recall, 0.95)."),
@@ -36,9 +36,11 @@ def calibrate_command(
     """
     from fgcli import api
     from fgcli.console import console
+    from fgcli.options import CalibrateOptions
 
-    result = api.calibrate(target, data, split=split, batch_size=batch_size, device=device, workers=workers,
-                           ema=ema, out=out, reject_recall=reject_recall)
+    result = api.calibrate(target, options=CalibrateOptions(
+        data=data, split=split, batch_size=batch_size, device=device, workers=workers, ema=ema, out=out,
+        reject_recall=reject_recall))
     console.print(result.table())
     console.print(f"wrote {result.written}  next: fgcli eval {result.written}  |  fgcli export {result.written} "
                   "--onnx")

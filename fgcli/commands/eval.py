@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors, precision_option, providers_option
+from fgcli.commands import _common as flags
+from fgcli.commands._common import handle_errors
 
 
 @handle_errors
@@ -16,14 +17,12 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     out: str | None = typer.Option(None, "--out", "-o", help="Report folder (default runs/eval/<run name>)."),
     workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Loader workers (default: the run's)."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Selective-prediction line from the calibrated probabilities (default) or "
-                                          "the raw ones. Both are always reported."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and "
-                                                 "its mirror in probability space); its effect is reported."),
-    providers: str | None = providers_option(),
-    precision: str = precision_option(),
+    ema: bool = flags.ema_option(),
+    calibration: bool = flags.calibration_option("Selective-prediction line from the calibrated probabilities (default) "
+                                           "or the raw ones. Both are always reported."),
+    tta: str = flags.tta_option("average the image and its mirror in probability space; its effect is reported"),
+    providers: str | None = flags.providers_option(),
+    precision: str = flags.precision_option(),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="Intra-op threads of onnxruntime / OpenVINO (.onnx) or torch (.pt); "
                                             "default: the runtime's own."),
@@ -49,11 +48,12 @@ def eval_command(
     """
     from fgcli import api
     from fgcli.console import console
+    from fgcli.options import EvalOptions
 
-    run = api.evaluate(checkpoint, data, split=split, batch_size=batch_size, device=device, out=out,
-                       workers=workers, ema=ema, calibration=calibration, tta=tta,
-                       providers=[p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-                       precision=precision, threads=threads, ood=ood, confusions=confusions)
+    run = api.evaluate(checkpoint, options=EvalOptions(
+        data=data, split=split, batch_size=batch_size, device=device, out=out, workers=workers, ema=ema,
+        calibration=calibration, tta=tta, providers=providers, precision=precision, threads=threads, ood=ood,
+        confusions=confusions))
     console.print(run.table())
     if run.calibration is not None:
         console.print(run.calibration_table())

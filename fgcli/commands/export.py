@@ -6,7 +6,8 @@ from typing import Any
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import calibration_option, ema_option, handle_errors, tta_option
+from fgcli.formats import writable_help
 
 _VARIANTS = "fp16 / int8"
 _RUNTIME = "Runtime"
@@ -16,10 +17,12 @@ _RUNTIME = "Runtime"
 def export_command(
     checkpoint: str = typer.Argument(..., metavar="CHECKPOINT",
                                      help="A .pt checkpoint from `fgcli train` (any name, e.g. weights/best.pt)."),
-    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the supported format)."),
+    format: str | None = typer.Option(None, "--format", "-f",
+                                      help=f"The formats to write, comma-separated: {writable_help()}."),
+    onnx: bool = typer.Option(False, "--onnx", help="Same as --format onnx."),
     out: str | None = typer.Option(None, "--out", "-o",
-                                   help="The fp32 .onnx file (default: CHECKPOINT with .onnx). fp16 / int8 files go "
-                                        "beside it as <stem>.fp16.onnx / <stem>.int8.onnx."),
+                                   help="The first format's file (default: CHECKPOINT with its suffix); the other "
+                                        "files go beside it under the same name, e.g. <stem>.int8.onnx, <stem>.xml."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: 18 for dynamo, 17 for torchscript)."),
     img_size: int | None = typer.Option(None, "--img-size", min=8,
                                         help="Input size (default: the checkpoint's; fixed-size models only accept it)."),
@@ -41,15 +44,14 @@ def export_command(
                                              "not. Never judged on test: refused when the run's data has no val "
                                              "split."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
-                                help="Compare onnxruntime with torch on the run's validation images (else "
-                                     "training images, else random; never test): "
-                                     "max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for fp16."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Export the EMA weights when the checkpoint has them."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Divide `probs` by the checkpoint's fitted temperature (a constant in the "
-                                          "graph; default) or ship raw ones. `logits` are always raw."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation in the graph: none, or flip (the graph runs "
-                                                 "the image and its mirror and averages the probabilities)."),
+                                help="Compare each file with torch on the run's validation images (else "
+                                     "training images, else random; never test), at its precision's tolerance "
+                                     "(fgcli.parity): max |Δprob| <= 1e-4 for fp32, top-1 agreement >= 99% for "
+                                     "fp16."),
+    ema: bool = ema_option("Export the EMA weights when the checkpoint has them."),
+    calibration: bool = calibration_option("Divide `probs` by the checkpoint's fitted temperature (a constant in "
+                                           "the graph; default) or ship raw ones. `logits` are always raw."),
+    tta: str = tta_option("in the graph: it runs the image and its mirror and averages the probabilities"),
     exporter: str | None = typer.Option(None, "--exporter",
                                         help="auto (default: dynamo, falling back to torchscript when dynamo cannot take "
                                              "the graph), dynamo (opset 18) or torchscript (opset 17)."),
@@ -59,57 +61,45 @@ def export_command(
     threads: int | None = typer.Option(None, "--threads", min=1, rich_help_panel=_RUNTIME,
                                        help="onnxruntime intra-op threads (default: physical cores)."),
 ) -> None:
-    """Export a checkpoint's fused model to ONNX, with metadata, checker, parity check and optional fp16 / int8.
+    """Export a checkpoint's fused model in the formats asked (--format), with metadata, parity check and variants.
 
     One input `images` (N x 3 x H x W, normalised), outputs `logits` and `probs`; the metadata (classes, preprocessing, method, backbone, versions, checkpoint hash) is all `fgcli predict` needs.
 
     Examples:
-      fgcli export runs/train/exp/weights/best.pt --onnx
-      fgcli export model.pt --onnx --out deploy/model.onnx --int8
+      fgcli export runs/train/exp/weights/best.pt --format onnx
+      fgcli export model.pt --format onnx --out deploy/model.onnx --int8
       fgcli export best.pt --onnx --fp16 --static-batch --no-verify
       fgcli export best.pt --onnx --tta flip
     """
     from fgcli import api
     from fgcli.console import console
-    from fgcli.errors import UserError
+    from fgcli.options import ExportOptions
 
-    if not onnx:
-        raise UserError("choose an export format: add --onnx (the supported format), e.g. "
-                        f"`fgcli export {checkpoint} --onnx`.")
-    result = api.export(checkpoint, out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16,
-                        int8=int8, calib_images=calib_images, calib_method=calib_method,
-                        int8_max_drop=int8_max_drop, verify=verify, ema=ema, exporter=exporter,
-                        providers=_split(providers), threads=threads, calibration=calibration, tta=tta)
+    formats = ",".join(f for f in (format, "onnx" if onnx else None) if f)  # none: the task says which exist
+    result = api.export(checkpoint, options=ExportOptions(
+        format=formats, out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16, int8=int8,
+        calib_images=calib_images, calib_method=calib_method, int8_max_drop=int8_max_drop, verify=verify, ema=ema,
+        exporter=exporter, providers=providers, threads=threads, calibration=calibration, tta=tta))
     console.print(_summary(result))
-    main = result.files["fp32"]
+    main = next(iter(result.files.values()))
     console.print(f"next: fgcli predict {main} IMAGES...  |  fgcli eval {main} --data DATA  |  fgcli bench {main}")
-
-
-def _split(text: str | None) -> list[str] | None:
-    return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
 def _summary(result: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"ONNX export: {result.info.method} / {result.info.backbone}")
+    from fgcli.formats import get_format
+
+    table = Table(title=f"Export: {result.info.method} / {result.info.backbone}")
     table.add_column("file", overflow="fold")
-    table.add_column("precision")
+    table.add_column("format")
     table.add_column("MB", justify="right")
     table.add_column("check", overflow="fold")
-    for precision, path in result.files.items():
-        parity = result.parity.get(precision)
-        note = parity.line() if parity is not None else ("not verified" if precision != "int8" else "")
-        if precision == "int8" and result.int8 is not None:
-            r = result.int8
-            top1 = (f"top-1 {r.top1_fp32:.2f}% -> {r.top1_int8:.2f}% ({r.top1_change:+.2f}), "
-                    if r.top1_change is not None else "")
-            speed = ", ".join(f"{r.speedup(b):.2f}x at batch {b}" for b in r.latency_ms)
-            kept = f"first {r.fp32_first} weight layers fp32; " if r.fp32_first else ""
-            note = (f"{r.mode}; {kept}{top1}agreement {100 * r.agreement:.1f}% on {r.num_images} images "
-                    f"({r.eval_source}); vs fp32: {speed}")
-        table.add_row(str(path), precision, f"{result.sizes[precision] / 1e6:.1f}", note)
-    table.caption = (f"{len(result.info.classes)} classes, {result.info.preprocess.img_size}px input, "
-                     f"{result.info.extra.get('exporter')} exporter opset {result.info.extra.get('opset')}, "
-                     f"onnxruntime {result.provider}, {result.seconds:.1f} s")
+    for name, path in result.files.items():
+        table.add_row(str(path), get_format(name).title, f"{result.sizes[name] / 1e6:.1f}", result.check_line(name))
+    graph = (f", {result.info.extra.get('exporter')} exporter opset {result.info.extra.get('opset')}"
+             if result.info.extra.get("opset") else "")
+    where = ", ".join(dict.fromkeys(result.devices.values()))
+    table.caption = (f"{len(result.info.classes)} classes, {result.info.preprocess.img_size}px input{graph}"
+                     + (f", checked on {where}" if where else "") + f", {result.seconds:.1f} s")
     return table

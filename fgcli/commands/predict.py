@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors, precision_option, providers_option
+from fgcli.commands import _common as flags
+from fgcli.commands._common import handle_errors
 
 
 @handle_errors
@@ -16,17 +17,15 @@ def predict_command(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     out: str | None = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    providers: str | None = providers_option(),
-    precision: str = precision_option(),
+    providers: str | None = flags.providers_option(),
+    precision: str = flags.precision_option(),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Inference threads (default: physical cores)."),
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Threads decoding images."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help=".pt only: use the EMA weights when present."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Calibrated probabilities (the model's fitted temperature, default) or the "
-                                          "raw ones. The predicted classes are the same."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average the image and its "
-                                                 "mirror, after calibration). An .onnx exported with --tta flip "
-                                                 "already does it."),
+    ema: bool = flags.ema_option(".pt only: use the EMA weights when present."),
+    calibration: bool = flags.calibration_option("Calibrated probabilities (the model's fitted temperature, default) or "
+                                           "the raw ones. The predicted classes are the same."),
+    tta: str = flags.tta_option("average the image and its mirror, after calibration; a file exported with --tta flip "
+                          "already does it"),
     reject: bool = typer.Option(False, "--reject",
                                 help="Answer 'unknown' (probabilities still shown) when the top-1 probability is below "
                                      "the model's rejection threshold (fitted on val by training or `fgcli "
@@ -45,16 +44,19 @@ def predict_command(
     """
     from fgcli import api
     from fgcli.console import console, err_console, progress_bar
-    from fgcli.prediction import collect_images, results_table
+    from fgcli.options import PredictOptions
+    from fgcli.tasks.predict_images import collect_images, results_table
 
+    options = PredictOptions(topk=topk, batch_size=batch_size, out=out, device=device, providers=providers,
+                             threads=threads, workers=workers, ema=ema, calibration=calibration, tta=tta,
+                             precision=precision, reject=reject)
     paths = collect_images(sources)
-    provider_list = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
-    loaded = api.load(model, device=device, providers=provider_list, threads=threads, ema=ema,
-                      calibration=calibration, tta=tta, precision=precision)
+    loaded = api.load(model, options.load_options())
     err_console.print(f"{model}: {loaded.info.method} / {loaded.info.backbone}, "
                       f"{len(loaded.classes)} classes, on {loaded.predictor.device}")
-    if provider_list and hasattr(loaded.predictor, "placement_line"):
-        err_console.print(loaded.predictor.placement_line(), soft_wrap=True)
+    placement = getattr(loaded.predictor, "placement_line", None)
+    if options.providers and placement is not None and placement():
+        err_console.print(placement(), soft_wrap=True)
     err_console.print(loaded.predictor.calibration_note(), soft_wrap=True)
     if reject:
         threshold = loaded.predictor.reject_threshold()  # no threshold: one line before any image is read
@@ -64,8 +66,7 @@ def predict_command(
                              else ""), soft_wrap=True)
     with progress_bar() as bar:
         task = bar.add_task("predict", total=len(paths))
-        result = api.predict(loaded, [str(p) for p in paths], topk=topk, batch_size=batch_size, workers=workers,
-                             out=out, progress=lambda n: bar.advance(task, n), reject=reject)
+        result = api.predict(loaded, [str(p) for p in paths], options, progress=lambda n: bar.advance(task, n))
     if result.predictions:
         console.print(results_table(result))
     for path, reason in result.skipped:

@@ -1,10 +1,10 @@
-"""`fgcli attention-viz` (alias `viz`): parse the flags, delegate to fgcli.viz.run."""
+"""`fgcli attention-viz` (alias `viz`): parse the flags, delegate to fgcli.tasks.attention_viz."""
 
 from __future__ import annotations
 
 import typer
 
-from fgcli.commands._common import handle_errors
+from fgcli.commands._common import calibration_option, ema_option, handle_errors
 
 
 @handle_errors
@@ -27,9 +27,8 @@ def viz_command(
                                          help="Score this many images of the split (default: all)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them."),
-    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                     help="Titles show calibrated probabilities (default) or raw ones."),
+    ema: bool = ema_option(),
+    calibration: bool = calibration_option("Titles show calibrated probabilities (default) or raw ones."),
 ) -> None:
     """Show where the model looks: HERBS score / selection maps per stage, MGE-CNN expert CAMs, crop boxes and
     zooms with the gate weights, the baseline's class activation map. PNGs plus an index.html contact sheet.
@@ -41,11 +40,12 @@ def viz_command(
     """
     from fgcli import api
     from fgcli.console import console, err_console
-    from fgcli.viz.run import scores_table
+    from fgcli.options import VizOptions
+    from fgcli.tasks.attention_viz import scores_table
 
-    result = api.attention_viz(checkpoint, images or [], data=data, split=split, num=num, out=out, alpha=alpha,
-                               layout=layout, score=score, score_num=score_num, device=device, ema=ema,
-                               batch_size=batch_size, calibration=calibration)
+    result = api.attention_viz(checkpoint, images or [], options=VizOptions(
+        data=data, split=split, num=num, out=out, alpha=alpha, layout=layout, score=score, score_num=score_num,
+        device=device, ema=ema, batch_size=batch_size, calibration=calibration))
     if result.scores:
         console.print(scores_table(result.scores, result.score_target or "the target"))
     for name, reason in result.skipped:

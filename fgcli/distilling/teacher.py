@@ -1,5 +1,5 @@
 """The frozen teacher of `fgcli distill`: a checkpoint on torch (eval mode, no gradient, under the run's autocast
-and memory format) or its exported `.onnx` on onnxruntime. Either gives the calibrated fused logits (fused / T,
+and memory format) or a file `fgcli export` wrote (.onnx, OpenVINO IR ...) on its format's runtime (fgcli.formats). Either gives the calibrated fused logits (fused / T,
 T the teacher's fitted temperature) of the student's batch, which is first brought to the teacher's own
 preprocessing: de-normalised with the student's mean / std, resized to the teacher's input size, normalised with
 the teacher's mean / std.
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from fgcli.console import log
 from fgcli.errors import UserError
+from fgcli.formats import format_of
 from fgcli.modelinfo import Preprocess, sha256_file
 
 #: Preprocess.interpolation -> F.interpolate mode (anything else resizes bilinearly)
@@ -51,7 +52,7 @@ def adapt_batch(images: torch.Tensor, student: Preprocess, teacher: Preprocess) 
 class Teacher:
     """A frozen teacher: its description and `calibrated_logits(batch)` for batches in its own preprocessing."""
 
-    kind = ""  # "checkpoint" | "onnx"
+    kind = ""  # "checkpoint", or the exported file's format name (fgcli.formats: onnx, onnx-fp16, openvino ...)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -61,7 +62,7 @@ class Teacher:
         self.method = self.backbone = ""
         self.temperature: float | None = None  # the teacher's fitted calibration temperature
         self.val_top1: float | None = None
-        self.weights = ""  # ema | model (a checkpoint), or the file's precision (an .onnx)
+        self.weights = ""  # ema | model (a checkpoint), or the file's precision (an exported file)
 
     def to(self, device: torch.device) -> None:
         """Run on `device` from now on."""
@@ -122,18 +123,17 @@ class TorchTeacher(Teacher):
         return self.model.predict(images)
 
 
-class OnnxTeacher(Teacher):
-    """An exported `.onnx` (no test-time augmentation in its graph) on onnxruntime: its raw `logits` output and the
-    temperature its metadata records."""
+class ExportedTeacher(Teacher):
+    """A file written by `fgcli export` (any registered format but the checkpoint, no test-time augmentation in
+    it) on its format's runtime: its raw `logits` output and the temperature its metadata records."""
 
-    kind = "onnx"
-
-    def __init__(self, path: Path) -> None:
-        from fgcli.exporting.onnx_export import load_model
-        from fgcli.modelinfo import ModelInfo, get_metadata
+    def __init__(self, path: Path, fmt: Any) -> None:
+        from fgcli.formats import resolve
 
         super().__init__(path)
-        info = ModelInfo.from_props(get_metadata(load_model(path)), source=str(path))
+        self.format = fmt
+        self.kind = fmt.name
+        info = fmt.read_info(resolve(path)[1]) if fmt.read_info is not None else self._loaded("cpu").info
         if info.extra.get("tta", "none") not in ("", "none"):
             raise UserError(f"teacher {path} was exported with --tta {info.extra['tta']}: its logits average the "
                             "mirrored view too, unlike the checkpoint's. Export the teacher without --tta.")
@@ -144,12 +144,15 @@ class OnnxTeacher(Teacher):
         self.weights = info.precision
         self.predictor: Any = None
 
-    def to(self, device: torch.device) -> None:
-        from fgcli.inference import OnnxPredictor
+    def _loaded(self, where: str, threads: int | None = None) -> Any:
+        from fgcli.formats import load_predictor
+        from fgcli.options import LoadOptions
 
-        where = "cpu" if device.type == "cpu" else str(device)
-        threads = torch.get_num_threads() if device.type == "cpu" else None
-        self.predictor = OnnxPredictor(self.path, device=where, threads=threads)
+        return load_predictor(self.path, LoadOptions(device=where, threads=threads))
+
+    def to(self, device: torch.device) -> None:
+        on_cpu = device.type == "cpu" or self.format.cpu_only  # a CPU-only runtime feeds a GPU student from the CPU
+        self.predictor = self._loaded("cpu" if on_cpu else str(device), torch.get_num_threads() if on_cpu else None)
 
     def fused_logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.predictor is None:
@@ -169,8 +172,9 @@ def load_teacher(path: str | Path) -> Teacher:
         raise UserError(f"teacher {path} does not exist. Give the teacher's checkpoint (e.g. runs/train/exp/weights/"
                         "best.pt) or its exported .onnx (`fgcli export CHECKPOINT --onnx`).")
     path = path.resolve()
-    teacher = OnnxTeacher(path) if path.suffix.lower() == ".onnx" else TorchTeacher(path)
+    fmt = format_of(path)
+    teacher = TorchTeacher(path) if fmt.heads else ExportedTeacher(path, fmt)
     if not teacher.temperature:
         log.warning(f"teacher {path} has no fitted temperature: its uncalibrated probabilities are distilled. Fit one "
-                    f"with `fgcli calibrate {path}`" + (" and export it again" if teacher.kind == "onnx" else "") + ".")
+                    f"with `fgcli calibrate {path}`" + (" and export it again" if teacher.kind != "checkpoint" else "") + ".")
     return teacher

@@ -199,6 +199,8 @@ def evaluate(model: Any, loader: Iterable, num_classes: int, *, device: torch.de
     `progress(n)` is called after each batch of n images. `scores` / `tta`: see `evaluate_model` (a predictor's
     own calibrated probabilities are kept too).
     """
+    from fgcli.engine.fused import tta_views
+
     if isinstance(model, torch.nn.Module):
         return evaluate_model(model, loader, device or torch.device("cpu"), num_classes, progress=progress,
                               scores=scores, tta=tta, **torch_options)
@@ -209,7 +211,7 @@ def evaluate(model: Any, loader: Iterable, num_classes: int, *, device: torch.de
         logits, probs = model(array)
         acc.update(logits, targets)
         if scores is not None:
-            views = [(logits, probs)] + ([model(np.ascontiguousarray(array[..., ::-1]))] if tta == "flip" else [])
+            views = [(logits, probs)] + [model(view) for view in tta_views(array, tta)[1:]]
             scores.add([v[0] for v in views], targets, probs=[v[1] for v in views])
         if progress is not None:
             progress(len(images))

@@ -7,7 +7,8 @@ MGE-CNN's gate and HERBS `fusion: logit_sum`, and the log of the mean of the hea
 softmax(fused / T), which for a probability fusion is "temperature-scale the log of the fused probability"
 (p^(1/T) renormalised). Dividing by T > 0 never changes the argmax.
 
-Flip test-time augmentation runs the image and its horizontal mirror and averages the two views'
+Flip test-time augmentation (the one implementation: `tta_views` and `combine_views`, for torch tensors and numpy
+arrays alike, used by the exported graph, every predictor and eval) runs the image and its horizontal mirror and averages the two views'
 probabilities after calibration. The `logits` output is never calibrated: one view gives the fused logits
 unchanged; several give log(mean of the views' uncalibrated softmaxes), so softmax(logits) is always the
 uncalibrated probability (what `--no-calibration` shows) and `probs` the calibrated one.
@@ -16,7 +17,9 @@ uncalibrated probability (what `--no-calibration` shows) and `probs` the calibra
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,15 +39,23 @@ def check_tta(tta: str | None) -> str | None:
     return mode
 
 
-def tta_views(images: torch.Tensor, tta: str | None) -> list[torch.Tensor]:
-    """The views of a N x 3 x H x W batch: itself, plus its horizontal mirror for 'flip'."""
-    if tta == "flip":
-        return [images, torch.flip(images, dims=[3])]
-    return [images]
+def tta_views(images: Any, tta: str | None) -> list[Any]:
+    """The views of a N x 3 x H x W batch (a torch tensor or a numpy array): itself, plus its horizontal mirror
+    for 'flip'."""
+    if tta != "flip":
+        return [images]
+    if isinstance(images, np.ndarray):
+        return [images, np.ascontiguousarray(images[..., ::-1])]
+    return [images, torch.flip(images, dims=[3])]
 
 
-def combine_views(fused: list[torch.Tensor], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, probs) from the fused logits of each view (see the module docstring)."""
+def combine_views(fused: list[Any], temperature: float = 1.0) -> tuple[Any, Any]:
+    """(logits, probs) from the fused logits of each view (see the module docstring); numpy arrays in, numpy
+    float32 arrays out."""
+    if isinstance(fused[0], np.ndarray):
+        logits, probs = combine_views([torch.from_numpy(np.asarray(f, dtype=np.float32)) for f in fused],
+                                      temperature)
+        return logits.numpy(), probs.numpy()
     z = [f.float() for f in fused]
     t = float(temperature)
     scaled = z if t == 1.0 else [v / t for v in z]

@@ -6,23 +6,30 @@ import importlib
 from typing import TYPE_CHECKING
 
 from fgcli.errors import unknown_choice
+from fgcli.methods.builtin import BUILTIN_MODULES
 
 if TYPE_CHECKING:
     from fgcli.config import Config
     from fgcli.methods.base import Method
 
+__all__ = ["BUILTIN_MODULES", "build_method", "get_method", "list_methods", "register_method"]
+
 _REGISTRY: dict[str, type[Method]] = {}
-# Built-in methods (`fgcli/methods/<name>/model.py` registers the class), imported on first use so that
-# `fgcli --help` does not import torch.
-BUILTIN_MODULES = ("baseline", "herbs", "mge", "probe")
+# Built-in methods (`fgcli/methods/<name>/model.py` registers the class; BUILTIN_MODULES lists them), imported on
+# first use so that `fgcli --help` does not import torch.
 
 
 def register_method(name: str):
-    """Class decorator adding a Method subclass to the registry under `name`."""
+    """Class decorator adding a Method subclass to the registry under `name`; a class with a `config_class` (its
+    hyper-parameters' dataclass) also gets its config section `<name>.*` (fgcli.config.register_section)."""
 
     def decorator(cls: type[Method]) -> type[Method]:
+        from fgcli.config import register_section
+
         cls.name = name
         _REGISTRY[name] = cls
+        if cls.config_class is not None:
+            register_section(name, cls.config_class, cls.config_checks)
         return cls
 
     return decorator

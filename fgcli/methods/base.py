@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +39,10 @@ class Method(nn.Module):
     aux_keys: tuple[str, ...] = ()
     #: the backbone lr scale used when `optim.backbone_lr_scale` is null
     default_backbone_lr_scale: float = 1.0
+    #: its hyper-parameters' dataclass: the config section `<name>.*` (None: it has none) and their range checks
+    #: ((ok, message) pairs), declared in `<method>/config.py` and registered with the method
+    config_class: type | None = None
+    config_checks: Callable[[Any], list[tuple[bool, str]]] | None = None
     #: `fgcli tune`'s default search space (declared beside the method's config: `<method>/config.py`)
     search_space: tuple[Param, ...] = COMMON_SPACE
     #: the shipped recipe `fgcli tune --method NAME` starts from (None: the built-in defaults)
@@ -49,6 +54,18 @@ class Method(nn.Module):
     #: whether `train.amp: auto` may choose CPU bf16 autocast for this method: only once two seeds on flowers102
     #: kept the mean val top-1 within 0.5 point of fp32 (README "Accelerator switches"); `--amp` always works
     auto_bf16: bool = False
+
+    def __init_subclass__(cls, config: Any = None, **kwargs: Any) -> None:
+        """`class Herbs(Method, config=herbs_config)`: the method brings its config module's CONFIG (its section's
+        dataclass), `checks`, SEARCH_SPACE and TUNE_RECIPE (each optional)."""
+        super().__init_subclass__(**kwargs)
+        if config is None:
+            return
+        cls.config_class = getattr(config, "CONFIG", cls.config_class)
+        if hasattr(config, "checks"):
+            cls.config_checks = staticmethod(config.checks)  # type: ignore[assignment]
+        cls.search_space = getattr(config, "SEARCH_SPACE", cls.search_space)
+        cls.tune_recipe = getattr(config, "TUNE_RECIPE", cls.tune_recipe)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

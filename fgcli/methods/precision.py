@@ -4,7 +4,7 @@ Under `torch.autocast` (bf16 on CPU or CUDA, fp16 on CUDA) matmuls and convoluti
 Where a discrete decision or a range-sensitive reduction follows (HERBS' token ranking, MGE-CNN's CAM ->
 box -> crop step, the per-token classifiers feeding the ranking, the gate), methods run the code inside
 `full_precision(device_type)` on fp32 inputs: autocast is switched off there, so every op in it is fp32.
-The same parts stay fp32 in an `--fp16` ONNX export (`fgcli.exporting.graph`).
+The same parts stay fp32 in an `--fp16` ONNX export (`fgcli.formats.onnx.graph`).
 """
 
 from __future__ import annotations

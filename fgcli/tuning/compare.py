@@ -158,12 +158,14 @@ def _train_seed(recipe_cfg: Any, plan: StudyPlan, seed: int, run_dir: Path) -> f
 
 def _test_top1(run_dir: Path) -> float:
     """best.pt's fused top-1 on the test split (evaluated once; the report is kept in <run>/test)."""
-    from fgcli.evaluation import eval_checkpoint
+    from fgcli.options import EvalOptions
+    from fgcli.tasks.eval_report import eval_model
 
     metrics = run_dir / "test" / "metrics.json"
     if metrics.is_file():
         return float(json.loads(metrics.read_text(encoding="utf-8"))["top1"])
-    return float(eval_checkpoint(run_dir / "weights" / "best.pt", None, split="test", out=run_dir / "test").result.top1)
+    run = eval_model(run_dir / "weights" / "best.pt", EvalOptions(split="test", out=run_dir / "test"))
+    return float(run.result.top1)
 
 
 def _verdict(result: CompareResult) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fgcli.config import Config, _nest, flatten, from_dict, load_yaml, to_dict, validate
+from fgcli.config import Config, _nest, flatten, from_dict, items, load_yaml, to_dict, validate
 from fgcli.errors import UserError, closest
 from fgcli.searchspace import Param
 
@@ -131,13 +131,11 @@ def key_types() -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def walk(obj: Any, prefix: str) -> None:
-        hints = typing.get_type_hints(type(obj))
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
+        for key, value, hint in items(obj):
             if dataclasses.is_dataclass(value):
-                walk(value, f"{prefix}{f.name}.")
+                walk(value, f"{prefix}{key}.")
             else:
-                out[f"{prefix}{f.name}"] = _unwrap(hints[f.name])
+                out[f"{prefix}{key}"] = _unwrap(hint)
 
     walk(Config(), "")
     return out

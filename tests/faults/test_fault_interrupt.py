@@ -40,10 +40,10 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_last_completed_epoch(tmp
 
 # -- export ----------------------------------------------------------------------------------------------
 EXPORT_STAGES = {
-    "tracing the graph": "fgcli.exporting.pipeline.export_loaded",
-    "writing the fp32 file": "fgcli.exporting.pipeline.save_model",
-    "verifying against torch": "fgcli.exporting.pipeline._verify",
-    "converting to fp16": "fgcli.exporting.fp16.convert_fp16",
+    "tracing the graph": "fgcli.tasks.export_model.export_loaded",
+    "writing the fp32 file": "fgcli.tasks.export_model.save_model",
+    "verifying against torch": "fgcli.tasks.export_model._verify",
+    "converting to fp16": "fgcli.formats.onnx.fp16.convert_fp16",
 }
 
 
@@ -75,7 +75,7 @@ def test_ctrl_c_during_export_leaves_no_new_file(tmp_path, monkeypatch, faults, 
 def test_real_sigint_during_export(tmp_path, faults) -> None:
     ckpt = make_checkpoint_file(tmp_path)
     # forward 1 is the dry run, forward 2 runs inside torch.onnx.export's graph capture
-    point = "sigint:call:fgcli.exporting.onnx_export:FusedModel.forward:2"
+    point = "sigint:call:fgcli.formats.onnx.torch_to_onnx:FusedModel.forward:2"
     with faults.inject("interrupt", "SIGINT during export, inside the exporter's trace (real signal)"):
         proc = run(fgcli_cmd("export", str(ckpt), "--onnx", "--fp16", "--out", str(tmp_path / "m.onnx"),
                              fault=True), point)

@@ -18,6 +18,9 @@ class BaselineConfig:
     dropout: float = 0.0
 
 
+#: the section's dataclass (fgcli.config.method_sections reads SECTION, CONFIG and checks)
+CONFIG = BaselineConfig
+
 def checks(c: BaselineConfig) -> list[tuple[bool, str]]:
     """Range checks that types alone cannot express."""
     return [(0.0 <= c.dropout < 1.0, "baseline.dropout must be in [0, 1)")]

@@ -19,11 +19,9 @@ from fgcli.methods.targets import cross_entropy
 
 
 @register_method("baseline")
-class Baseline(Method):
+class Baseline(Method, config=baseline_config):
     """Backbone + GAP + dropout + Linear; one head named `cls`, which is also the fused output."""
 
-    search_space = baseline_config.SEARCH_SPACE
-    tune_recipe = baseline_config.TUNE_RECIPE
     auto_bf16 = True  # baseline_lite0_128 on flowers102, seeds 0-1: mean val top-1 84.71 % (bf16) vs 85.15 % (fp32)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:

@@ -35,6 +35,9 @@ class HerbsConfig:
     combiner_dropout: float = 0.1
 
 
+#: the section's dataclass (fgcli.config.method_sections reads SECTION, CONFIG and checks)
+CONFIG = HerbsConfig
+
 def checks(c: HerbsConfig) -> list[tuple[bool, str]]:
     """Range checks that types alone cannot express: (ok, message naming the key and the valid form)."""
     return [

@@ -67,12 +67,10 @@ class _Parts:
 
 
 @register_method("herbs")
-class Herbs(Method):
+class Herbs(Method, config=herbs_config):
     """HERBS: high-temperature refinement and background suppression (arXiv 2303.06442)."""
 
     aux_keys = tuple(f"{p}{i}" for p in AUX_PREFIXES for i in range(1, STAGES + 1))
-    search_space = herbs_config.SEARCH_SPACE
-    tune_recipe = herbs_config.TUNE_RECIPE
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -34,6 +34,9 @@ class MgeConfig:
     stage_epochs: int = 10  # staged: expert e (1-based) and its losses start at epoch (e-1) * stage_epochs
 
 
+#: the section's dataclass (fgcli.config.method_sections reads SECTION, CONFIG and checks)
+CONFIG = MgeConfig
+
 def checks(c: MgeConfig) -> list[tuple[bool, str]]:
     """Range checks that types alone cannot express: (ok, message naming the key and the valid form)."""
     return [

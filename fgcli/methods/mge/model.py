@@ -82,13 +82,11 @@ class _Pass:
 
 
 @register_method("mge")
-class MGE(Method):
+class MGE(Method, config=mge_config):
     """MGE-CNN on any timm backbone that yields at least two feature maps (spec/mge.md)."""
 
     aux_keys = ("gate_weights", "boxes")
     default_backbone_lr_scale = 0.1  # paper: backbones 1e-3, heads 1e-2
-    search_space = mge_config.SEARCH_SPACE
-    tune_recipe = mge_config.TUNE_RECIPE
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

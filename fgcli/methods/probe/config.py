@@ -24,6 +24,10 @@ class ProbeConfig:
     cache: bool = True  # keep the features on disk ($FGCLI_CACHE/features), keyed by weights, size and data
 
 
+#: the section's dataclass (fgcli.config.method_sections reads SECTION, CONFIG and checks)
+CONFIG = ProbeConfig
+
+
 def checks(c: ProbeConfig) -> list[tuple[bool, str]]:
     """Range checks that types alone cannot express."""
     return [

@@ -6,10 +6,11 @@ from __future__ import annotations
 from fgcli.config import Config
 from fgcli.methods import register_method
 from fgcli.methods.baseline.model import Baseline
+from fgcli.methods.probe import config as probe_config
 
 
 @register_method("probe")
-class Probe(Baseline):
+class Probe(Baseline, config=probe_config):
     """Backbone (frozen, eval-mode batch norm) + GAP + Linear; one head `cls`, fitted by L-BFGS."""
 
     fitted_by = "probe"

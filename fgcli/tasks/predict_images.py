@@ -1,4 +1,4 @@
-"""`fgcli predict`: classify images, folders (recursive) and globs with a checkpoint or an `.onnx` file.
+"""`fgcli predict`: classify images, folders (recursive) and globs with any registered model file.
 
 Images are prepared exactly as the model's preprocessing says (from the checkpoint or the ONNX metadata,
 through `fgcli.data.transforms.eval_transform`); unreadable files are reported and skipped.
@@ -21,6 +21,7 @@ import numpy as np
 
 from fgcli.errors import UserError
 from fgcli.inference import Predictor
+from fgcli.options import PredictOptions
 
 _GLOB_CHARS = set("*?[")
 
@@ -152,6 +153,18 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], topk: int = 5, ba
                                                                        and row[idx[0]] < threshold)))
             if progress is not None:
                 progress(len(chunk))
+    return result
+
+
+def predict_sources(predictor: Predictor, sources: str | Path | Sequence[str | Path], options: PredictOptions,
+                    model: str = "", progress: Callable[[int], None] | None = None) -> PredictResult:
+    """`fgcli predict`: classify the images of `sources` (files, folders, globs) with the options' top-k, batch
+    size, decoding threads and --reject, and write `options.out` (.csv / .json) when given."""
+    names = [str(sources)] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
+    result = predict_paths(predictor, collect_images(names), topk=options.topk, batch_size=options.batch_size,
+                           workers=options.workers, model=model, progress=progress, reject=options.reject)
+    if options.out is not None:
+        write_output(result, options.out)
     return result
 
 

@@ -1,4 +1,5 @@
-"""`fgcli attention-viz`: load a checkpoint, pick images, render each method's `attention()` maps, score them.
+"""`fgcli attention-viz`: load a checkpoint (the one format with attention maps, fgcli.formats), pick images,
+render each method's `attention()` maps, score them.
 
 Checkpoint loading, data resolution, class checks and preprocessing are the same helpers `fgcli eval` and
 `fgcli predict` use; only the figures, the scores and the contact sheet are new here.
@@ -19,6 +20,7 @@ import numpy as np
 
 from fgcli.console import log, progress_bar
 from fgcli.errors import UserError
+from fgcli.options import VizOptions
 
 LAYOUTS = ("grid", "single")
 
@@ -45,10 +47,7 @@ class VizResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: str | None = None,
-                  split: str = "test", num: int = 8, out: str | Path | None = None, alpha: float = 0.5,
-                  layout: str = "grid", score: bool = False, score_num: int | None = None, device: str = "auto",
-                  use_ema: bool = True, batch_size: int = 8, calibration: bool = True) -> VizResult:
+def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), options: VizOptions | None = None) -> VizResult:
     """Render attention figures for IMAGES (or `num` images of a data split) and optionally score the maps.
 
     Writes `<name>.png` per image (`--layout single`: `<name>/<panel>.png`), `index.html`, and with `score`
@@ -59,9 +58,12 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     from fgcli.engine.checkpoint import load_model
     from fgcli.engine.rundir import default_out_dir
 
+    opts = options or VizOptions()
+    data, split, num, out, alpha, layout, score, batch_size = (opts.data, opts.split, opts.num, opts.out, opts.alpha,
+                                                              opts.layout, opts.score, opts.batch_size)
     path = Path(checkpoint)
     _check_args(path, images, data, layout, alpha, num, score, batch_size)
-    loaded = load_model(path, device=device, use_ema=use_ema)
+    loaded = load_model(path, device=opts.device, use_ema=opts.ema)
     model, classes, pre, cfg, ckpt, dev = (loaded.model, loaded.classes, loaded.preprocess, loaded.config,
                                            loaded.checkpoint, loaded.device)
     method = str(ckpt["method"])
@@ -73,20 +75,20 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
     out_dir = Path(out) if out is not None else default_out_dir(path, project="runs/viz")
     result = VizResult(out_dir)
     target = result.score_target = _score_target(dataset, samples, data or cfg.data.path) if score else ""
-    temperature = _temperature(ckpt, calibration)
+    temperature = _temperature(ckpt, opts.calibration)
     entries = _render_all(model, method, pre, classes, items, out_dir, alpha, layout, batch_size, dev, result,
                           temperature)
     if not result.figures:
         first = f" (first: {result.skipped[0][0]}: {result.skipped[0][1]})" if result.skipped else ""
         raise UserError(f"none of the {len(items)} images could be read{first}. Check the files.")
     if score:
-        scored = samples if score_num is None else _spread(samples, score_num)
+        scored = samples if opts.score_num is None else _spread(samples, opts.score_num)
         result.scores = _score_all(model, method, pre, dataset, scored, batch_size, dev, target)
         _write_scores(result.scores, out_dir)
     from fgcli.viz.html import write_index
 
     meta = [f"{path} · {method} / {ckpt['backbone']} · epoch {ckpt.get('epoch')} · "
-            f"{'EMA' if use_ema and ckpt.get('ema') else 'model'} weights",
+            f"{'EMA' if opts.ema and ckpt.get('ema') else 'model'} weights",
             f"input {pre.img_size}px (resize {pre.resize}, {pre.resize_mode}) · maps from {method}.attention()"]
     title = f"attention-viz: {path.parent.parent.name if path.parent.name == 'weights' else path.stem}"
     result.index = write_index(out_dir / "index.html", entries, title, meta, result.scores, target)
@@ -96,9 +98,12 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), *, data: s
 # ---- arguments and inputs ---------------------------------------------------------------------------------
 def _check_args(path: Path, images: Sequence[str], data: str | None, layout: str, alpha: float, num: int,
                 score: bool, batch_size: int) -> None:
-    if path.suffix.lower() == ".onnx":
-        raise UserError(f"{path} is an exported ONNX model: it holds only the fused logits, no attention maps. "
-                        "Pass the .pt checkpoint it was exported from (e.g. runs/train/exp/weights/best.pt).")
+    from fgcli.formats import format_of
+
+    fmt = format_of(path)
+    if not fmt.heads:
+        raise UserError(f"{path} is an exported {fmt.title} model: it holds only the fused logits, no attention "
+                        "maps. Pass the .pt checkpoint it was exported from (e.g. runs/train/exp/weights/best.pt).")
     if images and data:
         raise UserError("give either IMAGES or --data, not both (--data picks --num images of --split).")
     if layout not in LAYOUTS:
@@ -140,7 +145,7 @@ def _sample_items(dataset: Any, samples: list) -> list[VizItem]:
 def _path_items(images: Sequence[str], classes: list[str]) -> list[VizItem]:
     """Loose images; the true class is taken from the parent folder when it is one of the model's classes."""
     from fgcli.data.images import load_rgb
-    from fgcli.prediction import collect_images
+    from fgcli.tasks.predict_images import collect_images
 
     lookup = {c: i for i, c in enumerate(classes)}
     return [VizItem(f"{i:03d}_{_slug(p.stem)}", (lambda p=p: load_rgb(p)), lookup.get(p.parent.name))

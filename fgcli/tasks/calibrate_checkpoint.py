@@ -11,6 +11,7 @@ from typing import Any
 
 from fgcli.console import log, progress_bar
 from fgcli.errors import UserError
+from fgcli.options import CalibrateOptions
 
 
 @dataclass
@@ -57,9 +58,12 @@ def resolve_checkpoint(target: str | Path) -> Path:
             raise UserError(f"run folder {path} has no weights/best.pt. Give a checkpoint file (e.g. "
                             f"{path / 'weights' / 'last.pt'}).")
         return best
-    if path.suffix.lower() == ".onnx":
-        raise UserError(f"{path} is an ONNX file; calibrate the .pt checkpoint it was exported from, then export "
-                        "it again (the temperature becomes a constant of the graph).")
+    from fgcli.formats import format_of
+
+    fmt = format_of(path)
+    if not fmt.heads:
+        raise UserError(f"{path} is an {fmt.title} file; calibrate the .pt checkpoint it was exported from, then "
+                        "export it again (the temperature becomes a constant of the graph).")
     return path
 
 
@@ -80,9 +84,7 @@ def check_recall(recall: float | None) -> None:
                         "rejection threshold keeps, e.g. 0.95.")
 
 
-def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str = "val", batch_size: int = 64,
-                         device: str = "auto", workers: int | None = None, use_ema: bool = True,
-                         out: str | Path | None = None, reject_recall: float | None = None) -> CalibrateResult:
+def calibrate_checkpoint(target: str | Path, options: CalibrateOptions | None = None) -> CalibrateResult:
     """Fit the temperature of the checkpoint's fused prediction on `split` of `data` (default: the run's own
     data and the split it validated on) and the rejection threshold keeping `reject_recall` of those images
     (default: the share the checkpoint's threshold was fitted for, else the run's `train.reject_recall`), and
@@ -94,14 +96,16 @@ def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str
     from fgcli.engine.evaluate import evaluate
     from fgcli.engine.signals import defer_sigint
 
+    opts = options or CalibrateOptions()
+    data, split, reject_recall = opts.data, opts.split, opts.reject_recall
     check_split(split)
     check_recall(reject_recall)
     path = resolve_checkpoint(target)
-    loaded = load_model(path, device=device, use_ema=use_ema)
+    loaded = load_model(path, device=opts.device, use_ema=opts.ema)
     if data is None:
         data = run_data(loaded.config, "--data PATH")
-    chosen = resolve_split_data(loaded.config.data, data, split, loaded.classes, loaded.preprocess, batch_size,
-                                workers)
+    chosen = resolve_split_data(loaded.config.data, data, split, loaded.classes, loaded.preprocess,
+                                opts.batch_size, opts.workers)
     log.info(f"fitting the temperature of {path} on {len(chosen.samples)} {split} images of {data} "
              f"({loaded.weights} weights, {loaded.device})")
     book = ScoreBook()
@@ -123,7 +127,7 @@ def calibrate_checkpoint(target: str | Path, data: str | None = None, split: str
     if record["reason"]:
         log.warning(record["reason"])
     ckpt[CHECKPOINT_KEY] = record
-    written = Path(out) if out is not None else path
+    written = Path(opts.out) if opts.out is not None else path
     with defer_sigint():
         save_checkpoint(written, ckpt)
     return CalibrateResult(path, written, record, previous)

@@ -3,7 +3,7 @@
 Exporter choice (README, "ONNX export"): `auto` (default) uses the torch.export-based exporter (`dynamo`,
 opset 18) and falls back to the TorchScript-based one (`torchscript`, opset 17) for graphs dynamo cannot
 take (e.g. timm's MaxViT); either can be forced with `--exporter`. Both are checked against torch
-(`fgcli.exporting.verify`) on every export.
+(`fgcli.parity`) on every export.
 """
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
-"""`fgcli eval`: score a `.pt` checkpoint (torch, fused output and every head) or an exported `.onnx` model
-(onnxruntime, fused output) on a data split, and write the report. Returns an `EvalRun`; printing it is the
+"""`fgcli eval`: score any registered model file (fgcli.formats) on a data split, a checkpoint with its fused
+output and every head, an exported file with its fused output, and write the report. Returns an `EvalRun`; printing it is the
 command's job."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fgcli.console import log, progress_bar
-from fgcli.engine.confusions import TOP_PAIRS
 from fgcli.engine.evaluate import EvalResult, evaluate, results_table, write_report
 from fgcli.engine.rundir import default_out_dir
 from fgcli.errors import UserError
+from fgcli.inference import ExportedPredictor
+from fgcli.options import EvalOptions
 
 
 @dataclass
@@ -28,7 +29,7 @@ class EvalRun:
     device: str = ""
     calibration: Any = None  # fgcli.engine.calibration.CalibrationReport
     confusions: list[dict[str, Any]] = field(default_factory=list)  # fgcli.engine.confusions.confused_pairs
-    ood: dict[str, Any] | None = None  # metrics.json's `ood` section (fgcli.ood.ood_section), with --ood
+    ood: dict[str, Any] | None = None  # metrics.json's `ood` section (fgcli.tasks.ood_report.ood_section), with --ood
 
     def table(self) -> Any:
         """The rich table of the fused output and each head."""
@@ -46,92 +47,77 @@ class EvalRun:
 
     def ood_table(self) -> Any:
         """The rich table of the --ood separation scores (None without --ood)."""
-        from fgcli.ood import ood_table
+        from fgcli.tasks.ood_report import ood_table
 
         return ood_table(self.ood) if self.ood is not None else None
 
 
-def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test", batch_size: int = 64,
-                    device: str = "auto", out: str | Path | None = None, workers: int | None = None,
-                    use_ema: bool = True, calibration: bool = True, tta: str | None = None,
-                    providers: list[str] | None = None, precision: str | None = None,
-                    threads: int | None = None, ood: str | Path | None = None,
-                    confusions: int = TOP_PAIRS) -> EvalRun:
-    """Evaluate a `.pt` or `.onnx` on a data split and write metrics.json, per_class_accuracy.csv,
-    confusion_matrix.png, reliability.png and confusions.html into `out` (default runs/eval/<run name>).
+def eval_model(path: str | Path, options: EvalOptions | None = None) -> EvalRun:
+    """Evaluate any registered model file (fgcli.formats) on a data split and write metrics.json,
+    per_class_accuracy.csv, confusion_matrix.png, reliability.png and confusions.html into `out` (default
+    runs/eval/<run name>). A checkpoint gives the fused output and every head (and attention maps in
+    confusions.html), an exported file its fused output.
 
     `confusions`: how many of the most-confused class pairs go into metrics.json (`confusions`), the printed
     report and confusions.html (0: none, no page). `ood`: a folder of images of other classes (or a prepared
     data set, its test split): how well each score separates the split from them (metrics.json `ood`,
-    fgcli.ood).
+    fgcli.tasks.ood_report).
 
     The fused prediction's calibration (ECE, MCE, NLL, Brier before / after the model's fitted temperature,
     selective accuracy / coverage) goes into metrics.json's `calibration` section; `tta` 'flip' adds the
     mirrored view and reports its effect there (top-1 and the rest stay those of the plain view).
     `calibration` False: the selective-prediction line uses the uncalibrated probabilities. `providers` /
-    `precision` (`.onnx` only): the onnxruntime providers (e.g. ["openvino"]) and OpenVINO's precision.
-    `threads`: onnxruntime's / OpenVINO's intra-op threads, or torch's (None: their defaults).
+    `precision`: as the file's format honours them (fgcli.formats.check_options). `threads`: the runtime's
+    intra-op threads (None: its default).
 
-    `data` None: the data set the run was trained on (a `.pt` records it; an `.onnx` does not). Splits are
-    carved with the run's own data settings (stored in the `.pt`, or in the `.onnx` metadata), so `--split val`
-    is the split the run validated on.
+    `data` None: the data set the run was trained on (a checkpoint records it; an exported file does not).
+    Splits are carved with the run's own data settings (stored in the checkpoint, or in the exported file's
+    metadata), so `--split val` is the split the run validated on.
     """
     from fgcli.config import from_dict
     from fgcli.data.select import resolve_split_data, run_data
-    from fgcli.engine.calibration import ScoreBook, stored_calibration, stored_reject, stored_temperature
+    from fgcli.engine.calibration import ScoreBook, stored_calibration, stored_reject
     from fgcli.engine.fused import check_tta
+    from fgcli.formats import load_predictor
 
-    path = Path(checkpoint)
-    tta = check_tta(tta)
-    if confusions < 0:
-        raise UserError(f"--confusions {confusions} must be >= 0 (0: no confused pairs, no confusions.html).")
+    opts = options or EvalOptions()
+    path, data, split = Path(path), opts.data, opts.split
+    tta = check_tta(opts.tta)
+    if opts.confusions < 0:
+        raise UserError(f"--confusions {opts.confusions} must be >= 0 (0: no confused pairs, no confusions.html).")
     ood_images = None
-    if ood is not None:  # bad --ood input fails before the long pass over the split
-        from fgcli.ood import find_images
+    if opts.ood is not None:  # bad --ood input fails before the long pass over the split
+        from fgcli.tasks.ood_report import find_images
 
-        ood_images = find_images(ood)
-    if path.suffix.lower() == ".onnx":  # an exported model: onnxruntime feeds the same metrics and report
-        from fgcli.inference import OnnxPredictor
-
+        ood_images = find_images(opts.ood)
+    # TTA and the uncalibrated scores are eval's own (every view and both probabilities are reported)
+    predictor = load_predictor(path, dataclasses.replace(opts.load_options(), tta=None, calibration=True))
+    info = predictor.info
+    temperature = predictor.temperature
+    if isinstance(predictor, ExportedPredictor):  # an exported file: its fused output feeds the same report
+        model: Any = predictor
+        name = predictor.format
         if data is None:
-            raise UserError(f"{path} is an ONNX model, which does not record its training data: pass --data PATH "
-                            "(e.g. --data demo or the data set root).")
-        model: Any = OnnxPredictor(path, device=device, providers=providers, precision=precision, threads=threads)
-        info, where, torch_device = model.info, model.device, None
-        if len(model.session.get_providers()) > 1:
-            log.info(f"{model.device}: {model.placement_line()}")
-        temperature = model.temperature
-        reject = None if model.reject is None else {**model.reject, "split": "val"}
-        fit = json.loads(info.extra["calibration"]) if info.extra.get("calibration") else None
-        if model.graph_tta is not None:
+            raise UserError(f"{path} is an exported {name} model, which does not record its training data: pass "
+                            "--data PATH (e.g. --data demo or the data set root).")
+        where, torch_device = predictor.device, None
+        if getattr(predictor, "mixed", False):
+            log.info(f"{predictor.device}: {predictor.placement_line()}")
+        reject = None if predictor.reject is None else {**predictor.reject, "split": "val"}
+        fit = predictor.calibration_fit()
+        if predictor.graph_tta is not None:
             if tta is not None:
-                log.info(f"{path.name} was exported with --tta {model.graph_tta}: its outputs already average the "
-                         "views")
+                log.info(f"{path.name} was exported with --tta {predictor.graph_tta}: its outputs already average "
+                         "the views")
             tta = None
-        data_cfg = from_dict({"data": json.loads(info.extra.get("data_config", "{}"))},
-                             source=f"{path} metadata").data
-        extra = {"model": str(path), "precision": info.precision, "inference_precision": model.precision,
-                 "source_checkpoint_sha256": info.source_sha256,
-                 "tta_in_graph": model.graph_tta or "none"}
-        title = f"{info.method} / {info.backbone} (onnx, {info.precision})"
-        report_title = f"{info.method} (onnx) on {split}"
+        data_cfg = from_dict({"data": predictor.data_settings()}, source=f"{path} metadata").data
+        extra = predictor.report_fields()
+        title = f"{info.method} / {info.backbone} ({name}, {info.precision})"
+        report_title = f"{info.method} ({name}) on {split}"
         log.info(f"evaluating {path.name} on {where}")
-    else:
-        from fgcli.engine.checkpoint import load_model
-        from fgcli.inference import check_precision
-
-        if providers:
-            raise UserError("--providers applies to .onnx models only; for a checkpoint use --device.")
-        if check_precision(precision) != "fp32":
-            raise UserError(f"--precision {precision} applies to .onnx models on --providers openvino; a "
-                            "checkpoint runs in fp32 on torch.")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        loaded = load_model(path, device=device, use_ema=use_ema)
-        model, info, torch_device, data_cfg = loaded.model, loaded.info, loaded.device, loaded.config.data
-        temperature = stored_temperature(loaded.checkpoint)
+    else:  # the checkpoint: the torch model, fused output and every head
+        loaded = predictor.loaded
+        model, torch_device, data_cfg = loaded.model, loaded.device, loaded.config.data
         reject = stored_reject(loaded.checkpoint)
         if reject is not None:
             reject = {**reject, "split": loaded.checkpoint["calibration"].get("split", "val")}
@@ -146,6 +132,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
         from fgcli.inference import calibration_note
 
         log.info(calibration_note(None, False))
+    batch_size, workers = opts.batch_size, opts.workers
     chosen = resolve_split_data(data_cfg, data, split, info.classes, info.preprocess, batch_size, workers)
     t0 = time.perf_counter()
     book = ScoreBook()
@@ -156,12 +143,12 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
     result = acc.result()
     if result.num_samples != len(chosen.samples):
         log.warning(f"evaluated {result.num_samples} images but the split has {len(chosen.samples)}")
-    out_dir = Path(out) if out is not None else default_out_dir(path)
+    out_dir = Path(opts.out) if opts.out is not None else default_out_dir(path)
     extra = {**extra, "data": str(data), "split": split, "method": info.method, "backbone": info.backbone,
              "device": where, "seconds": round(time.perf_counter() - t0, 3)}
-    report = _calibration(book, temperature, tta, calibration, fit) if result.num_samples else None
+    report = _calibration(book, temperature, tta, opts.calibration, fit) if result.num_samples else None
     more: dict[str, Any] = {"calibration": report.to_dict()} if report is not None else {}
-    pairs = _pairs(result, info.classes, confusions)
+    pairs = _pairs(result, info.classes, opts.confusions)
     more["confusions"] = pairs
     section = None
     if ood_images is not None and result.num_samples:
@@ -172,7 +159,7 @@ def eval_checkpoint(checkpoint: str | Path, data: str | None = None, split: str 
                          more=more)
     if report is not None:
         files["reliability"] = _plot_reliability(report, out_dir / "reliability.png", report_title)
-    if confusions and result.num_samples:
+    if opts.confusions and result.num_samples:
         files["confusions_html"] = _confusions_page(
             out_dir / "confusions.html", pairs, book, chosen, info, temperature,
             None if torch_device is None else model, torch_device, title=f"What {title} confuses",
@@ -191,8 +178,8 @@ def _pairs(result: EvalResult, classes: list[str], top: int) -> list[dict[str, A
 
 def _ood(model: Any, images: Any, book: Any, info: Any, temperature: float | None, reject: dict[str, Any] | None,
          split: str, batch_size: int, workers: int, device: Any) -> dict[str, Any]:
-    """Score the --ood images and compare them with the split's (fgcli.ood)."""
-    from fgcli.ood import ood_section, score_images
+    """Score the --ood images and compare them with the split's (fgcli.tasks.ood_report)."""
+    from fgcli.tasks.ood_report import ood_section, score_images
 
     log.info(f"--ood: scoring {len(images.paths)} images of {images.where}")
     with progress_bar() as bar:
@@ -222,7 +209,7 @@ def _confusions_page(path: Path, pairs: list[dict[str, Any]], book: Any, chosen:
     failed = set(getattr(chosen.loader.dataset, "failed_paths", []))
     usable = np.array([s.path not in failed for s in samples], dtype=bool)
     source = ManifestDataset(samples, chosen.dataset.source_root, crop_bottom=int(chosen.dataset.crop_bottom or 0))
-    note = "" if model is not None else ("no attention maps: an exported .onnx file holds only the fused "
+    note = "" if model is not None else ("no attention maps: an exported model file holds only the fused "
                                          "prediction; evaluate the .pt checkpoint to see where the model looks")
     return write_page(path, pairs, labels=np.asarray(targets), preds=preds, probs=top, usable=usable,
                       names=[s.path for s in samples], load=source.load, classes=info.classes,

@@ -8,12 +8,12 @@ OpenVINO as an int8 layer. Quantizing only the weight layers' inputs ("DQ -> Con
 the float kernel on rounded values: no faster, and less accurate (EfficientNet-Lite0 on flowers102: -12.8 val
 points, against -0.5 with every op quantized, 128 calibration images).
 
-Nodes in the "fp32 islands" of `fgcli.exporting.graph` are excluded: the final classifiers and head fusion
+Nodes in the "fp32 islands" of `fgcli.formats.onnx.graph` are excluded: the final classifiers and head fusion
 (small, and where quantization error shows directly in the probabilities), HERBS' token-ranking heads (int8
 scores make ties and reorder the combiner's rank-position input) and MGE-CNN's CAM -> box path (the crop must
 not move). `keep_first` also keeps the first weight layers (from the input) in fp32: quantization error made at
 full resolution grows through the whole network, so those are the sensitive ones (the export tries more of them
-when int8 loses too much accuracy on the validation split, see `fgcli.exporting.pipeline`).
+when int8 loses too much accuracy on the validation split, see `fgcli.tasks.export_model`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from fgcli.console import library_output, log, settings, track
 from fgcli.errors import UserError
-from fgcli.exporting.graph import (
+from fgcli.formats.onnx.graph import (
     drop_initializer_value_info,
     finite_infinities,
     fp32_island_nodes,

@@ -4,7 +4,7 @@ Uses the float16 converter shipped with onnxruntime (`onnxruntime.transformers.f
 of onnxconverter-common's `convert_float_to_float16`). Inputs and outputs stay float32. Kept in fp32:
   - ops whose results must match the fp32 graph exactly or that need range: TopK, ArgMax, RoiAlign,
     Softmax / LogSoftmax / ReduceLogSumExp / Log / Exp, ReduceMin / ReduceMax / ReduceSum / ReduceL2;
-  - the "fp32 islands" of `fgcli.exporting.graph` (head fusion and final classifiers, HERBS' token ranking,
+  - the "fp32 islands" of `fgcli.formats.onnx.graph` (head fusion and final classifiers, HERBS' token ranking,
     MGE-CNN's CAM -> box math); HERBS' log of mean softmax alone would give -inf logits in fp16.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fgcli.errors import UserError
-from fgcli.exporting.graph import drop_duplicate_nodes, fp32_island_nodes, topological_sort
+from fgcli.formats.onnx.graph import drop_duplicate_nodes, fp32_island_nodes, topological_sort
 
 FP32_OPS = ("TopK", "ArgMax", "ArgMin", "RoiAlign", "Softmax", "LogSoftmax", "ReduceLogSumExp", "Log", "Exp",
             "ReduceMin", "ReduceMax", "ReduceSum", "ReduceL2", "NonMaxSuppression", "Range", "CumSum")
