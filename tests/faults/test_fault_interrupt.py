@@ -40,8 +40,8 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_last_completed_epoch(tmp
 
 # -- export ----------------------------------------------------------------------------------------------
 EXPORT_STAGES = {
-    "tracing the graph": "fgcli.tasks.export_model.export_loaded",
-    "writing the fp32 file": "fgcli.tasks.export_model.save_model",
+    "tracing the graph": "fgcli.formats.onnx.writers.export_loaded",
+    "writing the fp32 file": "fgcli.formats.onnx.writers.save_model",
     "verifying against torch": "fgcli.tasks.export_model._verify",
     "converting to fp16": "fgcli.formats.onnx.fp16.convert_fp16",
 }
