@@ -43,14 +43,49 @@ def note(cmd: list[str]) -> None:
         recorder.append(shown(cmd))
 
 
-def run(cmd: list[str], log: Path, threads: int | None = None) -> None:
-    """Run a CLI command, its output kept in `log` (with `threads`: OMP/MKL threads); raise with the log's tail
-    on failure."""
+def run(cmd: list[str], log: Path, threads: int | None = None, append: bool = False) -> None:
+    """Run a CLI command, its output kept in `log` (with `threads`: OMP/MKL threads; `append`: after what the log
+    holds); raise with the log's tail on failure."""
     print("$", " ".join(cmd), flush=True)
     note(cmd)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with log.open("w") as out:
+    with log.open("a" if append else "w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         raise RuntimeError(f"exit {code}: {' '.join(cmd)}\n{log.read_text()[-2000:]}")
+
+
+def run_state(run_dir: Path) -> str:
+    """'new' (no last.pt), 'stopped' (epochs left: resumable) or 'finished' (every epoch done and, when the run
+    validated, best.pt calibrated: the end-of-run work is done too)."""
+    import torch
+
+    last = run_dir / "weights" / "last.pt"
+    if not last.is_file():
+        return "new"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    if ckpt.get("method") != "probe" and int(ckpt["epoch"]) < int(ckpt["config"]["train"]["epochs"]):
+        return "stopped"
+    best = run_dir / "weights" / "best.pt"
+    validated = any(row.get("val/top1") not in (None, "") for row in ckpt.get("history") or [])
+    if best.is_file() and (not validated or "calibration" in torch.load(best, map_location="cpu",
+                                                                        weights_only=True)):
+        return "finished"
+    return "new"  # killed during the end-of-run calibration: train again
+
+
+def train(cmd: list[str], run_dir: Path, log: Path) -> None:
+    """Run `cmd`, an fgcli train or distill command writing the run folder `run_dir` (with --exist-ok), so that
+    a session that was stopped costs nothing: a finished run is kept as it is and a stopped one continues from its
+    last.pt (`fgcli train --resume`, the log appended to)."""
+    state = run_state(run_dir)
+    if state == "finished":
+        note(cmd)
+        print(f"  kept: {run_dir} (finished earlier)", flush=True)
+        return
+    if state == "stopped":
+        task = next(i for i, word in enumerate(cmd) if word in ("train", "distill"))
+        run([*cmd[:task + 1], "--resume", str(run_dir)], log, append=True)
+        return
+    run(cmd, log)

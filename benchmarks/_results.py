@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
-from _cli import ROOT, recording, run  # noqa: E402
+from _cli import ROOT, recording, run, train  # noqa: E402
 from _machine import SHARED_LOAD, CpuShare, cpu_count, cpu_line  # noqa: E402
 
 SUMMARIES = ROOT / "benchmarks" / "results"
@@ -312,9 +312,9 @@ def train_and_test(command: list[str], work: Path, name: str, data: Path | None)
     --split test` (on `data`; None: the run's own); logs under <work>/logs."""
     from fgcli.engine.rundir import read_results_csv
 
-    run([*FGCLI, *command, "--project", str(work / "runs"), "--name", name, "--exist-ok"],
-        work / "logs" / f"{name}.txt")
     run_dir = work / "runs" / name
+    train([*FGCLI, *command, "--project", str(work / "runs"), "--name", name, "--exist-ok"], run_dir,
+          work / "logs" / f"{name}.txt")
     out = work / "eval" / f"{name}-test"
     run([*FGCLI, "eval", str(run_dir / "weights" / "best.pt"), *(["--data", str(data)] if data else []),
          "--split", "test", "--device", "cpu", "--out", str(out)], work / "logs" / f"{name}-test.txt")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
-from _cli import run  # noqa: E402
+from _cli import run, train  # noqa: E402
 from _results import (  # noqa: E402
     TOY_DEMO,
     TOY_SETS,
@@ -46,9 +46,9 @@ def train_and_evaluate(method: str, seed: int, work: Path, quick: bool = False) 
     sets = [*TOY_SETS, *(f"data.{k}={v}" for k, v in TOY_DEMO.items())] if quick else []
     # with a backbone set the demo recipe is no longer implied, so --quick names it
     toy = ["--recipe", f"{method}_demo_cpu", *(a for s in sets for a in ("--set", s))] if quick else []
-    run([*fgcli, "train", "--method", method, "--data", "demo", "--seed", str(seed), "--device", "cpu", *toy,
-         "--project", str(work / "runs"), "--name", name, "--exist-ok"], work / "logs" / f"{name}.txt")
     run_dir = work / "runs" / name
+    train([*fgcli, "train", "--method", method, "--data", "demo", "--seed", str(seed), "--device", "cpu", *toy,
+           "--project", str(work / "runs"), "--name", name, "--exist-ok"], run_dir, work / "logs" / f"{name}.txt")
     out = work / "eval" / f"{name}-test"
     run([*fgcli, "eval", str(run_dir / "weights" / "best.pt"), "--split", "test", "--device", "cpu",
          "--out", str(out)], work / "logs" / f"{name}-test.txt")

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
-from _cli import run  # noqa: E402
+from _cli import run, train  # noqa: E402
 from _results import (  # noqa: E402
     TOY_MODEL,
     Context,
@@ -138,9 +138,10 @@ def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[
         sets = quick_sets(sets)
     overrides = [s for item in (*sets, *extra) for s in ("--set", item)]
     fgcli = [sys.executable, "-m", "fgcli", "--quiet"]
-    run([*fgcli, "train", "--recipe", recipe, "--data", str(data), "--seed", str(seed), "--device", "cpu",
-         *overrides, "--project", str(work / "runs"), "--name", name, "--exist-ok"], work / "logs" / f"{name}.txt")
     run_dir = work / "runs" / name
+    train([*fgcli, "train", "--recipe", recipe, "--data", str(data), "--seed", str(seed), "--device", "cpu",
+           *overrides, "--project", str(work / "runs"), "--name", name, "--exist-ok"], run_dir,
+          work / "logs" / f"{name}.txt")
     out = work / "eval" / f"{name}-test"
     run([*fgcli, "eval", str(run_dir / "weights" / "best.pt"), "--data", str(data), "--split", "test",
          "--out", str(out), "--device", "cpu"], work / "logs" / f"{name}-test.txt")

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
-from _cli import run  # noqa: E402
+from _cli import run, train  # noqa: E402
 from _results import (  # noqa: E402
     TOY_MODEL,
     Context,
@@ -81,10 +81,10 @@ def train_and_evaluate(method: str, seed: int, data: Path, work: Path, epochs: i
     """One method and seed: train (best.pt picked on val), evaluate best.pt on val (the head choice) and test."""
     sets = [a for s in extra or [] for a in ("--set", s)]
     name = f"{method}-s{seed}"
-    run([sys.executable, "-m", "fgcli", "--quiet", "train", "--method", method, "--data", str(data), *COMMON,
-         *METHODS[method], "--epochs", str(epochs), "--workers", str(workers), "--seed", str(seed), *sets,
-         "--project", str(work / "runs"), "--name", name, "--exist-ok"], work / "logs" / f"{name}.txt")
     run_dir = work / "runs" / name
+    train([sys.executable, "-m", "fgcli", "--quiet", "train", "--method", method, "--data", str(data), *COMMON,
+           *METHODS[method], "--epochs", str(epochs), "--workers", str(workers), "--seed", str(seed), *sets,
+           "--project", str(work / "runs"), "--name", name, "--exist-ok"], run_dir, work / "logs" / f"{name}.txt")
     best = run_dir / "weights" / "best.pt"
     history = read_results_csv(run_dir / "results.csv")
     test = evaluate(best, data, "test", work / "eval" / f"{name}-test", work / "logs" / f"{name}-test.txt")

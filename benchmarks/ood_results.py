@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 import distill_results as distill  # noqa: E402
 import flowers102_results as f102  # noqa: E402
-from _cli import run  # noqa: E402
+from _cli import run, train  # noqa: E402
 from _results import (  # noqa: E402
     FGCLI,
     TOY_DEMO,
@@ -131,9 +131,10 @@ class Plan:
         data = dataset(SETTINGS[name][0], ctx)
         run_name = f"{row.name}-s{seed}"
         sets = f102.overrides([], ctx.quick)
-        run([*FGCLI, "train", "--recipe", recipe, *(a for s in sets for a in ("--set", s)), "--data", str(data),
-             "--seed", str(seed), "--device", "cpu", "--project", str(ctx.folder(NAME) / "runs"), "--name", run_name,
-             "--exist-ok"], ctx.folder(NAME) / "logs" / f"train-{run_name}.txt")
+        train([*FGCLI, "train", "--recipe", recipe, *(a for s in sets for a in ("--set", s)), "--data",
+               str(data), "--seed", str(seed), "--device", "cpu", "--project", str(ctx.folder(NAME) / "runs"),
+               "--name", run_name, "--exist-ok"], ctx.folder(NAME) / "runs" / run_name,
+              ctx.folder(NAME) / "logs" / f"train-{run_name}.txt")
         return ctx.folder(NAME) / "runs" / run_name / "weights" / "best.pt"
 
 

@@ -213,6 +213,27 @@ def test_quick_run_of_a_subset_through_the_cli(tmp_path):
     assert again.returncode == 0 and "fgcli --quiet train" not in again.stdout  # resumed from the summary
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
 
+    # a summary that is gone, of a run that finished: the run folder is kept, not trained again
+    summary_file = tmp_path / "quick" / "results" / "demo" / "baseline-s0.json"
+    summary_file.unlink()
+    kept = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert kept.returncode == 0 and "kept: " in kept.stdout and "fgcli --quiet train" not in kept.stdout, kept.stdout
+
+    # a run stopped by a session's end (here: one epoch more to go) continues from its last.pt
+    import torch
+
+    run_dir = tmp_path / "quick" / "demo" / "runs" / "baseline-s0"
+    last = run_dir / "weights" / "last.pt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["config"]["train"]["epochs"] = int(ckpt["epoch"]) + 1
+    torch.save(ckpt, last)
+    summary_file.unlink()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"train --resume {run_dir}" in resumed.stdout
+    assert len((run_dir / "results.csv").read_text().strip().splitlines()) == 1 + int(ckpt["epoch"]) + 1
+    assert json.loads(summary_file.read_text())["val"]["best_epoch"] >= 1
+
 
 @pytest.mark.slow
 def test_quick_run_of_every_kind_of_table(tmp_path):
