@@ -172,7 +172,7 @@ def test_quick_mode_end_to_end(bench, tmp_path, capsys, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("nothing should run again")
 
-    for module in (bench, sys.modules["_results"], sys.modules["flowers102_results"]):
+    for module in (bench, sys.modules["_cli"], sys.modules["_results"], sys.modules["flowers102_results"]):
         monkeypatch.setattr(module, "run", refuse)
     bench.main(["--quick", "--work", str(work), "--data", "flowers102"])
     assert capsys.readouterr().out.count("(test_resnet) | 1 |") == 4

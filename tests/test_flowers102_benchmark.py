@@ -79,6 +79,7 @@ def test_quick_mode_is_short_and_keeps_its_own_folders(bench, tmp_path, monkeypa
     """--quick: 2 epochs at 64 px; a head-first row fixes the backbone for 1 of them (its 4 would not fit)."""
     commands = []
     monkeypatch.setattr(bench, "run", lambda cmd, log: commands.append(cmd))
+    monkeypatch.setattr(bench, "train", lambda cmd, run_dir, log: commands.append(cmd))
     monkeypatch.setattr(bench, "read_results_csv", lambda path: [{"epoch": "1", "val/top1": "50", "epoch_time": "1",
                                                                    "train_img_s": "2"}])
     out = tmp_path / "eval" / "herbs_head_first-s0-quick-test"

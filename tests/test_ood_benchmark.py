@@ -109,7 +109,8 @@ def test_quick_mode_end_to_end(bench, tmp_path, capsys, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("nothing should run again")
 
-    for module in (bench, sys.modules["_results"], sys.modules["flowers102_results"], sys.modules["distill_results"]):
+    for module in (bench, sys.modules["_cli"], sys.modules["_results"], sys.modules["flowers102_results"],
+                   sys.modules["distill_results"]):
         monkeypatch.setattr(module, "run", refuse)
     bench.main(["--quick", "--work", str(work)])
     assert capsys.readouterr().out.count("| `baseline_lite0_128`: baseline (test_resnet) |") == 3

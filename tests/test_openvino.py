@@ -461,3 +461,30 @@ def test_a_plugin_without_a_cpu_device_points_to_the_ir(monkeypatch):
     monkeypatch.setattr(ort, "register_execution_provider_library", lambda *a: None)
     with pytest.raises(UserError, match=r"found no CPU device .*--format openvino.*OpenVINO's own runtime"):
         inference.openvino_device()
+
+
+@needs_ir
+def test_predictors_freed_in_the_order_they_were_made_leave_a_working_signal_stack(ir, tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's signal stack per Core and restores the one it found when that Core
+    is freed: with a Core per predictor, two predictors freed first-made-first left a freed stack installed and
+    the next signal (here SIGCHLD with a handler, as torch's DataLoader sets one) killed the process (SIGSEGV).
+    In a subprocess, so that a crash fails this test rather than the test session."""
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "two_predictors.py"
+    script.write_text(textwrap.dedent(f"""
+        import gc, signal, subprocess
+        from fgcli.formats.openvino.ir import OpenVinoPredictor
+        first = OpenVinoPredictor({str(ir[1].files["openvino"])!r}, threads=1)
+        second = OpenVinoPredictor({str(ir[1].files["openvino"])!r}, threads=1)
+        del first; gc.collect()
+        del second; gc.collect()
+        junk = [bytearray(1 << 20) for _ in range(100)]; del junk
+        signal.signal(signal.SIGCHLD, lambda *args: None)
+        for _ in range(20):
+            subprocess.run(["true"])
+        print("signals handled")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "signals handled" in done.stdout, (done.returncode, done.stderr[-2000:])

@@ -18,8 +18,8 @@ TINY = ["--data", "demo", "--backbone", "test_resnet", "--img-size", "48", "--ba
         "--set", "data.demo_classes=3", "--set", "data.demo_per_class=6", "--set", "data.val_fraction=0.34",
         "--set", "data.color_jitter=0.3"]
 METHOD = {"baseline": [], "herbs": ["--set", "herbs.fpn_size=16", "--set", "herbs.num_selects=[0.25,0.25,0.5,0.5]"],
-          "mge": ["--set", "mge.part_mult=2", "--set", "mge.gate_hidden=16"]}
-TIMING = ("time", "epoch_time", "train_img_s")
+          "mge": ["--set", "mge.part_mult=2", "--set", "mge.gate_hidden=16"], "probe": []}
+TIMING = ("time", "epoch_time", "train_img_s", "fit_time")
 
 
 def _train(tmp: Path, method: str, name: str, seed: int) -> Path:

@@ -88,5 +88,6 @@ def test_quick_mode_end_to_end(bench, tmp_path, capsys, monkeypatch) -> None:
 
     monkeypatch.setattr(bench, "run", refuse)
     monkeypatch.setattr(sys.modules["_results"], "run", refuse)
+    monkeypatch.setattr(sys.modules["_cli"], "run", refuse)  # what train() and resumes call
     bench.main(["--quick", "--work", str(work)])
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")] == table

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,20 @@ def write_ir(job: ExportJob, out: Path) -> None:
     job.say(f"wrote {job.name_of(out)} + .bin ({size / 1e6:.1f} MB, OpenVINO {ov.__version__} IR)")
 
 
-def _read(path: Path) -> tuple[Any, Any]:
-    """(OpenVINO Core, the IR's model), with one line for a file OpenVINO cannot read."""
+@functools.cache
+def _core() -> Any:
+    """The process's one OpenVINO Core. Not one per model: OpenVINO's CPU plugin swaps the main thread's signal
+    stack for its own in each Core and puts back the one it found when that Core is freed, so two Cores freed in
+    the order they were made leave a freed stack installed, and the next signal (e.g. torch's SIGCHLD handler
+    when a subprocess ends) kills the process with SIGSEGV (tests/test_openvino.py reproduces it)."""
     import openvino as ov
 
-    core = ov.Core()
+    return ov.Core()
+
+
+def _read(path: Path) -> tuple[Any, Any]:
+    """(OpenVINO Core, the IR's model), with one line for a file OpenVINO cannot read."""
+    core = _core()
     try:
         return core, core.read_model(str(path))
     except Exception as e:
