@@ -21,7 +21,7 @@ import yaml
 from fgcli.errors import UserError, closest
 from fgcli.methods.builtin import BUILTIN_MODULES
 
-__all__ = ["Config", "MethodSection", "method_sections", "register_section"]
+__all__ = ["Config", "MethodSection", "from_saved", "method_sections", "register_section"]
 
 
 @dataclass(frozen=True)
@@ -261,6 +261,14 @@ def from_dict(data: dict[str, Any], base: Config | None = None, source: str = "c
     cfg = _copy(base) if base is not None else Config()
     _merge(cfg, _migrate(data or {}), prefix="", source=source)
     return cfg
+
+
+def from_saved(data: dict[str, Any], source: str = "checkpoint config") -> Config:
+    """The config a run saved (checkpoint, args.yaml). A section of another method that this process does not
+    know is dropped: a run written where a plugin method was registered carries every registered method's section,
+    and only its own method's matters here (that one must be known)."""
+    known = {f.name for f in dataclasses.fields(Config)} | set(method_sections()) | {data.get("method")}
+    return from_dict({k: v for k, v in (data or {}).items() if k in known or not isinstance(v, dict)}, source=source)
 
 
 # Keys that moved: old recipes, args.yaml files and checkpoints keep loading.

@@ -79,3 +79,17 @@ def test_bad_override_is_a_clear_error() -> None:
         train_config(None, None, {}, ["optim.lrr=0.1"])
     with pytest.raises(UserError, match="train.epochs must be an integer"):
         train_config(None, None, {}, ["train.epochs=two"])
+
+
+def test_a_saved_config_drops_sections_of_methods_this_process_does_not_know():
+    """A run written where a plugin method was registered carries that method's section too: a baseline
+    checkpoint still loads where the plugin is absent, while a run of the unknown method itself is refused."""
+    from fgcli.config import Config, from_saved, to_dict
+    from fgcli.errors import UserError
+
+    data = to_dict(Config())
+    data["plugin_method"] = {"width": 3}
+    cfg = from_saved(data)
+    assert cfg.method == data["method"] and not hasattr(cfg, "plugin_method")
+    with pytest.raises(UserError, match="plugin_method"):
+        from_saved({**data, "method": "plugin_method"})

@@ -214,9 +214,9 @@ def _check_container(path: Path) -> None:
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
     """The run's Config as saved in the checkpoint."""
-    from fgcli.config import from_dict
+    from fgcli.config import from_saved
 
-    return from_dict(ckpt["config"], source="checkpoint config")
+    return from_saved(ckpt["config"])
 
 
 def build_model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True,

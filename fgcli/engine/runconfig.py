@@ -10,6 +10,7 @@ from fgcli.config import (
     _nest,
     flatten,
     from_dict,
+    from_saved,
     parse_overrides,
     resolve_config,
     resolve_recipe,
@@ -58,7 +59,7 @@ def resume_config(saved: dict[str, Any], flags: dict[str, Any], overrides: list[
     """The checkpoint's config with only the safe keys (RESUME_MUTABLE) changed by flags / --set."""
     changes = flatten(_nest({k: v for k, v in flags.items() if v is not None}))
     changes.update(flatten(parse_overrides(overrides)))
-    cfg = from_dict(saved, source="checkpoint config")
+    cfg = from_saved(saved)
     current = flatten(_to_flat_dict(cfg))
     bad = [k for k, v in changes.items() if k not in RESUME_MUTABLE and current.get(k, object()) != v]
     if bad:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fgcli.config import from_dict, resolve_config
+from fgcli.config import from_dict, from_saved, resolve_config
 from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.io import atomic_write_text
@@ -143,7 +143,7 @@ def _train_seed(recipe_cfg: Any, plan: StudyPlan, seed: int, run_dir: Path) -> f
         ckpt = load_checkpoint(last)
         if int(ckpt["epoch"]) >= int(ckpt["config"]["train"]["epochs"]) and best.is_file():
             return float(load_checkpoint(best)["best_metric"])
-        cfg = from_dict(ckpt["config"], source=str(last))
+        cfg = from_saved(ckpt["config"], source=str(last))
         result = train(cfg, resume=ckpt, run_dir=run_dir)
     else:
         cfg = from_dict(to_dict(recipe_cfg), source="best recipe")
