@@ -166,6 +166,15 @@ HEADER = ["| row (recipe, or what differs from it) | epochs | seeds | val top-1 
           "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
 
 
+def fitted_in_one_go(row: str) -> bool:
+    """A row whose method has no epochs (the converged probe)."""
+    from fgcli.config import resolve_config
+    from fgcli.methods import get_method
+
+    recipe, sets = ROWS.get(row, (None, []))
+    return recipe is not None and get_method(resolve_config(recipe, None, None, list(sets)).method).fitted_by != "loop"
+
+
 def table(rows: list[Row], get: Lookup) -> list[str]:
     """The markdown table: one line per row, mean (min-max) over its seeds; `missing` until every seed is in."""
     lines = list(HEADER)
@@ -174,8 +183,8 @@ def table(rows: list[Row], get: Lookup) -> list[str]:
         head = "— (one head)" if not heads else (
             f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}")
         top5 = [r["test"]["top5"] for r in runs]
-        epochs = sorted({r["train"]["epochs"] for r in runs})
-        lines.append(f"| {row.label} | {'/'.join(map(str, epochs))} | {len(runs)} | "
+        epochs = "—" if fitted_in_one_go(row.name) else "/".join(map(str, sorted({r["train"]["epochs"] for r in runs})))
+        lines.append(f"| {row.label} | {epochs} | {len(runs)} | "
                      f"{spread([r['val']['top1'] for r in runs])} | {spread([r['test']['top1'] for r in runs])} | "
                      f"{'—' if None in top5 else spread(top5)} | {head} | "
                      f"{statistics.mean(r['train']['time_s'] for r in runs) / 60:.1f} min | "
