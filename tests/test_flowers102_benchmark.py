@@ -39,7 +39,7 @@ def test_table_gives_mean_and_min_max_over_seeds(bench) -> None:
     rows = [Row("linear_probe", "probe", (0,)), Row("herbs", "HERBS", (0, 1), before="*choices:*"),
             Row("mge", "MGE", (0,)), Row("linear_probe", "probe, 2 seeds", (0, 1))]
     lines = bench.table(rows, get)
-    assert lines[2].startswith("| probe | 6 | 1 | 71.00 | 70.00 | 80.00 | — (one head)")
+    assert lines[2].startswith("| probe | — | 1 | 71.00 | 70.00 | 80.00 | — (one head)")  # fitted, no epochs
     assert lines[3] == "| *choices:* |  |  |  |  |  |  |  |  |"
     assert lines[4].startswith("| HERBS | 6 | 2 | 83.00 (81.00-85.00) | 82.00 (80.00-84.00) | 92.00 (90.00-94.00) | "
                                "comb: 81.00 (79.00-83.00)")
