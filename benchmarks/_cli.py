@@ -64,8 +64,11 @@ def run_state(run_dir: Path) -> str:
     last = run_dir / "weights" / "last.pt"
     if not last.is_file():
         return "new"
+    from fgcli.methods import get_method
+
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    if ckpt.get("method") != "probe" and int(ckpt["epoch"]) < int(ckpt["config"]["train"]["epochs"]):
+    by_epochs = get_method(ckpt["method"]).fitted_by == "loop"  # a fitted method (the probe) has no epochs left
+    if by_epochs and int(ckpt["epoch"]) < int(ckpt["config"]["train"]["epochs"]):
         return "stopped"
     best = run_dir / "weights" / "best.pt"
     validated = any(row.get("val/top1") not in (None, "") for row in ckpt.get("history") or [])
