@@ -64,11 +64,12 @@ def run_state(run_dir: Path) -> str:
     last = run_dir / "weights" / "last.pt"
     if not last.is_file():
         return "new"
+    from fgcli.engine.rundir import epochs_left
     from fgcli.methods import get_method
 
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     by_epochs = get_method(ckpt["method"]).fitted_by == "loop"  # a fitted method (the probe) has no epochs left
-    if by_epochs and int(ckpt["epoch"]) < int(ckpt["config"]["train"]["epochs"]):
+    if by_epochs and epochs_left(ckpt):  # not when train.patience stopped it early
         return "stopped"
     best = run_dir / "weights" / "best.pt"
     validated = any(row.get("val/top1") not in (None, "") for row in ckpt.get("history") or [])

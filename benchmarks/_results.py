@@ -32,9 +32,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 MISSING = "missing"
 FGCLI = [sys.executable, "-m", "fgcli", "--quiet"]
 #: the shared data sets tables prepare with `prepare-data`: name -> (format, folder under ../shared/data, a file
-#: of its layout)
-SHARED_SETS = {"flowers102": ("flowers102", "flowers102", "setid.mat"),
-               "cub100": ("cub", "cub100/CUB_200_2011", "images.txt")}
+#: of its layout, further prepare-data options). A name with a suffix (`cub100-val20`) is another preparation of
+#: the set before the dash (same folder, same `--data NAME=PATH`)
+SHARED_SETS = {"flowers102": ("flowers102", "flowers102", "setid.mat", ()),
+               "cub100": ("cub", "cub100/CUB_200_2011", "images.txt", ()),
+               # the birds comparison (#28): ~600 val images, where the default 10 % gives a 2-point standard error
+               "cub100-val20": ("cub", "cub100/CUB_200_2011", "images.txt", ("--val-fraction", "0.2"))}
 #: --quick: a tiny timm backbone without pretrained weights at 64 px, small method settings, batch 8 (1 epoch)
 TOY_MODEL = ["model.backbone=test_resnet", "model.pretrained_file=null", "data.img_size=64", "data.resize=64",
              "data.workers=0", "train.batch_size=8", "herbs.fpn_size=16", "mge.part_mult=2", "mge.gate_hidden=16"]
@@ -104,7 +107,8 @@ class Context:
     def data_root(self, name: str) -> Path:
         """A shared data set's folder (`--data NAME=PATH` overrides ../shared/data/NAME; cub100: its
         CUB_200_2011 folder)."""
-        return self.data.get(name, SHARED_DATA / SHARED_SETS.get(name, (name, name))[1])
+        base = name.split("-")[0]
+        return self.data.get(base, SHARED_DATA / SHARED_SETS.get(base, (base, base))[1])
 
     def summary(self, table: str, row: str, seed: int) -> dict[str, Any] | None:
         return read_summary(summary_path(self.summaries, table, row, seed))
@@ -143,13 +147,14 @@ class Context:
         (flowers102: `toy_data()`; cub100: `toy_data(other=True)`, whose classes differ)."""
         if self.quick:
             return self.toy_data(other=name != "flowers102")
-        fmt, _, marker = SHARED_SETS[name]
+        fmt, _, marker, options = SHARED_SETS[name]
         source, out = self.data_root(name), self.work / "data" / name
         if not (out / "dataset.yaml").is_file():
             if not (source / marker).is_file():
                 raise RuntimeError(f"{source} is not the {name} layout ({marker} missing); give its folder with "
-                                   f"--data {name}=PATH")
-            run([*FGCLI, "prepare-data", fmt, str(source), "--out", str(out)], self.work / "data" / f"{name}.txt")
+                                   f"--data {name.split('-')[0]}=PATH")
+            run([*FGCLI, "prepare-data", fmt, str(source), "--out", str(out), *options],
+                self.work / "data" / f"{name}.txt")
         return out
 
 

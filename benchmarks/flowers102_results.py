@@ -130,10 +130,12 @@ def run_name(row: str, seed: int, quick: bool) -> str:
     return f"{row}-s{seed}{'-quick' if quick else ''}"
 
 
-def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[str], quick: bool = False) -> dict:
-    """One row and seed: train (best.pt and the head choice from the val split), then evaluate on test.
-    `quick`: the smoke test's 2 epochs at 64 px (head-first rows fix the backbone for 1), in its own folders."""
-    recipe, sets = ROWS[row]
+def train_and_evaluate(row: str, seed: int, data: Path, work: Path, extra: list[str], quick: bool = False,
+                       rows: dict[str, tuple[str, list[str]]] = ROWS) -> dict:
+    """One row of `rows` and a seed: train (best.pt and the head choice from the val split), then evaluate on
+    test. `quick`: the smoke test's 2 epochs at 64 px (head-first rows fix the backbone for 1), in its own
+    folders."""
+    recipe, sets = rows[row]
     name = run_name(row, seed, quick)
     if quick:
         sets = quick_sets(sets)
@@ -166,24 +168,26 @@ HEADER = ["| row (recipe, or what differs from it) | epochs | seeds | val top-1 
           "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
 
 
-def fitted_in_one_go(row: str) -> bool:
+def fitted_in_one_go(row: str, rows: dict[str, tuple[str, list[str]]] = ROWS) -> bool:
     """A row whose method has no epochs (the converged probe)."""
     from fgcli.config import resolve_config
     from fgcli.methods import get_method
 
-    recipe, sets = ROWS.get(row, (None, []))
+    recipe, sets = rows.get(row, (None, []))
     return recipe is not None and get_method(resolve_config(recipe, None, None, list(sets)).method).fitted_by != "loop"
 
 
-def table(rows: list[Row], get: Lookup) -> list[str]:
-    """The markdown table: one line per row, mean (min-max) over its seeds; `missing` until every seed is in."""
+def table(rows: list[Row], get: Lookup, name: str = "flowers102",
+          recipes: dict[str, tuple[str, list[str]]] = ROWS) -> list[str]:
+    """The markdown table `name` (its rows' recipes in `recipes`): one line per row, mean (min-max) over its
+    seeds; `missing` until every seed is in."""
     lines = list(HEADER)
-    for row, runs in measured_rows(rows, get, "flowers102", 8, lines):
+    for row, runs in measured_rows(rows, get, name, 8, lines):
         heads = sorted({r["test"]["head"] for r in runs if r["test"]["head"]})
         head = "— (one head)" if not heads else (
             f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}")
         top5 = [r["test"]["top5"] for r in runs]
-        epochs = "—" if fitted_in_one_go(row.name) else "/".join(map(str, sorted({r["train"]["epochs"] for r in runs})))
+        epochs = "—" if fitted_in_one_go(row.name, recipes) else "/".join(map(str, sorted({r["train"]["epochs"] for r in runs})))
         lines.append(f"| {row.label} | {epochs} | {len(runs)} | "
                      f"{spread([r['val']['top1'] for r in runs])} | {spread([r['test']['top1'] for r in runs])} | "
                      f"{'—' if None in top5 else spread(top5)} | {head} | "

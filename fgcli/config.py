@@ -181,6 +181,9 @@ class TrainConfig:
     name: str = "exp"
     exist_ok: bool = False
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
+    # early stopping: end the run when val top-1 has not improved for this many epochs (0 = never; ultralytics'
+    # `patience`); the end-of-run work (confusion matrix, calibration of best.pt) is done as after the last epoch
+    patience: int = 0
     sync_bn: bool = False  # DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
     find_unused_parameters: bool = False  # DDP: for methods whose heads skip parameters in some steps
     quiet: bool = False
@@ -396,6 +399,7 @@ def validate(cfg: Config) -> None:
     checks: list[tuple[bool, str]] = [
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.patience >= 0, "train.patience must be >= 0 (epochs without a val gain before stopping; 0 = off)"),
         (cfg.train.accum_steps >= 1, "train.accum_steps must be >= 1"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.data.img_size is None or cfg.data.img_size >= 8, "data.img_size must be >= 8"),

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fgcli.cli import app
-from fgcli.engine.rundir import read_results_csv
+from fgcli.engine.rundir import epochs_left, read_results_csv
 
 runner = CliRunner()
 
@@ -211,3 +211,31 @@ def test_torchvision_decoder_trains(tmp_path) -> None:
     assert "decoder: torchvision" in (tmp_path / "runs" / "exp" / "args.yaml").read_text()
     bad = _train(tmp_path, "--epochs", "1", "--set", "data.decoder=opencv", name="bad")
     assert bad.exit_code == 1 and "data.decoder must be 'pil' or 'torchvision'" in bad.output
+
+
+def test_patience_stops_early_calibrates_and_refuses_to_resume_until_raised(tmp_path) -> None:
+    """A learning rate too small to move the weights and fixed batch-norm statistics: val top-1 repeats, so with
+    train.patience 1 the run stops after epoch 2 of 5, still does the end-of-run calibration, and --resume refuses
+    until the patience is raised."""
+    frozen = ["--epochs", "5", "--lr", "1e-12", "--set", "sched.name=none", "--set", "model.freeze_bn_stats=true"]
+    result = _train(tmp_path, *frozen, "--set", "train.patience=1")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "exp"
+    assert [r["epoch"] for r in read_results_csv(run / "results.csv")] == ["1", "2"]
+    assert "stopping early after epoch 2 of 5" in (run / "log.txt").read_text()
+    assert "stopped early" in result.output
+    last = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["early_stop"] == {"epoch": 2, "best_epoch": 1, "patience": 1} and not epochs_left(last)
+    assert "calibration" in torch.load(run / "weights" / "best.pt", map_location="cpu", weights_only=True)
+
+    refused = runner.invoke(app, ["train", "--resume", str(run)])
+    assert refused.exit_code == 1 and "train.patience" in refused.output and "stopped early" in refused.output
+    more = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.patience=2"])
+    assert more.exit_code == 0, more.output
+    assert [r["epoch"] for r in read_results_csv(run / "results.csv")] == ["1", "2", "3"]
+    assert torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)["early_stop"]["epoch"] == 3
+
+
+def test_patience_must_not_be_negative(tmp_path) -> None:
+    result = _train(tmp_path, "--epochs", "1", "--set", "train.patience=-1")
+    assert result.exit_code == 1 and "train.patience must be >= 0" in result.output

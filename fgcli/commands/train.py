@@ -87,7 +87,12 @@ def print_summary(result: TrainResult, command: str = "train") -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("run folder", str(result.run_dir))
-    table.add_row("epochs", str(result.epochs_done))
+    epochs = str(result.epochs_done)
+    if result.early_stop:
+        from fgcli.engine.rundir import early_stop_reason
+
+        epochs += f" of {cfg.train.epochs}: stopped early, {early_stop_reason(result.early_stop)}"
+    table.add_row("epochs", epochs)
     if result.best_metric is not None:
         table.add_row(f"best val top-1 ({result.val_split})", f"{result.best_metric:.2f}% (epoch {result.best_epoch})")
     last = result.history[-1] if result.history else {}

@@ -3,7 +3,8 @@
 Keys (format_version 1): format_version, fgcli_version, date, method, backbone, config (nested dict), classes,
 preprocess, model (unwrapped state dict), ema (state dict or None), optimizer, scheduler, scaler, epoch
 (completed epochs), global_step, best_metric, best_epoch, rng, dataset, plus `history` (results.csv rows) and
-`speed` (the run's bf16 / channels_last choice).
+`speed` (the run's bf16 / channels_last choice); last.pt of a run that `train.patience` ended early also has
+`early_stop` ({epoch, best_epoch, patience}).
 """
 
 from __future__ import annotations

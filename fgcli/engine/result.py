@@ -34,6 +34,7 @@ class TrainResult:
     is_main: bool = True  # False in the other processes of a torchrun job (only rank 0 reports)
     calibration: dict[str, Any] | None = None  # best.pt's temperature fit (fgcli.engine.calibration.fit_record)
     stopped: str | None = None  # why an on_epoch_end callback stopped the run before its last epoch
+    early_stop: dict[str, int] | None = None  # train.patience ended the run (fgcli.engine.rundir.early_stop_reason)
 
     @property
     def last(self) -> Path:

@@ -22,7 +22,7 @@ from fgcli.errors import UserError
 # What may change when resuming: everything else must match the checkpoint or the run would not be exact.
 RESUME_MUTABLE = {"train.epochs", "train.device", "train.quiet", "train.max_nonfinite", "data.workers", "data.path",
                   "log.loggers", "log.mlflow_uri", "log.mlflow_experiment", "model.compile", "model.channels_last",
-                  "train.threads"}
+                  "train.threads", "train.patience"}
 
 
 def demo_recipe(method: str) -> Path:

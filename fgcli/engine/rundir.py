@@ -94,3 +94,15 @@ def default_out_dir(checkpoint: Path, project: str | Path = "runs/eval") -> Path
     """runs/eval/<run name> (or the checkpoint's stem), incremented so that earlier reports stay."""
     name = checkpoint.parent.parent.name if checkpoint.parent.name == "weights" else checkpoint.stem
     return increment_path(project, name or "exp")
+
+
+def early_stop_reason(stop: dict[str, Any]) -> str:
+    """A checkpoint's `early_stop` record in words."""
+    return (f"val top-1 had not improved for {stop['patience']} epoch(s) since epoch {stop['best_epoch']} "
+            f"(train.patience {stop['patience']})")
+
+
+def epochs_left(ckpt: dict[str, Any]) -> bool:
+    """Whether the run of a last.pt has epochs left to train: not when every epoch is done, nor when
+    `train.patience` stopped it early (its `early_stop` record)."""
+    return not ckpt.get("early_stop") and int(ckpt["epoch"]) < int(ckpt["config"]["train"]["epochs"])

