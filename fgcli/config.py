@@ -119,6 +119,10 @@ class ModelConfig:
     # the trunk's batch-norm layers keep their pretrained running statistics (eval mode) while every weight
     # trains: for small per-process batches, where batch statistics are noisy and differ from the pretrained ones
     freeze_bn_stats: bool = False
+    # "probe": before fine-tuning, the method's linear head starts from the converged linear probe on the frozen
+    # pretrained features (L-BFGS, L2 chosen on val from probe.l2_grid; features cached): LP-FT. Methods with
+    # one linear head on pooled features (the baseline); "random": timm's initialisation
+    head_init: str = "random"
     compile: bool = False  # torch.compile the training step; falls back to eager with a warning if it fails
 
 
@@ -425,6 +429,7 @@ def validate(cfg: Config) -> None:
          "model.freeze_epochs must be >= 0 and below train.epochs (the epochs before the backbone trains)"),
         (cfg.model.freeze_epochs == 0 or cfg.model.freeze == "none",
          "model.freeze_epochs needs model.freeze: none (with 'backbone' the trunk never trains)"),
+        (cfg.model.head_init in ("random", "probe"), "model.head_init must be 'random' or 'probe'"),
         (cfg.model.channels_last in ("auto", "always", "never"),
          "model.channels_last must be auto, always or never"),
         (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be >= 1 (or null for all cores)"),

@@ -239,3 +239,27 @@ def test_patience_stops_early_calibrates_and_refuses_to_resume_until_raised(tmp_
 def test_patience_must_not_be_negative(tmp_path) -> None:
     result = _train(tmp_path, "--epochs", "1", "--set", "train.patience=-1")
     assert result.exit_code == 1 and "train.patience must be >= 0" in result.output
+
+
+def test_head_init_probe_starts_fine_tuning_from_the_converged_probe(tmp_path) -> None:
+    """LP-FT: with a learning rate too small to move the weights and fixed batch-norm statistics, the first epoch's
+    val top-1 is the probe's own (the same features, head and val images), as `fgcli train --method probe` fits it."""
+    frozen = ["--epochs", "1", "--lr", "1e-12", "--set", "sched.name=none", "--set", "model.freeze_bn_stats=true",
+              "--set", "probe.l2_grid=[0.01,0.0001]"]
+    tuned = _train(tmp_path, *frozen, "--set", "model.head_init=probe", name="lpft")
+    assert tuned.exit_code == 0, tuned.output
+    probe = runner.invoke(app, ["train", "--method", "probe", *TINY, "--set", "probe.l2_grid=[0.01,0.0001]",
+                                "--project", str(tmp_path / "runs"), "--name", "probe"])
+    assert probe.exit_code == 0, probe.output
+    val = [float(read_results_csv(tmp_path / "runs" / n / "results.csv")[0]["val/top1"]) for n in ("lpft", "probe")]
+    assert val[0] == pytest.approx(val[1])
+    assert "head_init: the head starts from the linear probe (L2 " in (tmp_path / "runs" / "lpft" / "log.txt").read_text()
+    head = torch.load(tmp_path / "runs" / "lpft" / "weights" / "last.pt", weights_only=True)["model"]
+    fitted = torch.load(tmp_path / "runs" / "probe" / "weights" / "last.pt", weights_only=True)["model"]
+    assert torch.allclose(head["classifier.weight"], fitted["classifier.weight"], atol=1e-6)
+
+
+def test_head_init_probe_is_refused_for_a_method_without_one_linear_head(tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--method", "herbs", *TINY, "--epochs", "1", "--set", "model.head_init=probe",
+                                 "--set", "herbs.num_selects=[8,4,2,1]", "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "model.head_init=probe" in result.output and "herbs" in result.output

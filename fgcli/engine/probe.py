@@ -82,7 +82,6 @@ class _ProbeRun:
 
     def run(self, started: float) -> Any:
         from fgcli.data.transforms import resolve_preprocess
-        from fgcli.engine.logreg import select_l2
         from fgcli.methods import build_method
 
         cfg = self.cfg
@@ -94,42 +93,14 @@ class _ProbeRun:
         if fixed is not None and pre.img_size != fixed:
             raise UserError(f"backbone '{cfg.model.backbone}' needs {fixed}x{fixed} inputs, but the preprocessing "
                             f"gives {pre.img_size}. Use --img-size {fixed}.")
-        train, val = dataset.split("train"), validation_samples(cfg, dataset)
-        if not train:
-            raise UserError(f"data set {cfg.data.path} has no training images (split 'train' is empty).")
-        grid = list(cfg.probe.l2_grid)
-        if not val and len(set(grid)) > 1:
-            raise UserError("the probe chooses its L2 weight (probe.l2_grid) on the val split, which is empty. Set "
-                            "data.val_fraction > 0 (e.g. --set data.val_fraction=0.2), or give one value: --set "
-                            "probe.l2_grid=[1e-4].")
+        train, val = probe_splits(cfg, dataset)
         self._setup_run_dir()
         log.info(f"probe on {cfg.model.backbone} (frozen) | data {dataset.name} ({len(self.classes)} classes, "
                  f"{len(train)} train / {len(val)} val) | img {pre.img_size} | device {self.device} | run "
                  f"{self.run_dir}. Only data.*, model.* and probe.* apply: no epochs, optimizer or augmentation.")
         method.to(self.device).eval()
-        feats = cached_features(method, dataset, {"train": train, "val": val}, pre, cfg, self.device)
-        train_x, train_y = feats["train"], feats["train_labels"]
-        if cfg.probe.flip:
-            train_x, train_y = torch.cat([train_x, feats["train_flip"]]), torch.cat([train_y, train_y])
-        val_x, val_y = (feats["val"], feats["val_labels"]) if val else (None, None)
-        log.info(f"probe: multinomial logistic regression on {tuple(train_x.shape)} features"
-                 f"{' (with flipped copies)' if cfg.probe.flip else ''}, L2 grid of {len(set(grid))} on val")
-        t0 = time.perf_counter()
-        fit = select_l2(train_x, train_y, val_x, val_y, len(self.classes), grid, max_iter=cfg.probe.max_iter,
-                        tol=cfg.probe.tol, report=lambda f: log.info(_grid_line(f, len(train_x))))
-        fit_time = time.perf_counter() - t0
-        chosen = fit.chosen
-        unconverged = [f for f in fit.path if not f.converged]
-        if unconverged:
-            log.warning(f"probe: {len(unconverged)} of {len(fit.path)} fits stopped before the gradient reached "
-                        f"probe.tol={cfg.probe.tol:g} (largest {max(f.grad_max for f in unconverged):.2g}); raise "
-                        "probe.max_iter to converge")
-        log.info(f"probe: chose l2 {chosen.l2:.3g}"
-                 + (f" (val top-1 {chosen.val_top1:.2f}%, NLL {chosen.val_nll:.4f})" if val else "")
-                 + f" in {fit_time:.1f}s")
-        with torch.no_grad():
-            method.classifier.weight.copy_(fit.weight.to(method.classifier.weight))
-            method.classifier.bias.copy_(fit.bias.to(method.classifier.bias))
+        fit, feats, fit_time = fit_head(method, dataset, train, val, pre, cfg, self.device)
+        val_y = feats["val_labels"] if val else None
         row = self._results(method, fit, feats, val_y, started, fit_time)
         self._save(method, pre, dataset, len(train), len(val), row, fit)
         if val:
@@ -212,6 +183,71 @@ class _ProbeRun:
             record = store_calibration(path, scores, split=self.cfg.data.val_split,
                                        reject_recall=self.cfg.train.reject_recall)
             self.calibration = self.calibration or record
+
+
+def probe_splits(cfg: Config, dataset: Any) -> tuple[list, list]:
+    """The train and val samples a probe fit uses; one-line errors when it cannot choose its L2 weight."""
+    train, val = dataset.split("train"), validation_samples(cfg, dataset)
+    if not train:
+        raise UserError(f"data set {cfg.data.path} has no training images (split 'train' is empty).")
+    if not val and len(set(cfg.probe.l2_grid)) > 1:
+        raise UserError("the probe chooses its L2 weight (probe.l2_grid) on the val split, which is empty. Set "
+                        "data.val_fraction > 0 (e.g. --set data.val_fraction=0.2), or give one value: --set "
+                        "probe.l2_grid=[1e-4].")
+    return train, val
+
+
+def fit_head(method: Any, dataset: Any, train: list, val: list, pre: Any, cfg: Config,
+             device: torch.device) -> tuple[Any, dict[str, torch.Tensor], float]:
+    """Fit `method.probe_head()` to convergence on the frozen pooled features of `train` (cached), for every L2
+    weight of probe.l2_grid, keep the val-best and copy it into the head. Returns (the fit, the features, seconds
+    of the fit)."""
+    from fgcli.engine.logreg import select_l2
+
+    head = method.probe_head()
+    was_training = method.training
+    method.eval()
+    feats = cached_features(method, dataset, {"train": train, "val": val}, pre, cfg, device)
+    method.train(was_training)
+    train_x, train_y = feats["train"], feats["train_labels"]
+    if cfg.probe.flip:
+        train_x, train_y = torch.cat([train_x, feats["train_flip"]]), torch.cat([train_y, train_y])
+    val_x, val_y = (feats["val"], feats["val_labels"]) if val else (None, None)
+    grid = list(cfg.probe.l2_grid)
+    log.info(f"probe: multinomial logistic regression on {tuple(train_x.shape)} features"
+             f"{' (with flipped copies)' if cfg.probe.flip else ''}, L2 grid of {len(set(grid))} on val")
+    t0 = time.perf_counter()
+    fit = select_l2(train_x, train_y, val_x, val_y, head.out_features, grid, max_iter=cfg.probe.max_iter,
+                    tol=cfg.probe.tol, report=lambda f: log.info(_grid_line(f, len(train_x))))
+    fit_time = time.perf_counter() - t0
+    unconverged = [f for f in fit.path if not f.converged]
+    if unconverged:
+        log.warning(f"probe: {len(unconverged)} of {len(fit.path)} fits stopped before the gradient reached "
+                    f"probe.tol={cfg.probe.tol:g} (largest {max(f.grad_max for f in unconverged):.2g}); raise "
+                    "probe.max_iter to converge")
+    chosen = fit.chosen
+    log.info(f"probe: chose l2 {chosen.l2:.3g}"
+             + (f" (val top-1 {chosen.val_top1:.2f}%, NLL {chosen.val_nll:.4f})" if val else "")
+             + f" in {fit_time:.1f}s")
+    with torch.no_grad():
+        head.weight.copy_(fit.weight.to(head.weight))
+        head.bias.copy_(fit.bias.to(head.bias))
+    return fit, feats, fit_time
+
+
+def init_head_from_probe(method: Any, dataset: Any, pre: Any, cfg: Config, device: torch.device) -> str:
+    """`model.head_init: probe` (LP-FT): the method's linear head starts from the converged linear probe on the
+    frozen pretrained features of the run's own data and preprocessing. Returns what was fitted, in words."""
+    if method.probe_head() is None:
+        raise UserError(f"model.head_init=probe: method '{cfg.method}' has no single linear head on pooled features "
+                        "to fit (the baseline has); use model.head_init=random, or model.freeze_epochs=N for a "
+                        "head-first phase.")
+    train, val = probe_splits(cfg, dataset)
+    log.info(f"head_init: fitting the head on the frozen {cfg.model.backbone} features of {len(train)} train images "
+             f"(val: {len(val)}) before fine-tuning")
+    chosen = fit_head(method, dataset, train, val, pre, cfg, device)[0].chosen
+    val_part = f", val top-1 {chosen.val_top1:.2f}%" if chosen.val_top1 is not None else ""
+    return f"the head starts from the linear probe (L2 {chosen.l2:.3g}{val_part}, train top-1 {chosen.train_top1:.2f}%)"
 
 
 def _grid_line(fit: Any, n: int) -> str:

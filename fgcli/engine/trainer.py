@@ -74,6 +74,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self.early_stop: dict[str, int] | None = None  # set when train.patience ends the run (kept in last.pt)
+        self.head_note: str | None = None  # model.head_init=probe: what was fitted (logged with the run's start)
         self.start_epoch = 0
         self.global_step = 0
         self.nonfinite_run = 0
@@ -108,6 +109,8 @@ class Trainer:
                             f"but the preprocessing gives {preprocess.img_size}. Use --img-size {fixed}.")
         self.data = build_data(cfg, dataset, preprocess, self.info)
         self.method.to(self.device)
+        if cfg.model.head_init == "probe" and self.resume_ckpt is None:
+            self._init_head_from_probe(dataset, preprocess)
         self.step_loss.bind(device=self.device, classes=list(dataset.classes), preprocess=preprocess)
         self.speed = self._plan_speed(preprocess.img_size, len(dataset.classes))
         self.amp_dtype, use_scaler = self.speed.amp_dtype, self.speed.use_scaler
@@ -153,6 +156,20 @@ class Trainer:
         self.compile_pending = bool(cfg.model.compile)
         self.model = torch.compile(model) if cfg.model.compile else model
         self._setup_run_dir()
+
+    def _init_head_from_probe(self, dataset: Any, preprocess: Any) -> None:
+        """LP-FT: rank 0 fits the head on frozen features (fgcli.engine.probe), every rank takes its weights."""
+        from fgcli.engine.probe import init_head_from_probe
+
+        head = self.method.probe_head()
+        state = None
+        if self.main:
+            self.head_note = init_head_from_probe(self.method, dataset, preprocess, self.cfg, self.device)
+            state = {k: v.cpu() for k, v in head.state_dict().items()}
+        elif head is None:
+            raise UserError(f"model.head_init=probe: method '{self.cfg.method}' has no linear head to fit")
+        state = D.broadcast_object(state, self.info)
+        head.load_state_dict(state)
 
     def _plan_speed(self, img_size: int, num_classes: int) -> Any:
         """bf16 / channels_last / depthwise policy (fgcli.engine.speed): rank 0 decides (measuring on a CPU where
@@ -638,6 +655,8 @@ class Trainer:
                  f"{f' x {cfg.train.accum_steps} accum' if cfg.train.accum_steps > 1 else ''} | "
                  f"img {data.preprocess.img_size} | device {self.device}"
                  f"{''.join(f' | {p}' for p in paths)} | run {self.run_dir}")
+        if self.head_note:
+            log.info(f"head_init: {self.head_note}")
         for reason in self.speed.reasons:
             if reason.startswith("warning: "):
                 log.warning(reason[len("warning: "):])

@@ -155,6 +155,11 @@ class Method(nn.Module):
         `forward` and `loss`), or None when it can. Methods that accept them override this."""
         return f"method '{self.name}' does not say that its loss takes soft targets"
 
+    def probe_head(self) -> nn.Linear | None:
+        """The linear head that reads the global average of `features()` and nothing else, which
+        `model.head_init: probe` fits on frozen features before training; None when the method has none."""
+        return None
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Fused logits for a batch (what the exported graph computes)."""
         return self.fuse(self(images))

@@ -43,6 +43,9 @@ class Baseline(Method, config=baseline_config):
         pooled = self.features(images).mean(dim=(2, 3))
         return {"cls": self.classifier(self.dropout(pooled))}
 
+    def probe_head(self) -> nn.Linear:
+        return self.classifier  # dropout only acts in training
+
     def fuse(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return outputs["cls"].float()  # fp32 also when the head ran under autocast
 
