@@ -39,7 +39,7 @@ from _results import (  # noqa: E402
 )
 
 #: the scripts whose `TABLES` make the README's results, in the order they are measured
-TABLE_SCRIPTS = ["demo_results", "flowers102_results", "cub100_results", "flowers12_results", "calibration_results", "int8_results",
+TABLE_SCRIPTS = ["demo_results", "demo_choices", "flowers102_results", "cub100_results", "flowers12_results", "calibration_results", "int8_results",
                  "onnx_vs_torch", "train_speed", "distill_results", "ood_results", "tune_results"]
 
 

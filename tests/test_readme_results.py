@@ -74,7 +74,7 @@ def test_report_builds_a_table_from_summaries_alone_and_a_missing_one_reads_miss
 def test_every_table_prints_its_rows_as_missing_before_anything_is_measured(rr, results, tmp_path, monkeypatch,
                                                                            capsys):
     tables = rr.all_tables()
-    assert list(tables) == ["demo", "flowers102", "cub100", "flowers12", "calibration", "int8", "speed", "speed_random",
+    assert list(tables) == ["demo", "demo_choices", "flowers102", "cub100", "flowers12", "calibration", "int8", "speed", "speed_random",
                             "train_speed", "distill", "ood", "tune"]
     out = _report(rr, monkeypatch, capsys, "--report", "--summaries", str(tmp_path))
     for name, table in tables.items():
