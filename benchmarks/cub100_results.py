@@ -51,6 +51,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "herbs": ("herbs_lite0_224_cub", []),
     "mge": ("mge_lite0_224_cub", []),
     "mge_frozen": ("mge_frozen_lite0_128", [AT_224]),
+    # trained until val stops improving (#28: short CPU schedules hurt HERBS most): up to 40 epochs, stopped after
+    # 5 without a val gain (train.patience), the cosine schedule planned over the 40
+    "baseline_plateau": ("baseline_lite0_224_cub", ["train.epochs=40", "train.patience=5"]),
+    "herbs_plateau": ("herbs_lite0_224_cub", ["train.epochs=40", "train.patience=5"]),
     # LP-FT: the head starts from the converged probe (the linear_probe row's fit) before fine-tuning
     "baseline_lpft": ("baseline_lite0_224_cub", ["model.head_init=probe"]),
     # the baseline without RandomResizedCrop, RandAugment, random erasing, label smoothing and EMA
