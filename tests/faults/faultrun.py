@@ -50,6 +50,9 @@ def arm(point: str) -> None:
         if args[0] not in ("step", "val", "call", "pool"):
             raise SystemExit(f"faultrun: SIGINT is not supported at {point!r}")
         _SIGNAL.update(sig=signal.SIGINT, point=":".join(args))
+        # as at a terminal: a shell without job control starts background jobs with SIGINT ignored, and Python
+        # then keeps it ignored (no KeyboardInterrupt), so a CI launched that way would swallow the Ctrl-C
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         kind, *args = args
     if kind in ("step", "rank"):
         _arm_step(*args) if kind == "step" else _arm_step(*args[1:], rank=int(args[0]))
