@@ -54,7 +54,7 @@ def test_relative_ranges_and_the_start_trial_follow_the_recipe() -> None:
     space = resolve(get_method("baseline").search_space, base, source="default")
     assert space.start == {"optim.lr": 0.001, "optim.backbone_lr_scale": 0.1, "model.freeze_bn_stats": True,
                            "train.epochs": 12, "optim.weight_decay": 0.05, "sched.warmup": 1.0,
-                           "baseline.dropout": 0.0}
+                           "baseline.dropout": 0.0, "model.head_init": "probe"}
 
 
 def test_keys_given_by_flags_leave_the_space_and_inactive_keys_are_said() -> None:

@@ -27,4 +27,6 @@ def checks(c: BaselineConfig) -> list[tuple[bool, str]]:
 
 
 #: `fgcli tune`'s default search space for this method (fgcli.searchspace)
-SEARCH_SPACE: tuple[Param, ...] = (*COMMON_SPACE, Param("baseline.dropout", 0.0, 0.5))
+SEARCH_SPACE: tuple[Param, ...] = (*COMMON_SPACE, Param("baseline.dropout", 0.0, 0.5),
+                                   # LP-FT: +1.2 to +3.6 val points on flowers102 (baseline_lite0_128's header)
+                                   Param("model.head_init", choices=("random", "probe")))
