@@ -235,13 +235,20 @@ def fit_head(method: Any, dataset: Any, train: list, val: list, pre: Any, cfg: C
     return fit, feats, fit_time
 
 
-def init_head_from_probe(method: Any, dataset: Any, pre: Any, cfg: Config, device: torch.device) -> str:
-    """`model.head_init: probe` (LP-FT): the method's linear head starts from the converged linear probe on the
-    frozen pretrained features of the run's own data and preprocessing. Returns what was fitted, in words."""
-    if method.probe_head() is None:
+def require_probe_head(method: Any, cfg: Config) -> Any:
+    """The method's probe-able linear head; a one-line error for `model.head_init=probe` when it has none."""
+    head = method.probe_head()
+    if head is None:
         raise UserError(f"model.head_init=probe: method '{cfg.method}' has no single linear head on pooled features "
                         "to fit (the baseline has); use model.head_init=random, or model.freeze_epochs=N for a "
                         "head-first phase.")
+    return head
+
+
+def init_head_from_probe(method: Any, dataset: Any, pre: Any, cfg: Config, device: torch.device) -> str:
+    """`model.head_init: probe` (LP-FT): the method's linear head starts from the converged linear probe on the
+    frozen pretrained features of the run's own data and preprocessing. Returns what was fitted, in words."""
+    require_probe_head(method, cfg)
     train, val = probe_splits(cfg, dataset)
     log.info(f"head_init: fitting the head on the frozen {cfg.model.backbone} features of {len(train)} train images "
              f"(val: {len(val)}) before fine-tuning")

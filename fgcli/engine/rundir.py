@@ -96,6 +96,11 @@ def default_out_dir(checkpoint: Path, project: str | Path = "runs/eval") -> Path
     return increment_path(project, name or "exp")
 
 
+def patience_spent(epoch: int, best_epoch: int | None, patience: int) -> bool:
+    """`train.patience` (0 = off) epochs have passed since the best val top-1's epoch."""
+    return bool(patience) and best_epoch is not None and epoch - best_epoch >= patience
+
+
 def early_stop_reason(stop: dict[str, Any]) -> str:
     """A checkpoint's `early_stop` record in words."""
     return (f"val top-1 had not improved for {stop['patience']} epoch(s) since epoch {stop['best_epoch']} "

@@ -159,15 +159,13 @@ class Trainer:
 
     def _init_head_from_probe(self, dataset: Any, preprocess: Any) -> None:
         """LP-FT: rank 0 fits the head on frozen features (fgcli.engine.probe), every rank takes its weights."""
-        from fgcli.engine.probe import init_head_from_probe
+        from fgcli.engine.probe import init_head_from_probe, require_probe_head
 
-        head = self.method.probe_head()
+        head = require_probe_head(self.method, self.cfg)  # on every rank, before any rank waits for another
         state = None
         if self.main:
             self.head_note = init_head_from_probe(self.method, dataset, preprocess, self.cfg, self.device)
             state = {k: v.cpu() for k, v in head.state_dict().items()}
-        elif head is None:
-            raise UserError(f"model.head_init=probe: method '{self.cfg.method}' has no linear head to fit")
         state = D.broadcast_object(state, self.info)
         head.load_state_dict(state)
 
@@ -541,10 +539,10 @@ class Trainer:
     def _patience_exhausted(self, epoch: int) -> dict[str, int] | None:
         """The early-stop record when `train.patience` epochs have passed since the best val top-1 and epochs are
         left, else None (every rank agrees: the validation result is reduced over ranks)."""
+        from fgcli.engine.rundir import patience_spent
+
         patience = self.cfg.train.patience
-        if not patience or self.best_epoch is None or epoch >= self.cfg.train.epochs:
-            return None
-        if epoch - self.best_epoch < patience:
+        if epoch >= self.cfg.train.epochs or not patience_spent(epoch, self.best_epoch, patience):
             return None
         return {"epoch": epoch, "best_epoch": int(self.best_epoch), "patience": patience}
 
@@ -773,8 +771,9 @@ def resolve_run(*, recipe: str | None = None, config_file: str | None = None, fl
         raise UserError(f"--resume: {path} already finished {ckpt['epoch']} of {cfg.train.epochs} epochs. Pass "
                         "--epochs N (larger) to train on.")
     stop = ckpt.get("early_stop")
-    if stop and cfg.train.patience and int(ckpt["epoch"]) - int(stop["best_epoch"]) >= cfg.train.patience:
-        from fgcli.engine.rundir import early_stop_reason
+    from fgcli.engine.rundir import early_stop_reason, patience_spent
+
+    if stop and patience_spent(int(ckpt["epoch"]), int(stop["best_epoch"]), cfg.train.patience):
 
         raise UserError(f"--resume: {path} stopped early after epoch {ckpt['epoch']}: {early_stop_reason(stop)}. "
                         "Pass --set train.patience=N (larger, or 0 for none) to train on.")
