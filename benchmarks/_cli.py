@@ -57,26 +57,23 @@ def run(cmd: list[str], log: Path, threads: int | None = None, append: bool = Fa
 
 
 def run_state(run_dir: Path) -> str:
-    """'new' (no last.pt), 'stopped' (epochs left: resumable) or 'finished' (every epoch done and, when the run
-    validated, best.pt calibrated: the end-of-run work is done too)."""
+    """'new' (no last.pt), 'stopped' (resumable: epochs left, or killed during its end-of-run work, which
+    `fgcli train --resume` then does alone) or 'finished' (every epoch and the end-of-run work done)."""
     import torch
 
     last = run_dir / "weights" / "last.pt"
     if not last.is_file():
         return "new"
-    from fgcli.engine.rundir import epochs_left
+    from fgcli.engine.rundir import end_of_run_done, epochs_left
     from fgcli.methods import get_method
 
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     by_epochs = get_method(ckpt["method"]).fitted_by == "loop"  # a fitted method (the probe) has no epochs left
     if by_epochs and epochs_left(ckpt):  # not when train.patience stopped it early
         return "stopped"
-    best = run_dir / "weights" / "best.pt"
-    validated = any(row.get("val/top1") not in (None, "") for row in ckpt.get("history") or [])
-    if best.is_file() and (not validated or "calibration" in torch.load(best, map_location="cpu",
-                                                                        weights_only=True)):
+    if end_of_run_done(ckpt, run_dir / "weights" / "best.pt"):
         return "finished"
-    return "new"  # killed during the end-of-run calibration: train again
+    return "stopped" if by_epochs else "new"  # a fitted method is fitted again
 
 
 def train(cmd: list[str], run_dir: Path, log: Path) -> None:

@@ -25,8 +25,10 @@ def _run(tmp_path, epoch: int, epochs: int, calibrated: bool = True, **extra):
 @pytest.mark.parametrize(("epoch", "extra", "calibrated", "state"), [
     (2, {}, True, "stopped"),  # epochs left: resume
     (5, {}, True, "finished"),
-    (5, {}, False, "new"),  # killed during the end-of-run calibration: train again
+    (5, {}, False, "stopped"),  # killed during the end-of-run calibration: --resume does only that
     (2, {"early_stop": {"epoch": 2, "best_epoch": 1, "patience": 1}}, True, "finished"),  # train.patience ended it
+    (2, {"early_stop": {"epoch": 2, "best_epoch": 1, "patience": 1}}, False, "stopped"),
+    (5, {"method": "probe"}, False, "new"),  # a fitted method is fitted again
 ])
 def test_run_state(cli, tmp_path, epoch, extra, calibrated, state) -> None:
     assert cli.run_state(_run(tmp_path, epoch, 5, calibrated, **extra)) == state

@@ -236,6 +236,50 @@ def test_patience_stops_early_calibrates_and_refuses_to_resume_until_raised(tmp_
     assert torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)["early_stop"]["epoch"] == 3
 
 
+def _undo_end_of_run(run) -> None:
+    """What a kill during the end-of-run work leaves: every epoch saved, best.pt not yet calibrated."""
+    best = run / "weights" / "best.pt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    del ckpt["calibration"]
+    torch.save(ckpt, best)
+    (run / "confusion_matrix.png").unlink()
+
+
+def test_resume_of_a_run_killed_in_its_end_of_run_work_does_only_that_work(trained, tmp_path) -> None:
+    import shutil
+
+    _, run, _ = trained
+    copy = tmp_path / "exp"
+    shutil.copytree(run, copy)
+    _undo_end_of_run(copy)
+    before = torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    result = runner.invoke(app, ["train", "--resume", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "theend-of-runworkisnot;doingonlythat" in "".join(result.output.split())  # rich wraps anywhere
+    assert "calibration" in torch.load(copy / "weights" / "best.pt", map_location="cpu", weights_only=True)
+    assert (copy / "confusion_matrix.png").is_file()
+    assert [r["epoch"] for r in read_results_csv(copy / "results.csv")] == ["1", "2"]  # no epoch trained again
+    after = torch.load(copy / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert after["epoch"] == 2 and all(torch.equal(after["model"][k], before["model"][k]) for k in before["model"])
+    again = runner.invoke(app, ["train", "--resume", str(copy)])
+    assert again.exit_code == 1 and "already finished 2 of 2" in again.output
+
+
+def test_resume_of_an_early_stopped_run_killed_in_its_end_of_run_work_trains_no_epoch(tmp_path) -> None:
+    frozen = ["--epochs", "5", "--lr", "1e-12", "--set", "sched.name=none", "--set", "model.freeze_bn_stats=true"]
+    assert _train(tmp_path, *frozen, "--set", "train.patience=1").exit_code == 0
+    run = tmp_path / "runs" / "exp"
+    _undo_end_of_run(run)
+    result = runner.invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_results_csv(run / "results.csv")] == ["1", "2"]
+    assert "calibration" in torch.load(run / "weights" / "best.pt", map_location="cpu", weights_only=True)
+    last = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["early_stop"] == {"epoch": 2, "best_epoch": 1, "patience": 1}
+    refused = runner.invoke(app, ["train", "--resume", str(run)])
+    assert refused.exit_code == 1 and "stopped early" in refused.output
+
+
 def test_patience_must_not_be_negative(tmp_path) -> None:
     result = _train(tmp_path, "--epochs", "1", "--set", "train.patience=-1")
     assert result.exit_code == 1 and "train.patience must be >= 0" in result.output

@@ -107,6 +107,18 @@ def early_stop_reason(stop: dict[str, Any]) -> str:
             f"(train.patience {stop['patience']})")
 
 
+def end_of_run_done(ckpt: dict[str, Any], best: Path) -> bool:
+    """Whether a run whose epochs are all done (`epochs_left` is False) also did its end-of-run work: when it
+    validated, best.pt is written and holds its calibration. A kill during that work (confusion matrix and
+    calibration) leaves it undone, and `fgcli train --resume` then does only that work."""
+    import torch
+
+    validated = any(row.get("val/top1") not in (None, "") for row in ckpt.get("history") or [])
+    if not validated:
+        return True
+    return best.is_file() and "calibration" in torch.load(best, map_location="cpu", weights_only=True)
+
+
 def epochs_left(ckpt: dict[str, Any]) -> bool:
     """Whether the run of a last.pt has epochs left to train: not when every epoch is done, nor when
     `train.patience` stopped it early (its `early_stop` record)."""

@@ -205,6 +205,12 @@ class Trainer:
         self.best_metric = ckpt.get("best_metric")
         self.best_epoch = ckpt.get("best_epoch")
         self.history = [dict(r) for r in ckpt.get("history") or [] if int(r.get("epoch", 0)) <= self.start_epoch]
+        stop = ckpt.get("early_stop")
+        if stop:
+            from fgcli.engine.rundir import patience_spent
+
+            if patience_spent(self.start_epoch, int(stop["best_epoch"]), self.cfg.train.patience):
+                self.early_stop = dict(stop)  # still stopped: only the end-of-run work is left
         restore_rng(ckpt.get("rng"))
         self.scheduler.step_update(self.global_step)
 
@@ -483,7 +489,8 @@ class Trainer:
         progress = progress_bar(info=True) if not self.quiet else None
         try:
             with progress if progress is not None else contextlib.nullcontext():
-                for epoch in range(self.start_epoch, cfg.train.epochs):
+                # a run stopped early (resumed for its end-of-run work only) trains no further epoch
+                for epoch in range(self.start_epoch, self.start_epoch if self.early_stop else cfg.train.epochs):
                     t0 = time.perf_counter()
                     if self.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(self.device)
@@ -767,17 +774,24 @@ def resolve_run(*, recipe: str | None = None, config_file: str | None = None, fl
     path = resolve_resume_path(resume, project)
     ckpt = load_checkpoint(path)
     cfg = resume_config(ckpt["config"], {k: v for k, v in flags.items() if k != "train.project"}, overrides)
-    if int(ckpt["epoch"]) >= cfg.train.epochs:
+    from fgcli.engine.rundir import early_stop_reason, end_of_run_done, patience_spent
+
+    run_dir = path.parent.parent if path.parent.name == "weights" else None
+    stop = ckpt.get("early_stop")
+    stopped_early = bool(stop) and patience_spent(int(ckpt["epoch"]), int(stop["best_epoch"]), cfg.train.patience)
+    if int(ckpt["epoch"]) >= cfg.train.epochs or stopped_early:
+        if run_dir is not None and not end_of_run_done(ckpt, run_dir / "weights" / "best.pt"):
+            # killed during the end-of-run work: do only that, not the whole run again
+            if D.launched_rank() == 0:
+                log.info(f"resuming run {run_dir} from {path}: every epoch is done ({ckpt['epoch']}) but the "
+                         "end-of-run work is not; doing only that (confusion matrix, calibration)")
+            return RunRequest(cfg, resume=ckpt, run_dir=run_dir, resumed_from=path)
+        if stopped_early:
+            raise UserError(f"--resume: {path} stopped early after epoch {ckpt['epoch']}: "
+                            f"{early_stop_reason(stop)}. Pass --set train.patience=N (larger, or 0 for none) to "
+                            "train on.")
         raise UserError(f"--resume: {path} already finished {ckpt['epoch']} of {cfg.train.epochs} epochs. Pass "
                         "--epochs N (larger) to train on.")
-    stop = ckpt.get("early_stop")
-    from fgcli.engine.rundir import early_stop_reason, patience_spent
-
-    if stop and patience_spent(int(ckpt["epoch"]), int(stop["best_epoch"]), cfg.train.patience):
-
-        raise UserError(f"--resume: {path} stopped early after epoch {ckpt['epoch']}: {early_stop_reason(stop)}. "
-                        "Pass --set train.patience=N (larger, or 0 for none) to train on.")
-    run_dir = path.parent.parent if path.parent.name == "weights" else None
     if D.launched_rank() == 0:
         log.info(f"resuming run {run_dir or path.parent} from {path}: epoch {ckpt['epoch']} of {cfg.train.epochs} "
                  f"done, continuing with epoch {int(ckpt['epoch']) + 1}")

@@ -136,13 +136,13 @@ def confirm(plan: StudyPlan, tuned: TuneResult, seeds: int) -> list[SeedRun]:
 def _train_seed(recipe_cfg: Any, plan: StudyPlan, seed: int, run_dir: Path) -> float:
     from fgcli.config import to_dict
     from fgcli.engine.checkpoint import load_checkpoint
-    from fgcli.engine.rundir import epochs_left
+    from fgcli.engine.rundir import end_of_run_done, epochs_left
     from fgcli.engine.trainer import train
 
     last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
     if last.is_file():
         ckpt = load_checkpoint(last)
-        if not epochs_left(ckpt) and best.is_file():
+        if not epochs_left(ckpt) and end_of_run_done(ckpt, best):
             return float(load_checkpoint(best)["best_metric"])
         cfg = from_saved(ckpt["config"], source=str(last))
         result = train(cfg, resume=ckpt, run_dir=run_dir)
