@@ -152,7 +152,8 @@ def lines(entries: list[tuple[str, dict | None]]) -> list[str]:
             out.append(missing_row(label, 9))
             continue
         if r["config"].get("fp32_first_layers"):
-            label += f" (first {r['config']['fp32_first_layers']} layers fp32)"
+            n = r["config"]["fp32_first_layers"]
+            label += f" (first {n} weight layer{'s' if n > 1 else ''} fp32)"
         test, val, lat = r["test"], r["val"], r["latency_ms"]
         rows = [("onnxruntime CPU", "cpu fp32", "int8", "cpu int8", "onnx fp32", "onnx int8"),
                 ("OpenVINO", "openvino f32", "bf16", "openvino bf16", "openvino fp32", "openvino bf16"),

@@ -50,7 +50,7 @@ def test_int8_table_changes_and_speedups(int8):
     lines = int8.lines([("HERBS", result), ("MGE-CNN", None)])
     row = next(line for line in lines if line.startswith("| HERBS"))
     # fp32 val / test, int8 val / test, change on val / test, speed-up
-    assert "first 2 layers fp32" in row
+    assert "first 2 weight layers fp32" in row
     assert "| 70.00 | 70.00 | int8 | 69.80 | 69.25 | -0.20 | -0.75 | 2.00× / 2.00× |" in row
     assert not any("OpenVINO" in line for line in lines)  # not measured: no rows
     assert lines[-1] == "| MGE-CNN | missing |  |  |  |  |  |  |  |  |"

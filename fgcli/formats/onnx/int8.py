@@ -56,7 +56,8 @@ class Int8Report:
         top1 = (f"top-1 {self.top1_fp32:.2f}% -> {self.top1_int8:.2f}% ({self.top1_change:+.2f}), "
                 if self.top1_change is not None else "")
         speed = ", ".join(f"{self.speedup(b):.2f}x at batch {b}" for b in self.latency_ms)
-        kept = f"first {self.fp32_first} weight layers fp32; " if self.fp32_first else ""
+        n = self.fp32_first
+        kept = f"first {n} weight layer{'s' if n > 1 else ''} fp32; " if n else ""
         return (f"{self.mode}; {kept}{top1}agreement {100 * self.agreement:.1f}% on {self.num_images} images "
                 f"({self.eval_source}); vs fp32: {speed}")
 
