@@ -15,7 +15,7 @@ from fgcli.cli import app
 from fgcli.data.transforms import eval_transform
 from fgcli.modelinfo import Preprocess
 from fgcli.viz.geometry import CropGeometry, upsample
-from fgcli.viz.scoring import Scoreboard, energy_fraction, pointing_hit
+from fgcli.viz.scoring import Scoreboard, box_mask, box_overlap, energy_fraction, pointing_hit
 
 runner = CliRunner()
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -140,6 +140,39 @@ def test_scoreboard_skips_empty_masks_and_ignores_nan() -> None:
     mask[2:4, 2:4] = True
     board.add({"cam": attn}, mask)
     assert board.summaries()[0]["pointing"] == 1.0 and board.summaries()[0]["energy"] == 1.0
+
+
+def test_box_mask_covers_the_inclusive_pixels() -> None:
+    mask = box_mask((1.0, 2.0, 3.0, 2.0), 6)  # pixels x 1..3, y 2
+    expected = np.zeros((6, 6), bool)
+    expected[2, 1:4] = True
+    assert np.array_equal(mask, expected)
+    assert box_mask((0.0, 0.0, 5.0, 5.0), 6).all()
+
+
+def test_box_overlap_by_hand() -> None:
+    """Box: rows 0-3, cols 0-3 (16 px); target: rows 2-5, cols 2-5 (16 px); overlap rows 2-3, cols 2-3 (4 px):
+    1/4 of the target inside, 1/4 of the box on target, IoU 4 / 28."""
+    box, target = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    box[0:4, 0:4] = True
+    target[2:6, 2:6] = True
+    inside, on_target, iou = box_overlap(box, target)
+    assert (inside, on_target) == (0.25, 0.25) and iou == pytest.approx(4 / 28)
+    assert box_overlap(target, target) == (1.0, 1.0, 1.0)
+    assert box_overlap(np.zeros((8, 8), bool), target) == (0.0, 0.0, 0.0)
+
+
+def test_scoreboard_scores_boxes_beside_maps() -> None:
+    board = Scoreboard("mge")
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    board.add({"cam1": np.ones((8, 8))}, mask, {"box1": np.array([2.0, 2.0, 5.0, 5.0])})  # exactly the target
+    board.add({"cam1": np.ones((8, 8))}, mask, {"box1": np.array([0.0, 0.0, 7.0, 7.0])})  # the whole input
+    (row,) = board.box_summaries()
+    assert row["box"] == "box1" and row["images"] == 2
+    assert row["target_inside"] == 1.0 and row["box_on_target"] == pytest.approx((1.0 + 0.25) / 2)
+    assert row["iou"] == pytest.approx((1.0 + 0.25) / 2) and row["box_area"] == pytest.approx((0.25 + 1.0) / 2)
+    assert [r["map"] for r in board.summaries()] == ["cam1"]
 
 
 # ---- maps per method ----------------------------------------------------------------------------------------
@@ -325,6 +358,13 @@ def test_cli_on_the_demo_with_scores(tmp_path, demo_factory, method: str) -> Non
     for r in rows:
         assert r["images"] == 3 and 0 <= r["pointing"] <= 1 and 0 <= r["energy"] <= 1 and 0 < r["random"] < 0.5
     assert (out / "scores.csv").read_text().startswith("method,map,images,pointing,energy,random")
+    if method == "mge":  # its zoom boxes against the same target
+        boxes = json.loads((out / "box_scores.json").read_text())
+        assert [b["box"] for b in boxes] == ["box1", "box2"] and "boxes vs" in result.output
+        for b in boxes:
+            assert b["images"] == 3 and all(0 <= b[k] <= 1 for k in ("target_inside", "box_on_target", "iou"))
+    else:
+        assert not (out / "box_scores.json").exists()
     sheet = (out / "index.html").read_text()
     assert "pointing game" in sheet and sheet.count("<img") == 2 and "true: " in sheet
 

@@ -41,13 +41,15 @@ def viz_command(
     from fgcli import api
     from fgcli.console import console, err_console
     from fgcli.options import VizOptions
-    from fgcli.tasks.attention_viz import scores_table
+    from fgcli.tasks.attention_viz import box_scores_table, scores_table
 
     result = api.attention_viz(checkpoint, images or [], options=VizOptions(
         data=data, split=split, num=num, out=out, alpha=alpha, layout=layout, score=score, score_num=score_num,
         device=device, ema=ema, batch_size=batch_size, calibration=calibration))
     if result.scores:
         console.print(scores_table(result.scores, result.score_target or "the target"))
+    if result.box_scores:
+        console.print(box_scores_table(result.box_scores, result.score_target or "the target"))
     for name, reason in result.skipped:
         err_console.print(f"[yellow]skipped[/] {name}: {reason}", soft_wrap=True)
     console.print(f"{len(result.figures)} figure(s) in {result.out_dir}; open {result.index} for the contact sheet")

@@ -43,6 +43,7 @@ class VizResult:
     figures: list[Path] = field(default_factory=list)
     index: Path | None = None
     scores: list[dict] | None = None
+    box_scores: list[dict] = field(default_factory=list)  # boxes the method draws (MGE-CNN's zooms), if any
     score_target: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -51,7 +52,8 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), options: V
     """Render attention figures for IMAGES (or `num` images of a data split) and optionally score the maps.
 
     Writes `<name>.png` per image (`--layout single`: `<name>/<panel>.png`), `index.html`, and with `score`
-    `scores.csv` / `scores.json` into `out` (default `runs/viz/<run name>`). Titles show the calibrated
+    `scores.csv` / `scores.json` (and `box_scores.csv` / `.json` for a method that draws boxes) into `out`
+    (default `runs/viz/<run name>`). Titles show the calibrated
     probability when the checkpoint has a fitted temperature, unless `calibration` is False.
     """
     from fgcli.data.select import resolve_split_data, run_data
@@ -83,8 +85,10 @@ def attention_viz(checkpoint: str | Path, images: Sequence[str] = (), options: V
         raise UserError(f"none of the {len(items)} images could be read{first}. Check the files.")
     if score:
         scored = samples if opts.score_num is None else _spread(samples, opts.score_num)
-        result.scores = _score_all(model, method, pre, dataset, scored, batch_size, dev, target)
-        _write_scores(result.scores, out_dir)
+        result.scores, result.box_scores = _score_all(model, method, pre, dataset, scored, batch_size, dev, target)
+        _write_scores(result.scores, out_dir, "scores")
+        if result.box_scores:
+            _write_scores(result.box_scores, out_dir, "box_scores")
     from fgcli.viz.html import write_index
 
     meta = [f"{path} · {method} / {ckpt['backbone']} · epoch {ckpt.get('epoch')} · "
@@ -267,7 +271,8 @@ def target_mask(sample: Any, source_root: Path, geometry: Any, crop_bottom: int 
 
 
 def _score_all(model: Any, method: str, pre: Any, dataset: Any, samples: list, batch_size: int, dev: Any,
-               target: str) -> list[dict]:
+               target: str) -> tuple[list[dict], list[dict]]:
+    """The maps' scores and the boxes' overlaps (empty for a method that draws no box) against the target."""
     from fgcli.viz.geometry import CropGeometry
     from fgcli.viz.maps import attention_maps
     from fgcli.viz.scoring import Scoreboard
@@ -285,24 +290,24 @@ def _score_all(model: Any, method: str, pre: Any, dataset: Any, samples: list, b
                     geometry = CropGeometry(image.width, image.height, pre)
                     mask = target_mask(item.sample, dataset.source_root, geometry, crop_bottom)
                     if mask is not None:
-                        board.add(maps.maps, mask)
+                        board.add(maps.maps, mask, maps.boxes)
             advance(len(chunk))
     if board.skipped:
         log.warning(f"--score: {board.skipped} image(s) skipped: their part lies outside the model's centre crop")
     if not board.rows:
         raise UserError(f"--score: none of the {len(items)} images with {target} could be scored.")
-    return board.summaries()
+    return board.summaries(), board.box_summaries()
 
 
-def _write_scores(rows: list[dict], out_dir: Path) -> None:
+def _write_scores(rows: list[dict], out_dir: Path, name: str) -> None:
     from fgcli.io import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    atomic_write_text(out_dir / "scores.csv", buf.getvalue())
-    atomic_write_text(out_dir / "scores.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(rows, indent=2) + "\n")
 
 
 def scores_table(rows: list[dict], target: str) -> Any:
@@ -317,6 +322,22 @@ def scores_table(rows: list[dict], target: str) -> Any:
         table.add_row(str(r["map"]), str(r["images"]), f"{r['pointing']:.3f}", f"{r['energy']:.3f}",
                       f"[dim]{r['random']:.3f}[/]")
     table.caption = "random map = the expected score of a map with no information (the target's share of the input)"
+    return table
+
+
+def box_scores_table(rows: list[dict], target: str) -> Any:
+    """A rich table: how each box the method draws overlaps the target (MGE-CNN: box e is where expert e + 1
+    zooms in)."""
+    from rich.table import Table
+
+    table = Table(title=f"{rows[0]['method']} boxes vs {target}")
+    for col in ("box", "images", "target inside box", "box on target", "IoU", "box area"):
+        table.add_column(col, justify="left" if col == "box" else "right")
+    for r in rows:
+        table.add_row(str(r["box"]), str(r["images"]), f"{r['target_inside']:.3f}", f"{r['box_on_target']:.3f}",
+                      f"{r['iou']:.3f}", f"[dim]{r['box_area']:.3f}[/]")
+    table.caption = ("target inside box: the share of the target the box frames; box on target: the share of the "
+                     "box that is target; box area: its share of the input")
     return table
 
 

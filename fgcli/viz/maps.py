@@ -24,6 +24,7 @@ class ImageMaps:
 
     `maps`: the scored maps on the input-crop grid (size x size, [0, 1], NaN = not seen), in display order.
     `extra`: method-specific values (HERBS: tau/cls/disagree/peak per stage; MGE-CNN: boxes, crops, gate, ...).
+    `boxes`: the scored boxes, inclusive pixel-centre (x1, y1, x2, y2) on the input-crop grid (MGE-CNN's zooms).
     """
 
     method: str
@@ -32,6 +33,7 @@ class ImageMaps:
     input_rgb: np.ndarray  # the model's input (size x size x 3, [0, 1]): what the network saw
     maps: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
+    boxes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def minmax(values: np.ndarray) -> np.ndarray:

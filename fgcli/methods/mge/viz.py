@@ -35,7 +35,8 @@ def image_maps(out: dict[str, torch.Tensor], i: int, pre: Preprocess, method: st
             extra[f"box{e}"] = to_numpy(out[f"box{e}"][i])
             extra[f"box{e}_image"] = to_numpy(out[f"box{e}_image"][i])
         extra[f"crop{e}"] = rgb if e == 1 else denormalize(out[f"crop{e}"][i:i + 1], pre)[0]
-    return ImageMaps(method, int(out["logits"][i].argmax()), probs, rgb, maps, extra)
+    boxes = {f"box{e}": extra[f"box{e}_image"] for e in experts if f"box{e}_image" in extra}
+    return ImageMaps(method, int(out["logits"][i].argmax()), probs, rgb, maps, extra, boxes)
 
 
 def panels(canvas: Canvas, info: ImageInfo, maps: ImageMaps, classes: list[str]) -> list[list[Panel | None]]:
