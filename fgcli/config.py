@@ -357,8 +357,10 @@ def resolve_config(
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    check: bool = True,
 ) -> Config:
-    """Build the config with precedence defaults < recipe < config file < flags < --set."""
+    """Build the config with precedence defaults < recipe < config file < flags < --set (validated unless
+    `check` is False: the caller validates after fitting it)."""
     cfg = Config()
     if recipe is not None:
         cfg = from_dict(load_yaml(resolve_recipe(recipe)), cfg, source=f"recipe {recipe}")
@@ -368,7 +370,8 @@ def resolve_config(
         cfg = from_dict(_nest({k: v for k, v in flags.items() if v is not None}), cfg, source="flags")
     if overrides:
         cfg = from_dict(parse_overrides(overrides), cfg, source="--set")
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 

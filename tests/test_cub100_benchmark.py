@@ -16,13 +16,16 @@ def bench():
 
 def test_every_row_is_a_valid_config_at_224_also_in_quick_mode(bench) -> None:
     from fgcli.config import resolve_config
+    from fgcli.engine.runconfig import (
+        train_config,  # as `fgcli train` resolves it (a recipe's keys fit short runs)
+    )
 
     f102 = load_benchmark("flowers102_results")
     for row, (recipe, sets) in bench.ROWS.items():
-        cfg = resolve_config(recipe, None, None, list(sets))
+        cfg = train_config(recipe, None, {}, list(sets))
         assert cfg.data.img_size == 224, row
         assert cfg.model.pretrained_file.startswith("efficientnet-lite"), row
-        quick = resolve_config(recipe, None, None, f102.quick_sets(list(sets)))
+        quick = train_config(recipe, None, {}, f102.quick_sets(list(sets)))
         assert quick.data.img_size == 64 and (quick.method == "probe" or quick.train.epochs == 2), row
     plain = resolve_config(*bench.ROWS["baseline_plain"][:1], None, None, bench.ROWS["baseline_plain"][1])
     assert (plain.data.rrc_scale, plain.data.auto_augment, plain.data.random_erasing, plain.train.label_smoothing,

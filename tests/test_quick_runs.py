@@ -84,3 +84,11 @@ def test_demo_without_its_recipe_is_an_error(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(fgcli.config, "recipe_folders", lambda: [tmp_path])
     with pytest.raises(UserError, match="--data demo needs the demo recipe 'herbs_demo_cpu'"):
         train_config(None, None, {"method": "herbs", "data.path": "demo"}, None)
+
+
+def test_a_recipes_head_first_epochs_are_cut_to_fit_a_short_run_but_an_explicit_value_is_refused() -> None:
+    cfg = train_config("herbs_lite0_224_cub", None, {"train.epochs": 1}, None)
+    assert cfg.model.freeze_epochs == 0  # the recipe's 2 head-first epochs would cover the 1-epoch run
+    assert train_config("herbs_lite0_224_cub", None, {"train.epochs": 10}, None).model.freeze_epochs == 2
+    with pytest.raises(UserError, match="model.freeze_epochs must be >= 0 and below train.epochs"):
+        train_config("herbs_lite0_224_cub", None, {"train.epochs": 2}, ["model.freeze_epochs=2"])

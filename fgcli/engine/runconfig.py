@@ -46,7 +46,28 @@ def train_config(recipe: str | None, config_file: str | None, flags: dict[str, A
             found = demo_recipe(probe.method)
             log.info(f"--data demo: using the CPU demo recipe {found} (pass --recipe or --backbone to change)")
             recipe = str(found)
-    return resolve_config(recipe, config_file, flags, overrides)
+    cfg = resolve_config(recipe, config_file, flags, overrides, check=False)
+    note = fit_freeze_epochs(cfg, explicit="model.freeze_epochs" in explicit_keys(flags, overrides))
+    if note:
+        log.info(note)
+    validate(cfg)
+    return cfg
+
+
+#: head-first epochs from a recipe that would cover a short run are cut to this share of the run (as the warm-up)
+FREEZE_SHARE = 0.2
+
+
+def fit_freeze_epochs(cfg: Config, explicit: bool = False) -> str | None:
+    """Cut a recipe's `model.freeze_epochs` that would keep the trunk frozen for the whole run (a recipe's 2
+    head-first epochs under `--epochs 1`) to FREEZE_SHARE of the run, in `cfg` itself, and say so; None when it
+    fits. One the user gave explicitly (a flag or `--set`) is left alone: validation then refuses it."""
+    frozen, epochs = cfg.model.freeze_epochs, cfg.train.epochs
+    if explicit or frozen <= 0 or epochs < 1 or frozen < epochs:
+        return None
+    cfg.model.freeze_epochs = int(epochs * FREEZE_SHARE)
+    return (f"model.freeze_epochs ({frozen}) would keep the backbone frozen for the whole run of {epochs} epoch(s); "
+            f"shortened to {cfg.model.freeze_epochs}. Choose it with --set model.freeze_epochs=N.")
 
 
 def explicit_keys(flags: dict[str, Any], overrides: list[str] | None) -> frozenset[str]:
