@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# the fault-injection suite's recorder and summary: a plugin, so that the summary is printed by the main process
+# when pytest-xdist runs the tests in workers
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests" / "faults"))
+pytest_plugins = ["faultlog"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
