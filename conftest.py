@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import pytest
 # when pytest-xdist runs the tests in workers
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests" / "faults"))
 pytest_plugins = ["faultlog"]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one test per core (-n auto): the processes a test starts get one thread too, as the tests themselves do
+    # (tests/conftest.py); two threads each on two busy cores spin-wait in OpenMP and run several times slower
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -346,16 +346,12 @@ def _linear_probe_accuracy(backbone: Backbone, train: tuple, test: tuple) -> flo
 @needs_lite0
 @needs_flowers
 def test_full_flowers12_probe_at_224() -> None:
-    """All 720 train / 240 test images at 224: nearest centroid and a linear probe, pretrained vs random."""
+    """All 720 train / 240 test images at 224, the weights' own size: a linear probe on the pretrained features
+    is above 90 % (random-init features against pretrained ones: the 96-px test above)."""
     train, test = _flower_images("train", None, 224), _flower_images("test", None, 224)
     pretrained = Backbone("tf_efficientnet_lite0", pretrained_file="efficientnet-lite0")
-    torch.manual_seed(0)
-    random_init = Backbone("tf_efficientnet_lite0")
-    accuracy = {"pretrained_probe": _linear_probe_accuracy(pretrained, train, test),
-                "random_probe": _linear_probe_accuracy(random_init, train, test)}
-    print(accuracy)
-    assert accuracy["pretrained_probe"] > 0.9, accuracy
-    assert accuracy["random_probe"] < accuracy["pretrained_probe"] - 0.3, accuracy
+    accuracy = _linear_probe_accuracy(pretrained, train, test)
+    assert accuracy > 0.9, accuracy
 
 
 # ---- plain files -----------------------------------------------------------------------------------------
