@@ -95,6 +95,10 @@ README_ROWS = [
      "as shipped)", (0,), None),
     ("herbs_all_at_once", "HERBS without its head-first epochs (every layer trains from epoch 1, "
      "`model.freeze_epochs=0`)", (0,), None),
+    ("herbs_plateau", "HERBS trained until val stops improving (up to 40 epochs, stopped after 5 without a gain, "
+     "`train.patience=5`)", (0,), None),
+    ("baseline_plateau", "baseline trained until val stops improving (up to 40 epochs, `train.patience=5`)", (0,),
+     None),
     # stage 3: three seeds of every arm within about 2 val points of the best arm's seed 0
     ("baseline_lite2", "**baseline on EfficientNet-Lite2**, 3 seeds", (0, 1, 2),
      "*stage 3, the arms within 2 val points of the best, three seeds (mean, min-max):*"),
