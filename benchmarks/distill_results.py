@@ -38,6 +38,7 @@ import io
 import shlex
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
@@ -142,6 +143,28 @@ def fastest(bench_csv: str) -> dict:
             "paths": {f"{r['backend']} {r['device']} {r['precision']}": float(r["p50_ms"]) for r in rows}}
 
 
+def path_label(key: str) -> str:
+    """A readable name for one `fgcli bench` path key ("BACKEND DEVICE PRECISION", as `fastest` stores it)."""
+    backend, precision = key.split(" ")[0], key.split(" ")[-1]
+    if backend == "torch":
+        return f"torch eager {precision}"
+    if backend == "openvino":
+        return f"OpenVINO runtime {precision}"
+    if "OpenVINOExecutionProvider" in key:
+        return f"onnxruntime + OpenVINO EP {precision}"
+    if "CPUExecutionProvider" in key:
+        return f"onnxruntime CPU {precision}"
+    return key
+
+
+def fastest_paths(runs: list[dict]) -> str:
+    """Which path was fastest, over a row's seeds: "name" or "name ×2, other ×1"."""
+    counts = Counter(path_label(min(r["latency"]["paths"], key=r["latency"]["paths"].get)) for r in runs)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{label} ×{n}" for label, n in counts.most_common())
+
+
 def latency(best: Path, name: str, ctx: Context) -> dict:
     """`fgcli bench` of one image on every CPU path: the fastest one's median (`latency_ms`) and the others."""
     out = ctx.folder(NAME) / "bench" / f"{name}.csv"
@@ -205,10 +228,9 @@ def table(rows: list[Row], get: Lookup) -> list[str]:
     lines, tests = list(HEADER), {}
     for row, runs in measured_rows(rows, get, NAME, 5, lines):
         tests[row.name] = [r["test"]["top1"] for r in runs]
-        paths = sorted({r["latency"]["path"] for r in runs})
         lines.append(f"| {row.label}: {runs[0]['config']['method']} ({runs[0]['config']['backbone']}) | {len(runs)} | "
                      f"{spread([r['val']['top1'] for r in runs])} | {spread(tests[row.name])} | "
-                     f"{statistics.mean(r['latency_ms'] for r in runs):.2f} ms ({', '.join(paths)}) | "
+                     f"{statistics.mean(r['latency_ms'] for r in runs):.2f} ms ({fastest_paths(runs)}) | "
                      f"{statistics.mean(r['train']['time_s'] for r in runs) / 60:.1f} min |")
     shown = [d for d in DATASETS if any(split_name(r.name) == (d, "distilled") for r in rows)]
     return [*lines, "", *(verdict(d, tests.get(f"{d}-distilled"), tests.get(f"{d}-alone")) for d in shown)]

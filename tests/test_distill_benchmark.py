@@ -23,11 +23,13 @@ def bench():
     return load_benchmark("distill_results")
 
 
-def _summary(row: str, seed: int, test: float, latency: float = 4.0, method: str = "baseline") -> dict:
+def _summary(row: str, seed: int, test: float, latency: float = 4.0, method: str = "baseline",
+             fastest: str = "onnx onnxruntime CPUExecutionProvider fp32") -> dict:
+    paths = {"torch torch cpu fp32": 2 * latency, fastest: latency}
     return {"table": "distill", "row": row, "seed": seed,
             "config": {"method": method, "backbone": "tf_efficientnet_lite0"}, "val": {"top1": test + 1},
             "test": {"top1": test}, "train": {"time_s": 600.0}, "latency_ms": latency,
-            "latency": {"path": "onnx CPU fp32"}, "time_s": 700.0, "cpu": "CPU", "cpus": 2, "threads": 1,
+            "latency": {"path": "onnx CPU fp32", "paths": paths}, "time_s": 700.0, "cpu": "CPU", "cpus": 2, "threads": 1,
             "cpu_shared": False, "date": "2025-03-01T10:00:00+00:00", "command": ["fgcli --quiet train ..."]}
 
 
@@ -108,14 +110,17 @@ def test_the_claim_needs_every_seed_above_the_student_alone(bench) -> None:
 def test_table_rows(bench) -> None:
     rows = [r for r in bench.Plan().rows(False) if r.name.startswith("flowers102")]
     get = _lookup([_summary("flowers102-teacher", s, 83.0 + 2 * s, 12.0 + 2 * s, "herbs") for s in (0, 1, 2)]
-                  + [_summary("flowers102-distilled", s, 80.0 + s) for s in (0, 1, 2)]
+                  + [_summary("flowers102-distilled", s, 80.0 + s, fastest=path)
+                     for s, path in enumerate(["openvino openvino CPU (bf16) bf16"] * 2
+                                              + ["onnx onnxruntime OpenVINOExecutionProvider (bf16) bf16"])]
                   + [_summary("flowers102-alone", s, 76.0 + s) for s in (0, 1, 2)]
                   + [_summary("flowers102-linear_probe", 0, 70.0)])
     lines = bench.table(rows, get)
     assert lines[2] == "| **flowers102** (official splits) |  |  |  |  |  |"
     assert lines[3] == ("| teacher (`herbs_lite0_128`): herbs (tf_efficientnet_lite0) | 3 | 86.00 (84.00-88.00) | "
-                        "85.00 (83.00-87.00) | 14.00 ms (onnx CPU fp32) | 10.0 min |")
+                        "85.00 (83.00-87.00) | 14.00 ms (onnxruntime CPU fp32) | 10.0 min |")
     assert lines[4].startswith("| student, distilled (`baseline_lite0_128`): baseline (tf_efficientnet_lite0) | 3 |")
+    assert "| 4.00 ms (OpenVINO runtime bf16 ×2, onnxruntime + OpenVINO EP bf16 ×1) |" in lines[4]
     assert lines[6] == "| linear probe (`linear_probe_lite0_128`) | missing (seeds 1, 2) |  |  |  |  |"
     assert all(line.count("|") == lines[0].count("|") for line in lines[:7])
     assert lines[7:] == ["", "flowers102: the distilled student beats the student alone: +4.00 points on the mean, "
