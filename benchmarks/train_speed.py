@@ -6,12 +6,16 @@ backward, AdamW step, EMA hook, schedule) trains on the same data; rows take tur
 row: training img/s (median of the rounds), the ratio to the `fp32` row (fp32, contiguous, 1 thread: fgcli's
 CPU default before `train.amp` / `model.channels_last` became measured choices), the achieved GFLOP/s (from
 `torch.utils.flop_counter`: 3x the forward FLOPs) against the CPU's nominal peak at that precision, and the
-start-up time of the row's first step (compile).
+start-up time of the row's first step (compile). `--profile ROW ...` then profiles one more epoch of those rows
+with torch.profiler and prints how the self CPU time splits by op kind (depthwise / other convolutions, batch
+norm, optimizer and EMA, dtype and layout copies, matmuls, activations, elementwise ops, data loading, the
+rest): where a setting's speed-up stops.
 
     python benchmarks/train_speed.py                                 # baseline, herbs, mge at 128 and 224 px
     python benchmarks/train_speed.py --methods baseline --sizes 128 --rows fp32 channels_last auto
     python benchmarks/train_speed.py --emulate avx2                  # PyTorch and oneDNN capped to AVX2, fp32
     python benchmarks/train_speed.py --quick                         # tiny timm model, 2 rows, seconds
+    python benchmarks/train_speed.py --methods baseline --sizes 128 --rows fp32 auto --profile fp32 auto
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class Result:
     threads: int = 1
     batch: int = 0
     paths: str = ""
+    profile: dict[str, float] = field(default_factory=dict)  # op kind -> share of self CPU time (%)
 
     @property
     def rate(self) -> float:
@@ -158,6 +163,49 @@ def flops_per_image(trainer: Any) -> float:
     return 3 * counter.get_total_flops() / 2
 
 
+#: op kinds of a training step's profile, matched in this order on the op's name (depthwise: by weight shape)
+OP_KINDS = [("optimizer + EMA", ("_foreach", "adam", "lerp")), ("batch norm", ("batch_norm",)),
+            ("dtype / layout copies", ("copy_", "_to_copy", "contiguous", "clone")),
+            ("matmul / linear", ("addmm", "matmul", "mm", "linear", "bmm")),
+            ("activations", ("hardtanh", "clamp", "relu", "silu", "gelu", "hardswish", "sigmoid")),
+            ("elementwise", ("aten::add", "aten::mul", "aten::div", "aten::sub", "fill_", "aten::sum")),
+            ("data loading", ("dataloader",))]
+
+
+def is_depthwise(shapes: list[list[int]]) -> bool:
+    """Whether a convolution op's input shapes hold a depthwise weight ([C, 1, k, k], k > 1)."""
+    return any(len(s) == 4 and s[1] == 1 and s[2] == s[3] and s[2] > 1 for s in shapes)
+
+
+def op_kind(name: str, shapes: list[list[int]]) -> str:
+    """The kind of one profiled op: depthwise / other convolution, or one of OP_KINDS, else "other"."""
+    lowered = name.lower()
+    if "conv" in lowered:
+        return "depthwise conv" if is_depthwise(shapes) else "other conv"
+    return next((kind for kind, keys in OP_KINDS if any(k in lowered for k in keys)), "other")
+
+
+def profile_shares(events: list[tuple[str, list[list[int]], float]]) -> dict[str, float]:
+    """(op name, input shapes, self CPU us) per op -> each kind's share of the self CPU time (%), largest first."""
+    totals: dict[str, float] = {}
+    for name, shapes, us in events:
+        kind = op_kind(name, shapes)
+        totals[kind] = totals.get(kind, 0.0) + us
+    whole = sum(totals.values()) or 1.0
+    return {k: round(100 * v / whole, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def profile_epoch(trainer: Any) -> dict[str, float]:
+    """torch.profiler over one epoch (the row's `--steps` batches) of a set-up trainer: shares by op kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        trainer.train_one_epoch(0, None)
+    averages = prof.key_averages(group_by_input_shape=True)
+    return profile_shares([(e.key, [list(s) for s in e.input_shapes or [] if isinstance(s, (list, tuple))],
+                            e.self_cpu_time_total) for e in averages])
+
+
 def physical_cores() -> int:
     from fgcli.cpu import cpu_info
 
@@ -165,8 +213,9 @@ def physical_cores() -> int:
 
 
 def measure(methods: list[str], sizes: list[int], rows: list[Row], data: str, steps: int, rounds: int,
-            quick: bool) -> list[Result]:
-    """Every row of every (method, size), rows taking turns round by round."""
+            quick: bool, profiled: tuple[str, ...] = ()) -> list[Result]:
+    """Every row of every (method, size), rows taking turns round by round; then one profiled epoch of each row
+    named in `profiled`."""
     import torch
 
     from fgcli.console import setup_logging
@@ -196,6 +245,9 @@ def measure(methods: list[str], sizes: list[int], rows: list[Row], data: str, st
                             entries[row.name].startup_s = time.perf_counter() - start
                         else:
                             entries[row.name].rates.append(stats["train_images_per_s"])
+                for name in (n for n in profiled if n in trainers):
+                    torch.set_num_threads(entries[name].threads)
+                    entries[name].profile = profile_epoch(trainers[name])
                 for entry in entries.values():
                     entry.gflop_per_img = flop / 1e9
                     results.append(entry)
@@ -241,6 +293,9 @@ def report(results: list[Result], emulated: str | None) -> str:
     as_dicts = [r.__dict__ | {"rate": r.rate} for r in results]
     for key in dict.fromkeys((r.method, r.size) for r in results):
         lines += block_lines([r for r in as_dicts if (r["method"], r["size"]) == key], fp32_peak, bf16_peak)
+    for r in (r for r in results if r.profile):
+        shares = ", ".join(f"{kind} {share:.1f} %" for kind, share in r.profile.items())
+        lines.append(f"\nprofile of {r.method} {r.size}px {r.row} ({r.paths}; self CPU time): {shares}")
     return "\n".join(lines)
 
 
@@ -296,6 +351,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds; the first is warm-up")
     p.add_argument("--emulate", choices=list(EMULATE), default=None,
                    help="re-run with PyTorch / oneDNN capped to this ISA (rows labelled emulated)")
+    p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS), metavar="ROW",
+                   help="after timing, profile one epoch of these rows: self CPU time by op kind")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="tiny timm model on demo data, rows fp32 and auto")
     return p.parse_args(argv)
@@ -312,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or ("demo" if args.quick or not FLOWERS.is_dir() else str(FLOWERS))
     sizes = [32] if args.quick else args.sizes
     steps, rounds = (2, 2) if args.quick else (args.steps, args.rounds)
-    results = measure(args.methods, sizes, rows, data, steps, rounds, args.quick)
+    results = measure(args.methods, sizes, rows, data, steps, rounds, args.quick, tuple(args.profile))
     text = report(results, emulated)
     print(text)
     print(f"\n{'python benchmarks/train_speed.py ' + ' '.join(argv if argv is not None else sys.argv[1:])}  "

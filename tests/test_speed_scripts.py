@@ -123,7 +123,7 @@ def test_train_speed_quick_prints_every_row_with_its_ratio(capsys, monkeypatch, 
     monkeypatch.setenv("FGCLI_CACHE", str(tmp_path))
     train_speed = _load("train_speed")
     out = tmp_path / "rows.json"
-    assert train_speed.main(["--quick", "--methods", "baseline", "--json", str(out)]) == 0
+    assert train_speed.main(["--quick", "--methods", "baseline", "--json", str(out), "--profile", "auto"]) == 0
     text = capsys.readouterr().out
     assert "CPU: " in text and "nominal peak per core: fp32" in text
     rows = [line for line in text.splitlines() if line.startswith("| baseline | 32 |")]
@@ -132,3 +132,25 @@ def test_train_speed_quick_prints_every_row_with_its_ratio(capsys, monkeypatch, 
     saved = json.loads(out.read_text())
     assert [r["row"] for r in saved] == ["fp32", "auto"] and all(r["rate"] > 0 and r["gflop_per_img"] > 0
                                                                  for r in saved)
+    assert not saved[0]["profile"] and abs(sum(saved[1]["profile"].values()) - 100) < 0.5  # only `auto` profiled
+    assert "other conv" in saved[1]["profile"] and "\nprofile of baseline 32px auto (" in text
+
+
+def test_train_speed_profile_kinds_add_up_by_hand():
+    """A profile's self CPU time by op kind: depthwise convolutions told apart by their weight's shape."""
+    train_speed = _load("train_speed")
+    events = [("aten::convolution_backward", [[16, 32, 8, 8], [16, 32, 8, 8], [32, 1, 3, 3]], 300.0),
+              ("aten::mkldnn_convolution", [[16, 32, 8, 8], [64, 32, 1, 1], [64]], 150.0),
+              ("aten::native_batch_norm", [[16, 32, 8, 8]], 100.0),
+              ("aten::_foreach_mul_", [], 25.0), ("aten::copy_", [[16, 32, 8, 8]], 15.0),
+              ("aten::addmm", [[10], [16, 1280], [1280, 10]], 10.0),
+              ("aten::hardtanh_backward", [[16, 32, 8, 8]], 60.0), ("aten::mul_", [[16, 32, 8, 8]], 30.0),
+              ("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", [], 30.0),
+              ("aten::empty", [[4]], 30.0)]
+    assert train_speed.profile_shares(events) == {"depthwise conv": 40.0, "other conv": 20.0, "batch norm": 13.3,
+                                                  "activations": 8.0, "elementwise": 4.0, "data loading": 4.0,
+                                                  "other": 4.0, "optimizer + EMA": 3.3,
+                                                  "dtype / layout copies": 2.0, "matmul / linear": 1.3}
+    assert train_speed.op_kind("aten::conv2d", [[8, 3, 32, 32], [16, 3, 3, 3]]) == "other conv"
+    assert train_speed.op_kind("aten::relu_", [[8, 3, 32, 32]]) == "activations"
+    assert train_speed.op_kind("aten::empty_strided", [[8, 3]]) == "other"
