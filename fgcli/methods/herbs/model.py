@@ -71,6 +71,7 @@ class Herbs(Method, config=herbs_config):
     """HERBS: high-temperature refinement and background suppression (arXiv 2303.06442)."""
 
     aux_keys = tuple(f"{p}{i}" for p in AUX_PREFIXES for i in range(1, STAGES + 1))
+    auto_bf16 = True  # herbs_lite0_128 on flowers102, seeds 0-1: mean val top-1 85.78 % (bf16) vs 84.66 % (fp32)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
