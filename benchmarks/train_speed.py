@@ -338,7 +338,8 @@ def _render_readme(rows: list[TableRow], get: Lookup) -> list[str]:
 
 TABLES = [Table("train_speed", "Training speed", "each run: `benchmarks/train_speed.py` for one method and size, "
                 "every speed setting trained side by side by fgcli's Trainer on flowers102 (6 batches x 2 rounds per "
-                "setting after a warm-up round)", _readme_rows, _measure_readme, _render_readme)]
+                "setting after a warm-up round; each row's own threads in its column, the `_threads` rows on every "
+                "physical core)", _readme_rows, _measure_readme, _render_readme)]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
