@@ -304,22 +304,50 @@ def _readme_rows(quick: bool) -> list[TableRow]:
     if quick:
         return [TableRow("baseline-32", "baseline, 32 px (toy)")]
     rows = [TableRow(f"{m}-{size}", f"{m}, {size} px") for m in RECIPES for size in (128, 224)]
-    return rows + [TableRow(f"{m}-{size}-avx2", f"{m}, {size} px, emulated AVX2") for m in RECIPES
-                   for size in (128, 224)]
+    return rows + [TableRow(f"{m}-{size}-avx2", f"{m}, {size} px, AVX2") for m in RECIPES for size in (128, 224)]
 
 
 def _measure_readme(row: TableRow, seed: int, ctx: Context) -> dict[str, Any]:
-    method, size, *emulated = row.name.split("-")
+    """One method and size; an `-avx2` row on a CPU above AVX2 caps PyTorch / oneDNN to it (emulated), on an
+    AVX2-only CPU it runs as is (native)."""
+    from fgcli.cpu import cpu_info
+
+    method, size, *isa = row.name.split("-")
     out = ctx.folder("train_speed") / f"{row.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--methods", method, "--json", str(out)]
     cmd += ["--quick"] if ctx.quick else ["--sizes", size]
+    native = cpu_info().isa_class
+    emulated = isa[0] if isa and native.upper() != isa[0].upper() else None
     if emulated:
-        cmd += ["--emulate", emulated[0]]
+        cmd += ["--emulate", emulated]
     run(cmd, ctx.folder("train_speed") / f"{row.name}.txt")
     fp32_peak, bf16_peak = peaks()
-    return {"config": {"method": method, "size": int(size), "emulated": emulated[0] if emulated else None},
+    if emulated:  # the capped CPU's peaks: fp32 at AVX2 width, no native bf16
+        fp32_peak, bf16_peak = _capped_peaks(emulated)
+    return {"config": {"method": method, "size": int(size), "emulated": emulated,
+                       "isa": emulated.upper() if emulated else native},
             "rows": json.loads(out.read_text()), "peaks": {"fp32": fp32_peak, "bf16": bf16_peak}}
+
+
+def _capped_peaks(isa: str) -> tuple[float, float | None]:
+    """The fp32 / bf16 peaks of this CPU once `--emulate isa` caps it."""
+    import dataclasses
+
+    from fgcli.cpu import apply_isa_caps, cpu_info
+
+    info = cpu_info()
+    capped = dataclasses.replace(info, flags=frozenset(apply_isa_caps(set(info.flags), EMULATE[isa])[0]))
+    return capped.fp32_peak_gflops_per_core or 0.0, capped.bf16_peak_gflops_per_core
+
+
+def _isa_label(summary: dict[str, Any]) -> str:
+    """' (AMX)', ' (AVX2)', ' (emulated AVX2)': the CPU class a summary was measured on."""
+    config = summary["config"]
+    if config.get("emulated"):
+        return f" (emulated {config['emulated'].upper()})"
+    isa = config.get("isa") or ("AMX" if "AMX" in summary.get("cpu", "") else None)  # older summaries: no isa
+    return f" ({isa})" if isa else ""
 
 
 def _render_readme(rows: list[TableRow], get: Lookup) -> list[str]:
@@ -330,7 +358,7 @@ def _render_readme(rows: list[TableRow], get: Lookup) -> list[str]:
             lines.append(missing_row(row.label, len(HEADER[1].split("|")) - 3))
             continue
         fp32_peak, bf16_peak = summary["peaks"]["fp32"], summary["peaks"]["bf16"]
-        label = " (emulated AVX2)" if summary["config"]["emulated"] else ""
+        label = _isa_label(summary)
         lines += [line.replace(f"| {row.name.split('-')[0]} |", f"| {row.name.split('-')[0]}{label} |", 1)
                   for line in block_lines(summary["rows"], fp32_peak, bf16_peak)]
     return lines

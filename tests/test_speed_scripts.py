@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from benchkit import load_benchmark as _load
@@ -154,3 +155,32 @@ def test_train_speed_profile_kinds_add_up_by_hand():
     assert train_speed.op_kind("aten::conv2d", [[8, 3, 32, 32], [16, 3, 3, 3]]) == "other conv"
     assert train_speed.op_kind("aten::relu_", [[8, 3, 32, 32]]) == "activations"
     assert train_speed.op_kind("aten::empty_strided", [[8, 3]]) == "other"
+
+
+@pytest.mark.parametrize(("flags", "emulated", "isa"), [
+    ({"avx2", "fma"}, None, "AVX2"),  # an AVX2-only CPU: the -avx2 row runs as is
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "avx2", "AVX2"),  # above AVX2: capped, labelled emulated
+])
+def test_train_speed_avx2_row_is_native_or_emulated_by_the_cpu(monkeypatch, tmp_path, flags, emulated, isa):
+    """The README's `-avx2` rows: measured natively on an AVX2-only CPU, emulated (ISA caps) above it, and the
+    capped peaks are AVX2's (8 fp32 lanes, no bf16) whatever the host."""
+    from fgcli import cpu
+
+    train_speed = _load("train_speed")
+    info = cpu.CpuInfo("Test CPU", frozenset(flags), 2, 2000.0)
+    monkeypatch.setattr(cpu, "cpu_info", lambda: info)
+    commands = []
+
+    def fake_run(cmd, log):
+        commands.append(cmd)
+        Path(cmd[cmd.index("--json") + 1]).write_text("[]")
+
+    monkeypatch.setattr(train_speed, "run", fake_run)
+    ctx = type("Ctx", (), {"quick": False, "folder": lambda self, t: tmp_path / t})()
+    summary = train_speed._measure_readme(train_speed.TableRow("baseline-128-avx2", "x"), 0, ctx)
+    assert ("--emulate" in commands[0]) == (emulated is not None)
+    assert summary["config"] == {"method": "baseline", "size": 128, "emulated": emulated, "isa": isa}
+    assert summary["peaks"] == {"fp32": 2.0 * 2 * 8 * 2, "bf16": None}
+    label = train_speed._isa_label(summary | {"cpu": "Test CPU"})
+    assert label == (" (emulated AVX2)" if emulated else " (AVX2)")
+    assert train_speed._isa_label({"config": {"emulated": None}, "cpu": "Xeon (AVX2, AMX-BF16)"}) == " (AMX)"
