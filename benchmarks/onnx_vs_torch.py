@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import note  # noqa: E402
 from _results import Context, Lookup, Row, Table, missing_row  # noqa: E402
+from int8_results import native_isa_rows, require_native_isa  # noqa: E402
 
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
@@ -224,14 +225,17 @@ def _latency(summary: dict) -> dict[int, dict[str, float]]:
 
 
 def _trained_rows(quick: bool) -> list[Row]:
-    return [Row(name, label, needs=(("flowers102", name), ("int8", name))) for name, label in README_ROWS]
+    rows = [Row(name, label, needs=(("flowers102", name), ("int8", name))) for name, label in README_ROWS]
+    return rows if quick else rows + native_isa_rows(README_ROWS, ("int8",))
 
 
 def _measure_trained(row: Row, seed: int, ctx: Context) -> dict:
     """Time the int8 table's files of the run (made there); profile the batch sizes that miss the speed target."""
+    require_native_isa(row.name)
     folder = ctx.artifact("int8", row.name, seed)
     iters = 2 if ctx.quick else 20
-    note([sys.executable, __file__, "--runs", str(ctx.artifact("flowers102", row.name, seed).parent.parent),
+    note([sys.executable, __file__, "--runs",
+          str(ctx.artifact("flowers102", row.name.partition("-")[0], seed).parent.parent),
           "--work", str(ctx.folder("int8")), "--threads", str(ctx.threads), "--iters", str(iters), "--warmup", "2",
           "--profile"])  # what this does in-process
     latency, img_size, skipped = time_model(folder / "best.onnx", folder / "best.pt", BATCHES, ctx.threads, 2, iters,

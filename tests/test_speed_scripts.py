@@ -184,3 +184,22 @@ def test_train_speed_avx2_row_is_native_or_emulated_by_the_cpu(monkeypatch, tmp_
     label = train_speed._isa_label(summary | {"cpu": "Test CPU"})
     assert label == (" (emulated AVX2)" if emulated else " (AVX2)")
     assert train_speed._isa_label({"config": {"emulated": None}, "cpu": "Xeon (AVX2, AMX-BF16)"}) == " (AMX)"
+
+
+def test_avx2_inference_rows_need_an_avx2_only_cpu(monkeypatch, int8, speed):
+    """The int8 / speed tables' `-avx2` rows: seed 1 (the seed-0 rows keep their model), reuse the flowers102 run
+    and the int8 row of the same name, and refuse to run on a CPU above AVX2 (onnxruntime cannot be capped)."""
+    from fgcli import cpu
+
+    rows = {r.name: r for r in speed._trained_rows(False)}
+    assert rows["herbs-avx2"].seeds == (1,) and rows["herbs"].seeds == (0,)
+    assert rows["herbs-avx2"].needs == (("flowers102", "herbs"), ("int8", "herbs-avx2"))
+    assert {r.name: r.needs for r in int8._rows(False)}["mge_frozen-avx2"] == (("flowers102", "mge_frozen"),)
+    assert [r.name for r in int8._rows(True)] == ["baseline", "herbs", "mge_frozen"]  # --quick: no such rows
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("Xeon", frozenset({"avx2", "avx512f", "amx_bf16"}),
+                                                              2, 2000.0))
+    with pytest.raises(RuntimeError, match="herbs-avx2 is measured on an AVX2-only CPU; this one is AMX"):
+        int8.require_native_isa("herbs-avx2")
+    assert int8.require_native_isa("mge_frozen") == "mge_frozen"
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("EPYC", frozenset({"avx2", "fma"}), 2, 2000.0))
+    assert int8.require_native_isa("mge_frozen-avx2") == "mge_frozen"
