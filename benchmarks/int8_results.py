@@ -52,23 +52,36 @@ from _results import (  # noqa: E402
 VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx", "cpu", None),
             ("openvino f32", "best.onnx", "openvino", "f32"), ("openvino bf16", "best.onnx", "openvino", "bf16"),
             ("openvino int8", "best.int8.onnx", "openvino", "f32")]
+#: where onnxruntime's OpenVINO plugin finds no device (some AMD CPUs) but OpenVINO's own runtime runs: its IR
+IR_VARIANTS = [("openvino f32", "best.xml", None, None)]
+
+
+def openvino_ir_only() -> bool:
+    """OpenVINO runs here through its own runtime (the IR) but not through onnxruntime's plugin."""
+    from fgcli.formats import variant
+    from fgcli.inference import openvino_missing
+
+    ir = variant("openvino", "fp32")
+    return openvino_missing() is not None and ir is not None and ir.missing_runtime() is None
 METHOD_NAMES = {"baseline": "baseline", "herbs": "HERBS", "mge": "MGE-CNN"}
 
 
-def eval_top1(fgcli: list[str], model: Path, data: Path, split: str, provider: str, precision: str | None,
+def eval_top1(fgcli: list[str], model: Path, data: Path, split: str, provider: str | None, precision: str | None,
               out: Path, threads: int) -> float:
-    """`fgcli eval MODEL.onnx` on a split (reused when `out/metrics.json` exists): fused top-1, percent."""
+    """`fgcli eval MODEL` on a split (reused when `out/metrics.json` exists): fused top-1, percent; `provider`:
+    onnxruntime's, for an .onnx MODEL."""
     metrics = out / "metrics.json"
     if not metrics.is_file():
-        cmd = [*fgcli, "eval", str(model), "--data", str(data), "--split", split, "--providers", provider,
-               "--threads", str(threads), "--workers", "1", "--out", str(out)]
+        cmd = [*fgcli, "eval", str(model), "--data", str(data), "--split", split, "--threads", str(threads),
+               "--workers", "1", "--out", str(out)]
+        cmd += ["--providers", provider] if provider else []
         run(cmd + (["--precision", precision] if precision else []), out.with_suffix(".txt"), threads)
     return float(json.loads(metrics.read_text())["top1"])
 
 
 def bench_speedups(text: str) -> dict[str, dict[str, float]]:
     """`fgcli bench --out` CSV -> {"<backend> <precision>": {"1": p50 ms, "8": ...}} (backend: torch / onnx /
-    openvino, the ONNX file on onnxruntime's OpenVINO provider)."""
+    openvino: the ONNX file on onnxruntime's OpenVINO provider, or the IR on OpenVINO's own runtime)."""
     out: dict[str, dict[str, float]] = {}
     for row in csv.DictReader(io.StringIO(text)):
         backend = "openvino" if "OpenVINOExecutionProvider" in row["device"] else row["backend"]
@@ -82,8 +95,10 @@ def ratio(latency: dict[str, dict[str, float]], base: str, other: str, batch: st
     return a / b if a and b else None
 
 
-def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, openvino: bool) -> dict:
-    """One run: export (int8), val and test top-1 per provider, bench; every step reused when done."""
+def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, openvino: bool,
+            ir: bool = False) -> dict:
+    """One run: export (int8), val and test top-1 per provider, bench; every step reused when done. `ir`: also
+    the OpenVINO IR on OpenVINO's own runtime (where the onnxruntime plugin cannot run), as `openvino f32`."""
     name = run_dir.name
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,9 +111,12 @@ def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, ope
         run([*fgcli, "export", str(ckpt), "--onnx", "--int8", "--threads", t, "--calib-images",
              str(args.calib_images), "--calib-method", args.calib_method, "--int8-max-drop", str(args.int8_max_drop)],
             folder / "export.txt", args.threads)
+    if ir and not (folder / "best.xml").is_file():
+        run([*fgcli, "export", str(ckpt), "--format", "openvino", "--threads", t], folder / "export-ir.txt",
+            args.threads)
     meta = int8_metadata(folder / "best.int8.onnx")
     val, test = {}, {}
-    for label, file, provider, precision in VARIANTS:
+    for label, file, provider, precision in VARIANTS + (IR_VARIANTS if ir else []):
         if provider == "openvino" and not openvino:
             continue
         for split, out in (("val", val), ("test", test)):
@@ -106,11 +124,13 @@ def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, ope
                                    folder / "eval" / f"{split}-{label.replace(' ', '-')}", args.threads)
     bench_csv = folder / "bench.csv"
     if not bench_csv.is_file():
-        run([*fgcli, "bench", str(folder / "best.onnx"), "--checkpoint", str(ckpt), "--backends", "torch,onnx",
+        run([*fgcli, "bench", str(folder / "best.onnx"), "--checkpoint", str(ckpt), "--backends",
+             "torch,onnx,openvino" if ir else "torch,onnx",
              "--providers",
              "cpu,openvino" if openvino else "cpu", "--threads", t, "--batch-sizes", "1,8", "--iters",
              str(args.iters), "--warmup", "2", "--out", str(bench_csv)], folder / "bench.txt", args.threads)
-    return {"config": {"run": name, "method": meta.get("method", ""),
+    return {"config": {"run": name, "method": meta.get("method", ""), "openvino": "ir" if ir else
+                       "onnxruntime plugin" if openvino else None,
                        "fp32_first_layers": int(meta.get("fp32_first_layers", 0)),
                        "quantized_layers": meta.get("quantized_layers", ""),
                        "calibration": meta.get("int8_calibration", ""),
@@ -226,7 +246,7 @@ def _measure(row: Row, seed: int, ctx: Context) -> dict:
 
     best = ctx.artifact("flowers102", require_native_isa(row.name), seed)
     return measure(best.parent.parent, ctx.folder("int8"), trained_on(best), settings(ctx.threads, ctx.quick),
-                   openvino_missing() is None)
+                   openvino_missing() is None, openvino_ir_only())
 
 
 def _folder(row: Row, seed: int, ctx: Context) -> Path:
@@ -257,9 +277,9 @@ def main() -> None:
     args = parser.parse_args()
     from fgcli.inference import openvino_missing
 
-    missing = openvino_missing()
+    missing, ir = openvino_missing(), openvino_ir_only()
     if missing:
-        print(f"OpenVINO rows skipped: {missing}")
+        print("OpenVINO: its IR on OpenVINO's own runtime (f32 only)" if ir else f"OpenVINO rows skipped: {missing}")
     results, failures = [], []
     for run_dir in args.runs:
         saved = args.work / "results" / f"{run_dir.name}.json"
@@ -271,7 +291,7 @@ def main() -> None:
             print(f"not measured yet: {run_dir.name}")
             continue
         result = measure_to(saved, {"table": "int8", "row": run_dir.name, "seed": None}, failures, measure, run_dir,
-                            args.work, args.data, args, missing is None, threads=args.threads, quick=False)
+                            args.work, args.data, args, missing is None, ir, threads=args.threads, quick=False)
         if result is not None:
             results.append(result)
             print(f"{run_dir.name}: done ({result['time_s'] / 60:.1f} min)", flush=True)

@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import note  # noqa: E402
 from _results import Context, Lookup, Row, Table, missing_row  # noqa: E402
-from int8_results import native_isa_rows, require_native_isa  # noqa: E402
+from int8_results import native_isa_rows, openvino_ir_only, require_native_isa  # noqa: E402
 
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
@@ -102,7 +102,7 @@ def latencies(rows: list) -> dict[int, dict[str, float]]:
     """Bench rows -> {batch: {path label: p50 ms}} (the first row of each path and batch counts)."""
     out: dict[int, dict[str, float]] = defaultdict(dict)
     for r in rows:
-        backend = "openvino" if "OpenVINOExecutionProvider" in r.device else r.backend  # the EP, not the IR
+        backend = "openvino" if "OpenVINOExecutionProvider" in r.device else r.backend  # the EP, or the IR
         label = PATHS.get((backend, r.precision))
         if label is not None:
             out[r.batch].setdefault(label, r.p50_ms)
@@ -194,7 +194,9 @@ def profile_ops(onnx_path: Path, batch: int, threads: int, img_size: int, runs: 
 def time_model(onnx_path: Path, ckpt: Path, batches: list[int], threads: int, warmup: int, iters: int,
                providers: list[str]) -> tuple[dict[int, dict[str, float]], int, list[str]]:
     """Every CPU path of one model timed side by side: ({batch: {path: p50 ms}}, image size, skipped paths)."""
-    report = bench_model(onnx_path, BenchOptions(backends=["torch", "onnx"], batch_sizes=batches, checkpoint=ckpt,
+    # where onnxruntime's OpenVINO plugin finds no device, OpenVINO's own runtime runs the IR: its `openvino f32`
+    backends = ["torch", "onnx", "openvino"] if "openvino" not in providers and openvino_ir_only() else ["torch", "onnx"]
+    report = bench_model(onnx_path, BenchOptions(backends=backends, batch_sizes=batches, checkpoint=ckpt,
                                                  warmup=warmup, iters=iters, threads=threads, device="cpu",
                                                  providers=providers))
     return latencies(report.rows), report.rows[0].img_size, list(report.skipped)

@@ -203,3 +203,11 @@ def test_avx2_inference_rows_need_an_avx2_only_cpu(monkeypatch, int8, speed):
     assert int8.require_native_isa("mge_frozen") == "mge_frozen"
     monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("EPYC", frozenset({"avx2", "fma"}), 2, 2000.0))
     assert int8.require_native_isa("mge_frozen-avx2") == "mge_frozen"
+
+
+def test_openvino_ir_rows_fill_the_openvino_f32_path(int8):
+    """Where onnxruntime's OpenVINO plugin lists no device, the IR on OpenVINO's own runtime is the `openvino f32`
+    path of both tables (a bench row of backend `openvino`, device `openvino CPU (fp32)`)."""
+    ir_csv = CSV + "openvino,openvino CPU (fp32),1,128,1,20,2.5,3,3,400,fp32,100,1e-6\n"
+    assert int8.bench_speedups(ir_csv)["openvino fp32"] == {"1": 2.5}
+    assert int8.ratio(int8.bench_speedups(ir_csv), "onnx fp32", "openvino fp32", "1") == pytest.approx(1.2)
