@@ -45,6 +45,13 @@ class CpuInfo:
         return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
 
     @property
+    def int8_dot_product(self) -> bool:
+        """VNNI (AVX-512 VNNI, AVX-VNNI) or AMX-INT8: int8 dot products accumulate in 32 bits. Without them (AVX2,
+        AVX-512 alone) onnxruntime's and OpenVINO's u8 x s8 kernels add pairs of products in 16 bits first, which
+        saturates with 8-bit weights (the known accuracy loss that 7-bit weights avoid)."""
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
+
+    @property
     def isa_class(self) -> str:
         """AMX | AVX-512 BF16 | AVX-512 | AVX2 | baseline: the class the README's speed tables are grouped by."""
         if self.has_amx:

@@ -127,6 +127,8 @@ class ExportOptions:
     # int8 losing more than this many top-1 points on the validation split: keep the first weight layers in fp32
     # (1, 2, 4, ... from the input) until it does not; None = quantize once, never search
     int8_max_drop: float | None = 0.5
+    # int8 weights: "8", or "7" (onnxruntime's reduce_range: no 16-bit saturation on CPUs without VNNI)
+    int8_weights: str = "8"
     bench_batches: tuple[int, ...] = (1, 8)
     bench_iters: int = 10
 

@@ -207,6 +207,48 @@ def test_int8_search_judges_on_the_val_split(tmp_path, monkeypatch):
     assert "test" not in read and set(read) == {"train", "val"}  # calibration on train, parity and int8 on val
 
 
+def test_cpus_without_vnni_are_told_their_int8_kernels_can_saturate(monkeypatch):
+    """CPUs without VNNI / AMX-INT8 add two u8 x s8 products in 16 bits: the export says so (8-bit weights stay
+    the default: on flowers102 7-bit weights needed more fp32 layers, see the README)."""
+    from fgcli import cpu
+
+    avx2 = cpu.CpuInfo("EPYC", frozenset({"avx2", "fma"}), 2, 2000.0)
+    vnni = cpu.CpuInfo("Xeon", frozenset({"avx2", "avx512f", "avx512_vnni"}), 2, 2000.0)
+    assert not avx2.int8_dot_product and vnni.int8_dot_product
+    assert cpu.CpuInfo("Core", frozenset({"avx2", "avx_vnni"}), 2, 2000.0).int8_dot_product
+    monkeypatch.setattr(cpu, "cpu_info", lambda: avx2)
+    assert "AVX2, no VNNI / AMX-INT8" in pipeline.saturation_note()
+    monkeypatch.setattr(cpu, "cpu_info", lambda: vnni)
+    assert pipeline.saturation_note() is None
+    assert ExportOptions().int8_weights == "8"
+
+
+def test_7_bit_weights_stay_in_the_reduced_range(fp32_files):
+    """weight_bits=7 (onnxruntime's reduce_range): every int8 weight in [-64, 64]; 8 bits use [-127, 127]."""
+    from onnx import TensorProto, numpy_helper
+
+    calib = [np.random.default_rng(i).standard_normal((4, 3, SIZE, SIZE), dtype=np.float32) for i in range(2)]
+    peaks = {}
+    for bits in (7, 8):
+        quant = quantize_int8(onnx.load(str(fp32_files["baseline"])), calib, "random", weight_bits=bits)
+        weights = [numpy_helper.to_array(t) for t in quant.model.graph.initializer if t.data_type == TensorProto.INT8]
+        assert weights and quant.weight_bits == bits
+        peaks[bits] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert peaks[7] <= 64 < peaks[8] <= 127
+
+
+def test_int8_weights_are_recorded_and_a_bad_value_is_one_line(tmp_path):
+    ckpt = make_checkpoint_file(tmp_path, "baseline")
+    with pytest.raises(UserError, match="--int8-weights 6: choose 8 or 7"):
+        export_checkpoint(ckpt, ExportOptions(int8=True, int8_weights="6"))
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--onnx", "--int8", "--int8-weights", "7", "--no-verify",
+                                      "--calib-images", "4"])
+    assert result.exit_code == 0, result.output
+    int8_file = next(tmp_path.glob("*.int8.onnx"))
+    props = {p.key: p.value for p in onnx.load(str(int8_file)).metadata_props}
+    assert props["int8_weight_bits"] == "7" and "7-bit weights" in " ".join(result.output.split())
+
+
 # -- onnxruntime's chatter goes to fgcli's log (debug), not the terminal ---------------------------------------
 CHATTER = ("Collecting tensor data", "Number of tensors", "histogram bins", "out-of-range", "WARNING:root")
 

@@ -43,6 +43,11 @@ def export_command(
                                              "keep the first weight layers in fp32 (1, 2, 4, ...) until it does "
                                              "not. Never judged on test: refused when the run's data has no val "
                                              "split."),
+    int8_weights: str = typer.Option("8", "--int8-weights", rich_help_panel=_VARIANTS,
+                                     help="int8 weight bits: 8 (default) or 7 (onnxruntime's reduce_range: no "
+                                          "saturation on CPUs without VNNI / AMX-INT8, whose kernels add two "
+                                          "8-bit products in 16 bits; less precise weights). The file is judged on "
+                                          "this CPU's kernels."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
                                 help="Compare each file with torch on the run's validation images (else "
                                      "training images, else random; never test), at its precision's tolerance "
@@ -78,8 +83,8 @@ def export_command(
     formats = ",".join(f for f in (format, "onnx" if onnx else None) if f)  # none: the task says which exist
     result = api.export(checkpoint, options=ExportOptions(
         format=formats, out=out, opset=opset, img_size=img_size, dynamic_batch=dynamic_batch, fp16=fp16, int8=int8,
-        calib_images=calib_images, calib_method=calib_method, int8_max_drop=int8_max_drop, verify=verify, ema=ema,
-        exporter=exporter, providers=providers, threads=threads, calibration=calibration, tta=tta))
+        calib_images=calib_images, calib_method=calib_method, int8_max_drop=int8_max_drop, int8_weights=int8_weights,
+        verify=verify, ema=ema, exporter=exporter, providers=providers, threads=threads, calibration=calibration, tta=tta))
     console.print(_summary(result))
     main = next(iter(result.files.values()))
     console.print(f"next: fgcli predict {main} IMAGES...  |  fgcli eval {main} --data DATA  |  fgcli bench {main}")

@@ -40,6 +40,7 @@ class Int8Report:
     top1_int8: float | None
     agreement: float  # top-1 agreement int8 vs fp32, fraction
     fp32_first: int = 0  # the first weight layers (from the input) kept in fp32, chosen on the validation split
+    weight_bits: int = 8  # 7: reduce_range (CPUs without VNNI)
     tried: list[tuple[int, float]] = field(default_factory=list)  # (fp32_first, top-1 change) of each try
     latency_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> (fp32, int8) median ms
 
@@ -58,7 +59,8 @@ class Int8Report:
         speed = ", ".join(f"{self.speedup(b):.2f}x at batch {b}" for b in self.latency_ms)
         n = self.fp32_first
         kept = f"first {n} weight layer{'s' if n > 1 else ''} fp32; " if n else ""
-        return (f"{self.mode}; {kept}{top1}agreement {100 * self.agreement:.1f}% on {self.num_images} images "
+        bits = "7-bit weights; " if self.weight_bits == 7 else ""
+        return (f"{self.mode}; {bits}{kept}{top1}agreement {100 * self.agreement:.1f}% on {self.num_images} images "
                 f"({self.eval_source}); vs fp32: {speed}")
 
 
@@ -71,9 +73,23 @@ def write_int8(job: ExportJob, out: Path) -> Int8Report:
 
 
 def check_calib_method(opts: ExportOptions) -> None:
-    """--calib-method names one of CALIB_METHODS."""
+    """--calib-method names one of CALIB_METHODS; --int8-weights 8 or 7."""
     if opts.calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {opts.calib_method}: choose one of {', '.join(CALIB_METHODS)}.")
+    if str(opts.int8_weights) not in ("8", "7"):
+        raise UserError(f"--int8-weights {opts.int8_weights}: choose 8 or 7.")
+
+
+def saturation_note() -> str | None:
+    """One line when this CPU's int8 kernels can saturate with 8-bit weights (no VNNI / AMX-INT8), else None."""
+    from fgcli.cpu import cpu_info
+
+    info = cpu_info()
+    if info.int8_dot_product:
+        return None
+    return (f"int8: this CPU ({info.isa_class}, no VNNI / AMX-INT8) adds two u8 x s8 products in 16 bits, which "
+            "8-bit weights can saturate: the int8 file is judged on these kernels, and a file judged on a VNNI CPU "
+            "may lose more accuracy here")
 
 
 def _session(path: Path, opts: ExportOptions) -> Any:
@@ -96,6 +112,9 @@ def check_int8_data(dataset: Any | None, opts: ExportOptions, where: str) -> Non
 def _export_int8(proto: Any, info: ModelInfo, fp32_pred: Any, int8_path: Path, dataset: Any, pre: Preprocess,
                  opts: ExportOptions, where: str, shown: Path | None = None) -> Int8Report:
     calib = _calibration_batches(dataset, pre, opts, where)
+    note = saturation_note()
+    if note:
+        log.info(note)
     scored: dict[str, Any] = {}
     report, keep, tried = None, 0, []
     for keep in _keep_steps(0):
@@ -156,12 +175,12 @@ def _quantize(proto: Any, info: ModelInfo, int8_path: Path, calib: Any, opts: Ex
     from fgcli.formats.onnx.quantize import quantize_int8
 
     quant = quantize_int8(proto, calib.images if calib else None, calib.source if calib else "",
-                          method=opts.calib_method, keep_first=keep_first)
+                          method=opts.calib_method, keep_first=keep_first, weight_bits=int(opts.int8_weights))
     # int8_calibration*: the activation ranges' images and method (`calibration` is the temperature fit's)
     extra = dict(info.extra, quantization=quant.mode, int8_calibration=quant.calibration,
                  int8_calibration_method=opts.calib_method if calib else "",
                  quantized_layers=f"{quant.quantized_layers}/{quant.weight_layers}",
-                 fp32_first_layers=str(quant.fp32_first))
+                 fp32_first_layers=str(quant.fp32_first), int8_weight_bits=str(quant.weight_bits))
     stamp(quant.model, dataclasses.replace(info, precision="int8", extra=extra))
     check_graph(quant.model, "the int8 graph")
     save_model(quant.model, int8_path)
@@ -223,7 +242,8 @@ def _judge_int8(fp32_pred: Any, int8_pred: Any, dataset: Any, pre: Preprocess, o
     return Int8Report(mode=quant.mode, calibration=quant.calibration, quantized_layers=quant.quantized_layers,
                       weight_layers=quant.weight_layers, eval_source=source, num_images=n,
                       top1_fp32=res32.top1 if labelled else None, top1_int8=res8.top1 if labelled else None,
-                      agreement=parity.top1_agreement if parity is not None else 0.0, fp32_first=quant.fp32_first)
+                      agreement=parity.top1_agreement if parity is not None else 0.0, fp32_first=quant.fp32_first,
+                      weight_bits=quant.weight_bits)
 
 
 def _time_pair(fp32_pred: Any, int8_pred: Any, pre: Preprocess, opts: ExportOptions) -> dict[int, tuple[float, float]]:

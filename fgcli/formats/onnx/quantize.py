@@ -52,6 +52,7 @@ class QuantResult:
     weight_layers: int = 0  # all weight layers of the graph
     excluded_nodes: list[str] = field(default_factory=list)
     fp32_first: int = 0  # the first weight layers (from the input) kept in fp32
+    weight_bits: int = 8  # 7: onnxruntime's reduce_range (weights in [-64, 63])
 
 
 class _Reader(CalibrationDataReader):
@@ -76,9 +77,11 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibration_source: str = "",
-                  method: str = "percentile", keep_first: int = 0) -> QuantResult:
+                  method: str = "percentile", keep_first: int = 0, weight_bits: int = 8) -> QuantResult:
     """Quantize an fp32 `onnx.ModelProto`: static QDQ with `calibration` batches, or dynamic without them;
-    `keep_first` weight layers from the input stay fp32 (besides the fp32 islands)."""
+    `keep_first` weight layers from the input stay fp32 (besides the fp32 islands); `weight_bits` 7 keeps the
+    int8 weights in 7 bits (onnxruntime's `reduce_range`), so that CPUs without VNNI, whose kernels add two
+    u8 x s8 products in 16 bits, cannot saturate."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -109,21 +112,23 @@ def quantize_int8(fp32_model: Any, calibration: list[np.ndarray] | None, calibra
                 quantize_static(str(pre), str(out), _Reader(calibration).tracked(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 nodes_to_exclude=excluded,  # every op type the QDQ quantizer supports
-                                calibrate_method=methods[method],
+                                calibrate_method=methods[method], reduce_range=weight_bits == 7,
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
             else:
                 quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                                 reduce_range=weight_bits == 7)
         except Exception as e:
             if mode == "dynamic":
                 raise UserError(f"int8 quantization failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
                                 "Use the fp32 file.") from e
             log.warning(f"static int8 quantization failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                         "falling back to dynamic quantization")
-            return quantize_int8(fp32_model, None, method=method, keep_first=keep_first)
+            return quantize_int8(fp32_model, None, method=method, keep_first=keep_first, weight_bits=weight_bits)
         model = onnx.load(str(out))
     return QuantResult(model=model, mode=mode, calibration=calibration_source if calibration else "",
                        quantized_layers=_count_quantized(model), excluded_nodes=excluded, fp32_first=keep_first,
+                       weight_bits=weight_bits,
                        weight_layers=sum(1 for n in prepared.graph.node if n.op_type in QUANT_OPS))
 
 
