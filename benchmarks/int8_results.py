@@ -13,8 +13,10 @@ itself is never modified) and, all through the CLI:
 Every step's output is kept under `<work>/<run>/` and reused, and the run's summary goes to
 `<work>/results/<run>.json`, so an interrupted benchmark resumes where it stopped when given the same `--work`.
 If any run fails, no table is printed and the exit code is 1. OpenVINO rows are left out (and said so) where
-the plugin is not installed. `benchmarks/readme_results.py --tables int8` measures the seed-0 flowers102 runs of
-the shipped recipes (`TABLE`).
+the plugin is not installed; where the plugin lists no device but OpenVINO's own runtime runs (some AMD CPUs),
+the OpenVINO f32 path is the IR (`fgcli export --format openvino`) on that runtime. `benchmarks/readme_results.py
+--tables int8` measures the seed-0 flowers102 runs of the shipped recipes (`TABLE`), and on an AVX2-only CPU
+its `-avx2` rows (seed 1).
 
     python benchmarks/int8_results.py RUNS/baseline-s0 RUNS/herbs-s0 RUNS/mge_frozen-s0 \\
         --data DATA/flowers102_prepared --work /tmp/int8          # the README table (1 thread)

@@ -3,7 +3,8 @@
 For each model, times with `fgcli bench`'s own code (`fgcli.tasks.bench_formats.bench_model`), on the same inputs and
 thread count, batch 1 and 8: torch eager fp32 on the checkpoint, then on its ONNX export onnxruntime's CPU
 provider (fp32 file and the `export --int8` file beside it) and OpenVINO through onnxruntime (fp32 file at f32
-and bf16, the int8 file) where the plugin is installed. Prints every p50 latency, the fastest CPU path, its
+and bf16, the int8 file) where the plugin is installed (where it lists no device: the IR on OpenVINO's own
+runtime, f32). Prints every p50 latency, the fastest CPU path, its
 speed-up over torch eager fp32 and its top-1 on real test images against fp32, and whether the target holds
 (>= 5x torch eager fp32 with top-1 within 0.5 point of fp32).
 
