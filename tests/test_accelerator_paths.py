@@ -217,6 +217,9 @@ def test_channels_last_gives_the_contiguous_outputs(method) -> None:
         got = model(images.contiguous(memory_format=torch.channels_last))
     assert set(ref) == set(got)
     for key, value in ref.items():
+        if key.startswith("drop"):  # HERBS' dropped tokens: their loss is a mean over them, so their order is
+            # free, and scores tied to ~1e-8 swap places between kernels (seen on an AVX2 CPU): compare as sets
+            value, got[key] = value.sort(dim=1).values, got[key].sort(dim=1).values
         if value.is_floating_point():
             torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
         else:
