@@ -234,11 +234,11 @@ def _trained_rows(quick: bool) -> list[Row]:
 
 def _measure_trained(row: Row, seed: int, ctx: Context) -> dict:
     """Time the int8 table's files of the run (made there); profile the batch sizes that miss the speed target."""
-    require_native_isa(row.name)
+    trained = require_native_isa(row.name)  # the flowers102 row (`herbs-avx2` -> `herbs`)
     folder = ctx.artifact("int8", row.name, seed)
     iters = 2 if ctx.quick else 20
     note([sys.executable, __file__, "--runs",
-          str(ctx.artifact("flowers102", row.name.partition("-")[0], seed).parent.parent),
+          str(ctx.artifact("flowers102", trained, seed).parent.parent),
           "--work", str(ctx.folder("int8")), "--threads", str(ctx.threads), "--iters", str(iters), "--warmup", "2",
           "--profile"])  # what this does in-process
     latency, img_size, skipped = time_model(folder / "best.onnx", folder / "best.pt", BATCHES, ctx.threads, 2, iters,
