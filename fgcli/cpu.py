@@ -75,12 +75,31 @@ class CpuInfo:
 
     @property
     def bf16_peak_gflops_per_core(self) -> float | None:
-        """Nominal bf16 peak of one core: AMX (1024 bf16 FMA per cycle), AVX-512 BF16 (2x fp32), else None."""
+        """Nominal bf16 peak of one core: AMX (1024 bf16 FLOP per cycle: a 16 x 16 x 32 tile product every 16
+        cycles), AVX-512 BF16 (2x fp32), else None."""
         if not self.mhz or not self.native_bf16:
             return None
         if self.has_amx:
-            return self.mhz / 1000 * 1024 * 2
+            return self.mhz / 1000 * 1024
         return 2 * (self.fp32_peak_gflops_per_core or 0.0)
+
+    @property
+    def int8_peak_gops_per_core(self) -> float | None:
+        """Nominal int8 peak of one core (multiplies and adds): AMX-INT8 2048 ops per cycle; VNNI 4x the fp32 peak
+        (four 8-bit products per 32-bit lane, accumulated by one instruction); without VNNI 2x the fp32 peak
+        (`vpmaddubsw` multiplies twice the lanes of an fp32 FMA; the 16-bit sums then need widening, so real
+        kernels reach less). None when the clock is unknown."""
+        fp32 = self.fp32_peak_gflops_per_core
+        if not self.mhz or fp32 is None:
+            return None
+        if "amx_int8" in self.flags:
+            return self.mhz / 1000 * 2048
+        return (4 if self.int8_dot_product else 2) * fp32
+
+    def peaks(self) -> dict[str, float | None]:
+        """The nominal per-core peaks by precision, GFLOP/s (int8: G ops/s): {'fp32', 'bf16', 'int8'}."""
+        return {"fp32": self.fp32_peak_gflops_per_core, "bf16": self.bf16_peak_gflops_per_core,
+                "int8": self.int8_peak_gops_per_core}
 
     def describe(self) -> str:
         """One line: model, class, the flags that matter, cores (and the cap, when emulated)."""

@@ -28,13 +28,13 @@ model name\t: Test Xeon
 cpu MHz\t\t: 2600.000
 physical id\t: 0
 core id\t\t: 0
-flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8 amx_tile
 
 processor\t: 1
 model name\t: Test Xeon
 physical id\t: 0
 core id\t\t: 1
-flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8 amx_tile
 """
 
 
@@ -76,9 +76,20 @@ def test_cpuinfo_is_parsed_and_classified() -> None:
     info = cpu.CpuInfo(model, frozenset(flags), cores, mhz)
     assert info.isa_class == "AMX" and info.native_bf16
     assert info.fp32_peak_gflops_per_core == pytest.approx(2.6 * 2 * 16 * 2)  # 2 FMA x 16 lanes x 2 FLOP
-    assert info.bf16_peak_gflops_per_core == pytest.approx(2.6 * 1024 * 2)
+    assert info.bf16_peak_gflops_per_core == pytest.approx(2.6 * 1024)  # 16 x 16 x 32 MACs / 16 cycles x 2
+    assert info.int8_peak_gops_per_core == pytest.approx(2.6 * 2048)
     assert "AMX" in info.describe() and "2 physical cores" in info.describe()
     assert cpu.parse_cpuinfo("")[1] == set()  # no /proc/cpuinfo: nothing assumed
+
+
+@pytest.mark.parametrize(("flags", "int8_times_fp32"), [({"avx2"}, 2), ({"avx2", "avx_vnni"}, 4),
+                                                          ({"avx2", "avx512f", "avx512_vnni"}, 4)])
+def test_int8_peak_follows_the_dot_product_instructions(flags, int8_times_fp32) -> None:
+    info = cpu.CpuInfo("x", frozenset(flags), 2, 2000.0)
+    assert info.bf16_peak_gflops_per_core is None
+    assert info.int8_peak_gops_per_core == pytest.approx(int8_times_fp32 * info.fp32_peak_gflops_per_core)
+    assert info.peaks()["int8"] == info.int8_peak_gops_per_core
+    assert cpu.CpuInfo("x", frozenset(flags), 2, None).int8_peak_gops_per_core is None
 
 
 @pytest.mark.parametrize(("env", "isa", "bf16"), [
