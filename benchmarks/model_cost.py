@@ -46,10 +46,17 @@ def model_cost(recipe: str, num_classes: int, sets: list[str] | None = None, img
     cfg = resolve_config(recipe=recipe, overrides=[*(sets or []), *fixed])
     size = cfg.data.img_size
     model = build_method(cfg, num_classes).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, size, size))
     params = sum(p.numel() for p in model.parameters())
-    return Cost(label or " ".join([recipe, *(sets or [])]), size, counter.get_total_flops() / 2e9, params / 1e6)
+    return Cost(label or " ".join([recipe, *(sets or [])]), size, forward_gflop(model, size) / 2, params / 1e6)
+
+
+def forward_gflop(model: torch.nn.Module, img_size: int) -> float:
+    """GFLOP of one image through `model`'s forward (eval mode): 2 x the multiply-accumulates of its
+    convolutions and matrix products, as `torch.utils.flop_counter` counts them."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, img_size, img_size))
+    return counter.get_total_flops() / 1e9
 
 
 def table(costs: list[Cost]) -> list[str]:

@@ -6,7 +6,9 @@ provider (fp32 file and the `export --int8` file beside it) and OpenVINO through
 and bf16, the int8 file) where the plugin is installed (where it lists no device: the IR on OpenVINO's own
 runtime, f32). Prints every p50 latency, the fastest CPU path, its
 speed-up over torch eager fp32 and its top-1 on real test images against fp32, and whether the target holds
-(>= 5x torch eager fp32 with top-1 within 0.5 point of fp32).
+(>= 5x torch eager fp32 with top-1 within 0.5 point of fp32); and what torch eager and the fastest path reach:
+the model's forward FLOPs (`torch.utils.flop_counter`) x batch / latency, against this CPU's nominal peak at the
+path's precision (`fgcli.cpu.CpuInfo.peaks`: fp32, bf16, int8) on the threads used.
 
 Models:
 
@@ -27,6 +29,7 @@ random-init paper configurations.
     OMP_NUM_THREADS=1 python benchmarks/onnx_vs_torch.py --runs RUNS/baseline-s0 RUNS/herbs-s0 \\
         RUNS/mge_frozen-s0 --work /tmp/int8 --threads 1 --profile      # the README table
     python benchmarks/onnx_vs_torch.py --backbone resnet50 --img-size 224 --methods baseline mge
+    python benchmarks/onnx_vs_torch.py --add-cost    # FLOPs and peaks into summaries timed before they were kept
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import note  # noqa: E402
-from _results import Context, Lookup, Row, Table, missing_row  # noqa: E402
+from _machine import ISA_FLAGS  # noqa: E402
+from _results import SUMMARIES, Context, Lookup, Row, Table, missing_row  # noqa: E402
 from int8_results import native_isa_rows, openvino_ir_only, require_native_isa  # noqa: E402
+from model_cost import forward_gflop, model_cost  # noqa: E402
 
 from fgcli.config import resolve_config
 from fgcli.engine.checkpoint import make_checkpoint, save_checkpoint
@@ -68,13 +74,19 @@ TARGET_SPEEDUP = 5.0
 TARGET_TOP1 = 0.5
 
 
+def random_model(method: str, backbone: str, img_size: int, classes: int,
+                 sets: list[str] | tuple[str, ...] = ()) -> tuple[Any, torch.nn.Module]:
+    """(config, model in eval mode): `method` on `backbone` at its paper settings, random weights."""
+    cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={img_size}",
+                                    *METHOD_SETS[method], *sets])
+    return cfg, build_method(cfg, classes).eval()
+
+
 def make_checkpoint_file(folder: Path, method: str, backbone: str, img_size: int, classes: int,
                          sets: list[str] | tuple[str, ...] = ()) -> Path:
     """A randomly initialised `method` on `backbone` (with `sets` overrides), saved as an fgcli checkpoint."""
     torch.manual_seed(0)
-    cfg = resolve_config(overrides=[f"method={method}", f"model.backbone={backbone}", f"data.img_size={img_size}",
-                                    *METHOD_SETS[method], *sets])
-    model = build_method(cfg, classes).eval()
+    cfg, model = random_model(method, backbone, img_size, classes, sets)
     pre = Preprocess(img_size=img_size, resize=int(img_size / 0.875), resize_mode="shorter",
                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     names = [f"class_{i:03d}" for i in range(classes)]
@@ -137,17 +149,36 @@ def _accuracy(top1: dict[str, float] | None, path: str) -> str:
     return f"{top1[path]:.2f} ({top1[path] - top1['cpu fp32']:+.2f})"
 
 
+def precision_of(path: str) -> str:
+    """'fp32' | 'bf16' | 'int8': the precision whose peak a path is measured against (an int8 file keeps some
+    layers in fp32; its rate is still set against the int8 peak, the best it could reach)."""
+    return "int8" if "int8" in path else "bf16" if "bf16" in path else "fp32"
+
+
+def achieved(model: dict, path: str, batch: int, ms: float) -> str:
+    """'41.2 (24.6 %)': the model's GFLOP/s on a path (its forward FLOPs x batch / latency) and its share of the
+    CPU's nominal peak at the path's precision on the threads used; '—' where the summary has no FLOP count."""
+    gflop, peaks = model.get("gflop"), model.get("peaks") or {}
+    if not gflop:
+        return "—"
+    rate = gflop * batch / (ms / 1000)
+    peak = peaks.get(precision_of(path))
+    return f"{rate:.1f} ({100 * rate / (peak * model.get('threads', 1)):.1f} %)" if peak else f"{rate:.1f}"
+
+
 def table_lines(models: list[dict], batches: list[int], columns: list[str] = COLUMNS, accuracy: bool = True) -> list[str]:
-    """Markdown: p50 ms of every path, the fastest CPU path and its speed-up; with `accuracy` its val and test
-    top-1 (against fp32) and the target. A model with `missing` set reads `missing`."""
+    """Markdown: p50 ms of every path, the fastest CPU path and its speed-up, torch eager's and the fastest
+    path's GFLOP/s against the CPU's peak; with `accuracy` its val and test top-1 (against fp32) and the target.
+    A model with `missing` set reads `missing`."""
     head = " | ".join(f"{PATH_NAMES[c]} ms" for c in columns)
     extra = (" its val top-1 % (vs fp32) | its test top-1 % (vs fp32) | target (>= "
              f"{TARGET_SPEEDUP:g}x, within {TARGET_TOP1:g} pt) |") if accuracy else ""
-    lines = [f"| model | batch | {head} | fastest CPU path | speed-up vs torch eager |{extra}",
-             "|---|---:|" + "---:|" * len(columns) + "---|---:|" + ("---:|---:|---|" if accuracy else "")]
+    lines = [f"| model | batch | {head} | fastest CPU path | speed-up vs torch eager | torch eager GFLOP/s (% of fp32 "
+             f"peak) | fastest path GFLOP/s (% of its peak) |{extra}",
+             "|---|---:|" + "---:|" * len(columns) + "---|---:|---:|---:|" + ("---:|---:|---|" if accuracy else "")]
     for m in models:
         if m.get("missing"):
-            lines.append(missing_row(m["name"], 1 + len(columns) + 2 + (3 if accuracy else 0)))
+            lines.append(missing_row(m["name"], 1 + len(columns) + 4 + (3 if accuracy else 0)))
             continue
         for batch in batches:
             times = {k: v for k, v in m["latency"].get(batch, {}).items() if k in columns}
@@ -156,7 +187,9 @@ def table_lines(models: list[dict], batches: list[int], columns: list[str] = COL
             v = verdict(times, m.get("top1"))
             cells = " | ".join(f"{times[c]:.1f}" if c in times else "—" for c in columns)
             speed = "—" if v["speedup"] is None else f"{v['speedup']:.2f}×"
-            row = f"| {m['name']} | {batch} | {cells} | {PATH_NAMES[v['fastest']]} | {speed} |"
+            torch_cost = achieved(m, "torch fp32", batch, times["torch fp32"]) if "torch fp32" in times else "—"
+            row = (f"| {m['name']} | {batch} | {cells} | {PATH_NAMES[v['fastest']]} | {speed} | {torch_cost} | "
+                   f"{achieved(m, v['fastest'], batch, times[v['fastest']])} |")
             if accuracy:
                 row += (f" {_accuracy(m.get('val'), v['fastest'])} | {_accuracy(m.get('top1'), v['fastest'])} | "
                         f"{v['note']} |")
@@ -203,6 +236,21 @@ def time_model(onnx_path: Path, ckpt: Path, batches: list[int], threads: int, wa
     return latencies(report.rows), report.rows[0].img_size, list(report.skipped)
 
 
+def checkpoint_gflop(ckpt: Path) -> float:
+    """GFLOP of one image through the checkpoint's fused model (what every path computes)."""
+    from fgcli.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    model, _, preprocess, _ = build_model_from_checkpoint(load_checkpoint(ckpt))
+    return forward_gflop(model, preprocess.img_size)
+
+
+def cpu_peaks() -> dict[str, float | None]:
+    """This CPU's nominal per-core peaks by precision (`fgcli.cpu.CpuInfo.peaks`)."""
+    from fgcli.cpu import cpu_info
+
+    return cpu_info().peaks()
+
+
 def cpu_providers() -> list[str]:
     from fgcli.inference import openvino_missing
 
@@ -246,7 +294,14 @@ def _measure_trained(row: Row, seed: int, ctx: Context) -> dict:
     profile = missed_profiles(folder / "best.onnx", latency, ctx.threads, img_size)
     return {"config": {"run": folder.name, "img_size": img_size, "threads": ctx.threads, "warmup": 2,
                        "iters": iters, "batches": BATCHES, "skipped": skipped},
-            "latency_ms": {str(b): t for b, t in latency.items()}, "profile": profile}
+            "latency_ms": {str(b): t for b, t in latency.items()}, "profile": profile,
+            "gflop_per_img": checkpoint_gflop(folder / "best.pt"), "peaks": cpu_peaks()}
+
+
+def _cost(summary: dict) -> dict:
+    """The FLOP count, peaks and threads of a summary, as `achieved` reads them (absent in older summaries)."""
+    return {"gflop": summary.get("gflop_per_img"), "peaks": summary.get("peaks"),
+            "threads": summary["config"].get("threads", 1)}
 
 
 def _render_trained(rows: list[Row], get: Lookup) -> list[str]:
@@ -258,7 +313,7 @@ def _render_trained(rows: list[Row], get: Lookup) -> list[str]:
             models.append({"name": row.label, "missing": True})
             continue
         models.append({"name": row.label, "latency": _latency(timed), "top1": int8["test"] if int8 else None,
-                       "val": int8["val"] if int8 else None})
+                       "val": int8["val"] if int8 else None, **_cost(timed)})
     return table_lines(models, BATCHES)
 
 
@@ -292,7 +347,8 @@ def _measure_random(row: Row, seed: int, ctx: Context) -> dict:
                                             cpu_providers())
     return {"config": {**spec, "method": row.name, "threads": ctx.threads, "batches": BATCHES, "skipped": skipped},
             "latency_ms": {str(b): t for b, t in latency.items()},
-            "profile": missed_profiles(onnx_path, latency, ctx.threads, img_size)}
+            "profile": missed_profiles(onnx_path, latency, ctx.threads, img_size),
+            "gflop_per_img": checkpoint_gflop(ckpt), "peaks": cpu_peaks()}
 
 
 def _render_random(rows: list[Row], get: Lookup) -> list[str]:
@@ -300,7 +356,7 @@ def _render_random(rows: list[Row], get: Lookup) -> list[str]:
     for row in rows:
         timed = get("speed_random", row.name, row.seeds[0])
         models.append({"name": row.label, "missing": True} if timed is None else
-                      {"name": row.label, "latency": _latency(timed)})
+                      {"name": row.label, "latency": _latency(timed), **_cost(timed)})
     return table_lines(models, BATCHES, RANDOM_COLUMNS, accuracy=False)
 
 
@@ -313,6 +369,65 @@ TABLES = [
           "side by side (p50, batch 1 and 8, 5 calls after 1 warm-up call)", _random_rows, _measure_random,
           _render_random),
 ]
+
+
+FLOWERS102_CLASSES = 102
+
+
+def measured_peaks(cpu: str, summaries: Path = SUMMARIES) -> tuple[dict[str, float | None], str] | None:
+    """(nominal peaks, where from) of the CPU a summary names: this CPU's when it is the one, else derived from a
+    training-speed summary measured natively on a CPU of the same name (its fp32 peak gives the clock); None if
+    neither."""
+    from _machine import cpu_line
+
+    from fgcli.cpu import CpuInfo
+
+    if cpu == cpu_line():
+        return cpu_peaks(), "this CPU"
+    flag_of = {name: flag for flag, name in ISA_FLAGS.items()}
+    for path in sorted((summaries / "train_speed").glob("*.json")):
+        timed = json.loads(path.read_text())
+        if timed.get("cpu") != cpu or timed["config"].get("emulated") or "(" not in cpu:
+            continue
+        flags = {flag_of[n] for n in cpu[cpu.rindex("(") + 1:-1].split(", ") if n in flag_of}
+        if "amx_bf16" in flags:  # every CPU with AMX-BF16 has AMX-INT8 and AVX-512 VNNI too
+            flags |= {"amx_int8", "avx512_vnni"}
+        lanes = 16 if "avx512f" in flags else 8
+        mhz = timed["peaks"]["fp32"] * 1000 / (2 * lanes * 2)
+        return CpuInfo(cpu, frozenset(flags), 1, mhz).peaks(), f"benchmarks/results/train_speed/{path.name}"
+    return None
+
+
+def add_cost(summaries: Path = SUMMARIES) -> list[str]:
+    """Give the `speed` and `speed_random` summaries timed before FLOPs and peaks were recorded both: the FLOPs of
+    the row's model (the flowers102 run's recipe at its size and 102 classes, or the paper configuration; the count
+    does not depend on the weights) and the measuring CPU's peaks (`measured_peaks`). Returns what changed."""
+    from fgcli.io import atomic_write_text
+
+    changed = []
+    for table in ("speed", "speed_random"):
+        for path in sorted((summaries / table).glob("*.json")):
+            summary = json.loads(path.read_text())
+            if summary.get("gflop_per_img") and summary.get("peaks"):
+                continue
+            found = measured_peaks(summary["cpu"], summaries)
+            if found is None:
+                changed.append(f"{table}/{path.name}: no peaks known for {summary['cpu']}")
+                continue
+            cfg = summary["config"]
+            if table == "speed":
+                trained = json.loads((summaries / "flowers102" / f"{summary['row'].split('-')[0]}-s{summary['seed']}"
+                                      ".json").read_text())["config"]
+                gflop = 2 * model_cost(trained["recipe"], FLOWERS102_CLASSES, list(trained.get("sets", [])),
+                                       cfg["img_size"]).gmacs
+            else:
+                _, model = random_model(cfg["method"], cfg["backbone"], cfg["img_size"], cfg["classes"],
+                                        cfg.get("sets", ()))
+                gflop = forward_gflop(model, cfg["img_size"])
+            summary.update(gflop_per_img=gflop, peaks=found[0], peaks_from=found[1])
+            atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
+            changed.append(f"{table}/{path.name}: {gflop:.3f} GFLOP per image, peaks from {found[1]}")
+    return changed
 
 
 def main() -> None:
@@ -329,7 +444,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="op-type profile of every model missing the target")
+    parser.add_argument("--add-cost", action="store_true",
+                        help="only add FLOPs and peaks to the README tables' summaries timed before they were recorded")
     args = parser.parse_args()
+    if args.add_cost:
+        print("\n".join(add_cost()) or "every summary has its FLOPs and peaks")
+        return
     providers = cpu_providers()
     tmp = Path(tempfile.mkdtemp(prefix="fgcli-onnx-vs-torch-"))
     work = args.work or tmp
@@ -349,7 +469,8 @@ def main() -> None:
             latency, img_size, skipped = time_model(onnx_path, ckpt, args.batches, args.threads, args.warmup,
                                                     args.iters, providers)
             models.append({"name": name, "onnx": onnx_path, "latency": latency, "top1": None, "saved": saved_file,
-                           "img_size": img_size})
+                           "img_size": img_size, "gflop": checkpoint_gflop(ckpt), "peaks": cpu_peaks(),
+                           "threads": args.threads})
             for line in skipped:
                 print(f"{name}: skipped {line}")
             print(f"{name}: timed", flush=True)

@@ -115,8 +115,44 @@ def test_speed_table_rows(speed):
     text = speed.table([{"name": "baseline", "latency": latency, "top1": {"cpu fp32": 68.2, "cpu int8": 68.0}}],
                        [1, 8])
     row = text.splitlines()[2]
-    assert row.startswith("| baseline | 1 | 12.0 | 3.0 | 1.5 | — | 2.0 | — | ORT CPU int8 | 8.00× |")
+    assert row.startswith("| baseline | 1 | 12.0 | 3.0 | 1.5 | — | 2.0 | — | ORT CPU int8 | 8.00× | — | — |")
     assert "68.00 (-0.20) | met |" in row and len(text.splitlines()) == 3  # no batch-8 row: not timed
+
+
+def test_speed_table_sets_each_path_against_its_precisions_peak(speed):
+    latency = {1: {"torch fp32": 12.0, "cpu fp32": 3.0, "cpu int8": 1.5}, 8: {"torch fp32": 80.0, "cpu fp32": 16.0}}
+    model = {"name": "m", "latency": latency, "gflop": 0.5, "peaks": {"fp32": 50.0, "bf16": None, "int8": 200.0},
+             "threads": 2}
+    lines = speed.table_lines([model], [1, 8], accuracy=False)
+    # batch 1: torch 0.5 GFLOP / 12 ms = 41.7 GFLOP/s of 2 x 50; int8 0.5 / 1.5 ms = 333.3 of 2 x 200
+    assert lines[2].endswith("| ORT CPU int8 | 8.00× | 41.7 (41.7 %) | 333.3 (83.3 %) |")
+    # batch 8: 8 x 0.5 / 80 ms = 50.0 of 100; fp32 file 8 x 0.5 / 16 ms = 250.0 of 100
+    assert lines[3].endswith("| ORT CPU fp32 | 5.00× | 50.0 (50.0 %) | 250.0 (250.0 %) |")
+    assert [speed.precision_of(p) for p in ("openvino bf16", "openvino int8", "openvino f32")] == ["bf16", "int8",
+                                                                                                  "fp32"]
+
+
+def test_add_cost_fills_old_summaries_from_the_model_and_the_cpu_that_timed_them(speed, tmp_path):
+    cpu = "Test Xeon (AVX2, AVX-512, AVX512-BF16, AMX-BF16)"
+    for table, name, summary in [
+        ("speed", "baseline-s0", {"row": "baseline", "seed": 0, "cpu": cpu, "config": {"img_size": 32}}),
+        ("speed_random", "mge-s0", {"row": "mge", "seed": 0, "cpu": "Unknown CPU (AVX2)",
+                                    "config": {"method": "mge", "backbone": "test_resnet", "img_size": 64,
+                                               "classes": 10}}),
+        ("flowers102", "baseline-s0", {"config": {"recipe": "baseline_lite0_128",
+                                                  "sets": ["model.backbone=test_resnet"]}}),
+        ("train_speed", "baseline-128-s0", {"cpu": cpu, "config": {"emulated": None},
+                                            "peaks": {"fp32": 166.4, "bf16": 1.0}})]:
+        (tmp_path / table).mkdir(exist_ok=True)
+        (tmp_path / table / f"{name}.json").write_text(json.dumps(summary))
+    changed = speed.add_cost(tmp_path)
+    assert changed[1] == "speed_random/mge-s0.json: no peaks known for Unknown CPU (AVX2)"
+    filled = json.loads((tmp_path / "speed" / "baseline-s0.json").read_text())
+    # 166.4 GFLOP/s fp32 on AVX-512 (64 FLOP per cycle) is a 2.6 GHz clock: AMX bf16 1024 / int8 2048 per cycle
+    assert filled["peaks"] == pytest.approx({"fp32": 166.4, "bf16": 2.6 * 1024, "int8": 2.6 * 2048})
+    assert filled["peaks_from"] == "benchmarks/results/train_speed/baseline-128-s0.json"
+    assert filled["gflop_per_img"] > 0 and changed[0].startswith("speed/baseline-s0.json: ")
+    assert speed.add_cost(tmp_path) == [changed[1]]  # filled once
 
 
 def test_train_speed_quick_prints_every_row_with_its_ratio(capsys, monkeypatch, tmp_path):
