@@ -218,18 +218,23 @@ def native_isa_rows(rows: list[tuple[str, str]], needs: tuple[str, ...]) -> list
             for isa, label_isa in NATIVE_ISA_ROWS.items() for name, label in rows]
 
 
+def trained_row(row_name: str) -> str:
+    """The flowers102 row whose run a row measures: `baseline-avx2` -> `baseline`."""
+    return row_name.partition("-")[0]
+
+
 def require_native_isa(row_name: str) -> str:
     """The flowers102 row a row measures (`baseline-avx2` -> `baseline`); a `-avx2` row refuses to run on any
     CPU but an AVX2-only one (emulating it would cap PyTorch, not onnxruntime's MLAS or OpenVINO)."""
     from fgcli.cpu import cpu_info
 
-    base, _, isa = row_name.partition("-")
+    isa = row_name.partition("-")[2]
     if isa:
         have = cpu_info().isa_class
         if have != NATIVE_ISA_ROWS[isa]:
             raise RuntimeError(f"{row_name} is measured on an {NATIVE_ISA_ROWS[isa]}-only CPU; this one is {have}: "
                                "run it on such a machine")
-    return base
+    return trained_row(row_name)
 
 
 def _rows(quick: bool) -> list[Row]:
@@ -253,7 +258,7 @@ def _measure(row: Row, seed: int, ctx: Context) -> dict:
 
 def _folder(row: Row, seed: int, ctx: Context) -> Path:
     """The run's checkpoint copy and its fp32 / int8 files (benchmarks/onnx_vs_torch.py times them)."""
-    run_dir = ctx.artifact("flowers102", row.name.partition("-")[0], seed).parent.parent
+    run_dir = ctx.artifact("flowers102", trained_row(row.name), seed).parent.parent
     return ctx.folder("int8") / run_dir.name
 
 

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files
 from _cli import note  # noqa: E402
 from _machine import ISA_FLAGS  # noqa: E402
 from _results import SUMMARIES, Context, Lookup, Row, Table, missing_row  # noqa: E402
-from int8_results import native_isa_rows, openvino_ir_only, require_native_isa  # noqa: E402
+from int8_results import native_isa_rows, openvino_ir_only, require_native_isa, trained_row  # noqa: E402
 from model_cost import forward_gflop, model_cost  # noqa: E402
 
 from fgcli.config import resolve_config
@@ -392,8 +392,8 @@ def measured_peaks(cpu: str, summaries: Path = SUMMARIES) -> tuple[dict[str, flo
         flags = {flag_of[n] for n in cpu[cpu.rindex("(") + 1:-1].split(", ") if n in flag_of}
         if "amx_bf16" in flags:  # every CPU with AMX-BF16 has AMX-INT8 and AVX-512 VNNI too
             flags |= {"amx_int8", "avx512_vnni"}
-        lanes = 16 if "avx512f" in flags else 8
-        mhz = timed["peaks"]["fp32"] * 1000 / (2 * lanes * 2)
+        per_ghz = CpuInfo(cpu, frozenset(flags), 1, 1000.0).fp32_peak_gflops_per_core or 1.0
+        mhz = 1000 * timed["peaks"]["fp32"] / per_ghz  # the clock that gave the recorded fp32 peak
         return CpuInfo(cpu, frozenset(flags), 1, mhz).peaks(), f"benchmarks/results/train_speed/{path.name}"
     return None
 
@@ -416,7 +416,7 @@ def add_cost(summaries: Path = SUMMARIES) -> list[str]:
                 continue
             cfg = summary["config"]
             if table == "speed":
-                trained = json.loads((summaries / "flowers102" / f"{summary['row'].split('-')[0]}-s{summary['seed']}"
+                trained = json.loads((summaries / "flowers102" / f"{trained_row(summary['row'])}-s{summary['seed']}"
                                       ".json").read_text())["config"]
                 gflop = 2 * model_cost(trained["recipe"], FLOWERS102_CLASSES, list(trained.get("sets", [])),
                                        cfg["img_size"]).gmacs
