@@ -16,7 +16,7 @@ If any run fails, no table is printed and the exit code is 1. OpenVINO rows are 
 the plugin is not installed; where the plugin lists no device but OpenVINO's own runtime runs (some AMD CPUs),
 the OpenVINO f32 path is the IR (`fgcli export --format openvino`) on that runtime. `benchmarks/readme_results.py
 --tables int8` measures the seed-0 flowers102 runs of the shipped recipes (`TABLE`), and on an AVX2-only CPU
-its `-avx2` rows (seed 1).
+its `-avx2` rows (seed 1), on an AVX-512 BF16 one (no AMX) its `-avx512bf16` rows (seed 3).
 
     python benchmarks/int8_results.py RUNS/baseline-s0 RUNS/herbs-s0 RUNS/mge_frozen-s0 \\
         --data DATA/flowers102_prepared --work /tmp/int8          # the README table (1 thread)
@@ -204,18 +204,18 @@ def table(rows: list[Row], get: Lookup) -> list[str]:
     return lines([(row.label, get("int8", row.name, row.seeds[0])) for row in rows])
 
 
-#: the rows measured on a CPU of another class (the seed-1 runs, so that the seed-0 rows keep their model):
+#: the rows measured on a CPU of another class, by row suffix: (its class, the seed of the flowers102 run it
+#: measures: one per class, trained on that CPU, so that the seed-0 rows and the other classes keep their model).
 #: onnxruntime's and OpenVINO's kernels cannot be capped to a lower ISA, so these need such a machine
-NATIVE_ISA_ROWS = {"avx2": "AVX2"}
-NATIVE_ISA_SEED = 1
+NATIVE_ISA_ROWS = {"avx2": ("AVX2", 1), "avx512bf16": ("AVX-512 BF16", 3)}
 
 
 def native_isa_rows(rows: list[tuple[str, str]], needs: tuple[str, ...]) -> list[Row]:
-    """`name-avx2` rows of `rows` ((name, label)): seed 1, measured only on an AVX2-only CPU; `needs`: the
-    tables (besides flowers102) whose same-named row they reuse."""
-    return [Row(f"{name}-{isa}", f"{label}, seed {NATIVE_ISA_SEED}, {label_isa} CPU", seeds=(NATIVE_ISA_SEED,),
+    """`name-avx2` / `name-avx512bf16` rows of `rows` ((name, label)), each at its class's seed and measured only
+    on a CPU of that class; `needs`: the tables (besides flowers102) whose same-named row they reuse."""
+    return [Row(f"{name}-{isa}", f"{label}, seed {seed}, {label_isa} CPU", seeds=(seed,),
                 needs=(("flowers102", name), *((t, f"{name}-{isa}") for t in needs)))
-            for isa, label_isa in NATIVE_ISA_ROWS.items() for name, label in rows]
+            for isa, (label_isa, seed) in NATIVE_ISA_ROWS.items() for name, label in rows]
 
 
 def trained_row(row_name: str) -> str:
@@ -224,15 +224,15 @@ def trained_row(row_name: str) -> str:
 
 
 def require_native_isa(row_name: str) -> str:
-    """The flowers102 row a row measures (`baseline-avx2` -> `baseline`); a `-avx2` row refuses to run on any
-    CPU but an AVX2-only one (emulating it would cap PyTorch, not onnxruntime's MLAS or OpenVINO)."""
+    """The flowers102 row a row measures (`baseline-avx2` -> `baseline`); a row of a CPU class refuses to run on
+    a CPU of any other class (emulating it would cap PyTorch, not onnxruntime's MLAS or OpenVINO)."""
     from fgcli.cpu import cpu_info
 
     isa = row_name.partition("-")[2]
     if isa:
-        have = cpu_info().isa_class
-        if have != NATIVE_ISA_ROWS[isa]:
-            raise RuntimeError(f"{row_name} is measured on an {NATIVE_ISA_ROWS[isa]}-only CPU; this one is {have}: "
+        have, want = cpu_info().isa_class, NATIVE_ISA_ROWS[isa][0]
+        if have != want:
+            raise RuntimeError(f"{row_name} is measured on an {want} CPU (no class above it); this one is {have}: "
                                "run it on such a machine")
     return trained_row(row_name)
 

@@ -14,6 +14,7 @@ rest): where a setting's speed-up stops.
     python benchmarks/train_speed.py                                 # baseline, herbs, mge at 128 and 224 px
     python benchmarks/train_speed.py --methods baseline --sizes 128 --rows fp32 channels_last auto
     python benchmarks/train_speed.py --emulate avx2                  # PyTorch and oneDNN capped to AVX2, fp32
+    python benchmarks/train_speed.py --emulate avx512bf16            # on AMX: oneDNN capped to AVX-512 BF16
     python benchmarks/train_speed.py --quick                         # tiny timm model, 2 rows, seconds
     python benchmarks/train_speed.py --methods baseline --sizes 128 --rows fp32 auto --profile fp32 auto
 """
@@ -40,7 +41,12 @@ from _results import Row as TableRow  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 RECIPES = {"baseline": "baseline_lite0_128", "herbs": "herbs_lite0_128", "mge": "mge_lite0_128"}
-EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+#: the README's CPU classes below AMX, by row suffix: measured natively on such a CPU, emulated on a higher one by
+#: capping PyTorch's and oneDNN's kernels (AVX-512 BF16 below AMX: oneDNN alone, PyTorch's own kernels stay AVX-512)
+ISA_ROWS = {"avx2": "AVX2", "avx512bf16": "AVX-512 BF16"}
+EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+           "avx512bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}}
+ISA_ORDER = ["baseline", "AVX2", "AVX-512", "AVX-512 BF16", "AMX"]  # CpuInfo.isa_class, lowest first
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ ROWS = {
     "auto_threads_workers1": Row("auto_threads_workers1", (), threads=0, workers=1),
 }
 DEFAULT_ROWS = list(ROWS)
-EMULATED_ROWS = ["fp32", "channels_last", "compile", "auto", "auto_threads"]
+#: rows an emulated run measures by default (capped to AVX2, bf16 is emulated: its rows would only time that)
+EMULATED_ROWS = {"avx2": ["fp32", "channels_last", "compile", "auto", "auto_threads"], "avx512bf16": DEFAULT_ROWS}
 
 
 @dataclass
@@ -304,12 +311,13 @@ def _readme_rows(quick: bool) -> list[TableRow]:
     if quick:
         return [TableRow("baseline-32", "baseline, 32 px (toy)")]
     rows = [TableRow(f"{m}-{size}", f"{m}, {size} px") for m in RECIPES for size in (128, 224)]
-    return rows + [TableRow(f"{m}-{size}-avx2", f"{m}, {size} px, AVX2") for m in RECIPES for size in (128, 224)]
+    return rows + [TableRow(f"{m}-{size}-{isa}", f"{m}, {size} px, {label}")
+                   for isa, label in ISA_ROWS.items() for m in RECIPES for size in (128, 224)]
 
 
 def _measure_readme(row: TableRow, seed: int, ctx: Context) -> dict[str, Any]:
-    """One method and size; an `-avx2` row on a CPU above AVX2 caps PyTorch / oneDNN to it (emulated), on an
-    AVX2-only CPU it runs as is (native)."""
+    """One method and size; a row of a CPU class (`-avx2`, `-avx512bf16`) runs as is on a CPU of that class
+    (native), caps PyTorch / oneDNN to it on a higher one (emulated), and refuses a lower one."""
     from fgcli.cpu import cpu_info
 
     method, size, *isa = row.name.split("-")
@@ -318,7 +326,10 @@ def _measure_readme(row: TableRow, seed: int, ctx: Context) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--methods", method, "--json", str(out)]
     cmd += ["--quick"] if ctx.quick else ["--sizes", size]
     native = cpu_info().isa_class
-    emulated = isa[0] if isa and native.upper() != isa[0].upper() else None
+    emulated = isa[0] if isa and native != ISA_ROWS[isa[0]] else None
+    if emulated and ISA_ORDER.index(native) < ISA_ORDER.index(ISA_ROWS[emulated]):
+        raise RuntimeError(f"{row.name} needs a CPU with {ISA_ROWS[emulated]} (or above, emulated); this one is "
+                           f"{native}: run it on such a machine")
     if emulated:
         cmd += ["--emulate", emulated]
     run(cmd, ctx.folder("train_speed") / f"{row.name}.txt")
@@ -326,7 +337,7 @@ def _measure_readme(row: TableRow, seed: int, ctx: Context) -> dict[str, Any]:
     if emulated:  # the capped CPU's peaks: fp32 at AVX2 width, no native bf16
         fp32_peak, bf16_peak = _capped_peaks(emulated)
     return {"config": {"method": method, "size": int(size), "emulated": emulated,
-                       "isa": emulated.upper() if emulated else native},
+                       "isa": ISA_ROWS[emulated] if emulated else native},
             "rows": json.loads(out.read_text()), "peaks": {"fp32": fp32_peak, "bf16": bf16_peak}}
 
 
@@ -345,7 +356,7 @@ def _isa_label(summary: dict[str, Any]) -> str:
     """' (AMX)', ' (AVX2)', ' (emulated AVX2)': the CPU class a summary was measured on."""
     config = summary["config"]
     if config.get("emulated"):
-        return f" (emulated {config['emulated'].upper()})"
+        return f" (emulated {ISA_ROWS[config['emulated']]})"
     isa = config.get("isa") or ("AMX" if "AMX" in summary.get("cpu", "") else None)  # older summaries: no isa
     return f" ({isa})" if isa else ""
 
@@ -393,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, FGCLI_EMULATED=args.emulate, **EMULATE[args.emulate])
         return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
     emulated = os.environ.get("FGCLI_EMULATED")
-    names = args.rows or (["fp32", "auto"] if args.quick else EMULATED_ROWS if emulated else DEFAULT_ROWS)
+    names = args.rows or (["fp32", "auto"] if args.quick else EMULATED_ROWS[emulated] if emulated else DEFAULT_ROWS)
     rows = [ROWS[n] for n in names]
     data = args.data or ("demo" if args.quick or not FLOWERS.is_dir() else str(FLOWERS))
     sizes = [32] if args.quick else args.sizes

@@ -193,13 +193,21 @@ def test_train_speed_profile_kinds_add_up_by_hand():
     assert train_speed.op_kind("aten::empty_strided", [[8, 3]]) == "other"
 
 
-@pytest.mark.parametrize(("flags", "emulated", "isa"), [
-    ({"avx2", "fma"}, None, "AVX2"),  # an AVX2-only CPU: the -avx2 row runs as is
-    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "avx2", "AVX2"),  # above AVX2: capped, labelled emulated
+AVX2_PEAKS = {"fp32": 2.0 * 2 * 8 * 2, "bf16": None}  # 2 GHz: 8 fp32 lanes, no bf16
+AVX512_BF16_PEAKS = {"fp32": 2.0 * 2 * 16 * 2, "bf16": 2 * 2.0 * 2 * 16 * 2}  # 16 lanes; bf16 2x, not AMX's
+AMX = {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+
+
+@pytest.mark.parametrize(("row", "flags", "emulated", "isa", "peaks"), [
+    ("avx2", {"avx2", "fma"}, None, "AVX2", AVX2_PEAKS),  # an AVX2-only CPU: the -avx2 row runs as is
+    ("avx2", AMX, "avx2", "AVX2", AVX2_PEAKS),  # above AVX2: capped, labelled emulated
+    ("avx512bf16", {"avx2", "avx512f", "avx512_bf16"}, None, "AVX-512 BF16", AVX512_BF16_PEAKS),  # e.g. Zen 4/5
+    ("avx512bf16", AMX, "avx512bf16", "AVX-512 BF16", AVX512_BF16_PEAKS),  # oneDNN capped below AMX
 ])
-def test_train_speed_avx2_row_is_native_or_emulated_by_the_cpu(monkeypatch, tmp_path, flags, emulated, isa):
-    """The README's `-avx2` rows: measured natively on an AVX2-only CPU, emulated (ISA caps) above it, and the
-    capped peaks are AVX2's (8 fp32 lanes, no bf16) whatever the host."""
+def test_train_speed_isa_row_is_native_or_emulated_by_the_cpu(monkeypatch, tmp_path, row, flags, emulated, isa,
+                                                             peaks):
+    """The README's rows of a CPU class (`-avx2`, `-avx512bf16`): measured natively on a CPU of that class,
+    emulated (ISA caps) above it, and the capped peaks are the class's whatever the host."""
     from fgcli import cpu
 
     train_speed = _load("train_speed")
@@ -213,18 +221,32 @@ def test_train_speed_avx2_row_is_native_or_emulated_by_the_cpu(monkeypatch, tmp_
 
     monkeypatch.setattr(train_speed, "run", fake_run)
     ctx = type("Ctx", (), {"quick": False, "folder": lambda self, t: tmp_path / t})()
-    summary = train_speed._measure_readme(train_speed.TableRow("baseline-128-avx2", "x"), 0, ctx)
-    assert ("--emulate" in commands[0]) == (emulated is not None)
+    summary = train_speed._measure_readme(train_speed.TableRow(f"baseline-128-{row}", "x"), 0, ctx)
+    cmd = commands[0]
+    assert (cmd[cmd.index("--emulate") + 1] if "--emulate" in cmd else None) == emulated
     assert summary["config"] == {"method": "baseline", "size": 128, "emulated": emulated, "isa": isa}
-    assert summary["peaks"] == {"fp32": 2.0 * 2 * 8 * 2, "bf16": None}
+    assert summary["peaks"] == peaks
     label = train_speed._isa_label(summary | {"cpu": "Test CPU"})
-    assert label == (" (emulated AVX2)" if emulated else " (AVX2)")
+    assert label == (f" (emulated {isa})" if emulated else f" ({isa})")
     assert train_speed._isa_label({"config": {"emulated": None}, "cpu": "Xeon (AVX2, AMX-BF16)"}) == " (AMX)"
 
 
-def test_avx2_inference_rows_need_an_avx2_only_cpu(monkeypatch, int8, speed):
-    """The int8 / speed tables' `-avx2` rows: seed 1 (the seed-0 rows keep their model), reuse the flowers102 run
-    and the int8 row of the same name, and refuse to run on a CPU above AVX2 (onnxruntime cannot be capped)."""
+def test_train_speed_isa_row_refuses_a_lower_cpu(monkeypatch, tmp_path):
+    """An `-avx512bf16` row cannot be emulated on an AVX2-only CPU: it says which CPU it needs."""
+    from fgcli import cpu
+
+    train_speed = _load("train_speed")
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("EPYC", frozenset({"avx2", "fma"}), 2, 2000.0))
+    monkeypatch.setattr(train_speed, "run", lambda cmd, log: pytest.fail("ran on a CPU below the row's class"))
+    ctx = type("Ctx", (), {"quick": False, "folder": lambda self, t: tmp_path / t})()
+    with pytest.raises(RuntimeError, match="herbs-224-avx512bf16 needs a CPU with AVX-512 BF16 .*this one is AVX2"):
+        train_speed._measure_readme(train_speed.TableRow("herbs-224-avx512bf16", "x"), 0, ctx)
+
+
+def test_isa_inference_rows_need_a_cpu_of_their_class(monkeypatch, int8, speed):
+    """The int8 / speed tables' `-avx2` / `-avx512bf16` rows: seeds 1 / 3 (the seed-0 rows keep their model), reuse
+    the flowers102 run and the int8 row of the same name, and refuse any other CPU class (onnxruntime cannot be
+    capped)."""
     from fgcli import cpu
 
     rows = {r.name: r for r in speed._trained_rows(False)}
@@ -234,11 +256,18 @@ def test_avx2_inference_rows_need_an_avx2_only_cpu(monkeypatch, int8, speed):
     assert [r.name for r in int8._rows(True)] == ["baseline", "herbs", "mge_frozen"]  # --quick: no such rows
     monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("Xeon", frozenset({"avx2", "avx512f", "amx_bf16"}),
                                                               2, 2000.0))
-    with pytest.raises(RuntimeError, match="herbs-avx2 is measured on an AVX2-only CPU; this one is AMX"):
+    with pytest.raises(RuntimeError, match="herbs-avx2 is measured on an AVX2 CPU .*; this one is AMX"):
         int8.require_native_isa("herbs-avx2")
     assert int8.require_native_isa("mge_frozen") == "mge_frozen"
     monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("EPYC", frozenset({"avx2", "fma"}), 2, 2000.0))
     assert int8.require_native_isa("mge_frozen-avx2") == "mge_frozen"
+    with pytest.raises(RuntimeError, match="baseline-avx512bf16 is measured on an AVX-512 BF16 CPU"):
+        int8.require_native_isa("baseline-avx512bf16")
+    assert rows["herbs-avx512bf16"].seeds == (3,)
+    assert rows["herbs-avx512bf16"].needs == (("flowers102", "herbs"), ("int8", "herbs-avx512bf16"))
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("EPYC 9005", frozenset({"avx2", "avx512f",
+                                                                                     "avx512_bf16"}), 2, 2000.0))
+    assert int8.require_native_isa("herbs-avx512bf16") == "herbs"
 
 
 def test_openvino_ir_rows_fill_the_openvino_f32_path(int8):
