@@ -56,6 +56,14 @@ VARIANTS = [("cpu fp32", "best.onnx", "cpu", None), ("cpu int8", "best.int8.onnx
             ("openvino int8", "best.int8.onnx", "openvino", "f32")]
 #: where onnxruntime's OpenVINO plugin finds no device (some AMD CPUs) but OpenVINO's own runtime runs: its IR
 IR_VARIANTS = [("openvino f32", "best.xml", None, None)]
+IR_BF16 = ("openvino bf16", "best.xml", None, "bf16")  # the IR at bf16, on a CPU with AVX-512 BF16 / AMX
+
+
+def ir_variants() -> list[tuple[str, str, str | None, str | None]]:
+    """The IR's variants on this CPU: f32, and bf16 where the CPU computes it natively (as `fgcli bench` times)."""
+    from fgcli.inference import bf16_supported
+
+    return IR_VARIANTS + ([IR_BF16] if bf16_supported() else [])
 
 
 def openvino_ir_only() -> bool:
@@ -100,7 +108,8 @@ def ratio(latency: dict[str, dict[str, float]], base: str, other: str, batch: st
 def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, openvino: bool,
             ir: bool = False) -> dict:
     """One run: export (int8), val and test top-1 per provider, bench; every step reused when done. `ir`: also
-    the OpenVINO IR on OpenVINO's own runtime (where the onnxruntime plugin cannot run), as `openvino f32`."""
+    the OpenVINO IR on OpenVINO's own runtime (where the onnxruntime plugin cannot run), as `openvino f32` (and
+    `openvino bf16` on a CPU with AVX-512 BF16 / AMX)."""
     name = run_dir.name
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +127,7 @@ def measure(run_dir: Path, work: Path, data: Path, args: argparse.Namespace, ope
             args.threads)
     meta = int8_metadata(folder / "best.int8.onnx")
     val, test = {}, {}
-    for label, file, provider, precision in VARIANTS + (IR_VARIANTS if ir else []):
+    for label, file, provider, precision in VARIANTS + (ir_variants() if ir else []):
         if provider == "openvino" and not openvino:
             continue
         for split, out in (("val", val), ("test", test)):

@@ -276,3 +276,19 @@ def test_openvino_ir_rows_fill_the_openvino_f32_path(int8):
     ir_csv = CSV + "openvino,openvino CPU (fp32),1,128,1,20,2.5,3,3,400,fp32,100,1e-6\n"
     assert int8.bench_speedups(ir_csv)["openvino fp32"] == {"1": 2.5}
     assert int8.ratio(int8.bench_speedups(ir_csv), "onnx fp32", "openvino fp32", "1") == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(("flags", "labels"), [
+    ({"avx2", "fma"}, ["openvino f32"]),
+    ({"avx2", "avx512f", "avx512_bf16"}, ["openvino f32", "openvino bf16"]),
+])
+def test_openvino_ir_is_also_judged_at_bf16_where_the_cpu_has_it(monkeypatch, int8, flags, labels):
+    """On a CPU with native bf16, `fgcli bench` times the IR at bf16 too; the int8 table must then evaluate that
+    path (`--precision bf16` on the .xml) so the Speed table's fastest path has its accuracy beside it."""
+    from fgcli import cpu
+
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("CPU", frozenset(flags), 2, 2000.0))
+    variants = int8.ir_variants()
+    assert [v[0] for v in variants] == labels
+    assert all(v[1] == "best.xml" and v[2] is None for v in variants)
+    assert [v[3] for v in variants][1:] == (["bf16"] if len(labels) > 1 else [])
