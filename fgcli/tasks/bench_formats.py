@@ -19,7 +19,7 @@ from fgcli.errors import UserError
 from fgcli.formats import ExportJob, ModelFormat, families, format_of, list_formats, resolve, variant
 from fgcli.inference import PRECISIONS, OnnxPredictor, Predictor, TorchPredictor
 from fgcli.options import BenchOptions, ExportOptions, LoadOptions
-from fgcli.parity import Parity, compare_probs, failure, on_gpu
+from fgcli.parity import Parity, compare_probs, failure, on_gpu, unstable_rows
 from fgcli.timing import BenchRow, bench_predictor
 
 #: random inputs for the parity check when no --images are given
@@ -362,6 +362,7 @@ def _run_targets(targets: Sequence[_Target], report: BenchReport, batch_sizes: S
     from fgcli.inference import softmax
 
     reference: np.ndarray | None = None
+    reference_fn: Callable[[np.ndarray], np.ndarray] | None = None  # kept to probe images at a discrete decision
     inputs: np.ndarray | None = None
     for target in targets:
         if progress is not None:
@@ -372,14 +373,23 @@ def _run_targets(targets: Sequence[_Target], report: BenchReport, batch_sizes: S
             report.reference = target.label
         probs = softmax(predictor(inputs)[0]).astype(np.float64)
         if reference is None:
-            reference = probs
-        parity = compare_probs(reference, probs, report.parity_inputs)
+            reference, reference_fn = probs, _probs_of(predictor)
+        aside = unstable_rows(reference_fn, inputs, reference, probs) if target.precision == "fp32" else None
+        parity = compare_probs(reference, probs, report.parity_inputs, aside)
+        if parity.unstable:
+            report.notes.append(f"{target.label}: {parity.line()}")
         if getattr(predictor, "mixed", False):
             report.notes.append(f"{target.label}: {predictor.placement_line()}")  # type: ignore[attr-defined]
         for row in bench_predictor(predictor, batch_sizes, size, threads, warmup, iters, progress=progress):
             report.rows.append(replace(row, backend=target.backend, precision=target.precision,
                                        agreement=100.0 * parity.top1_agreement, max_dprob=parity.max_abs_dprob))
         del predictor
+
+
+def _probs_of(predictor: Predictor) -> Callable[[np.ndarray], np.ndarray]:
+    from fgcli.inference import softmax
+
+    return lambda batch: softmax(predictor(batch)[0]).astype(np.float64)
 
 
 def check_parity(rows: Sequence[BenchRow], min_agreement: float | None = None) -> list[str]:

@@ -290,7 +290,8 @@ def _input_size(model: Any, pre: Preprocess, requested: int | None) -> int:
 
 def _verify(torch_pred: Any, pred: Any, samples: Any, fmt: ModelFormat, path: Path) -> Parity:
     """The exported file's probabilities against the torch model's, on the same inputs."""
-    parity = compare(lambda x: torch_pred(x)[1], lambda x: pred(x)[1], samples.stacked(), samples.source)
+    parity = compare(lambda x: torch_pred(x)[1], lambda x: pred(x)[1], samples.stacked(), samples.source,
+                     exact=fmt.precision == "fp32")
     log.info(f"verify {fmt.name}: {parity.line()}")
     check(parity, fmt.precision, str(path), hint="try --exporter torchscript, or report it with --debug."
           if fmt.precision == "fp32" else "", gpu=on_gpu(pred.device))
