@@ -127,15 +127,19 @@ def test_auto_picks_bf16_on_a_bf16_cpu_only_when_measured_faster(on_cpu) -> None
 
 
 def test_auto_bf16_only_for_methods_whose_accuracy_was_checked(on_cpu) -> None:
+    unchecked = tiny_method("mge")
+    unchecked.auto_bf16 = False  # Method's default: a method (e.g. a plugin's) whose bf16 accuracy is unchecked
     calls = on_cpu(AMX, {"fp32 + channels_last": 30.0, "fp32 + contiguous": 20.0})
-    plan = plan_speed(config(method="mge"), CPU, tiny_method("mge"), 32, 3)
+    plan = plan_speed(config(method="mge"), CPU, unchecked, 32, 3)
     assert calls == [["fp32 + contiguous", "fp32 + channels_last"]] and plan.amp_dtype is None
     assert any("not yet shown equal to fp32 for mge" in r for r in plan.reasons)
-    plan = plan_speed(config("train.amp=true", method="mge"), CPU, tiny_method("mge"), 32, 3)
+    plan = plan_speed(config("train.amp=true", method="mge"), CPU, unchecked, 32, 3)
     assert plan.amp_dtype is torch.bfloat16  # asked for: honoured
-    calls.clear()  # HERBS passed the check (README "bf16 and accuracy"): auto measures its bf16 candidates too
-    plan_speed(config(*HERBS_TINY, method="herbs"), CPU, tiny_method("herbs", *HERBS_TINY), 32, 3)
-    assert len(calls[0]) == 4 and any("bf16" in label for label in calls[0])
+    # every shipped method passed the check (README "bf16 and accuracy"): auto measures its bf16 candidates too
+    for name, sets in (("herbs", HERBS_TINY), ("mge", ())):
+        calls.clear()
+        plan_speed(config(*sets, method=name), CPU, tiny_method(name, *sets), 32, 3)
+        assert len(calls[0]) == 4 and any("bf16" in label for label in calls[0]), name
 
 
 def test_choose_keeps_the_plain_setting_below_the_noise_margin() -> None:

@@ -87,6 +87,7 @@ class MGE(Method, config=mge_config):
 
     aux_keys = ("gate_weights", "boxes")
     default_backbone_lr_scale = 0.1  # paper: backbones 1e-3, heads 1e-2
+    auto_bf16 = True  # mge_lite0_128 on flowers102, seeds 0-1: mean val top-1 83.53 % (bf16) vs 83.58 % (fp32)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
