@@ -106,7 +106,7 @@ def test_list_gives_rows_seeds_and_cpu_time(rr, tmp_path, monkeypatch, capsys):
     assert "mge                      seeds 0,1,2,3,4  measured 4/5  ≈ 10.0 min per run" in out
     assert "flowers102: README" in out and "herbs                    seeds 0,1,2      measured 0/3  ≈ 14.0 min" in out
     assert "flowers102/baseline" not in out.split("flowers102: README")[1].split("int8:")[0]  # only the chosen row
-    assert "int8: README \"int8 on real models\", 6 runs, 0 measured, CPU time left unknown" in out
+    assert "int8: README \"int8 on real models\", 9 runs, 0 measured, CPU time left unknown" in out
     assert "(uses flowers102/herbs)" in out
 
 
