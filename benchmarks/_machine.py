@@ -10,6 +10,10 @@ from time import monotonic
 
 #: /proc/cpuinfo flag -> how the tables name it (the instruction sets that select different CPU kernels)
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+#: the README's CPU classes below AMX, by row suffix (`baseline-128-avx2`): `fgcli.cpu.CpuInfo.isa_class` names
+ISA_ROWS = {"avx2": "AVX2", "avx512bf16": "AVX-512 BF16"}
+#: CpuInfo.isa_class's classes, lowest first (a row may be emulated on a CPU of a higher class, never a lower one)
+ISA_ORDER = ["baseline", "AVX2", "AVX-512", "AVX-512 BF16", "AMX"]
 #: mean cores used by other work during a run from which the run counts as sharing the CPU
 SHARED_LOAD = 0.25
 

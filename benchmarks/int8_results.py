@@ -36,6 +36,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import run  # noqa: E402
+from _machine import ISA_ROWS  # noqa: E402
 from _results import (  # noqa: E402
     Context,
     Lookup,
@@ -216,7 +217,8 @@ def table(rows: list[Row], get: Lookup) -> list[str]:
 #: the rows measured on a CPU of another class, by row suffix: (its class, the seed of the flowers102 run it
 #: measures: one per class, trained on that CPU, so that the seed-0 rows and the other classes keep their model).
 #: onnxruntime's and OpenVINO's kernels cannot be capped to a lower ISA, so these need such a machine
-NATIVE_ISA_ROWS = {"avx2": ("AVX2", 1), "avx512bf16": ("AVX-512 BF16", 3)}
+NATIVE_ISA_SEEDS = {"avx2": 1, "avx512bf16": 3}
+NATIVE_ISA_ROWS = {isa: (ISA_ROWS[isa], seed) for isa, seed in NATIVE_ISA_SEEDS.items()}
 
 
 def native_isa_rows(rows: list[tuple[str, str]], needs: tuple[str, ...]) -> list[Row]:

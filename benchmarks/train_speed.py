@@ -35,18 +35,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 from _cli import run  # noqa: E402
+from _machine import ISA_ORDER, ISA_ROWS  # noqa: E402
 from _results import Context, Lookup, Table, missing_row  # noqa: E402
 from _results import Row as TableRow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS = ROOT.parent / "shared" / "data" / "flowers102"
 RECIPES = {"baseline": "baseline_lite0_128", "herbs": "herbs_lite0_128", "mge": "mge_lite0_128"}
-#: the README's CPU classes below AMX, by row suffix: measured natively on such a CPU, emulated on a higher one by
-#: capping PyTorch's and oneDNN's kernels (AVX-512 BF16 below AMX: oneDNN alone, PyTorch's own kernels stay AVX-512)
-ISA_ROWS = {"avx2": "AVX2", "avx512bf16": "AVX-512 BF16"}
+#: each ISA_ROWS class measured natively on such a CPU, emulated on a higher one by capping PyTorch's and oneDNN's
+#: kernels (AVX-512 BF16 below AMX: oneDNN alone, PyTorch's own kernels stay AVX-512)
 EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
            "avx512bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}}
-ISA_ORDER = ["baseline", "AVX2", "AVX-512", "AVX-512 BF16", "AMX"]  # CpuInfo.isa_class, lowest first
 
 
 @dataclass(frozen=True)
