@@ -130,8 +130,21 @@ def test_ctrl_c_mid_trial_then_rerun_resumes_it_from_its_last_pt(tmp_path: Path,
     assert fgcli.tune("baseline", "demo", **args).ran_here == 0
 
 
-def test_a_budget_starts_no_trial_after_it_is_spent(tmp_path: Path) -> None:
-    result = fgcli.tune("baseline", "demo", budget=0.5, epochs=1, project=str(tmp_path), set=TINY_DATA, **TINY)
+def test_a_budget_starts_no_trial_after_it_is_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each trial takes a (fake) minute, so the 30 s budget is spent after the first one however fast the CPU is
+    # (a real clock let a fast CPU finish the tiny recipe trial inside the budget and start a second).
+    from fgcli.tuning import worker
+
+    real_run_one, real_clock, skipped = worker._run_one, worker.time.monotonic, [0.0]
+
+    def one_minute_trial(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ok = real_run_one(*args, **kwargs)
+        skipped[0] += 60.0
+        return ok
+
+    monkeypatch.setattr(worker, "_run_one", one_minute_trial)
+    monkeypatch.setattr(worker.time, "monotonic", lambda: real_clock() + skipped[0])
+    result = fgcli.tune("baseline", "demo", budget=30, epochs=1, project=str(tmp_path), set=TINY_DATA, **TINY)
     assert result.ran_here == 1 and [r.state for r in result.rows] == ["complete"]  # the recipe, then time is up
 
 
