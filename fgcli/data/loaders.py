@@ -11,6 +11,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from fgcli.console import log
 from fgcli.data.dataset import ManifestDataset
 from fgcli.data.manifest import Sample
+from fgcli.memory import release_freed_memory
+
+
+class TrimmingDataLoader(DataLoader):
+    """A DataLoader that returns freed heap pages to the OS right before it forks workers, so that they do not
+    pin a copy-on-write snapshot of the trainer's last step (fgcli.memory)."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        if self.num_workers > 0 and (not self.persistent_workers or self._iterator is None):
+            release_freed_memory()
+        return super().__iter__()
 
 
 def build_loader(samples: Sequence[Sample], source_root: str | Path, transform: Callable | None, batch_size: int,
@@ -31,7 +42,7 @@ def build_loader(samples: Sequence[Sample], source_root: str | Path, transform: 
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last) if distributed else None
-    return DataLoader(
+    return TrimmingDataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=train and sampler is None,
