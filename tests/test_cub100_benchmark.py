@@ -52,3 +52,14 @@ def test_table_reads_missing_then_a_row_per_measured_run(bench) -> None:
     baseline = next(line for line in lines if "`baseline_lite0_224_cub`)" in line and "**baseline**" in line)
     assert baseline.startswith("| **baseline** (`baseline_lite0_224_cub`) | 15 | 1 | 60.00 | 58.00 | 80.00 |")
     assert sum("| missing |" in line for line in lines) == len(rows) - 1
+
+
+def test_the_shipped_lite2_recipe_is_the_measured_row(bench) -> None:
+    """baseline_lite2_224_cub is exactly what the table's baseline_lite2 row trained (its numbers are the recipe's)."""
+    from fgcli.config import flatten, to_dict
+    from fgcli.engine.runconfig import train_config
+
+    recipe, sets = bench.ROWS["baseline_lite2"]
+    measured = flatten(to_dict(train_config(recipe, None, {}, list(sets))))
+    shipped = flatten(to_dict(train_config("baseline_lite2_224_cub", None, {}, [])))
+    assert {k: (v, shipped.get(k)) for k, v in measured.items() if shipped.get(k) != v} == {}
