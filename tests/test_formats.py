@@ -127,6 +127,13 @@ def test_export_plans_the_formats_asked_and_refuses_what_they_cannot_hold() -> N
     assert 'openvino (OpenVINO IR, .xml + .bin; pip install "fgcli[openvino]")' in writable_help()
 
 
+@pytest.mark.parametrize("command", ["export", "eval", "predict"])
+def test_help_shows_the_openvino_extra_with_its_brackets(command: str) -> None:
+    """--help goes through rich markup, which would eat an unescaped "[openvino]"."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0 and 'pip install "fgcli[openvino]"' in result.output
+
+
 def test_exported_files_refuse_what_only_a_checkpoint_has(tmp_path: Path) -> None:
     for name in ("m.onnx", "m.xml"):
         (tmp_path / name).write_bytes(b"x")

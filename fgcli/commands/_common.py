@@ -19,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def providers_option() -> Any:
     """`--providers` of the commands that run an .onnx file (eval, predict)."""
     return typer.Option(None, "--providers", help=".onnx only: onnxruntime providers, comma-separated (overrides "
-                        "--device): cpu, cuda, tensorrt, openvino (pip install \"fgcli[openvino]\").")
+                        "--device): cpu, cuda, tensorrt, openvino (pip install \"fgcli\\[openvino]\").")
 
 
 def ema_option(help: str = "Use the EMA weights when the checkpoint has them.") -> Any:

@@ -9,9 +9,9 @@ from fgcli.commands._common import ema_option, handle_errors
 
 @handle_errors
 def bench_command(
-    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported .onnx file."),
+    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported file (.onnx, or OpenVINO .xml)."),
     backends: str | None = typer.Option(None, "--backends",
-                                        help="Comma-separated: torch,onnx (default: all the model has; an .onnx "
+                                        help="Comma-separated: torch,onnx,openvino (default: all the model has; an .onnx "
                                              "file has onnx only unless --checkpoint is given, a .pt has both via a "
                                              "temporary export)."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),

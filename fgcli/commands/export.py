@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from fgcli.commands._common import calibration_option, ema_option, handle_errors, tta_option
 from fgcli.formats import writable_help
@@ -18,7 +19,7 @@ def export_command(
     checkpoint: str = typer.Argument(..., metavar="CHECKPOINT",
                                      help="A .pt checkpoint from `fgcli train` (any name, e.g. weights/best.pt)."),
     format: str | None = typer.Option(None, "--format", "-f",
-                                      help=f"The formats to write, comma-separated: {writable_help()}."),
+                                      help=f"The formats to write, comma-separated: {escape(writable_help())}."),
     onnx: bool = typer.Option(False, "--onnx", help="Same as --format onnx."),
     out: str | None = typer.Option(None, "--out", "-o",
                                    help="The first format's file (default: CHECKPOINT with its suffix); the other "
