@@ -225,6 +225,7 @@ def measure(methods: list[str], sizes: list[int], rows: list[Row], data: str, st
     import torch
 
     from fgcli.console import setup_logging
+    from fgcli.memory import release_freed_memory
 
     setup_logging(quiet=True)
     results: list[Result] = []
@@ -247,6 +248,7 @@ def measure(methods: list[str], sizes: list[int], rows: list[Row], data: str, st
                         torch.set_num_threads(entries[row.name].threads)
                         start = time.perf_counter()
                         stats = trainers[row.name].train_one_epoch(0, None)
+                        release_freed_memory()  # the next row's step reuses pages, not a grown heap
                         if round_index == 0:
                             entries[row.name].startup_s = time.perf_counter() - start
                         else:
