@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fgcli"
 
 #: lowest first; a module belongs to the layer of its longest matching prefix (`*` matches one name)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.cpu",
+    ("base", ("fgcli", "fgcli.errors", "fgcli.io", "fgcli.console", "fgcli.device", "fgcli.cpu", "fgcli.memory",
               "fgcli.modelinfo", "fgcli.options")),  # options: every task's options dataclass
     # each method's config section (and its default search space) lives in its folder; the built-in methods'
     # list (fgcli/methods/builtin.py) is read by the config to find them
