@@ -9,10 +9,11 @@ from fgcli.commands._common import ema_option, handle_errors
 
 @handle_errors
 def bench_command(
-    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported file (.onnx, or OpenVINO .xml)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported file "
+                                                                    "(.onnx, or OpenVINO .xml)."),
     backends: str | None = typer.Option(None, "--backends",
-                                        help="Comma-separated: torch,onnx,openvino (default: all the model has; an .onnx "
-                                             "file has onnx only unless --checkpoint is given, a .pt has both via a "
+                                        help="Comma-separated: torch,onnx,openvino (default: all the model has; an "
+                                             ".onnx file has onnx only unless --checkpoint is given, a .pt has both via a "
                                              "temporary export)."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
     img_size: int | None = typer.Option(None, "--img-size", min=8, help="Input size (default: the model's)."),

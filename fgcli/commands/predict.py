@@ -10,7 +10,8 @@ from fgcli.commands._common import handle_errors
 
 @handle_errors
 def predict_command(
-    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported file (.onnx, or OpenVINO .xml)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="A .pt checkpoint or an exported file "
+                                                                    "(.onnx, or OpenVINO .xml)."),
     sources: list[str] = typer.Argument(..., metavar="SOURCE...",
                                         help="Image files, folders (searched recursively) or quoted globs."),
     topk: int = typer.Option(5, "--topk", "-k", min=1, help="Classes to report per image."),

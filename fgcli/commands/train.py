@@ -37,7 +37,8 @@ def train_command(
     workers: int | None = typer.Option(None, "--workers", "-w", min=0, rich_help_panel=_DATA),
     device: str | None = typer.Option(None, "--device", rich_help_panel=_HW, help="auto | cpu | cuda | cuda:N"),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", rich_help_panel=_HW,
-                                       help="Mixed precision (default: train.speed auto: on with CUDA; on CPU where measured faster and the method passed its bf16 accuracy check)."),
+                                       help="Mixed precision (default: train.speed auto: on with CUDA; on CPU where "
+                                            "measured faster and the method passed its bf16 accuracy check)."),
     ema: bool | None = typer.Option(None, "--ema/--no-ema", rich_help_panel=_OPT, help="Model EMA (timm)."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="timm pretrained weights for the backbone."),
