@@ -13,8 +13,8 @@ from fgcli.memory import _malloc_trim, release_freed_memory
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists() or _malloc_trim() is None,
                                 reason="needs Linux with glibc (smaps_rollup, malloc_trim)")
 
-# A parent that frees 512 MB of 4 MB tensors (4e6 bytes each) (as a training step frees its activations), starts two persistent
-# workers, then writes 512 MB again; prints the process tree's proportional set size in MB.
+# A parent that frees 512 MB of 4e6-byte tensors (as a training step frees its activations), starts two
+# persistent workers, then writes 512 MB again; prints the process tree's proportional set size in MB.
 PROBE = """
 import os, sys, time, torch
 from torch.utils.data import DataLoader, Dataset
