@@ -4,12 +4,13 @@ once on the test split.
 
 One run is one command:
 
-    fgcli tune --methods baseline,herbs,mge --data flowers102_prepared --trials 12 --seeds 3 --pruner median
-        --max-epochs 24 --seed 0 --device cpu
+    fgcli tune --methods baseline,herbs,mge --data flowers102_prepared --trials 6 --seeds 3 --pruner median
+        --max-epochs 12 --seed 0 --device cpu
 
-The budget, the same for every arm: 12 trials (trial 0 is the shipped recipe: `baseline_lite0_128`,
-`herbs_lite0_128`, `mge_frozen_lite0_128`), Optuna's median pruner on the per-epoch val top-1, at most 24 epochs
-a trial (twice the longest shipped recipe's 12); then 3 seeds x 3 arms of confirmation runs. The summary is the
+The budget, the same for every arm and sized for a 2-core CPU:
+6 trials (trial 0 is the shipped recipe: `baseline_lite0_128`, `herbs_lite0_128`, `mge_frozen_lite0_128`),
+Optuna's median pruner on the per-epoch val top-1, at most 12 epochs a trial (the longest shipped recipe's);
+then 3 seeds x 3 arms of confirmation runs. The summary is the
 comparison's table as `fgcli tune` writes it (`comparison.csv` in the comparison folder): per arm the best trial
 and its searched values (chosen on val), the trials complete / pruned, val and test top-1 mean and min-max over
 the seeds, and whether the best arm is shown better (its test min-max range above every other arm's). An
@@ -56,10 +57,10 @@ class Budget:
 
     methods: tuple[str, ...] = ("baseline", "herbs", "mge")
     recipes: bool = False  # `methods` are recipes (`fgcli tune --recipes`)
-    trials: int = 12
+    trials: int = 6
     seeds: int = 3
     pruner: str = "median"
-    max_epochs: int | None = 24
+    max_epochs: int | None = 12
     sets: tuple[str, ...] = ()
 
     def args(self) -> list[str]:

@@ -24,16 +24,16 @@ def bench():
 
 
 def test_the_budget_is_one_fgcli_tune_command(bench) -> None:
-    assert bench.README.args() == ["--methods", "baseline,herbs,mge", "--trials", "12", "--seeds", "3", "--pruner",
-                                   "median", "--max-epochs", "24"]
+    assert bench.README.args() == ["--methods", "baseline,herbs,mge", "--trials", "6", "--seeds", "3", "--pruner",
+                                   "median", "--max-epochs", "12"]
     quick = bench.QUICK.args()
     assert quick[:2] == ["--recipes", "baseline_lite0_128,herbs_lite0_128,mge_frozen_lite0_128"]
     assert "--max-epochs" not in quick and "train.epochs=2" in quick  # the epochs fixed: the same for every arm
     assert bench.row_of(bench.README).name == bench.row_of(bench.QUICK).name == "flowers102"
     other = bench.Budget(("baseline", "herbs"), trials=4, seeds=2)
     assert bench.row_of(other).name == "flowers102-baseline-herbs-t4-n2"  # another budget: another summary
-    assert bench.row_of(bench.README).label == ("flowers102: baseline vs HERBS vs MGE-CNN, 12 trials per arm, median "
-                                                "pruner, at most 24 epochs a trial, best recipe x 3 seeds")
+    assert bench.row_of(bench.README).label == ("flowers102: baseline vs HERBS vs MGE-CNN, 6 trials per arm, median "
+                                                "pruner, at most 12 epochs a trial, best recipe x 3 seeds")
 
 
 def test_comparison_csv_is_read_back(bench) -> None:
