@@ -1,8 +1,9 @@
-"""The equal-budget comparison on flowers102 (issue #25): baseline, HERBS and MGE-CNN each searched by `fgcli tune`
-with the same budget on the validation split, then each arm's best recipe trained with 3 new seeds and evaluated
-once on the test split.
+"""The equal-budget comparisons: baseline, HERBS and MGE-CNN each searched by `fgcli tune` with the same budget on
+the validation split, then each arm's best recipe trained with new seeds and evaluated once on the test split.
+Two comparisons: flowers102 (issue #25) and cub100 at 128 px (issue #28, stage 2; its arms' best recipes are then
+confirmed at 224 px).
 
-One run is one command:
+The flowers102 run is one command:
 
     fgcli tune --methods baseline,herbs,mge --data flowers102_prepared --trials 6 --seeds 3 --pruner median
         --max-epochs 12 --seed 0 --device cpu
@@ -16,8 +17,14 @@ and its searched values (chosen on val), the trials complete / pruned, val and t
 the seeds, and whether the best arm is shown better (its test min-max range above every other arm's). An
 interrupted run continues where it stopped (the studies live in `study.db` in that folder).
 
+The cub100 run searches the three cub recipes at 128 px on cub100 prepared with 20 % of train as val (`CUB`):
+
+    fgcli tune --recipes baseline_lite0_224_cub,herbs_lite0_224_cub,mge_lite0_224_cub --img-size 128
+        --data cub100_prepared --trials 6 --seeds 1 --pruner median --max-epochs 15 --seed 0 --device cpu
+
     python benchmarks/readme_results.py --tables tune                   # the README table (CPU hours)
     python benchmarks/tune_results.py --work /tmp/fgcli-tune            # the same, standalone
+    python benchmarks/tune_results.py --work /tmp/fgcli-tune --comparison cub100   # one of the two
     python benchmarks/tune_results.py --work /tmp/fgcli-tune --report   # the table of what is measured
     python benchmarks/tune_results.py --quick                           # toy scale: 2 trials, 2 seeds, 2 epochs
 """
@@ -25,9 +32,9 @@ interrupted run continues where it stopped (the studies live in `study.db` in th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +57,7 @@ NAME = "tune"
 METHOD_NAMES = {"baseline": "baseline", "herbs": "HERBS", "mge": "MGE-CNN"}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Budget:
     """One comparison's arms (methods, whose shipped recipes the studies start from, or recipes) and its equal
     budget (`max_epochs` None: fixed by `sets`)."""
@@ -62,11 +69,15 @@ class Budget:
     pruner: str = "median"
     max_epochs: int | None = 12
     sets: tuple[str, ...] = ()
+    data: str = "flowers102"  # a shared data set's name (_results.SHARED_SETS)
+    flags: tuple[str, ...] = ()  # further `fgcli tune` flags, fixed for every arm (e.g. --img-size 128)
+    title: str = "flowers102"  # how the table names the data and what `flags` fix
 
     def args(self) -> list[str]:
         most = [] if self.max_epochs is None else ["--max-epochs", str(self.max_epochs)]
-        return ["--recipes" if self.recipes else "--methods", ",".join(self.methods), "--trials", str(self.trials), "--seeds", str(self.seeds),
-                "--pruner", self.pruner, *most, *(a for s in self.sets for a in ("--set", s))]
+        return ["--recipes" if self.recipes else "--methods", ",".join(self.methods), "--trials", str(self.trials),
+                "--seeds", str(self.seeds), "--pruner", self.pruner, *most, *self.flags,
+                *(a for s in self.sets for a in ("--set", s))]
 
     def describe(self) -> str:
         most = "" if self.max_epochs is None else f", at most {self.max_epochs} epochs a trial"
@@ -74,6 +85,11 @@ class Budget:
 
 
 README = Budget()
+#: birds (#28, stage 2): the three cub recipes searched at 128 px, where a trial costs a third of one at 224 px,
+#: each arm's best recipe then confirmed at 224 px by the cub100 table; 15 epochs at most (the longest cub recipe's)
+CUB = Budget(("baseline_lite0_224_cub", "herbs_lite0_224_cub", "mge_lite0_224_cub"), True, trials=6, seeds=1,
+             max_epochs=15, data="cub100-val20", flags=("--img-size", "128"),
+             title="cub100 at 128 px, 20 % of train as val")
 #: --quick: the shipped recipes of the three arms (named: with another backbone `--methods` would start from the
 #: built-in defaults) on the toy model and data, 2 trials, 2 seeds (a min-max range), 2 epochs (one pruning point:
 #: no trial is pruned on its first epoch); HERBS' kept tokens as shares (the paper's counts, one of the searched
@@ -100,7 +116,7 @@ def comparison(csv_text: str) -> list[dict[str, Any]]:
 
 def measure(budget: Budget, row: Row, seed: int, ctx: Context) -> dict:
     """`fgcli tune --methods ...` on flowers102 (resumed when its folder holds an interrupted one); its table."""
-    data = ctx.prepared("flowers102")
+    data = ctx.prepared(budget.data)
     folder = ctx.folder(NAME) / f"{row.name}-s{seed}"
     run([*FGCLI, "tune", *budget.args(), "--data", str(data), "--seed", str(seed), "--device", "cpu",
          *(["--workers", "0"] if ctx.quick else []), "--project", str(folder.parent), "--name", folder.name],
@@ -108,7 +124,7 @@ def measure(budget: Budget, row: Row, seed: int, ctx: Context) -> dict:
     arms = comparison((folder / "comparison.csv").read_text())
     return {"config": {"recipes" if budget.recipes else "methods": list(budget.methods), "trials": budget.trials, "seeds": budget.seeds,
                        "pruner": budget.pruner, "max_epochs": budget.max_epochs, "sets": list(budget.sets),
-                       "data": "flowers102", "folder": str(folder)},
+                       "flags": list(budget.flags), "data": budget.data, "folder": str(folder)},
             "arms": arms, "val": {a["arm"]: a["val"] for a in arms}, "test": {a["arm"]: a["test"] for a in arms}}
 
 
@@ -137,13 +153,15 @@ HEADER = ["| arm (starting recipe) | best trial: its searched values (chosen on 
 
 
 def table(rows: list[Row], get: Lookup) -> list[str]:
-    """One line per arm of each comparison: its best trial, val / test top-1 mean (min-max), the verdict."""
+    """Per comparison, its label and one line per arm: its best trial, val / test top-1 mean (min-max), the
+    verdict."""
     lines = list(HEADER)
     for row in rows:
         summary = get(NAME, row.name, row.seeds[0])
         if summary is None:
             lines.append(missing_row(row.label, 7))
             continue
+        lines.append(f"| *{row.label}:* |" + "  |" * 7)
         for a in summary["arms"]:
             best = "—" if a["search_best_val"] is None else f"{a['search_best_val']:.2f}"
             trial = "no trial completed" if a["best_trial"] is None else (
@@ -158,43 +176,48 @@ def table(rows: list[Row], get: Lookup) -> list[str]:
 
 def row_of(budget: Budget) -> Row:
     arms = " vs ".join(METHOD_NAMES.get(m, m) for m in budget.methods)
-    name = "flowers102" if budget in (README, QUICK) else (
-        f"flowers102-{'-'.join(budget.methods)}-t{budget.trials}-n{budget.seeds}")
-    return Row(name, f"flowers102: {arms}, {budget.describe()}")
+    names = {README: "flowers102", QUICK: "flowers102", CUB: "cub100-128"}
+    name = names.get(budget) or f"{budget.data}-{'-'.join(budget.methods)}-t{budget.trials}-n{budget.seeds}"
+    return Row(name, f"{budget.title}: {arms}, {budget.describe()}")
 
 
 def make_table(budget: Budget | None = None) -> Table:
-    """The comparison with `budget` (None: README's, --quick: QUICK)."""
-    def chosen(quick: bool) -> Budget:
-        return budget or (QUICK if quick else README)
+    """The comparisons with `budget` (None: README's and CUB, --quick: QUICK)."""
+    def chosen(quick: bool) -> list[Budget]:
+        return [budget] if budget else [QUICK] if quick else [README, CUB]
+
+    def measure_row(row: Row, seed: int, ctx: Context) -> dict:
+        return measure(next(b for b in chosen(ctx.quick) if row_of(b).name == row.name), row, seed, ctx)
 
     return Table(NAME, "Equal-budget comparison (`fgcli tune`, CPU)",
                  "one run: `fgcli tune --methods A,B,C --trials N --seeds K --pruner median --max-epochs E --data "
-                 "flowers102_prepared --seed S` with the budget the table names",
-                 lambda quick: [row_of(chosen(quick))],
-                 lambda row, seed, ctx: measure(chosen(ctx.quick), row, seed, ctx), table)
+                 "PREPARED --seed S` with the budget the table names",
+                 lambda quick: [row_of(b) for b in chosen(quick)], measure_row, table)
 
 
 TABLES = [make_table()]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = script_parser(__doc__, "toy scale: tiny backbone, 2 trials, 2 seeds, 2 epochs", ("flowers102",))
+    parser = script_parser(__doc__, "toy scale: tiny backbone, 2 trials, 2 seeds, 2 epochs", ("flowers102", "cub100"))
+    parser.add_argument("--comparison", choices=["flowers102", "cub100"], default=None,
+                        help="one of the README's comparisons (default: both)")
     parser.add_argument("--methods", default=None, help=f"the arms (default {','.join(README.methods)})")
     parser.add_argument("--trials", type=int, default=None, help=f"trials per arm (default {README.trials})")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds of each best recipe (default {README.seeds})")
     args = parser.parse_args(argv)
-    base = QUICK if args.quick else README
-    arms = tuple(a.strip() for a in args.methods.split(",") if a.strip()) if args.methods else base.methods
-    budget = Budget(arms, base.recipes and not args.methods, args.trials or base.trials, args.seeds or base.seeds,
-                    base.pruner, base.max_epochs, base.sets)
-    if budget.trials < 1 or budget.seeds < 1:
+    if (args.trials is not None and args.trials < 1) or (args.seeds is not None and args.seeds < 1):
         parser.error("--trials and --seeds must be >= 1")
+    base = QUICK if args.quick else CUB if args.comparison == "cub100" else README
+    budget = None
+    if args.quick or args.comparison or args.methods or args.trials or args.seeds:
+        arms = tuple(a.strip() for a in args.methods.split(",") if a.strip()) if args.methods else base.methods
+        budget = dataclasses.replace(base, methods=arms, recipes=base.recipes and not args.methods,
+                                     trials=args.trials or base.trials, seeds=args.seeds or base.seeds)
     table = make_table(budget)
     ctx = script_context(args, table)
     run_script(ctx, table.rows(args.quick), report_only=args.report)
     print(f"\ntune folders (trials, comparison.md, plots): {ctx.folder(NAME)}")
-
 
 if __name__ == "__main__":
     main()

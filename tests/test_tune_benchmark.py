@@ -34,6 +34,12 @@ def test_the_budget_is_one_fgcli_tune_command(bench) -> None:
     assert bench.row_of(other).name == "flowers102-baseline-herbs-t4-n2"  # another budget: another summary
     assert bench.row_of(bench.README).label == ("flowers102: baseline vs HERBS vs MGE-CNN, 6 trials per arm, median "
                                                 "pruner, at most 12 epochs a trial, best recipe x 3 seeds")
+    cub = bench.CUB.args()
+    assert cub[:2] == ["--recipes", "baseline_lite0_224_cub,herbs_lite0_224_cub,mge_lite0_224_cub"]
+    assert cub[cub.index("--img-size") + 1] == "128" and cub[cub.index("--max-epochs") + 1] == "15"
+    assert bench.row_of(bench.CUB).name == "cub100-128" and bench.CUB.data == "cub100-val20"
+    assert [r.name for r in bench.make_table().rows(False)] == ["flowers102", "cub100-128"]
+    assert [r.name for r in bench.make_table().rows(True)] == ["flowers102"]  # --quick: the toy comparison only
 
 
 def test_comparison_csv_is_read_back(bench) -> None:
@@ -53,11 +59,12 @@ def test_table_rows(bench) -> None:
     summary = {"arms": bench.comparison(CSV)}
     lines = bench.table([row], lambda table, name, seed: summary if (table, name, seed) == ("tune", row.name, 0)
                         else None)
-    assert lines[2] == ("| baseline (`baseline_lite0_128`) | #4: lr=0.00231, epochs=18, freeze_bn_stats=true | 7 / 5 | "
+    assert lines[2] == f"| *{row.label}:* |  |  |  |  |  |  |  |"  # each comparison under its own label
+    assert lines[3] == ("| baseline (`baseline_lite0_128`) | #4: lr=0.00231, epochs=18, freeze_bn_stats=true | 7 / 5 | "
                         "80.50 | 3 | 80.00 (79.00-81.00) | 79.50 (78.00-81.00) |  |")
-    assert lines[3] == ("| HERBS (`herbs_lite0_128`) | #0: — | 12 / 0 | 83.25 | 3 | 83.00 (82.00-84.00) | "
+    assert lines[4] == ("| HERBS (`herbs_lite0_128`) | #0: — | 12 / 0 | 83.25 | 3 | 83.00 (82.00-84.00) | "
                         "82.00 (81.50-82.50) | shown |")
-    assert lines[4] == "| mine (`built-in defaults`) | no trial completed | 0 / 12 | — | 0 | — | — |  |"
+    assert lines[5] == "| mine (`built-in defaults`) | no trial completed | 0 / 12 | — | 0 | — | — |  |"
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert bench.values({"optim.lr": 0.1, "a.lr": 2, "x.n": [0.25, 1]}) == "optim.lr=0.1, a.lr=2, n=[0.25, 1]"
 
