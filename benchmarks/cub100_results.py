@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
 import flowers102_results as f102  # noqa: E402
+import tune_results  # noqa: E402
 from _results import (  # noqa: E402
     TOY_MODEL,
     Context,
@@ -74,6 +75,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "baseline_lite2": ("baseline_lite0_224_cub", ["model.backbone=tf_efficientnet_lite2",
                                                   "model.pretrained_file=efficientnet-lite2"]),
 }
+#: stage 2's confirmation at 224 px of the equal-budget search at 128 px (tune table, comparison `cub100-128`):
+#: row -> the arm (its starting recipe) whose best recipe, chosen on val, the row trains at 224 px. ROWS holds
+#: the starting recipe, for what a row's method is; the run itself uses the tuned `best_recipe.yaml`.
+TUNED = {"baseline_tuned": "baseline_lite0_224_cub", "herbs_tuned": "herbs_lite0_224_cub",
+         "mge_tuned": "mge_lite0_224_cub"}
+TUNE_ROW = tune_results.row_of(tune_results.CUB).name
+ROWS.update({row: (arm, [AT_224]) for row, arm in TUNED.items()})
 #: the README table: (row, label, seeds, caption before it)
 README_ROWS = [
     ("linear_probe", "**linear probe** (`linear_probe_lite0_128 --img-size 224`: converged logistic regression)",
@@ -99,6 +107,10 @@ README_ROWS = [
      "`train.patience=5`)", (0,), None),
     ("baseline_plateau", "baseline trained until val stops improving (up to 40 epochs, `train.patience=5`)", (0,),
      None),
+    ("baseline_tuned", "baseline, the best recipe of its 128-px search", (0,),
+     "*the equal-budget search at 128 px (6 trials per arm), each arm's best recipe at 224 px:*"),
+    ("herbs_tuned", "HERBS, the best recipe of its 128-px search", (0,), None),
+    ("mge_tuned", "MGE-CNN, the best recipe of its 128-px search", (0,), None),
     # stage 3: three seeds of every arm within about 2 val points of the best arm's seed 0
     ("baseline_lite2", "**baseline on EfficientNet-Lite2**, 3 seeds", (0, 1, 2),
      "*stage 3, the arms within 2 val points of the best, three seeds (mean, min-max):*"),
@@ -106,14 +118,21 @@ README_ROWS = [
 
 
 def _rows(quick: bool) -> list[Row]:
-    rows = [Row(name, label, seeds, before=before) for name, label, seeds, before in README_ROWS]
+    rows = [Row(name, label, seeds, needs=((tune_results.NAME, TUNE_ROW),) if name in TUNED else (), before=before)
+            for name, label, seeds, before in README_ROWS]
     return [dataclasses.replace(r, seeds=(0,)) for r in rows if r.name in MAIN_ROWS] if quick else rows
+
+
+def tuned_recipe(row: str, ctx: Context) -> Path:
+    """The best recipe, chosen on val, of the 128-px search's arm that `row` confirms at 224 px."""
+    return ctx.folder(tune_results.NAME) / f"{TUNE_ROW}-s0" / TUNED[row] / "best_recipe.yaml"
 
 
 def _measure(row: Row, seed: int, ctx: Context) -> dict:
     # --quick: a toy demo with other classes, a tiny backbone, the rows' 2 epochs at 64 px
+    rows = ROWS if row.name not in TUNED else {**ROWS, row.name: (str(tuned_recipe(row.name, ctx)), ROWS[row.name][1])}
     return f102.train_and_evaluate(row.name, seed, ctx.prepared(DATA), ctx.folder(NAME),
-                                   TOY_MODEL if ctx.quick else [], quick=ctx.quick, rows=ROWS)
+                                   TOY_MODEL if ctx.quick else [], quick=ctx.quick, rows=rows)
 
 
 def _checkpoint(row: Row, seed: int, ctx: Context) -> Path:

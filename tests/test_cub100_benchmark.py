@@ -63,3 +63,21 @@ def test_the_shipped_lite2_recipe_is_the_measured_row(bench) -> None:
     measured = flatten(to_dict(train_config(recipe, None, {}, list(sets))))
     shipped = flatten(to_dict(train_config("baseline_lite2_224_cub", None, {}, [])))
     assert {k: (v, shipped.get(k)) for k, v in measured.items() if shipped.get(k) != v} == {}
+
+
+def test_a_tuned_row_trains_its_arms_best_recipe_at_224_after_the_search(bench, tmp_path, monkeypatch) -> None:
+    """Stage 2's confirmation rows: each needs the 128-px search (tune table) and trains that arm's best_recipe.yaml
+    with the 224-px override; the others keep their shipped recipe."""
+    results = load_benchmark("_results")
+    rows = {r.name: r for r in bench.TABLE.rows(False)}
+    assert rows["herbs_tuned"].needs == (("tune", "cub100-128"),) and rows["herbs"].needs == ()
+    ctx = results.Context(work=tmp_path, summaries=tmp_path / "s")
+    seen = {}
+    monkeypatch.setattr(bench.f102, "train_and_evaluate", lambda row, seed, data, work, extra, quick, rows:
+                        seen.setdefault(row, rows[row]))
+    monkeypatch.setattr(results.Context, "prepared", lambda self, name: tmp_path / name)
+    bench.TABLE.measure(rows["herbs_tuned"], 0, ctx)
+    bench.TABLE.measure(rows["herbs"], 0, ctx)
+    assert seen["herbs_tuned"] == (str(tmp_path / "tune" / "cub100-128-s0" / "herbs_lite0_224_cub" / "best_recipe.yaml"),
+                                   ["data.img_size=224"])
+    assert seen["herbs"] == ("herbs_lite0_224_cub", [])
