@@ -54,20 +54,23 @@ def test_table_reads_missing_then_a_row_per_measured_run(bench) -> None:
     assert sum("| missing |" in line for line in lines) == len(rows) - 1
 
 
-def test_the_shipped_lite2_recipe_is_the_measured_row(bench) -> None:
-    """baseline_lite2_224_cub is exactly what the table's baseline_lite2 row trained (its numbers are the recipe's)."""
+@pytest.mark.parametrize(("row", "shipped_recipe"), [("baseline_lite2", "baseline_lite2_224_cub"),
+                                                     ("herbs_plateau", "herbs_lite0_224_cub")])
+def test_a_shipped_recipe_is_its_measured_row(bench, row, shipped_recipe) -> None:
+    """The recipe is exactly what the table's row trained (its header's numbers are the recipe's)."""
     from fgcli.config import flatten, to_dict
     from fgcli.engine.runconfig import train_config
 
-    recipe, sets = bench.ROWS["baseline_lite2"]
+    recipe, sets = bench.ROWS[row]
     measured = flatten(to_dict(train_config(recipe, None, {}, list(sets))))
-    shipped = flatten(to_dict(train_config("baseline_lite2_224_cub", None, {}, [])))
+    shipped = flatten(to_dict(train_config(shipped_recipe, None, {}, [])))
     assert {k: (v, shipped.get(k)) for k, v in measured.items() if shipped.get(k) != v} == {}
 
 
 def test_a_tuned_row_trains_its_arms_best_recipe_at_224_after_the_search(bench, tmp_path, monkeypatch) -> None:
     """Stage 2's confirmation rows: each needs the 128-px search (tune table) and trains that arm's best_recipe.yaml
-    with the 224-px override; the others keep their shipped recipe."""
+    at 224 px until val stops improving; the others keep their shipped recipe (HERBS' 15-epoch row pinned to the
+    15 epochs it was measured with)."""
     results = load_benchmark("_results")
     rows = {r.name: r for r in bench.TABLE.rows(False)}
     assert rows["herbs_tuned"].needs == (("tune", "cub100-128"),) and rows["herbs"].needs == ()
@@ -78,6 +81,6 @@ def test_a_tuned_row_trains_its_arms_best_recipe_at_224_after_the_search(bench, 
     monkeypatch.setattr(results.Context, "prepared", lambda self, name: tmp_path / name)
     bench.TABLE.measure(rows["herbs_tuned"], 0, ctx)
     bench.TABLE.measure(rows["herbs"], 0, ctx)
-    assert seen["herbs_tuned"] == (str(tmp_path / "tune" / "cub100-128-s0" / "herbs_lite0_224_cub" / "best_recipe.yaml"),
-                                   ["data.img_size=224"])
-    assert seen["herbs"] == ("herbs_lite0_224_cub", [])
+    tuned = tmp_path / "tune" / "cub100-128-s0" / "herbs_lite0_224_cub" / "best_recipe.yaml"
+    assert seen["herbs_tuned"] == (str(tuned), ["data.img_size=224", "train.epochs=40", "train.patience=5"])
+    assert seen["herbs"] == ("herbs_lite0_224_cub", ["train.epochs=15", "train.patience=0"])

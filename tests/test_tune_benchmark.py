@@ -36,7 +36,8 @@ def test_the_budget_is_one_fgcli_tune_command(bench) -> None:
                                                 "pruner, at most 12 epochs a trial, best recipe x 3 seeds")
     cub = bench.CUB.args()
     assert cub[:2] == ["--recipes", "baseline_lite0_224_cub,herbs_lite0_224_cub,mge_lite0_224_cub"]
-    assert cub[cub.index("--img-size") + 1] == "128" and cub[cub.index("--max-epochs") + 1] == "15"
+    assert cub[cub.index("--img-size") + 1] == "128" and cub[cub.index("--epochs") + 1] == "15"
+    assert "--max-epochs" not in cub and "train.patience=0" in cub  # the same fixed epochs for every arm
     assert bench.row_of(bench.CUB).name == "cub100-128" and bench.CUB.data == "cub100-val20"
     assert [r.name for r in bench.make_table().rows(False)] == ["flowers102", "cub100-128"]
     assert [r.name for r in bench.make_table().rows(True)] == ["flowers102"]  # --quick: the toy comparison only
