@@ -10,6 +10,7 @@ another table's trained model (calibration, int8, speed, distill, ood) trains it
     python benchmarks/readme_results.py                      # everything still missing, then every table
     python benchmarks/readme_results.py --list               # tables, rows, seeds, what is done, CPU time left
     python benchmarks/readme_results.py --report             # every table from the summaries alone
+    python benchmarks/readme_results.py --report --write-readme   # ... and put each into README.md in place
     python benchmarks/readme_results.py --tables demo,flowers102/herbs
     python benchmarks/readme_results.py --quick              # toy scale (minutes), summaries in --work/quick
 
@@ -26,6 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts run as files; tests load them by path
+import _readme  # noqa: E402
+from _cli import ROOT  # noqa: E402
 from _results import (  # noqa: E402
     SUMMARIES,
     WORK,
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--tables", default=None, help="a subset: TABLE or TABLE/ROW, comma-separated")
     parser.add_argument("--report", action="store_true", help="print the tables from the summaries only")
     parser.add_argument("--list", action="store_true", help="print each table's rows, seeds and time estimate")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="also put each table into README.md, in place of the one above its measured line")
     parser.add_argument("--quick", action="store_true",
                         help="toy scale: tiny backbones, 64 px, a small demo, 1-2 epochs; separate folders")
     parser.add_argument("--work", type=Path, default=WORK, help=f"run folders and exports (default {WORK})")
@@ -132,6 +137,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.write_readme and (args.quick or args.summaries):
+        parser.error("--write-readme puts the committed summaries' tables into README.md: not with --quick or "
+                     "--summaries")
     work = args.work / "quick" if args.quick else args.work
     summaries = args.summaries or (work / "results" if args.quick else SUMMARIES)
     tables = all_tables()
@@ -150,10 +158,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)  # the timing done in this process
         failures = measure_missing(ctx, chosen)
     get = lookup(summaries)
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text(encoding="utf-8") if args.write_readme else ""
     for name in chosen:
         table = tables[name]
+        text = report(table, table.rows(args.quick), get, regenerate_command(name, args.quick))
         print(f"\n<!-- {name}: README \"{table.title}\" -->")
-        print(report(table, table.rows(args.quick), get, regenerate_command(name, args.quick)))
+        print(text)
+        if args.write_readme:
+            readme, status = _readme.place(readme, name, text)
+            print(f"(README.md: {status})")
+    if args.write_readme:
+        from fgcli.io import atomic_write_text
+
+        atomic_write_text(readme_path, readme)
     if failures:
         sys.exit("some runs failed (their rows read `missing`):\n" + "\n".join(failures))
 
