@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MISSING_CELL = "| missing |"
+MISSING_CELL = "| missing"  # `| missing |`, or `| missing (seed 3) |` for a row with some seeds measured
 
 
 def marker(name: str) -> str:

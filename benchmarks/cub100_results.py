@@ -11,7 +11,7 @@ Stages (#28): one seed per arm decides on val which arms are worth more seeds; a
 its min-max range over seeds lies above the other's. No number is picked on the test split.
 
     python benchmarks/readme_results.py --tables cub100                 # the README table (CPU hours)
-    python benchmarks/cub100_results.py --work /tmp/cub --rows baseline herbs --seeds 0
+    python benchmarks/cub100_results.py --work /tmp/cub --rows baseline herbs_plateau --seeds 0
     python benchmarks/cub100_results.py --work /tmp/cub --report        # the table of what is measured
     python benchmarks/cub100_results.py --quick                         # toy scale: the shipped rows, 2 epochs
 """
@@ -42,8 +42,9 @@ AT_224 = "data.img_size=224"
 #: what the `*_lite0_224_cub` recipes add to a plain fine-tuning (timm's strong-baseline keys), all off
 PLAIN = ["data.rrc_scale=null", "data.auto_augment=null", "data.random_erasing=0", "train.label_smoothing=0",
          "train.ema=false"]
-# row name -> (recipe, --set overrides). The first rows are the shipped cub recipes as they are (the probe and
-# MGE-CNN on frozen features: their 128-px recipes at 224); the rest change one choice, to show what it is worth.
+# row name -> (recipe, --set overrides). MAIN_ROWS are the shipped cub recipes as they are (the probe and MGE-CNN
+# on frozen features: their 128-px recipes at 224; herbs_plateau restates its recipe's epochs and patience); the
+# rest change one choice, to show what it is worth (`herbs`: the HERBS recipe as it was, 15 epochs).
 MAIN_ROWS = ["linear_probe", "baseline", "herbs_plateau", "mge", "mge_frozen"]
 #: until val stops improving: up to 40 epochs, stopped after 5 without a val gain
 PLATEAU = ["train.epochs=40", "train.patience=5"]
@@ -131,14 +132,16 @@ def _rows(quick: bool) -> list[Row]:
     return [dataclasses.replace(r, seeds=(0,)) for r in rows if r.name in MAIN_ROWS] if quick else rows
 
 
-def tuned_recipe(row: str, ctx: Context) -> Path:
-    """The best recipe, chosen on val, of the 128-px search's arm that `row` confirms at 224 px."""
-    return ctx.folder(tune_results.NAME) / f"{TUNE_ROW}-s0" / TUNED[row] / "best_recipe.yaml"
+def tuned_recipe(row: str, seed: int, ctx: Context) -> Path:
+    """The best recipe, chosen on val, of the 128-px search's arm that `row` confirms at 224 px (the search of the
+    same seed, which the row needs)."""
+    return tune_results.comparison_folder(Row(TUNE_ROW, ""), seed, ctx) / TUNED[row] / "best_recipe.yaml"
 
 
 def _measure(row: Row, seed: int, ctx: Context) -> dict:
     # --quick: a toy demo with other classes, a tiny backbone, the rows' 2 epochs at 64 px
-    rows = ROWS if row.name not in TUNED else {**ROWS, row.name: (str(tuned_recipe(row.name, ctx)), ROWS[row.name][1])}
+    rows = ROWS if row.name not in TUNED else {**ROWS,
+                                               row.name: (str(tuned_recipe(row.name, seed, ctx)), ROWS[row.name][1])}
     return f102.train_and_evaluate(row.name, seed, ctx.prepared(DATA), ctx.folder(NAME),
                                    TOY_MODEL if ctx.quick else [], quick=ctx.quick, rows=rows)
 
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help="default: the README's rows")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the README's seeds")
     args = parser.parse_args(argv)
-    ctx = script_context(args, TABLE)
+    ctx = script_context(args, TABLE, *tune_results.TABLES)  # the tuned rows need the tune table's search
     rows = [r for r in TABLE.rows(args.quick) if args.rows is None or r.name in args.rows]
     rows += [Row(name, name) for name in args.rows or [] if name not in {r.name for r in rows}]
     if args.seeds:

@@ -117,9 +117,10 @@ def comparison(csv_text: str) -> list[dict[str, Any]]:
 
 
 def measure(budget: Budget, row: Row, seed: int, ctx: Context) -> dict:
-    """`fgcli tune --methods ...` on flowers102 (resumed when its folder holds an interrupted one); its table."""
+    """`fgcli tune --methods ...` (or `--recipes ...`) on the budget's data (resumed when its folder holds an
+    interrupted one); its table."""
     data = ctx.prepared(budget.data)
-    folder = ctx.folder(NAME) / f"{row.name}-s{seed}"
+    folder = comparison_folder(row, seed, ctx)
     run([*FGCLI, "tune", *budget.args(), "--data", str(data), "--seed", str(seed), "--device", "cpu",
          *(["--workers", "0"] if ctx.quick else []), "--project", str(folder.parent), "--name", folder.name],
         ctx.folder(NAME) / "logs" / f"{folder.name}.txt")
@@ -192,9 +193,15 @@ def make_table(budget: Budget | None = None) -> Table:
         return measure(next(b for b in chosen(ctx.quick) if row_of(b).name == row.name), row, seed, ctx)
 
     return Table(NAME, "Equal-budget comparison (`fgcli tune`, CPU)",
-                 "one run: `fgcli tune --methods A,B,C --trials N --seeds K --pruner median --max-epochs E --data "
-                 "PREPARED --seed S` with the budget the table names",
-                 lambda quick: [row_of(b) for b in chosen(quick)], measure_row, table)
+                 "one run per comparison: `fgcli tune --methods A,B,C` (or `--recipes A,B,C`) `--trials N --seeds K "
+                 "--pruner median --max-epochs E` (or fixed `--epochs E`) `--data PREPARED --seed S`, with the "
+                 "budget and fixed flags the comparison names",
+                 lambda quick: [row_of(b) for b in chosen(quick)], measure_row, table, comparison_folder)
+
+
+def comparison_folder(row: Row, seed: int, ctx: Context) -> Path:
+    """A comparison's folder (its studies, trials and each arm's best_recipe.yaml), which other tables reuse."""
+    return ctx.folder(NAME) / f"{row.name}-s{seed}"
 
 
 TABLES = [make_table()]
@@ -208,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=None, help=f"trials per arm (default {README.trials})")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds of each best recipe (default {README.seeds})")
     args = parser.parse_args(argv)
+    if args.quick and args.comparison:
+        parser.error("--quick runs the toy comparison only: drop --comparison")
+    if args.methods and args.comparison == "cub100":
+        parser.error("--methods starts from the methods' flowers recipes: not with --comparison cub100")
     if (args.trials is not None and args.trials < 1) or (args.seeds is not None and args.seeds < 1):
         parser.error("--trials and --seeds must be >= 1")
     base = QUICK if args.quick else CUB if args.comparison == "cub100" else README

@@ -43,6 +43,7 @@ REPORT = "\n".join([
     "| *caption with rows:* |  |",
     "| b | missing |",
     "| c | 2.0 |",
+    "| e | missing (seed 1) |",
     "| *caption left without rows:* |  |",
     "| d | missing |",
     "",
