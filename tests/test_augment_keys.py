@@ -385,14 +385,16 @@ def test_cub_recipes_share_every_choice_but_the_method_and_mge_epochs() -> None:
     """baseline / HERBS / MGE-CNN at 224 px for cub100: the same data, augmentation, optimizer, schedule and EMA,
     so that no method is credited with what the baseline lacks. HERBS alone trains its own layers first
     (model.freeze_epochs, chosen on val for HERBS; the cub100 table's baseline_head_first row is the baseline's
-    counterpart)."""
+    counterpart) and until val stops improving (train.epochs / train.patience, chosen on val against the
+    baseline's baseline_plateau row)."""
     from fgcli.config import flatten, to_dict
 
     flat = {m: flatten(to_dict(resolve_config(f"{m}_lite0_224_cub"))) for m in ("baseline", "herbs", "mge")}
     shared = {k for k in flat["baseline"] if k.split(".")[0] not in ("method", "baseline", "herbs", "mge", "probe")}
     for method in ("herbs", "mge"):
         differ = {k for k in shared if flat[method][k] != flat["baseline"][k]}
-        assert differ == ({"train.epochs"} if method == "mge" else {"model.freeze_epochs"}), method
+        assert differ == ({"train.epochs"} if method == "mge" else
+                          {"model.freeze_epochs", "train.epochs", "train.patience"}), method
     base = flat["baseline"]
     assert base["data.img_size"] == 224 and base["data.val_fraction"] == 0.2 and base["data.auto_augment"]
     assert base["data.rrc_scale"] and base["train.label_smoothing"] > 0 and base["train.ema"]
