@@ -135,7 +135,7 @@ def _rows(quick: bool) -> list[Row]:
 def tuned_recipe(row: str, seed: int, ctx: Context) -> Path:
     """The best recipe, chosen on val, of the 128-px search's arm that `row` confirms at 224 px (the search of the
     same seed, which the row needs)."""
-    return tune_results.comparison_folder(Row(TUNE_ROW, ""), seed, ctx) / TUNED[row] / "best_recipe.yaml"
+    return tune_results.comparison_folder(TUNE_ROW, seed, ctx) / TUNED[row] / "best_recipe.yaml"
 
 
 def _measure(row: Row, seed: int, ctx: Context) -> dict:

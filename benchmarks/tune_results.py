@@ -120,7 +120,7 @@ def measure(budget: Budget, row: Row, seed: int, ctx: Context) -> dict:
     """`fgcli tune --methods ...` (or `--recipes ...`) on the budget's data (resumed when its folder holds an
     interrupted one); its table."""
     data = ctx.prepared(budget.data)
-    folder = comparison_folder(row, seed, ctx)
+    folder = comparison_folder(row.name, seed, ctx)
     run([*FGCLI, "tune", *budget.args(), "--data", str(data), "--seed", str(seed), "--device", "cpu",
          *(["--workers", "0"] if ctx.quick else []), "--project", str(folder.parent), "--name", folder.name],
         ctx.folder(NAME) / "logs" / f"{folder.name}.txt")
@@ -196,12 +196,13 @@ def make_table(budget: Budget | None = None) -> Table:
                  "one run per comparison: `fgcli tune --methods A,B,C` (or `--recipes A,B,C`) `--trials N --seeds K "
                  "--pruner median --max-epochs E` (or fixed `--epochs E`) `--data PREPARED --seed S`, with the "
                  "budget and fixed flags the comparison names",
-                 lambda quick: [row_of(b) for b in chosen(quick)], measure_row, table, comparison_folder)
+                 lambda quick: [row_of(b) for b in chosen(quick)], measure_row, table,
+                 lambda row, seed, ctx: comparison_folder(row.name, seed, ctx))
 
 
-def comparison_folder(row: Row, seed: int, ctx: Context) -> Path:
+def comparison_folder(row: str, seed: int, ctx: Context) -> Path:
     """A comparison's folder (its studies, trials and each arm's best_recipe.yaml), which other tables reuse."""
-    return ctx.folder(NAME) / f"{row.name}-s{seed}"
+    return ctx.folder(NAME) / f"{row}-s{seed}"
 
 
 TABLES = [make_table()]
