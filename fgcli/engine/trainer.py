@@ -9,6 +9,7 @@ a completed epoch, so a run killed at any point resumes to bit-identical final w
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -644,6 +645,12 @@ class Trainer:
             log.removeHandler(self._file_log)
             self._file_log.close()
             self._file_log = None
+        if self.info.enabled:
+            # DDP's reducer holds the process group, so without this the group outlives destroy_process_group
+            # and is torn down later, outside c10d's shutdown; a finished gloo run was seen to abort there
+            # ("terminate called without an active exception"). Free the wrapper first.
+            self.model = self.eager_model = None
+            gc.collect()
         D.cleanup_distributed(self.info)
 
     # ---- logging ----
