@@ -32,14 +32,14 @@ class Param:
 
 
 #: trains the backbone: the keys about its weights and statistics matter only then
-_TRUNK_TRAINS = (("model.freeze", "none"),)
+TRUNK_TRAINS = (("model.freeze", "none"),)
 
 #: the settings that mattered most on flowers102 (README): learning rates, batch-norm statistics, length,
 #: weight decay and warm-up. Image size is searched only when a --space file asks for it (it changes the cost).
 COMMON_SPACE: tuple[Param, ...] = (
     Param("optim.lr", 0.1, 10.0, log=True, relative=True),
-    Param("optim.backbone_lr_scale", 0.01, 1.0, log=True, requires=_TRUNK_TRAINS),
-    Param("model.freeze_bn_stats", choices=(False, True), requires=_TRUNK_TRAINS),
+    Param("optim.backbone_lr_scale", 0.01, 1.0, log=True, requires=TRUNK_TRAINS),
+    Param("model.freeze_bn_stats", choices=(False, True), requires=TRUNK_TRAINS),
     Param("train.epochs", 0.5, 2.0, relative=True),
     Param("optim.weight_decay", 1e-5, 0.1, log=True),
     Param("sched.warmup", 0.0, 3.0, requires=(("sched.warmup_unit", "epochs"),)),

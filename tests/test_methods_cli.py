@@ -139,3 +139,23 @@ def test_exported_onnx_evaluates_like_the_checkpoint(trained, tmp_path) -> None:
     (pt, pt_classes), (onnx, onnx_classes) = reports["model.pt"], reports["model.onnx"]
     assert onnx["num_samples"] == pt["num_samples"] == 6
     assert onnx["top1"] == pt["top1"] and onnx["top3"] == pt["top3"] and onnx_classes == pt_classes  # 3 classes
+
+
+def test_mge_on_a_frozen_trunk_trains_the_same_model_shared_or_copied(tmp_path) -> None:
+    """Frozen copies of one pretrained trunk compute what one shared trunk computes (the gate's copy sees the
+    image expert 1's sees): `mge.share_backbone` then changes the weights' size and the cost, not the model.
+    This is why `fgcli tune` searches `mge.share_backbone` only while the trunk trains."""
+    states = {}
+    for share in ("true", "false"):
+        result = runner.invoke(app, [*_args("mge", "--epochs", "2", "--backbone", "test_efficientnet",
+                                            "--deterministic", "--project", str(tmp_path), "--name", share),
+                                     "--set", "model.freeze=backbone", "--set", f"mge.share_backbone={share}"])
+        assert result.exit_code == 0, result.output
+        states[share] = torch.load(tmp_path / share / "weights" / "last.pt", weights_only=True)["model"]
+        rows = read_results_csv(tmp_path / share / "results.csv")
+        states[share + "/rows"] = [{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in rows]
+    assert states["true/rows"] == states["false/rows"]  # every loss term and every head's val top-1, each epoch
+    shared, copied = states["true"], states["false"]
+    assert len(copied) > len(shared)  # four trunks against one
+    for name, value in shared.items():
+        torch.testing.assert_close(copied[name], value, rtol=0, atol=0, msg=name)

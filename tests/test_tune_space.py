@@ -44,6 +44,17 @@ def test_every_builtin_method_declares_a_space_reachable_from_the_registry(metho
     assert set(list_methods()) >= {"baseline", "herbs", "mge"}
 
 
+def test_mge_shares_or_copies_its_trunk_only_in_the_space_of_a_trained_trunk() -> None:
+    """Frozen copies of one pretrained trunk compute the same features as a shared one: with a frozen trunk
+    (mge_frozen_lite0_128) the choice would change only the cost, so it is not searched."""
+    space_of = get_method("mge").search_space
+    frozen = resolve(space_of, _base("mge_frozen_lite0_128"), source="default")
+    assert "mge.share_backbone" not in frozen.keys()
+    assert "model.freeze is 'backbone', not 'none'" in frozen.skipped["mge.share_backbone"]
+    trained = resolve(space_of, _base("mge_lite0_128"), source="default")
+    assert _dims(trained)["mge.share_backbone"].choices == (False, True)
+
+
 def test_relative_ranges_and_the_start_trial_follow_the_recipe() -> None:
     base = _base("baseline_lite0_128")  # adamw lr 1e-3, 12 epochs, wd 0.05, warmup 1, backbone scale 0.1
     dims = _dims(resolve(get_method("baseline").search_space, base, source="default"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fgcli.searchspace import COMMON_SPACE, Param
+from fgcli.searchspace import COMMON_SPACE, TRUNK_TRAINS, Param
 
 SECTION = "mge"  # the config section: `mge.*` in recipes, args.yaml and --set
 #: the recipe `fgcli tune --method mge` starts from (on `--data demo`: mge_demo_cpu)
@@ -53,9 +53,10 @@ def checks(c: MgeConfig) -> list[tuple[bool, str]]:
 
 
 #: `fgcli tune`'s default search space for this method (fgcli.searchspace): the CAM threshold that draws each
-#: expert's box, and one trunk shared by the experts and the gate or a copy each
+#: expert's box, and one trunk shared by the experts and the gate or a copy each (only while the trunk trains:
+#: frozen copies compute the same features as one shared trunk, so the choice would change the cost alone)
 SEARCH_SPACE: tuple[Param, ...] = (
     *COMMON_SPACE,
     Param("mge.box_threshold", 0.1, 0.5),
-    Param("mge.share_backbone", choices=(False, True)),
+    Param("mge.share_backbone", choices=(False, True), requires=TRUNK_TRAINS),
 )
