@@ -202,6 +202,11 @@ def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() 
     _verdict(overlap)
     assert overlap.best == "a" and not overlap.shown and "overlaps that of b: not shown" in overlap.verdict
     assert arm("a", [80, 85, 81]).stats("test") == pytest.approx((82.0, 80.0, 85.0))
+    # the best arm is the one with the highest val mean, whatever the test split says: test judges, never picks
+    picked = CompareResult("c", Path(), [], arms=[arm("a", [80, 82, 81]), arm("b", [75, 79.5, 77])])
+    picked.arms[1].seeds = [SeedRun(i, Path(), 60.0, t) for i, t in enumerate([75, 79.5, 77])]
+    _verdict(picked)
+    assert picked.best == "b" and not picked.shown and "b has the highest val mean" in picked.verdict
 
 
 def test_comparison_csv_names_each_arms_recipe_best_trial_and_the_verdict(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 Equal budget means: one study per arm, the same number of trials, the same pruner and the same maximum
 epochs (a wall-clock budget is not offered here: a shared CPU swings it several-fold). Each arm's best recipe,
 chosen on the validation split, is then trained with seeds the search did not use and evaluated once on the
-test split. The best arm (highest test mean) is "shown" better only when its min-max range over the seeds
-lies above every other arm's.
+test split. The best arm (highest val mean: picked on val, so the test split does not both pick and judge it)
+is "shown" better only when its test min-max range over the seeds lies above every other arm's.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class CompareResult:
     folder: Path
     plan: list[str]
     arms: list[ArmResult] = field(default_factory=list)
-    best: str | None = None  # the arm with the highest test mean
+    best: str | None = None  # the arm with the highest val mean
     shown: bool = False  # its test min-max range lies above every other arm's
     verdict: str = ""
     files: dict[str, Path] = field(default_factory=dict)
@@ -174,16 +174,16 @@ def _verdict(result: CompareResult) -> None:
     if not scored:
         result.verdict = "no arm has a confirmed result"
         return
-    best = max(scored, key=lambda a: a.stats("test")[0])
+    best = max(scored, key=lambda a: a.stats("val")[0])
     others = [a for a in result.arms if a is not best]
     low = best.stats("test")[1]
     above = [a.arm for a in others if a.seeds and low > a.stats("test")[2]]
     result.best = best.arm
     result.shown = len(above) == len(others)
     overlap = [a.arm for a in others if a.arm not in above]
-    result.verdict = (f"{best.arm} has the highest test mean; its min-max range over the seeds lies above every "
-                      "other arm's: shown" if result.shown else
-                      f"{best.arm} has the highest test mean, but its min-max range overlaps that of "
+    result.verdict = (f"{best.arm} has the highest val mean; its test min-max range over the seeds lies above "
+                      "every other arm's: shown" if result.shown else
+                      f"{best.arm} has the highest val mean, but its test min-max range overlaps that of "
                       f"{', '.join(overlap)}: not shown")
 
 
