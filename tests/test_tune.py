@@ -254,3 +254,42 @@ def test_an_equal_budget_comparison_confirms_each_best_recipe_on_test(tmp_path: 
     assert result.best in ("tiny_a", "tiny_b") and result.verdict.endswith("shown")
     table = result.files["markdown"].read_text()
     assert "| tiny_a | 2 / 0 |" in table and "Verdict:" in table
+
+
+def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None) -> list[float]:
+    """The values a 6-trial study (trial 0 the recipe) draws for one key with run.seeded_sampler, the way
+    run_study runs it; `interrupt_at`: Ctrl-C in that trial, then the same worker loop again (a resume)."""
+    from fgcli.tuning.run import seeded_sampler
+    from fgcli.tuning.storage import StudySpec, default_url, open_storage, open_study, origin_of
+    from fgcli.tuning.worker import work
+
+    tmp_path.mkdir(parents=True)
+    storage = open_storage(default_url(tmp_path), 10)
+    spec = StudySpec("s", "baseline", [{"key": "x"}], {"x": 0.5}, 6)
+    study = open_study(storage, spec, seeded_sampler(seed, 0), optuna.pruners.NopPruner(), tmp_path)
+    stop = [interrupt_at]
+
+    def run(trial, frozen) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if stop[0] == trial.number:
+            stop[0] = None
+            raise KeyboardInterrupt
+        return -((x - 0.3) ** 2)
+
+    for _ in range(2):
+        try:
+            work(study, storage, run, slots=True, deadline=None, heartbeat=10,
+                 sampler_for=lambda number: seeded_sampler(seed, number))
+            break
+        except KeyboardInterrupt:
+            continue
+    trials = sorted((t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE),
+                    key=origin_of)  # a retry in the place of the trial it continues
+    return [t.params["x"] for t in trials]
+
+
+def test_the_same_seed_draws_the_same_trials_also_after_a_resume(tmp_path: Path) -> None:
+    first = _draws(tmp_path / "a", seed=3)
+    assert len(first) == 6 and first[0] == 0.5  # trial 0 is the recipe's value
+    assert _draws(tmp_path / "b", seed=3, interrupt_at=2) == first  # interrupted in trial 2, then resumed
+    assert _draws(tmp_path / "c", seed=4)[1:] != first[1:]

@@ -269,7 +269,8 @@ def run_study(plan: StudyPlan) -> TuneResult:
     try:
         spec = StudySpec(plan.study, plan.method, plan.space.as_list(),
                          {k: encode(v) for k, v in plan.space.start.items()}, plan.trials, fixed=fixed_settings(plan))
-        study = open_study(storage, spec, optuna.samplers.TPESampler(), make_pruner(plan.pruner, plan.trials),
+        seed = int(plan.base.train.seed)
+        study = open_study(storage, spec, seeded_sampler(seed, 0), make_pruner(plan.pruner, plan.trials),
                            plan.tune_dir)
         deadline = time.monotonic() + plan.budget_s if plan.budget_s else None
         with _TrialBar(study, plan.trials) as bar:
@@ -283,12 +284,21 @@ def run_study(plan: StudyPlan) -> TuneResult:
                     bar.trial_done()
 
             ran = work(study, storage, run, slots=plan.trials is not None, deadline=deadline,
-                       heartbeat=plan.heartbeat)
+                       heartbeat=plan.heartbeat, sampler_for=lambda number: seeded_sampler(seed, number))
         result = report(study, plan)
         result.ran_here = ran
         return result
     finally:
         _close(handler)
+
+
+def seeded_sampler(seed: int, number: int) -> Any:
+    """Optuna's TPE sampler for trial `number`, seeded from the run's --seed and that number: on one worker the
+    same command draws the same trials, also after a resume (TPE's values depend on the finished trials, which
+    a fixed seed makes repeatable on one machine)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=(seed * 100_003 + number) % 2**32)
 
 
 def fixed_settings(plan: StudyPlan) -> dict[str, Any]:

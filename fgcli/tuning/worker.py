@@ -49,11 +49,16 @@ class Heartbeat:
 
 
 def take_queued(storage: Any, study_id: int) -> int | None:
-    """Atomically take (WAITING -> RUNNING) the first queued trial; its id, or None when none is left."""
+    """Atomically take (WAITING -> RUNNING) the first queued trial, an interrupted trial queued again before any
+    new one (it resumes first, and the trials after it draw from the same history as without the interruption);
+    its id, or None when none is left."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    from fgcli.tuning.storage import origin_of
+
+    waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in sorted(waiting, key=lambda t: (origin_of(t) == t.number, t.number)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
@@ -73,10 +78,12 @@ def fail_stale(study: Any) -> None:
 
 
 def work(study: Any, storage: Any, run: Callable[[Any, Any], float], *, slots: bool, deadline: float | None,
-         heartbeat: int) -> int:
+         heartbeat: int, sampler_for: Callable[[int], Any] | None = None) -> int:
     """Run trials until the queue is empty and no other worker's trial is left running (`slots`: --trials),
     or, with a budget only, until `deadline` (time.monotonic()); a trial running at the deadline finishes.
-    `run(trial, frozen)` returns the trial's value or raises optuna.TrialPruned. Returns the trials run here."""
+    `run(trial, frozen)` returns the trial's value or raises optuna.TrialPruned. `sampler_for(number)`: the
+    sampler that draws trial `number`'s values (a fresh one per trial, so a resumed study draws what an
+    uninterrupted one would). Returns the trials run here."""
     import optuna
     from optuna.trial import TrialState
 
@@ -99,6 +106,8 @@ def work(study: Any, storage: Any, run: Callable[[Any, Any], float], *, slots: b
             time.sleep(heartbeat)
             continue
         said_waiting = False
+        if sampler_for is not None:
+            study.sampler = sampler_for(storage.get_trial(trial_id).number)
         ok = _run_one(study, storage, optuna.Trial(study, trial_id), trial_id, run, heartbeat, failures)
         done += 1
         failures = 0 if ok else failures + 1
