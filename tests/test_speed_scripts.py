@@ -292,3 +292,15 @@ def test_openvino_ir_is_also_judged_at_bf16_where_the_cpu_has_it(monkeypatch, in
     assert [v[0] for v in variants] == labels
     assert all(v[1] == "best.xml" and v[2] is None for v in variants)
     assert [v[3] for v in variants][1:] == (["bf16"] if len(labels) > 1 else [])
+
+
+def test_depthwise_conv_benchmark_finds_the_depthwise_layers_and_times_every_path(capsys) -> None:
+    bench = _load("depthwise_conv")
+    shapes = bench.depthwise_shapes("test_efficientnet", 32)
+    assert shapes and all(conv.groups == conv.in_channels == conv.out_channels > 1 for conv, _ in shapes)
+    assert all(shape[0] == 1 and shape[1] == conv.in_channels for conv, shape in shapes)
+    bench.main(["--backbone", "test_efficientnet", "--img-size", "32", "--batch", "2", "--iters", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms per pass" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| fp32", "| fp32 channels_last", "| bf16", "| bf16 channels_last"]
+    assert rows[0].endswith("| 1.00x |") and f"{len(shapes)} depthwise convolutions" in out
