@@ -71,6 +71,7 @@ ROWS = {
     "bf16_dw_fp32_cl": Row("bf16_dw_fp32_cl", ("train.amp=true", "train.amp_dtype=bf16",
                                                "model.channels_last=always", "train.depthwise_fp32=true")),
     "auto": Row("auto", ()),  # fgcli's default now: measured per CPU and model
+    "auto_compile": Row("auto_compile", ("model.compile=true",)),  # torch.compile on top of what auto picks
     "auto_batch32": Row("auto_batch32", (), batch=32),
     "auto_batch64": Row("auto_batch64", (), batch=64),
     "auto_workers1": Row("auto_workers1", (), workers=1),
