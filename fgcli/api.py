@@ -150,6 +150,7 @@ def tune(method: str | None = None, data: str | None = None, *, recipe: str | No
          config: str | None = None, trials: int | None = None, budget: str | float | None = None,
          space: str | Path | None = None, storage: str | None = None, study: str | None = None,
          pruner: Any = "median", max_epochs: int | None = None, heartbeat: int = 10, dry_run: bool = False,
+         startup_trials: int = 10,
          recipes: Sequence[str] | None = None, methods: Sequence[str] | None = None, seeds: int = 3,
          set: Sequence[str] | dict[str, Any] | None = None, **flags: Any) -> TuneResult | CompareResult:
     """`fgcli tune`: an Optuna search on the validation split, from a recipe (trial 0 is the recipe as given).
@@ -157,7 +158,8 @@ def tune(method: str | None = None, data: str | None = None, *, recipe: str | No
     One study (`method` and/or `recipe`): `trials` and/or `budget` ('2h', '90m' or seconds); `space` a YAML
     file that replaces the method's default search space; `storage` any Optuna database URL (default: a SQLite
     file in the tune folder; several workers may share one study); `pruner` median, halving, none, or an
-    Optuna pruner object (it sees each epoch's val top-1 at step = epoch). Returns a
+    Optuna pruner object (it sees each epoch's val top-1 at step = epoch); `startup_trials`: TPE draws at random
+    until that many trials have finished (trial 0 among them; a small budget is better spent with fewer). Returns a
     TuneResult (`.rows`, `.best`, `.files["best_recipe"]`, plots). `dry_run`: the plan only, nothing runs.
 
     A comparison (`recipes` or `methods`, several arms): one study per arm with the same `trials`, pruner and
@@ -188,7 +190,8 @@ def tune(method: str | None = None, data: str | None = None, *, recipe: str | No
     common = dict(config_file=config, flags=config_flags, overrides=overrides, fixed_by=fixed_by,
                   explicit=explicit_keys(config_flags, overrides), trials=trials, budget_s=parse_duration(budget),
                   space_file=str(space) if space is not None else None, storage=storage, pruner=pruner,
-                  max_epochs=max_epochs, heartbeat=heartbeat, project=project, name=name)
+                  max_epochs=max_epochs, heartbeat=heartbeat, project=project, name=name,
+                  startup_trials=startup_trials)
     if recipes or methods:
         from fgcli.tuning.compare import compare
 

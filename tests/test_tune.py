@@ -256,7 +256,7 @@ def test_an_equal_budget_comparison_confirms_each_best_recipe_on_test(tmp_path: 
     assert "| tiny_a | 2 / 0 |" in table and "Verdict:" in table
 
 
-def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None) -> list[float]:
+def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None, startup: int = 10) -> list[float]:
     """The values a 6-trial study (trial 0 the recipe) draws for one key with run.seeded_sampler, the way
     run_study runs it; `interrupt_at`: Ctrl-C in that trial, then the same worker loop again (a resume)."""
     from fgcli.tuning.run import seeded_sampler
@@ -266,7 +266,7 @@ def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None) -> list[f
     tmp_path.mkdir(parents=True)
     storage = open_storage(default_url(tmp_path), 10)
     spec = StudySpec("s", "baseline", [{"key": "x"}], {"x": 0.5}, 6)
-    study = open_study(storage, spec, seeded_sampler(seed, 0), optuna.pruners.NopPruner(), tmp_path)
+    study = open_study(storage, spec, seeded_sampler(seed, 0, startup), optuna.pruners.NopPruner(), tmp_path)
     stop = [interrupt_at]
 
     def run(trial, frozen) -> float:
@@ -279,7 +279,7 @@ def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None) -> list[f
     for _ in range(2):
         try:
             work(study, storage, run, slots=True, deadline=None, heartbeat=10,
-                 sampler_for=lambda number: seeded_sampler(seed, number))
+                 sampler_for=lambda number: seeded_sampler(seed, number, startup))
             break
         except KeyboardInterrupt:
             continue
@@ -293,3 +293,11 @@ def test_the_same_seed_draws_the_same_trials_also_after_a_resume(tmp_path: Path)
     assert len(first) == 6 and first[0] == 0.5  # trial 0 is the recipe's value
     assert _draws(tmp_path / "b", seed=3, interrupt_at=2) == first  # interrupted in trial 2, then resumed
     assert _draws(tmp_path / "c", seed=4)[1:] != first[1:]
+
+
+def test_startup_trials_end_the_random_draws_sooner(tmp_path: Path) -> None:
+    """--startup-trials 2: TPE models the finished trials from trial 2 on; trial 1 is drawn at random either way."""
+    default, short = _draws(tmp_path / "a", seed=3), _draws(tmp_path / "b", seed=3, startup=2)
+    assert short[:2] == default[:2] and short[2:] != default[2:]
+    result = fgcli.tune("baseline", "demo", trials=3, startup_trials=2, dry_run=True, project=str(tmp_path / "t"))
+    assert any("draws at random until 2 trials have finished" in line for line in result.plan)

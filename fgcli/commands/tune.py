@@ -41,6 +41,9 @@ def tune_command(
     heartbeat: int = typer.Option(10, "--heartbeat", min=1, rich_help_panel=_SEARCH,
                                   help="Seconds between a running trial's heartbeats; one silent for 3x this is "
                                        "taken as killed and resumed from its last.pt."),
+    startup_trials: int = typer.Option(10, "--startup-trials", min=1, rich_help_panel=_SEARCH,
+                                       help="Trials drawn at random (trial 0, the recipe, among them) before "
+                                            "Optuna's TPE models the finished ones; fewer suit a small budget."),
     dry_run: bool = typer.Option(False, "--dry-run", rich_help_panel=_SEARCH,
                                  help="Print the plan (space, fixed keys, trial 0) and stop."),
     recipes: str | None = typer.Option(None, "--recipes", rich_help_panel=_COMPARE,
@@ -71,7 +74,7 @@ def tune_command(
     train_flags["logger"] = train_flags.get("logger") or None
     result = api.tune(method, data, recipe=recipe, config=config, trials=trials, budget=budget, space=space,
                       storage=storage, study=study, pruner=pruner, max_epochs=max_epochs, heartbeat=heartbeat,
-                      dry_run=dry_run, recipes=_split(recipes), methods=_split(methods), seeds=seeds, set=set_,
+                      startup_trials=startup_trials, dry_run=dry_run, recipes=_split(recipes), methods=_split(methods), seeds=seeds, set=set_,
                       project=project, name=name, **train_flags)
     from fgcli.tuning.compare import CompareResult
 

@@ -19,7 +19,15 @@ from fgcli.config import from_dict, from_saved, resolve_config
 from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.io import atomic_write_text
-from fgcli.tuning.run import StudyPlan, TuneResult, plan_study, run_study, slug, starting_recipe
+from fgcli.tuning.run import (
+    STARTUP_TRIALS,
+    StudyPlan,
+    TuneResult,
+    plan_study,
+    run_study,
+    slug,
+    starting_recipe,
+)
 from fgcli.tuning.storage import default_url
 
 
@@ -62,7 +70,8 @@ class CompareResult:
 def compare(*, recipes: list[str], methods: list[str], seeds: int, dry_run: bool, config_file: str | None,
             flags: dict[str, Any], overrides: list[str] | None, fixed_by: dict[str, str], explicit: frozenset[str],
             trials: int | None, budget_s: float | None, space_file: str | None, storage: str | None, pruner: Any,
-            max_epochs: int | None, heartbeat: int, project: str | None, name: str | None) -> CompareResult:
+            max_epochs: int | None, heartbeat: int, project: str | None, name: str | None,
+            startup_trials: int = STARTUP_TRIALS) -> CompareResult:
     """Plan every arm (refusing unequal budgets before any trial), search each, then confirm on test."""
     arms = [(Path(r).stem, None, r) for r in recipes] + [(m, m, None) for m in methods]
     if len(arms) < 2 or len({a[0] for a in arms}) != len(arms):
@@ -91,7 +100,7 @@ def compare(*, recipes: list[str], methods: list[str], seeds: int, dry_run: bool
                                 overrides=overrides, fixed_by=fixed_by, explicit=explicit, trials=trials,
                                 budget_s=None, space_file=space_file, storage=storage, study=f"{name}-{arm}",
                                 pruner=pruner, max_epochs=max_epochs, heartbeat=heartbeat, project=str(folder),
-                                name=arm, arm=arm, need_test=True))
+                                name=arm, arm=arm, need_test=True, startup_trials=startup_trials))
     most = {p.arm: p.max_epochs for p in plans}
     if len(set(most.values())) > 1:
         shown = ", ".join(f"{a} {e}" for a, e in most.items())

@@ -28,6 +28,9 @@ DEFAULT_HEARTBEAT = 10  # seconds between a running trial's heartbeats
 FIRST_PRUNED_EPOCH = 2  # no trial is pruned on its first epoch (warm-up, noisy val)
 
 
+#: TPE draws at random until this many trials have finished (trial 0, the recipe, among them): Optuna's default
+STARTUP_TRIALS = 10
+
 @dataclass
 class StudyPlan:
     """Everything a study needs before its first trial, and the lines that say it."""
@@ -46,6 +49,7 @@ class StudyPlan:
     heartbeat: int
     explicit: frozenset[str]
     data_line: str
+    startup_trials: int = STARTUP_TRIALS
 
     @property
     def max_epochs(self) -> int:
@@ -58,6 +62,8 @@ class StudyPlan:
                               if x)
         out = [f"study '{self.study}' ({self.method}, from {self.recipe or 'the built-in defaults'}): {amount}, "
                f"pruner {pruner_line(self.pruner, self.trials)}, at most {self.max_epochs} epochs a trial",
+               f"  sampler: Optuna's TPE, seeded by --seed {self.base.train.seed}; it draws at random until "
+               f"{self.startup_trials} trials have finished, trial 0 among them (--startup-trials)",
                f"  data: {self.data_line}; trials are scored on val top-1, the test split is not read",
                f"  storage: {redact(self.storage_url)}; folder: {self.tune_dir}"]
         for dim in self.space.dims:
@@ -213,7 +219,8 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
                overrides: list[str] | None, fixed_by: dict[str, str], explicit: frozenset[str],
                trials: int | None, budget_s: float | None, space_file: str | None, storage: str | None,
                study: str | None, pruner: Any, max_epochs: int | None, heartbeat: int, project: str | None,
-               name: str | None, arm: str | None = None, need_test: bool = False) -> StudyPlan:
+               name: str | None, arm: str | None = None, need_test: bool = False,
+               startup_trials: int = STARTUP_TRIALS) -> StudyPlan:
     """Resolve everything a study needs and check it; nothing is written."""
     from fgcli.methods import get_method
 
@@ -223,6 +230,8 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
         raise unknown_choice("--pruner", pruner, PRUNERS)
     if heartbeat < 1:
         raise UserError(f"--heartbeat must be >= 1 second, got {heartbeat}.")
+    if startup_trials < 1:
+        raise UserError(f"--startup-trials must be >= 1 (trial 0, the recipe, is always one), got {startup_trials}.")
     recipe = starting_recipe(method, recipe, config_file, flags, overrides)
     base = resolve_config(recipe, config_file, flags, overrides)
     method_cls = get_method(base.method)
@@ -240,7 +249,8 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
     tune_dir = Path(project or "runs/tune") / (name or study)
     return StudyPlan(study=study, arm=arm, method=base.method, recipe=recipe, base=base, space=space,
                      tune_dir=tune_dir, storage_url=storage or default_url(tune_dir), trials=trials,
-                     budget_s=budget_s, pruner=pruner, heartbeat=heartbeat, explicit=explicit, data_line=data_line)
+                     budget_s=budget_s, pruner=pruner, heartbeat=heartbeat, explicit=explicit, data_line=data_line,
+                     startup_trials=startup_trials)
 
 
 # -- running -----------------------------------------------------------------------------------------------
@@ -270,7 +280,8 @@ def run_study(plan: StudyPlan) -> TuneResult:
         spec = StudySpec(plan.study, plan.method, plan.space.as_list(),
                          {k: encode(v) for k, v in plan.space.start.items()}, plan.trials, fixed=fixed_settings(plan))
         seed = int(plan.base.train.seed)
-        study = open_study(storage, spec, seeded_sampler(seed, 0), make_pruner(plan.pruner, plan.trials),
+        study = open_study(storage, spec, seeded_sampler(seed, 0, plan.startup_trials),
+                           make_pruner(plan.pruner, plan.trials),
                            plan.tune_dir)
         deadline = time.monotonic() + plan.budget_s if plan.budget_s else None
         with _TrialBar(study, plan.trials) as bar:
@@ -284,7 +295,8 @@ def run_study(plan: StudyPlan) -> TuneResult:
                     bar.trial_done()
 
             ran = work(study, storage, run, slots=plan.trials is not None, deadline=deadline,
-                       heartbeat=plan.heartbeat, sampler_for=lambda number: seeded_sampler(seed, number))
+                       heartbeat=plan.heartbeat,
+                       sampler_for=lambda number: seeded_sampler(seed, number, plan.startup_trials))
         result = report(study, plan)
         result.ran_here = ran
         return result
@@ -292,13 +304,15 @@ def run_study(plan: StudyPlan) -> TuneResult:
         _close(handler)
 
 
-def seeded_sampler(seed: int, number: int) -> Any:
+def seeded_sampler(seed: int, number: int, startup_trials: int = STARTUP_TRIALS) -> Any:
     """Optuna's TPE sampler for trial `number`, seeded from the run's --seed and that number: on one worker the
     same command draws the same trials, also after a resume (TPE's values depend on the finished trials, which
-    a fixed seed makes repeatable on one machine)."""
+    a fixed seed makes repeatable on one machine). It draws at random until `startup_trials` trials have finished
+    (trial 0, the recipe, among them)."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=(seed * 100_003 + number) % 2**32)
+    return optuna.samplers.TPESampler(seed=(seed * 100_003 + number) % 2**32,
+                                      n_startup_trials=startup_trials)
 
 
 def fixed_settings(plan: StudyPlan) -> dict[str, Any]:
