@@ -87,6 +87,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 TUNED = {"baseline_tuned": "baseline_lite0_224_cub", "herbs_tuned": "herbs_lite0_224_cub",
          "mge_tuned": "mge_lite0_224_cub"}
 TUNE_ROW = tune_results.row_of(tune_results.CUB).name
+#: a tuned row whose search kept its starting recipe (best trial 0) trains what this row trains (the recipe at
+#: 224 px until val stops improving): that row's run is reused, not trained twice
+SAME_RUN_IF_KEPT = {"baseline_tuned": "baseline_plateau", "herbs_tuned": "herbs_plateau"}
 #: every arm's best recipe trains at 224 px until val stops improving, as herbs_lite0_224_cub does (the search at
 #: 128 px fixes 15 epochs for every arm)
 ROWS.update({row: (arm, [AT_224, *PLATEAU]) for row, arm in TUNED.items()})
@@ -138,7 +141,21 @@ def tuned_recipe(row: str, seed: int, ctx: Context) -> Path:
     return tune_results.comparison_folder(TUNE_ROW, seed, ctx) / TUNED[row] / "best_recipe.yaml"
 
 
+def kept_recipe(row: str, seed: int, ctx: Context) -> bool:
+    """Whether the search of `row`'s arm kept its starting recipe: its best trial, chosen on val, is trial 0."""
+    path = tune_results.comparison_folder(TUNE_ROW, seed, ctx) / "comparison.csv"
+    if not path.is_file():
+        return False
+    arms = {a["recipe"]: a for a in tune_results.comparison(path.read_text(encoding="utf-8"))}
+    return arms.get(TUNED[row], {}).get("best_trial") == 0
+
+
 def _measure(row: Row, seed: int, ctx: Context) -> dict:
+    if row.name in SAME_RUN_IF_KEPT and not ctx.quick and kept_recipe(row.name, seed, ctx):
+        same = SAME_RUN_IF_KEPT[row.name]
+        summary = _measure(Row(same, same, (seed,)), seed, ctx)
+        summary["config"]["same_run_as"] = f"{same} (the search kept the starting recipe: best trial 0)"
+        return summary
     # --quick: a toy demo with other classes, a tiny backbone, the rows' 2 epochs at 64 px
     rows = ROWS if row.name not in TUNED else {**ROWS,
                                                row.name: (str(tuned_recipe(row.name, seed, ctx)), ROWS[row.name][1])}

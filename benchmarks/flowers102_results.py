@@ -203,7 +203,9 @@ def table(rows: list[Row], get: Lookup, name: str = "flowers102",
             f"{'/'.join(heads)}: {spread([r['test']['head_top1'] for r in runs])}")
         top5 = [r["test"]["top5"] for r in runs]
         epochs = "—" if fitted_in_one_go(row.name, recipes) else "/".join(map(str, sorted({r["train"]["epochs"] for r in runs})))
-        lines.append(f"| {row.label} | {epochs} | {len(runs)} | "
+        same = sorted({r["config"]["same_run_as"] for r in runs if r.get("config", {}).get("same_run_as")})
+        label = f"{row.label}: the run of row {'; '.join(same)}" if same else row.label
+        lines.append(f"| {label} | {epochs} | {len(runs)} | "
                      f"{spread([r['val']['top1'] for r in runs])} | {spread([r['test']['top1'] for r in runs])} | "
                      f"{'—' if None in top5 else spread(top5)} | {head} | "
                      f"{statistics.mean(r['train']['time_s'] for r in runs) / 60:.1f} min | "

@@ -52,6 +52,10 @@ def test_table_reads_missing_then_a_row_per_measured_run(bench) -> None:
     baseline = next(line for line in lines if "`baseline_lite0_224_cub`)" in line and "**baseline**" in line)
     assert baseline.startswith("| **baseline** (`baseline_lite0_224_cub`) | 15 | 1 | 60.00 | 58.00 | 80.00 |")
     assert sum("| missing |" in line for line in lines) == len(rows) - 1
+    reused = {**summary, "config": {"same_run_as": "herbs_plateau (the search kept the starting recipe)"}}
+    lines = bench.table(rows, lambda table, row, seed: reused if row == "herbs_tuned" else None)
+    assert any(line.startswith("| HERBS, the best recipe of its 128-px search: the run of row herbs_plateau (the "
+                               "search kept") for line in lines)
 
 
 @pytest.mark.parametrize(("row", "shipped_recipe"), [("baseline_lite2", "baseline_lite2_224_cub"),
@@ -84,3 +88,15 @@ def test_a_tuned_row_trains_its_arms_best_recipe_at_224_after_the_search(bench, 
     tuned = tmp_path / "tune" / "cub100-128-s0" / "herbs_lite0_224_cub" / "best_recipe.yaml"
     assert seen["herbs_tuned"] == (str(tuned), ["data.img_size=224", "train.epochs=40", "train.patience=5"])
     assert seen["herbs"] == ("herbs_lite0_224_cub", ["train.epochs=15", "train.patience=0"])
+    # a search that kept its starting recipe (best trial 0): the tuned row is the plateau row's run, not a new one
+    tuned.parent.parent.mkdir(parents=True)
+    (tuned.parent.parent / "comparison.csv").write_text(
+        "arm,trials_complete,trials_pruned,search_best_val,seeds,val_mean,val_min,val_max,test_mean,test_min,"
+        "test_max,recipe,best_trial,best_params,verdict\n"
+        "herbs_lite0_224_cub,3,3,51.0,1,,,,,,,herbs_lite0_224_cub,0,{},\n")
+    seen.clear()
+    monkeypatch.setattr(bench.f102, "train_and_evaluate", lambda row, seed, data, work, extra, quick, rows:
+                        seen.setdefault(row, rows[row]) and {"config": {}})
+    summary = bench.TABLE.measure(rows["herbs_tuned"], 0, ctx)
+    assert seen == {"herbs_plateau": ("herbs_lite0_224_cub", ["train.epochs=40", "train.patience=5"])}
+    assert summary["config"]["same_run_as"].startswith("herbs_plateau")
