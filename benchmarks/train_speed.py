@@ -403,7 +403,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.emulate and not os.environ.get("FGCLI_EMULATED"):
-        env = dict(os.environ, FGCLI_EMULATED=args.emulate, **EMULATE[args.emulate])
+        # a fresh inductor cache: its key ignores ATEN_CPU_CAPABILITY, so kernels compiled natively (AVX-512) were
+        # reused under the cap, and with oneDNN capped too the compiled step gave NaN losses and segfaults
+        cache = tempfile.mkdtemp(prefix=f"fgcli-inductor-{args.emulate}-")
+        env = dict(os.environ, FGCLI_EMULATED=args.emulate, TORCHINDUCTOR_CACHE_DIR=cache, **EMULATE[args.emulate])
         return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
     emulated = os.environ.get("FGCLI_EMULATED")
     names = args.rows or (["fp32", "auto"] if args.quick else EMULATED_ROWS[emulated] if emulated else DEFAULT_ROWS)
