@@ -18,6 +18,7 @@ its min-max range over seeds lies above the other's. No number is picked on the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from pathlib import Path
@@ -152,8 +153,8 @@ def kept_recipe(row: str, seed: int, ctx: Context) -> bool:
 
 def _measure(row: Row, seed: int, ctx: Context) -> dict:
     if row.name in SAME_RUN_IF_KEPT and not ctx.quick and kept_recipe(row.name, seed, ctx):
-        same = SAME_RUN_IF_KEPT[row.name]
-        summary = _measure(Row(same, same, (seed,)), seed, ctx)
+        same = SAME_RUN_IF_KEPT[row.name]  # its summary when it is measured (its run folder may be elsewhere)
+        summary = copy.deepcopy(ctx.summary(NAME, same, seed)) or _measure(Row(same, same, (seed,)), seed, ctx)
         summary["config"]["same_run_as"] = f"{same} (the search kept the starting recipe: best trial 0)"
         return summary
     # --quick: a toy demo with other classes, a tiny backbone, the rows' 2 epochs at 64 px

@@ -14,6 +14,7 @@ at the batch given. The sum over the convolutions is printed per path, with the 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -46,10 +47,10 @@ def depthwise_shapes(backbone: str, img_size: int) -> list[tuple[nn.Conv2d, tupl
 
 def time_pass(conv: nn.Conv2d, shape: tuple[int, ...], batch: int, bf16: bool, channels_last: bool,
               iters: int) -> float:
-    """Seconds of one forward + backward of `conv` (a fresh fp32 copy) on a batch of that input shape."""
+    """Seconds of one forward + backward of `conv` (a copy: timm's own layer, e.g. Conv2dSame with its dynamic
+    "same" padding) on a batch of that input shape."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=conv.bias is not None).to(memory_format=fmt)
+    layer = copy.deepcopy(conv).float().train().to(memory_format=fmt)
     x = torch.randn(batch, *shape[1:]).contiguous(memory_format=fmt).requires_grad_()
 
     def step() -> None:

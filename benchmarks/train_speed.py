@@ -79,7 +79,8 @@ ROWS = {
     "auto_threads": Row("auto_threads", (), threads=0),
     "auto_threads_workers1": Row("auto_threads_workers1", (), threads=0, workers=1),
 }
-DEFAULT_ROWS = list(ROWS)
+#: auto_compile is opt-in (`--rows auto_compile`): a compile start-up of up to 2 min per method and size
+DEFAULT_ROWS = [name for name in ROWS if name != "auto_compile"]
 #: rows an emulated run measures by default (capped to AVX2, bf16 is emulated: its rows would only time that)
 EMULATED_ROWS = {"avx2": ["fp32", "channels_last", "compile", "auto", "auto_threads"], "avx512bf16": DEFAULT_ROWS}
 
@@ -405,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.emulate and not os.environ.get("FGCLI_EMULATED"):
         # a fresh inductor cache: its key ignores ATEN_CPU_CAPABILITY, so kernels compiled natively (AVX-512) were
         # reused under the cap, and with oneDNN capped too the compiled step gave NaN losses and segfaults
-        cache = tempfile.mkdtemp(prefix=f"fgcli-inductor-{args.emulate}-")
-        env = dict(os.environ, FGCLI_EMULATED=args.emulate, TORCHINDUCTOR_CACHE_DIR=cache, **EMULATE[args.emulate])
-        return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], env=env)
+        with tempfile.TemporaryDirectory(prefix=f"fgcli-inductor-{args.emulate}-") as cache:
+            env = dict(os.environ, FGCLI_EMULATED=args.emulate, TORCHINDUCTOR_CACHE_DIR=cache,
+                       **EMULATE[args.emulate])
+            return subprocess.call([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
+                                   env=env)
     emulated = os.environ.get("FGCLI_EMULATED")
     names = args.rows or (["fp32", "auto"] if args.quick else EMULATED_ROWS[emulated] if emulated else DEFAULT_ROWS)
     rows = [ROWS[n] for n in names]

@@ -150,7 +150,7 @@ def tune(method: str | None = None, data: str | None = None, *, recipe: str | No
          config: str | None = None, trials: int | None = None, budget: str | float | None = None,
          space: str | Path | None = None, storage: str | None = None, study: str | None = None,
          pruner: Any = "median", max_epochs: int | None = None, heartbeat: int = 10, dry_run: bool = False,
-         startup_trials: int = 10,
+         startup_trials: int = 10,  # fgcli.tuning.run.STARTUP_TRIALS (not imported here: `import fgcli` stays light)
          recipes: Sequence[str] | None = None, methods: Sequence[str] | None = None, seeds: int = 3,
          set: Sequence[str] | dict[str, Any] | None = None, **flags: Any) -> TuneResult | CompareResult:
     """`fgcli tune`: an Optuna search on the validation split, from a recipe (trial 0 is the recipe as given).

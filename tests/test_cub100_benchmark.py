@@ -100,3 +100,10 @@ def test_a_tuned_row_trains_its_arms_best_recipe_at_224_after_the_search(bench, 
     summary = bench.TABLE.measure(rows["herbs_tuned"], 0, ctx)
     assert seen == {"herbs_plateau": ("herbs_lite0_224_cub", ["train.epochs=40", "train.patience=5"])}
     assert summary["config"]["same_run_as"].startswith("herbs_plateau")
+    # the plateau row measured (its summary committed, its run folder elsewhere): read, not trained again
+    seen.clear()
+    monkeypatch.setattr(results.Context, "summary", lambda self, table, row, seed:
+                        {"config": {"recipe": "herbs_lite0_224_cub"}, "val": {"top1": 63.5}}
+                        if (table, row) == ("cub100", "herbs_plateau") else None)
+    summary = bench.TABLE.measure(rows["herbs_tuned"], 0, ctx)
+    assert seen == {} and summary["val"]["top1"] == 63.5 and summary["config"]["same_run_as"].startswith("herbs")

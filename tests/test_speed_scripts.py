@@ -295,11 +295,18 @@ def test_openvino_ir_is_also_judged_at_bf16_where_the_cpu_has_it(monkeypatch, in
 
 
 def test_depthwise_conv_benchmark_finds_the_depthwise_layers_and_times_every_path(capsys) -> None:
+    import torch
+
     bench = _load("depthwise_conv")
+    threads = torch.get_num_threads()
     shapes = bench.depthwise_shapes("test_efficientnet", 32)
     assert shapes and all(conv.groups == conv.in_channels == conv.out_channels > 1 for conv, _ in shapes)
     assert all(shape[0] == 1 and shape[1] == conv.in_channels for conv, shape in shapes)
-    bench.main(["--backbone", "test_efficientnet", "--img-size", "32", "--batch", "2", "--iters", "1"])
+    with torch.random.fork_rng():
+        try:
+            bench.main(["--backbone", "test_efficientnet", "--img-size", "32", "--batch", "2", "--iters", "1"])
+        finally:
+            torch.set_num_threads(threads)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "ms per pass" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| fp32", "| fp32 channels_last", "| bf16", "| bf16 channels_last"]

@@ -190,9 +190,10 @@ def test_an_unreachable_storage_is_one_line(tmp_path: Path, url: str, shown: str
 def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() -> None:
     from fgcli.tuning.compare import ArmResult, CompareResult, SeedRun, _verdict
 
-    def arm(name: str, tests: list[float]) -> ArmResult:
+    def arm(name: str, tests: list[float], val: float | None = None) -> ArmResult:
         tune = TuneResult(study=name, storage="", tune_dir=Path(), method="baseline", plan=[])
-        return ArmResult(name, tune, [SeedRun(i, Path(), 50.0, t) for i, t in enumerate(tests)])
+        val = val if val is not None else {"a": 60.0, "b": 55.0}.get(name, 50.0)  # a: the highest val mean
+        return ArmResult(name, tune, [SeedRun(i, Path(), val, t) for i, t in enumerate(tests)])
 
     shown = CompareResult("c", Path(), [], arms=[arm("a", [80, 82, 81]), arm("b", [75, 79.5, 77])])
     _verdict(shown)
@@ -203,8 +204,7 @@ def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() 
     assert overlap.best == "a" and not overlap.shown and "overlaps that of b: not shown" in overlap.verdict
     assert arm("a", [80, 85, 81]).stats("test") == pytest.approx((82.0, 80.0, 85.0))
     # the best arm is the one with the highest val mean, whatever the test split says: test judges, never picks
-    picked = CompareResult("c", Path(), [], arms=[arm("a", [80, 82, 81]), arm("b", [75, 79.5, 77])])
-    picked.arms[1].seeds = [SeedRun(i, Path(), 60.0, t) for i, t in enumerate([75, 79.5, 77])]
+    picked = CompareResult("c", Path(), [], arms=[arm("a", [80, 82, 81], val=55.0), arm("b", [75, 79.5, 77], val=60.0)])
     _verdict(picked)
     assert picked.best == "b" and not picked.shown and "b has the highest val mean" in picked.verdict
 
@@ -257,16 +257,15 @@ def test_an_equal_budget_comparison_confirms_each_best_recipe_on_test(tmp_path: 
 
 
 def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None, startup: int = 10) -> list[float]:
-    """The values a 6-trial study (trial 0 the recipe) draws for one key with run.seeded_sampler, the way
-    run_study runs it; `interrupt_at`: Ctrl-C in that trial, then the same worker loop again (a resume)."""
+    """The values a 6-trial study (trial 0 the recipe) draws for one key, run as run_study runs it;
+    `interrupt_at`: Ctrl-C in that trial, then the study opened again, as a rerun of the command in a new
+    process would (a new storage connection and a new sampler), and its worker loop run to the end."""
     from fgcli.tuning.run import seeded_sampler
     from fgcli.tuning.storage import StudySpec, default_url, open_storage, open_study, origin_of
     from fgcli.tuning.worker import work
 
     tmp_path.mkdir(parents=True)
-    storage = open_storage(default_url(tmp_path), 10)
     spec = StudySpec("s", "baseline", [{"key": "x"}], {"x": 0.5}, 6)
-    study = open_study(storage, spec, seeded_sampler(seed, 0, startup), optuna.pruners.NopPruner(), tmp_path)
     stop = [interrupt_at]
 
     def run(trial, frozen) -> float:
@@ -277,6 +276,8 @@ def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None, startup: 
         return -((x - 0.3) ** 2)
 
     for _ in range(2):
+        storage = open_storage(default_url(tmp_path), 10)
+        study = open_study(storage, spec, seeded_sampler(seed, 0, startup), optuna.pruners.NopPruner(), tmp_path)
         try:
             work(study, storage, run, slots=True, deadline=None, heartbeat=10,
                  sampler_for=lambda number: seeded_sampler(seed, number, startup))
@@ -289,10 +290,12 @@ def _draws(tmp_path: Path, seed: int, interrupt_at: int | None = None, startup: 
 
 
 def test_the_same_seed_draws_the_same_trials_also_after_a_resume(tmp_path: Path) -> None:
-    first = _draws(tmp_path / "a", seed=3)
+    """Two random start-up trials (trial 0 among them), then TPE: every later draw depends on the history, so the
+    interrupted trial must resume before any new one and each trial's sampler must be seeded by its number."""
+    first = _draws(tmp_path / "a", seed=3, startup=2)
     assert len(first) == 6 and first[0] == 0.5  # trial 0 is the recipe's value
-    assert _draws(tmp_path / "b", seed=3, interrupt_at=2) == first  # interrupted in trial 2, then resumed
-    assert _draws(tmp_path / "c", seed=4)[1:] != first[1:]
+    assert _draws(tmp_path / "b", seed=3, interrupt_at=2, startup=2) == first  # Ctrl-C in trial 2, then a rerun
+    assert _draws(tmp_path / "c", seed=4, startup=2)[1:] != first[1:]
 
 
 def test_startup_trials_end_the_random_draws_sooner(tmp_path: Path) -> None:
@@ -301,3 +304,8 @@ def test_startup_trials_end_the_random_draws_sooner(tmp_path: Path) -> None:
     assert short[:2] == default[:2] and short[2:] != default[2:]
     result = fgcli.tune("baseline", "demo", trials=3, startup_trials=2, dry_run=True, project=str(tmp_path / "t"))
     assert any("draws at random until 2 trials have finished" in line for line in result.plan)
+    import inspect
+
+    from fgcli.tuning.run import STARTUP_TRIALS
+
+    assert inspect.signature(fgcli.tune).parameters["startup_trials"].default == STARTUP_TRIALS

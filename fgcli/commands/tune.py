@@ -42,8 +42,8 @@ def tune_command(
                                   help="Seconds between a running trial's heartbeats; one silent for 3x this is "
                                        "taken as killed and resumed from its last.pt."),
     startup_trials: int = typer.Option(10, "--startup-trials", min=1, rich_help_panel=_SEARCH,
-                                       help="Trials drawn at random (trial 0, the recipe, among them) before "
-                                            "Optuna's TPE models the finished ones; fewer suit a small budget."),
+                                       help="Finished trials (trial 0, the recipe, counts) before Optuna's TPE "
+                                            "models them; until then it draws at random. Fewer suit a small budget."),
     dry_run: bool = typer.Option(False, "--dry-run", rich_help_panel=_SEARCH,
                                  help="Print the plan (space, fixed keys, trial 0) and stop."),
     recipes: str | None = typer.Option(None, "--recipes", rich_help_panel=_COMPARE,
