@@ -74,8 +74,8 @@ def tune_command(
     train_flags["logger"] = train_flags.get("logger") or None
     result = api.tune(method, data, recipe=recipe, config=config, trials=trials, budget=budget, space=space,
                       storage=storage, study=study, pruner=pruner, max_epochs=max_epochs, heartbeat=heartbeat,
-                      startup_trials=startup_trials, dry_run=dry_run, recipes=_split(recipes), methods=_split(methods), seeds=seeds, set=set_,
-                      project=project, name=name, **train_flags)
+                      startup_trials=startup_trials, dry_run=dry_run, recipes=_split(recipes),
+                      methods=_split(methods), seeds=seeds, set=set_, project=project, name=name, **train_flags)
     from fgcli.tuning.compare import CompareResult
 
     if isinstance(result, CompareResult):

@@ -19,15 +19,7 @@ from fgcli.config import from_dict, from_saved, resolve_config
 from fgcli.console import log
 from fgcli.errors import UserError
 from fgcli.io import atomic_write_text
-from fgcli.tuning.run import (
-    STARTUP_TRIALS,
-    StudyPlan,
-    TuneResult,
-    plan_study,
-    run_study,
-    slug,
-    starting_recipe,
-)
+from fgcli.tuning.run import StudyPlan, TuneResult, plan_study, run_study, slug, starting_recipe
 from fgcli.tuning.storage import default_url
 
 
@@ -71,7 +63,7 @@ def compare(*, recipes: list[str], methods: list[str], seeds: int, dry_run: bool
             flags: dict[str, Any], overrides: list[str] | None, fixed_by: dict[str, str], explicit: frozenset[str],
             trials: int | None, budget_s: float | None, space_file: str | None, storage: str | None, pruner: Any,
             max_epochs: int | None, heartbeat: int, project: str | None, name: str | None,
-            startup_trials: int = STARTUP_TRIALS) -> CompareResult:
+            startup_trials: int) -> CompareResult:
     """Plan every arm (refusing unequal budgets before any trial), search each, then confirm on test."""
     arms = [(Path(r).stem, None, r) for r in recipes] + [(m, m, None) for m in methods]
     if len(arms) < 2 or len({a[0] for a in arms}) != len(arms):

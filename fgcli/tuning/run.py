@@ -49,7 +49,7 @@ class StudyPlan:
     heartbeat: int
     explicit: frozenset[str]
     data_line: str
-    startup_trials: int = STARTUP_TRIALS
+    startup_trials: int
 
     @property
     def max_epochs(self) -> int:
@@ -219,8 +219,8 @@ def plan_study(*, method: str | None, recipe: str | None, config_file: str | Non
                overrides: list[str] | None, fixed_by: dict[str, str], explicit: frozenset[str],
                trials: int | None, budget_s: float | None, space_file: str | None, storage: str | None,
                study: str | None, pruner: Any, max_epochs: int | None, heartbeat: int, project: str | None,
-               name: str | None, arm: str | None = None, need_test: bool = False,
-               startup_trials: int = STARTUP_TRIALS) -> StudyPlan:
+               name: str | None, startup_trials: int, arm: str | None = None,
+               need_test: bool = False) -> StudyPlan:
     """Resolve everything a study needs and check it; nothing is written."""
     from fgcli.methods import get_method
 
@@ -304,7 +304,7 @@ def run_study(plan: StudyPlan) -> TuneResult:
         _close(handler)
 
 
-def seeded_sampler(seed: int, number: int, startup_trials: int = STARTUP_TRIALS) -> Any:
+def seeded_sampler(seed: int, number: int, startup_trials: int) -> Any:
     """Optuna's TPE sampler for trial `number`, seeded from the run's --seed and that number: on one worker the
     same command draws the same trials, also after a resume (TPE's values depend on the finished trials, which
     a fixed seed makes repeatable on one machine). It draws at random until `startup_trials` trials have finished

@@ -17,6 +17,7 @@ from typing import Any
 
 from fgcli.console import log
 from fgcli.errors import UserError
+from fgcli.tuning.storage import origin_of
 
 #: consecutive failed trials after which the study stops (a broken setup, not a bad point of the space)
 MAX_FAILURES = 3
@@ -54,8 +55,6 @@ def take_queued(storage: Any, study_id: int) -> int | None:
     its id, or None when none is left."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
-
-    from fgcli.tuning.storage import origin_of
 
     waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
     for frozen in sorted(waiting, key=lambda t: (origin_of(t) == t.number, t.number)):
