@@ -139,10 +139,33 @@ def test_ood_section_measures_every_score_and_warns_about_in_distribution_images
     assert section["warnings"] == [] and section["reject"]["ood_rejected"] == 1.0
     near = ood_section(_book(inside), OodScores("same", _book(inside[:20]), 20, [], ["a", "zz"]), temperature=1.0,
                        reject=None, classes=list("abcd"), split="test")
-    assert near["ood_at_id_confidence"] > 0.5
+    assert near["ood_at_id_confidence"] > 0.4
     assert any("classes of the model" in w for w in near["warnings"])
-    assert any("in-distribution confidence" in w for w in near["warnings"])
+    assert any("as confident as the median test image" in w for w in near["warnings"])
     assert "reject" not in near
+
+
+def test_unseen_classes_that_overlap_in_confidence_are_not_taken_for_the_models_own() -> None:
+    """Near-OOD images (new species of the same kind) mostly clear the 95 %-recall confidence level, yet are not
+    the model's classes: only images about as confident as the split's (half above its median) warn."""
+    rng = np.random.default_rng(2)
+
+    def peaked(n: int, margin: np.ndarray) -> np.ndarray:
+        logits = np.zeros((n, 4))
+        logits[:, 0] = margin
+        return logits
+
+    inside = peaked(400, rng.normal(3.0, 1.0, 400))
+    unseen = peaked(400, rng.normal(2.2, 1.0, 400))  # less confident on the whole, overlapping heavily
+    own = peaked(400, rng.normal(3.0, 1.0, 400))  # the same distribution as the split
+    section = ood_section(_book(inside), OodScores("unseen", _book(unseen), 400, [], []), temperature=1.0,
+                          reject=None, classes=list("abcd"), split="test")
+    assert section["scores"]["msp"]["fpr95"] > 0.5 and 0.6 < section["scores"]["msp"]["auroc"] < 0.8
+    assert section["ood_at_id_confidence"] < 0.4 and section["warnings"] == []
+    same = ood_section(_book(inside), OodScores("own", _book(own), 400, [], []), temperature=1.0, reject=None,
+                       classes=list("abcd"), split="test")
+    assert 0.4 < same["ood_at_id_confidence"] < 0.6
+    assert len(same["warnings"]) == 1 and "own classes" in same["warnings"][0]
 
 
 # -- confused pairs ----------------------------------------------------------------------------------------------------------
