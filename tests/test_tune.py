@@ -207,6 +207,10 @@ def test_the_verdict_is_shown_only_when_the_best_range_lies_above_every_other() 
     picked = CompareResult("c", Path(), [], arms=[arm("a", [80, 82, 81], val=55.0), arm("b", [75, 79.5, 77], val=60.0)])
     _verdict(picked)
     assert picked.best == "b" and not picked.shown and "b has the highest val mean" in picked.verdict
+    # one seed per arm: the ranges are points, so "above" would only restate the ranking
+    single = CompareResult("c", Path(), [], arms=[arm("a", [80]), arm("b", [75, 76])])
+    _verdict(single)
+    assert single.best == "a" and not single.shown and not single.tested and "not tested" in single.verdict
 
 
 def test_comparison_csv_names_each_arms_recipe_best_trial_and_the_verdict(tmp_path: Path) -> None:
@@ -230,6 +234,11 @@ def test_comparison_csv_names_each_arms_recipe_best_trial_and_the_verdict(tmp_pa
     assert json.loads(rows[0]["best_params"]) == {"optim.lr": 0.0025, "herbs.num_selects": [0.25, 0.5], "a.b": True}
     assert rows[0]["test_mean"] == "81.0000" and rows[0]["val_max"] == "52.0000" and rows[0]["verdict"] == "shown"
     assert rows[1]["recipe"] == rows[1]["best_trial"] == rows[1]["best_params"] == rows[1]["verdict"] == ""
+    one = CompareResult("c", tmp_path, ["plan"], arms=[arm("herbs", "herbs_lite0_128", [80], best),
+                                                       arm("mine", None, [70], None)])
+    _verdict(one)
+    rows = list(csv.DictReader(write_tables(one, tmp_path)["csv"].read_text().splitlines()))
+    assert rows[0]["verdict"] == "not tested" and rows[1]["verdict"] == ""
     assert rows[0]["trials_complete"] == "1" and rows[1]["search_best_val"] == ""
 
 

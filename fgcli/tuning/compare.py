@@ -54,6 +54,7 @@ class CompareResult:
     arms: list[ArmResult] = field(default_factory=list)
     best: str | None = None  # the arm with the highest val mean
     shown: bool = False  # its test min-max range lies above every other arm's
+    tested: bool = True  # every arm has the seeds for a min-max range (MIN_SEEDS)
     verdict: str = ""
     files: dict[str, Path] = field(default_factory=dict)
     dry_run: bool = False
@@ -170,6 +171,10 @@ def _test_top1(run_dir: Path) -> float:
     return float(run.result.top1)
 
 
+#: a min-max range needs two seeds: one seed per arm ranks the arms but has no spread for one to lie above
+MIN_SEEDS = 2
+
+
 def _verdict(result: CompareResult) -> None:
     scored = [a for a in result.arms if a.seeds]
     if not scored:
@@ -177,9 +182,14 @@ def _verdict(result: CompareResult) -> None:
         return
     best = max(scored, key=lambda a: a.stats("val")[0])
     others = [a for a in result.arms if a is not best]
+    result.best = best.arm
+    if min(len(a.seeds) for a in result.arms) < MIN_SEEDS:
+        result.tested = False
+        result.verdict = (f"{best.arm} has the highest val mean, but an arm has fewer than {MIN_SEEDS} seeds: no "
+                          f"min-max range to compare, not tested (--seeds {MIN_SEEDS} or more)")
+        return
     low = best.stats("test")[1]
     above = [a.arm for a in others if a.seeds and low > a.stats("test")[2]]
-    result.best = best.arm
     result.shown = len(above) == len(others)
     overlap = [a.arm for a in others if a.arm not in above]
     result.verdict = (f"{best.arm} has the highest val mean; its test min-max range over the seeds lies above "
@@ -212,7 +222,8 @@ def write_tables(result: CompareResult, folder: Path) -> dict[str, Path]:
         md.append(f"| {a.arm} | {a.tune.count('complete')} / {a.tune.count('pruned')} | "
                   f"{'-' if best is None else f'{best:.2f}'} | {len(a.seeds)} | {_range(val)} | {_range(test)} |")
         numbers = [*(val or ("", "", "")), *(test or ("", "", ""))]
-        verdict = ("shown" if result.shown else "not shown") if a.arm == result.best else ""
+        verdict = (("shown" if result.shown else "not shown") if result.tested else "not tested") \
+            if a.arm == result.best else ""
         writer.writerow([a.arm, a.tune.count("complete"), a.tune.count("pruned"), "" if best is None else f"{best:.4f}",
                          len(a.seeds), *[v if v == "" else f"{v:.4f}" for v in numbers], a.recipe or "",
                          "" if trial is None else trial.number, "" if trial is None else json.dumps(trial.params),
