@@ -164,7 +164,7 @@ def tune(method: str | None = None, data: str | None = None, *, recipe: str | No
 
     A comparison (`recipes` or `methods`, several arms): one study per arm with the same `trials`, pruner and
     maximum epochs, then each arm's best recipe trained with `seeds` seeds and evaluated once on the test
-    split. Returns a CompareResult (`.arms`, `.best`, `.shown`).
+    split. Returns a CompareResult (`.arms`, `.best`, `.shown`, `.tested`: False with fewer than 2 seeds an arm).
 
     `flags` are train()'s keywords (backbone, epochs, lr, img_size, ...): fixed for every trial, and a key
     given by a flag or `set` is not searched. `project` / `name` place the tune folder (default
